@@ -1,0 +1,36 @@
+# Kubeloop — every workflow is a make target. `make help` lists them.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+UV_VERSION ?= 0.13.8
+export KUBELOOP_CACHE ?= $(HOME)/.cache/kubeloop
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: uv
+uv:
+	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --user --quiet "uv==$(UV_VERSION)"
+
+.PHONY: setup
+setup: uv ## Install uv (if missing) and every dependency of the workspace (idempotent)
+	@$(UV) sync --all-packages --frozen
+
+.PHONY: test
+test: setup ## Run the whole test suite (unit, component, e2e on the local cluster)
+	@bash hack/run-tests.sh $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: setup ## ruff, mypy --strict on the core, import contracts
+	@$(UV) run --frozen ruff check .
+	@$(UV) run --frozen ruff format --check .
+	@$(UV) run --frozen mypy
+	@$(UV) run --frozen lint-imports
+
+.PHONY: crds
+crds: setup ## Regenerate crds/*.yaml from the resource models
+	@$(UV) run --frozen python -m kubeloop.crdgen
