@@ -34,3 +34,8 @@ lint: setup ## ruff, mypy --strict on the core, import contracts
 .PHONY: crds
 crds: setup ## Regenerate crds/*.yaml from the resource models
 	@$(UV) run --frozen python -m kubeloop.crdgen
+
+# ---------------------------------------------------------------- benchmarks (bench/)
+.PHONY: bench-drift
+bench-drift: uv ## Drift check vs Evidently DataDriftPreset, 100k rows x 50 features (own env in bench/.envs)
+	@UV=$(UV) bash bench/drift/run.sh
