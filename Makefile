@@ -39,3 +39,9 @@ crds: setup ## Regenerate crds/*.yaml from the resource models
 .PHONY: bench-drift
 bench-drift: uv ## Drift check vs Evidently DataDriftPreset, 100k rows x 50 features (own env in bench/.envs)
 	@UV=$(UV) bash bench/drift/run.sh
+
+.PHONY: bench-server
+bench-server: setup ## Benchmark the inference server vs MLServer and a no-op FastAPI endpoint (loopback, bounded)
+	@UV=$(UV) bash bench/server/mlserver-env.sh
+	@bash bench/server/install-wrk.sh || echo "wrk not installable here: using the Python load generator"
+	@timeout 1200 $(UV) run --frozen python bench/server/bench.py --mlserver-python bench/.envs/mlserver/bin/python $(BENCH_ARGS)

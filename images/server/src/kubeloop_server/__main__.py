@@ -1,0 +1,94 @@
+"""``kubeloop-server``: load the model, then serve it with uvicorn until SIGTERM.
+
+Shutdown sequence on SIGTERM (or SIGINT):
+
+1. readiness (``/v2/health/ready``, model ready) answers 503 at once, requests are still served for
+   ``drain_seconds`` so the endpoints controller can take the pod out of the Service;
+2. the listener closes; in-flight requests finish (at most ``graceful_timeout_s``);
+3. the batcher drains, the prediction log flushes (at most ``flush_timeout_s``), the process exits 0.
+
+A second signal skips the drain wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from types import FrameType
+
+import uvicorn
+
+from kubeloop_server.errors import ModelLoadError
+from kubeloop_server.rest import ServerApp
+from kubeloop_server.settings import ServerSettings
+
+log = logging.getLogger("kubeloop_server")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain phase between the signal and closing the listener."""
+
+    def __init__(self, config: uvicorn.Config, server_app: ServerApp, drain_seconds: float) -> None:
+        super().__init__(config)
+        self._server_app = server_app
+        self._drain_seconds = drain_seconds
+        self._drain_deadline: float | None = None
+        self._drain_logged = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Runs in the main thread between bytecodes: only set flags, the main loop acts on them. Unlike
+        # uvicorn's own handler it does not re-raise the signal after a graceful stop, so the exit code is 0.
+        self._server_app.dataplane.start_draining()
+        if self._drain_deadline is None and self._drain_seconds > 0:
+            self._drain_deadline = time.monotonic() + self._drain_seconds
+            return
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_deadline is not None and not self.should_exit:
+            if not self._drain_logged:
+                log.info("signal received: readiness is 503, draining for %.1fs", self._drain_seconds)
+                self._drain_logged = True
+            if time.monotonic() >= self._drain_deadline:
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = ServerSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        server_app = ServerApp(settings)
+    except ModelLoadError as e:
+        log.error("model failed to load: %s", e.message)
+        sys.exit(2)
+    config = uvicorn.Config(
+        server_app.app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s + 0.999),
+        timeout_keep_alive=30,
+        server_header=False,
+        proxy_headers=False,  # no trusted proxy in front of a pod; saves a middleware per request
+    )
+    server = DrainingServer(config, server_app, settings.drain_seconds)
+    server.run()
+    if not server.started:
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

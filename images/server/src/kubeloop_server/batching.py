@@ -1,0 +1,210 @@
+"""How requests reach ``session.run``: directly, or merged by an adaptive batcher.
+
+Both predictors have the same interface (``await predict(feeds, rows) -> outputs``), so the data plane
+and the model know nothing of batching (the wrapper pattern of MLServer's adaptive batching).
+
+The batcher merges concurrently waiting requests into one run of at most ``max_batch_size`` rows. A
+request waits at most ``max_latency`` *from its arrival* for others to join: requests that queued while
+the previous batch was running go out at once, so batching costs no added latency under load, and a
+lone request waits only ``max_latency``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+
+from kubeloop_server.metrics import ServerMetrics
+from kubeloop_server.model import Feeds, ModelRuntime, Outputs
+
+log = logging.getLogger("kubeloop_server.batching")
+
+
+class Predictor(Protocol):
+    async def predict(self, feeds: Feeds, rows: int) -> Outputs: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class DirectPredictor:
+    """One ``session.run`` per request: inline on the event loop for fast models (a thread hop costs more
+    than the run), in a worker thread for slow ones (the loop keeps parsing requests meanwhile)."""
+
+    def __init__(self, runtime: ModelRuntime, metrics: ServerMetrics, in_thread: bool) -> None:
+        self._rt = runtime
+        self._metrics = metrics
+        self.in_thread = in_thread
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        if self.in_thread:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+
+    async def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _timed_run(self, feeds: Feeds) -> tuple[Outputs, float]:
+        t0 = time.perf_counter()
+        out = self._rt.run(feeds)
+        return out, time.perf_counter() - t0
+
+    async def predict(self, feeds: Feeds, rows: int) -> Outputs:
+        if self._executor is None:
+            out, seconds = self._timed_run(feeds)
+        else:
+            loop = asyncio.get_running_loop()
+            out, seconds = await loop.run_in_executor(self._executor, self._timed_run, feeds)
+        self._metrics.observe_run(rows, seconds)  # on the loop thread: metrics are not locked
+        return out
+
+
+class _Pending:
+    __slots__ = ("arrived", "feeds", "future", "rows")
+
+    def __init__(self, feeds: Feeds, rows: int, future: asyncio.Future[Outputs], arrived: float) -> None:
+        self.feeds = feeds
+        self.rows = rows
+        self.future = future
+        self.arrived = arrived
+
+
+class AdaptiveBatcher:
+    """Merges concurrent requests into one ``session.run`` (see the module docstring)."""
+
+    def __init__(
+        self, runtime: ModelRuntime, metrics: ServerMetrics, max_batch_size: int, max_latency_s: float
+    ) -> None:
+        self._rt = runtime
+        self._metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_latency_s = max_latency_s
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_rows = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-batch")
+        self._task = asyncio.create_task(self._loop(), name="adaptive-batcher")
+
+    async def stop(self) -> None:
+        """Run what is queued, then stop."""
+        self._stopping = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def predict(self, feeds: Feeds, rows: int) -> Outputs:
+        if rows >= self.max_batch_size or self._task is None:
+            # Already a full batch (or the batcher is not running): run it on its own.
+            loop = asyncio.get_running_loop()
+            out, seconds = await loop.run_in_executor(self._executor, self._run_batch, [feeds])
+            self._metrics.observe_run(rows, seconds)
+            return out
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Outputs] = loop.create_future()
+        self._queue.append(_Pending(feeds, rows, fut, loop.time()))
+        self._queued_rows += rows
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await fut
+
+    def _run_batch(self, feeds_list: list[Feeds]) -> tuple[Outputs, float]:
+        t0 = time.perf_counter()
+        if len(feeds_list) == 1:
+            merged = feeds_list[0]
+        else:
+            merged = {name: np.concatenate([f[name] for f in feeds_list]) for name in feeds_list[0]}
+        out = self._rt.run(merged)
+        return out, time.perf_counter() - t0
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        wakeup = self._wakeup
+        assert wakeup is not None
+        queue = self._queue
+        while True:
+            if not queue:
+                if self._stopping:
+                    return
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            first = queue[0]
+            deadline = first.arrived + self.max_latency_s
+            # Wait (only as long as the first request's budget allows) for the batch to fill up.
+            while self._queued_rows < self.max_batch_size and not self._stopping:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                wakeup.clear()
+                try:
+                    await asyncio.wait_for(wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch: list[_Pending] = []
+            rows = 0
+            while queue and rows + queue[0].rows <= self.max_batch_size:
+                p = queue.popleft()
+                batch.append(p)
+                rows += p.rows
+            self._queued_rows -= rows
+            try:
+                outputs, seconds = await loop.run_in_executor(
+                    self._executor, self._run_batch, [p.feeds for p in batch]
+                )
+                self._metrics.observe_run(rows, seconds)
+            except Exception as e:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_result(outputs)
+                continue
+            start = 0
+            for p in batch:
+                end = start + p.rows
+                if not p.future.done():
+                    p.future.set_result([o[start:end] for o in outputs])
+                start = end
+
+
+def make_predictor(
+    runtime: ModelRuntime,
+    metrics: ServerMetrics,
+    *,
+    batching: bool,
+    max_batch_size: int,
+    max_latency_ms: float,
+    run_in_thread: str,
+    inline_run_max_ms: float,
+) -> Predictor:
+    if batching and runtime.batchable and max_batch_size > 1:
+        return AdaptiveBatcher(runtime, metrics, max_batch_size, max_latency_ms / 1e3)
+    if batching:
+        log.warning("batching requested but disabled: not every model output is batched along axis 0")
+    if run_in_thread == "auto":
+        in_thread = runtime.single_row_s * 1e3 > inline_run_max_ms
+    else:
+        in_thread = run_in_thread == "always"
+    return DirectPredictor(runtime, metrics, in_thread)

@@ -1,0 +1,233 @@
+"""Prediction logging: sampled inputs and predictions, written as Parquet to object storage.
+
+The request path only samples and appends references to arrays it already has (no copies, no I/O);
+a background thread turns buffered chunks into Parquet parts at
+``predictions/<namespace>/<deployment>/<modelVersion>/<YYYY-MM-DD>/<part>.parquet``
+(:func:`kubeloop.contracts.predictions_part`). Memory is bounded by ``max_buffer_rows``: rows beyond it
+are dropped and counted, as are rows whose write fails (storage down) — serving never waits on storage.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections import defaultdict
+from datetime import UTC, date, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kubeloop.contracts import (
+    PREDICTION_LOG_MODEL_VERSION,
+    PREDICTION_LOG_PREDICTION,
+    PREDICTION_LOG_TIMESTAMP,
+    ObjectRef,
+    predictions_part,
+)
+from kubeloop_server.metrics import ServerMetrics
+from kubeloop_server.model import Feeds, ModelRuntime, Outputs
+
+log = logging.getLogger("kubeloop_server.predlog")
+
+
+class PartWriter(Protocol):
+    def put_bytes(self, ref: ObjectRef, data: bytes, content_type: str = ...) -> None: ...
+
+
+class _Chunk:
+    __slots__ = ("at", "feeds", "outputs", "rows", "take")
+
+    def __init__(self, at: float, feeds: Feeds, outputs: Outputs, rows: int, take: np.ndarray | None) -> None:
+        self.at = at
+        self.feeds = feeds
+        self.outputs = outputs
+        self.rows = rows  # rows kept (after sampling)
+        self.take = take  # row indices kept, None = all
+
+
+class PredictionLogger:
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        store: PartWriter,
+        metrics: ServerMetrics,
+        *,
+        bucket: str,
+        namespace: str,
+        deployment: str,
+        sample_rate: float,
+        flush_rows: int,
+        flush_interval_s: float,
+        max_buffer_rows: int,
+        pod_name: str = "",
+    ) -> None:
+        self._rt = runtime
+        self._store = store
+        self._metrics = metrics
+        self._bucket = bucket
+        self._namespace = namespace
+        self._deployment = deployment
+        self.sample_rate = sample_rate
+        self._flush_rows = flush_rows
+        self._interval = flush_interval_s
+        self._max_rows = max_buffer_rows
+        self._pod = (pod_name or socket.gethostname() or "server").replace("/", "-")
+        self._buffer: list[_Chunk] = []
+        self._buffered = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seq = itertools.count()
+        self._random = random.random
+        self._last_error_log = 0.0
+        self.written_rows = 0
+        self.dropped_rows = 0
+
+    # --- request path ------------------------------------------------------------------------------------
+
+    def record(self, feeds: Feeds, outputs: Outputs, rows: int) -> None:
+        """Sample rows of one request and buffer them (cheap; never blocks on I/O)."""
+        rate = self.sample_rate
+        take: np.ndarray | None = None
+        if rate < 1.0:
+            if rows == 1:
+                if self._random() >= rate:
+                    return
+            else:
+                take = np.flatnonzero(np.random.random(rows) < rate)
+                if take.size == 0:
+                    return
+                rows = int(take.size)
+        with self._lock:
+            if self._buffered + rows > self._max_rows:
+                dropped = True
+            else:
+                dropped = False
+                self._buffer.append(_Chunk(time.time(), feeds, outputs, rows, take))
+                self._buffered += rows
+                full = self._buffered >= self._flush_rows
+        if dropped:
+            self.dropped_rows += rows
+            self._metrics.log_dropped.labels("buffer_full").inc(rows)
+            return
+        if full:
+            self._wake.set()
+
+    # --- background writer ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        """Flush everything buffered and stop the writer (rows left after ``timeout_s`` are counted)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                with self._lock:
+                    left = self._buffered
+                log.error(
+                    "prediction log: final flush did not finish in %.0fs; %d rows lost", timeout_s, left
+                )
+                if left:
+                    self._metrics.log_dropped.labels("shutdown_timeout").inc(left)
+                    self.dropped_rows += left
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            stopping = self._stop.is_set()
+            self.flush()
+            if stopping:
+                return
+
+    def flush(self) -> None:
+        with self._lock:
+            chunks, self._buffer = self._buffer, []
+        rows = sum(c.rows for c in chunks)
+        if not chunks:
+            self._metrics.log_buffered.set(self._buffered)
+            return
+        try:
+            for day, table in self._tables(chunks).items():
+                self._write(day, table)
+                self.written_rows += table.num_rows
+                self._metrics.log_written.inc(table.num_rows)
+                rows -= table.num_rows
+        except Exception as e:
+            now = time.monotonic()
+            if now - self._last_error_log > 10:
+                log.warning("prediction log: write failed, dropping %d rows: %s", rows, e)
+                self._last_error_log = now
+            self.dropped_rows += rows
+            self._metrics.log_dropped.labels("storage_error").inc(rows)
+        finally:
+            with self._lock:
+                self._buffered -= sum(c.rows for c in chunks)
+                self._metrics.log_buffered.set(self._buffered)
+
+    def _tables(self, chunks: list[_Chunk]) -> dict[date, pa.Table]:
+        rt = self._rt
+        by_day: dict[date, list[_Chunk]] = defaultdict(list)
+        for c in chunks:
+            by_day[datetime.fromtimestamp(c.at, UTC).date()].append(c)
+        tables: dict[date, pa.Table] = {}
+        for day, group in by_day.items():
+            columns: dict[str, list[np.ndarray]] = defaultdict(list)
+            stamps: list[np.ndarray] = []
+            preds: list[np.ndarray] = []
+            for c in group:
+                cols = rt.feature_columns(c.feeds)
+                pred = rt.predictions(c.outputs)
+                if c.take is not None:
+                    cols = {k: v[c.take] for k, v in cols.items()}
+                    pred = pred[c.take]
+                for k, v in cols.items():
+                    columns[k].append(v)
+                preds.append(pred)
+                stamps.append(np.full(c.rows, int(c.at * 1e6), dtype=np.int64))
+            data: dict[str, Any] = {}
+            for f in rt.features:
+                col = np.concatenate(columns[f.name])
+                if f.numeric:  # NaN (a missing value) is written as null
+                    values = col.astype(np.float64)
+                    data[f.name] = pa.array(values, mask=np.isnan(values))
+                else:  # "" is the missing category: null as well
+                    data[f.name] = pa.array([v or None for v in col.tolist()], type=pa.string())
+            data[PREDICTION_LOG_TIMESTAMP] = pa.array(
+                np.concatenate(stamps), type=pa.timestamp("us", tz="UTC")
+            )
+            n = len(data[PREDICTION_LOG_TIMESTAMP])
+            data[PREDICTION_LOG_MODEL_VERSION] = pa.array([rt.version] * n, type=pa.string())
+            pred_all = np.concatenate(preds)
+            if rt.task == "classification":
+                labels = np.asarray(rt.classes, dtype=object)[pred_all]
+                data[PREDICTION_LOG_PREDICTION] = pa.array(labels.tolist(), type=pa.string())
+            else:
+                data[PREDICTION_LOG_PREDICTION] = pa.array(pred_all.astype(np.float64))
+            tables[day] = pa.table(data)
+        return tables
+
+    def _write(self, day: date, table: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        part = f"{stamp}-{self._pod}-{os.getpid()}-{next(self._seq):06d}"
+        ref = predictions_part(
+            self._namespace, self._deployment, self._rt.version, day, part, bucket=self._bucket
+        )
+        self._store.put_bytes(ref, buf.getvalue(), content_type="application/vnd.apache.parquet")
+        self._metrics.log_parts.inc()

@@ -1,0 +1,374 @@
+"""The REST layer: thin routes over the data plane, errors mapped to HTTP in one place.
+
+Routes are raw ASGI endpoints mounted in a FastAPI application (which provides the lifespan, the
+middleware stack and the 404/405 handling). Each endpoint reads a bounded body, calls one data-plane
+method and sends pre-serialised orjson bytes: no per-request pydantic models, Request or Response
+objects on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from kubeloop_server import __version__
+from kubeloop_server.batching import make_predictor
+from kubeloop_server.dataplane import DataPlane
+from kubeloop_server.errors import InvalidInputError, PayloadTooLargeError, ServerError
+from kubeloop_server.metrics import CONTENT_TYPE, ServerMetrics
+from kubeloop_server.model import ModelRuntime
+from kubeloop_server.predlog import PartWriter, PredictionLogger
+from kubeloop_server.settings import ServerSettings
+from kubeloop_server.storage import ObjectStore, fetch_model_bytes
+
+log = logging.getLogger("kubeloop_server.rest")
+
+JSON = b"application/json"
+_DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
+_dumps = orjson.dumps
+_loads = orjson.loads
+
+# A handler gets the ASGI scope and the body (None for GET) and returns (status, payload, content type).
+Reply = tuple[int, bytes, bytes]
+Handler = Callable[[Scope, bytes | None], Awaitable[Reply]]
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away before sending the whole body; nothing is sent back."""
+
+
+def error_reply(exc: BaseException) -> Reply:
+    """The one place where errors become HTTP: a ServerError carries its status; anything else is a bug."""
+    if isinstance(exc, ServerError):
+        return exc.status_code, _dumps({"error": exc.message}), JSON
+    log.error("internal error (a bug): %r", exc, exc_info=exc)
+    return 500, _dumps({"error": f"internal server error: {type(exc).__name__}"}), JSON
+
+
+def ok(obj: Any, status: int = 200) -> Reply:
+    return status, _dumps(obj, option=_DUMPS_OPTS), JSON
+
+
+def parse_json(body: bytes | None) -> Any:
+    if not body:
+        raise InvalidInputError("request body is empty; send a JSON document")
+    try:
+        return _loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInputError(f"request body is not valid JSON: {e}") from None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body; 413 past ``limit`` bytes (before reading when Content-Length says so)."""
+    for k, v in scope["headers"]:
+        if k == b"content-length":
+            if not v.isdigit():
+                raise InvalidInputError(f"Content-Length {v.decode(errors='replace')!r} is not a number")
+            if int(v) > limit:
+                raise PayloadTooLargeError(
+                    f"request body of {int(v)} bytes exceeds the limit of {limit} bytes"
+                )
+            break
+    msg = await receive()
+    if msg["type"] != "http.request":
+        raise ClientDisconnectedError
+    body: bytes = msg.get("body", b"")
+    if not msg.get("more_body", False):
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+        return body
+    parts = [body]
+    size = len(body)
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            raise ClientDisconnectedError
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+        parts.append(chunk)
+        if not msg.get("more_body", False):
+            return b"".join(parts)
+
+
+class Endpoint:
+    """A raw ASGI endpoint: counts and times the request, reads the body, maps errors, sends the reply."""
+
+    def __init__(self, label: str, handler: Handler, metrics: ServerMetrics, body_limit: int | None) -> None:
+        self.label = label
+        self.handler = handler
+        self.metrics = metrics
+        self.body_limit = body_limit
+        self.__doc__ = handler.__doc__
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        metrics = self.metrics
+        metrics.in_flight += 1
+        try:
+            body = None if self.body_limit is None else await read_body(scope, receive, self.body_limit)
+            status, payload, ctype = await self.handler(scope, body)
+        except ClientDisconnectedError:
+            metrics.in_flight -= 1
+            metrics.observe_request(self.label, 499, time.perf_counter() - t0)
+            return
+        except Exception as e:
+            status, payload, ctype = error_reply(e)
+        metrics.in_flight -= 1
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", ctype), (b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+        metrics.observe_request(self.label, status, time.perf_counter() - t0)
+
+
+class FastLane:
+    """The ASGI entry point: our routes go straight to their endpoint; everything else (lifespan, unknown
+    paths and methods) goes to the FastAPI application, which has the same routes registered.
+
+    The inference hot path thereby skips the framework's middleware stack and linear route matching
+    (about a third of a no-op FastAPI request's cost): a dict lookup for fixed paths, one regex for
+    ``/v2/models/...``. Behaviour is identical either way; the endpoints handle their own errors.
+    """
+
+    def __init__(self, app: FastAPI, routes: list[tuple[str, str, Endpoint]]) -> None:
+        self.app = app
+        self.fixed: dict[tuple[str, str], Endpoint] = {}
+        self.templated: list[tuple[str, re.Pattern[str], Endpoint]] = []
+        for method, path, endpoint in routes:
+            if "{" in path:
+                rx = re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path))
+                self.templated.append((method, rx, endpoint))
+            else:
+                self.fixed[(method, path)] = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            method = scope["method"]
+            path = scope["path"]
+            endpoint = self.fixed.get((method, path))
+            if endpoint is not None:
+                scope["path_params"] = {}
+                return await endpoint(scope, receive, send)
+            if path.startswith("/v2/models/"):
+                for m, rx, ep in self.templated:
+                    if m == method and (match := rx.fullmatch(path)) is not None:
+                        scope["path_params"] = match.groupdict()
+                        return await ep(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class ServerApp:
+    """Everything one server process holds: runtime, predictor, prediction logger, data plane, app."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        runtime: ModelRuntime | None = None,
+        store: ObjectStore | PartWriter | None = None,
+    ) -> None:
+        self.settings = s = settings
+        if store is None and s.s3_endpoint:
+            store = ObjectStore(
+                s.s3_endpoint, s.s3_access_key, s.s3_secret_key.get_secret_value(), s.s3_secure, s.s3_region
+            )
+        self.store = store
+        if runtime is None:
+            model_bytes = fetch_model_bytes(s.model_uri, store if isinstance(store, ObjectStore) else None)
+            runtime = ModelRuntime(
+                model_bytes,
+                name=s.model_name,
+                version=s.model_version,
+                device=s.device,
+                intra_op_threads=s.intra_op_threads,
+                allow_spinning=s.allow_spinning,
+            )
+        self.runtime = rt = runtime
+        self.metrics = ServerMetrics()
+        self.metrics.set_model(rt.name, rt.version, rt.task, rt.provider, rt.layout, rt.classes)
+        self.predictor = make_predictor(
+            rt,
+            self.metrics,
+            batching=s.batching_enabled,
+            max_batch_size=s.max_batch_size,
+            max_latency_ms=s.max_latency_ms,
+            run_in_thread=s.run_in_thread,
+            inline_run_max_ms=s.inline_run_max_ms,
+        )
+        self.predlog: PredictionLogger | None = None
+        if s.prediction_logging_enabled and s.prediction_logging_sample_rate > 0:
+            if store is None:
+                raise ValueError("prediction logging needs an object store")
+            self.predlog = PredictionLogger(
+                rt,
+                store,
+                self.metrics,
+                bucket=s.bucket,
+                namespace=s.namespace,
+                deployment=s.deployment,
+                sample_rate=s.prediction_logging_sample_rate,
+                flush_rows=s.prediction_log_flush_rows,
+                flush_interval_s=s.prediction_log_flush_interval_s,
+                max_buffer_rows=s.prediction_log_max_buffer_rows,
+                pod_name=s.pod_name,
+            )
+        self.dataplane = DataPlane(
+            rt, self.predictor, self.metrics, self.predlog, s.max_request_rows, s.allow_missing
+        )
+        self.fastapi, routes = self._build_app()
+        self.app = FastLane(self.fastapi, routes)
+
+    # --- lifecycle ------------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lifespan(self, _app: Any) -> AsyncIterator[None]:
+        await self.predictor.start()
+        if self.predlog is not None:
+            self.predlog.start()
+        # Everything allocated so far (modules, the model, the app) lives for the whole process: move it
+        # out of the collector's reach so full collections stay short and tail latency stays low.
+        gc.collect()
+        gc.freeze()
+        self.dataplane.set_ready(True)
+        log.info(
+            "serving %s version %s (%s); predictor=%s prediction_logging=%s",
+            self.runtime.name,
+            self.runtime.version,
+            self.runtime.provider,
+            type(self.predictor).__name__,
+            self.predlog is not None,
+        )
+        try:
+            yield
+        finally:
+            self.dataplane.start_draining()
+            await self.predictor.stop()
+            if self.predlog is not None:
+                await asyncio.to_thread(self.predlog.stop, self.settings.flush_timeout_s)
+                log.info(
+                    "prediction log flushed: %d rows written, %d dropped",
+                    self.predlog.written_rows,
+                    self.predlog.dropped_rows,
+                )
+
+    # --- routes -------------------------------------------------------------------------------------------------
+
+    def _build_app(self) -> tuple[FastAPI, list[tuple[str, str, Endpoint]]]:
+        dp = self.dataplane
+        metrics = self.metrics
+
+        async def infer(scope: Scope, body: bytes | None) -> Reply:
+            """OIP inference: tensors named as the graph inputs (or, for a packed model, one per feature)."""
+            p = scope["path_params"]
+            return ok(await dp.infer(p["model_name"], p.get("model_version"), parse_json(body)))
+
+        async def forward(scope: Scope, body: bytes | None) -> Reply:
+            """One record (a JSON object keyed by feature name) -> label and probabilities, or prediction."""
+            return ok(await dp.forward(parse_json(body)))
+
+        async def forward_batch(scope: Scope, body: bytes | None) -> Reply:
+            """A JSON array of records -> {"predictions": [...]}."""
+            return ok(await dp.forward_batch(parse_json(body)))
+
+        async def server_metadata(scope: Scope, body: bytes | None) -> Reply:
+            """OIP server metadata."""
+            return ok(dp.server_metadata())
+
+        async def live(scope: Scope, body: bytes | None) -> Reply:
+            """OIP server liveness: 200 while the process runs."""
+            return ok({"live": True})
+
+        async def ready(scope: Scope, body: bytes | None) -> Reply:
+            """OIP server readiness: 503 while starting or draining after SIGTERM."""
+            is_ready = dp.is_ready()
+            return ok({"ready": is_ready}, 200 if is_ready else 503)
+
+        async def model_metadata(scope: Scope, body: bytes | None) -> Reply:
+            """OIP model metadata (inputs and outputs of the graph)."""
+            p = scope["path_params"]
+            return ok(dp.model_metadata(p["model_name"], p.get("model_version")))
+
+        async def model_ready(scope: Scope, body: bytes | None) -> Reply:
+            """OIP model readiness."""
+            p = scope["path_params"]
+            is_ready, reply = dp.model_ready(p["model_name"], p.get("model_version"))
+            return ok(reply, 200 if is_ready else 503)
+
+        async def metadata(scope: Scope, body: bytes | None) -> Reply:
+            """Features, types, classes, task and version of the served model."""
+            return ok(dp.metadata())
+
+        async def prometheus(scope: Scope, body: bytes | None) -> Reply:
+            """Prometheus metrics."""
+            return 200, metrics.render(), CONTENT_TYPE.encode()
+
+        limit = self.settings.max_body_bytes
+        # Most frequent first: the router tries routes in order.
+        routes: list[tuple[str, str, Handler, int | None]] = [
+            ("POST", "/v2/models/{model_name}/infer", infer, limit),
+            ("POST", "/forward", forward, limit),
+            ("POST", "/forward_batch", forward_batch, limit),
+            ("POST", "/v2/models/{model_name}/versions/{model_version}/infer", infer, limit),
+            ("GET", "/v2/health/ready", ready, None),
+            ("GET", "/v2/health/live", live, None),
+            ("GET", "/metrics", prometheus, None),
+            ("GET", "/v2", server_metadata, None),
+            ("GET", "/v2/models/{model_name}", model_metadata, None),
+            ("GET", "/v2/models/{model_name}/versions/{model_version}", model_metadata, None),
+            ("GET", "/v2/models/{model_name}/ready", model_ready, None),
+            ("GET", "/v2/models/{model_name}/versions/{model_version}/ready", model_ready, None),
+            ("GET", "/metadata", metadata, None),
+        ]
+        app = FastAPI(
+            title="Kubeloop inference server",
+            version=__version__,
+            lifespan=self.lifespan,
+            docs_url=None,
+            redoc_url=None,
+            openapi_url=None,
+        )
+        endpoints: list[tuple[str, str, Endpoint]] = []
+        for method, path, handler, body_limit in routes:
+            endpoint = Endpoint(path, handler, metrics, body_limit)
+            app.router.routes.append(Route(path, endpoint, methods=[method], name=path))
+            endpoints.append((method, path, endpoint))
+
+        @app.exception_handler(StarletteHTTPException)
+        async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+            metrics.observe_request("other", exc.status_code, 0.0)
+            if exc.status_code == 404:
+                msg = f"no route {request.method} {request.url.path}"
+            elif exc.status_code == 405:
+                msg = f"method {request.method} not allowed on {request.url.path}"
+            else:
+                msg = str(exc.detail)
+            return Response(
+                _dumps({"error": msg}),
+                status_code=exc.status_code,
+                media_type="application/json",
+                headers=exc.headers,
+            )
+
+        return app, endpoints
+
+
+def create_app(settings: ServerSettings | None = None, **kwargs: Any) -> FastLane:
+    """App factory (``uvicorn --factory kubeloop_server.rest:create_app``); settings from the environment."""
+    return ServerApp(settings or ServerSettings(), **kwargs).app

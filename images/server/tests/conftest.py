@@ -1,0 +1,208 @@
+"""Fixtures for the inference server's tests: small Kubeloop-format models, in-process apps and real
+server subprocesses on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from kubeloop_server.model import ModelRuntime
+from kubeloop_server.rest import ServerApp
+from kubeloop_server.settings import ServerSettings
+from kubeloop_server.testing import mlp_model
+
+from kubeloop.contracts import ObjectRef
+
+warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+CATEGORICAL = (("color", ("red", "green", "blue")), ("size", ("S", "M", "L", "XL")))
+
+
+@pytest.fixture(scope="session")
+def packed_clf() -> bytes:
+    """30 numeric features in one float32 [N, 30] input; 3 classes."""
+    return mlp_model(n_numeric=30, layout="packed", task="classification", name="iris-like", version="3")
+
+
+@pytest.fixture(scope="session")
+def mixed_clf() -> bytes:
+    """4 numeric + 2 categorical features, one input per feature; 3 classes."""
+    return mlp_model(
+        n_numeric=4,
+        categorical=CATEGORICAL,
+        layout="per_feature",
+        task="classification",
+        name="mixed",
+        version="7",
+    )
+
+
+@pytest.fixture(scope="session")
+def mixed_reg() -> bytes:
+    """3 numeric + 2 categorical features, one input per feature; regression."""
+    return mlp_model(
+        n_numeric=3,
+        categorical=CATEGORICAL,
+        layout="per_feature",
+        task="regression",
+        name="price",
+        version="2",
+    )
+
+
+class Reference:
+    """Plain in-process onnxruntime, for comparing the server's answers."""
+
+    def __init__(self, model: bytes) -> None:
+        self.session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+        self.inputs = self.session.get_inputs()
+
+    def run_records(self, records: list[dict[str, Any]]) -> list[np.ndarray]:
+        if len(self.inputs) == 1 and self.inputs[0].type == "tensor(float)" and self.inputs[0].shape[1] != 1:
+            n = self.inputs[0].shape[1]
+            x = np.array([[r[f"f{i}"] for i in range(n)] for r in records], dtype=np.float32)
+            return self.session.run(None, {self.inputs[0].name: x})  # type: ignore[no-any-return]
+        feeds: dict[str, np.ndarray] = {}
+        for i in self.inputs:
+            col = [r[i.name] for r in records]
+            feeds[i.name] = (
+                np.array(col, dtype=object).reshape(-1, 1)
+                if i.type == "tensor(string)"
+                else np.array(col, dtype=np.float32).reshape(-1, 1)
+            )
+        return self.session.run(None, feeds)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def reference() -> Callable[[bytes], Reference]:
+    return Reference
+
+
+@pytest.fixture
+def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+    """``make_client(model_bytes, **settings)`` -> a started TestClient over an in-process server."""
+    clients: list[TestClient] = []
+
+    def make(model: bytes, store: Any = None, **overrides: Any) -> TestClient:
+        path = tmp_path / f"model-{len(clients)}.onnx"
+        path.write_bytes(model)
+        settings = ServerSettings(model_uri=str(path), **overrides)
+        runtime = ModelRuntime(model, name=settings.model_name, version=settings.model_version)
+        app = ServerApp(settings, runtime=runtime, store=store)
+        client = TestClient(app.app, raise_server_exceptions=False)
+        client.__enter__()
+        client.server_app = app  # type: ignore[attr-defined]
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def free_tcp_port() -> int:
+    return free_port()
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """``start_server(**env)``: ``python -m kubeloop_server`` on 127.0.0.1, ready when returned."""
+    procs: list[ServerProcess] = []
+
+    def start(timeout: float = 90.0, **env: str) -> ServerProcess:
+        port = free_port()
+        log_path = tmp_path / f"server-{len(procs)}.log"
+        full_env = {
+            **os.environ,
+            "KUBELOOP_SERVER_HOST": "127.0.0.1",
+            "KUBELOOP_SERVER_PORT": str(port),
+            **{f"KUBELOOP_SERVER_{k.upper()}": v for k, v in env.items()},
+        }
+        with log_path.open("wb") as f:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kubeloop_server"], env=full_env, stdout=f, stderr=subprocess.STDOUT
+            )
+        sp = ServerProcess(proc, port, log_path)
+        procs.append(sp)
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited with {proc.returncode}:\n{sp.log()}")
+            try:
+                if httpx.get(sp.url + "/v2/health/ready", timeout=2).status_code == 200:
+                    return sp
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not ready after {timeout}s:\n{sp.log()}")
+            time.sleep(0.2)
+
+    yield start
+    for sp in procs:
+        if sp.proc.poll() is None:
+            sp.proc.kill()
+            sp.proc.wait(10)
+
+
+class MemoryStore:
+    """An in-memory stand-in for the object store (unit tests of prediction logging)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.fail = False
+        self.puts = 0
+
+    def put_bytes(self, ref: ObjectRef, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.puts += 1
+        if self.fail:
+            raise ConnectionError("storage is down")
+        self.objects[ref.uri] = data
+
+
+@pytest.fixture
+def memory_store() -> MemoryStore:
+    return MemoryStore()

@@ -1,0 +1,151 @@
+"""Prediction logging with an in-memory store: sampling, Parquet layout, bounds, storage failures."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pyarrow.parquet as pq
+from kubeloop_server.testing import random_records
+
+from kubeloop.contracts import (
+    PREDICTION_LOG_MODEL_VERSION,
+    PREDICTION_LOG_PREDICTION,
+    PREDICTION_LOG_TIMESTAMP,
+)
+
+CATEGORICAL = (("color", ("red", "green", "blue")), ("size", ("S", "M", "L", "XL")))
+LOGGING = {
+    "prediction_logging_enabled": True,
+    "s3_endpoint": "127.0.0.1:1",  # unused: the test passes its own store
+    "namespace": "team-a",
+    "deployment": "mixed-md",
+    "bucket": "kubeloop",
+}
+
+
+def _tables(store) -> list:
+    return [pq.read_table(io.BytesIO(b)) for _, b in sorted(store.objects.items())]
+
+
+def test_rows_written_as_parquet_per_contract(make_client, mixed_clf, memory_store) -> None:
+    c = make_client(mixed_clf, store=memory_store, **LOGGING)
+    records = random_records(5, n_numeric=4, categorical=CATEGORICAL, seed=1)
+    labels = [c.post("/forward", json=r).json()["label"] for r in records[:2]]
+    labels += [p["label"] for p in c.post("/forward_batch", json=records[2:]).json()["predictions"]]
+    predlog = c.server_app.predlog
+    predlog.flush()
+    (key,) = memory_store.objects
+    assert re.fullmatch(r"s3://kubeloop/predictions/team-a/mixed-md/7/\d{4}-\d\d-\d\d/[^/]+\.parquet", key), (
+        key
+    )
+    t = _tables(memory_store)[0]
+    assert t.num_rows == 5
+    assert t.column_names == [
+        "f0",
+        "f1",
+        "f2",
+        "f3",
+        "color",
+        "size",
+        PREDICTION_LOG_TIMESTAMP,
+        PREDICTION_LOG_MODEL_VERSION,
+        PREDICTION_LOG_PREDICTION,
+    ]
+    df = t.to_pandas()
+    assert df["color"].tolist() == [r["color"] for r in records]
+    np.testing.assert_allclose(df["f1"].to_numpy(), [r["f1"] for r in records], rtol=1e-6)
+    assert df[PREDICTION_LOG_PREDICTION].tolist() == labels
+    assert set(df[PREDICTION_LOG_MODEL_VERSION]) == {"7"}
+    assert str(t.schema.field(PREDICTION_LOG_TIMESTAMP).type) == "timestamp[us, tz=UTC]"
+    assert predlog.written_rows == 5
+    assert predlog.dropped_rows == 0
+
+
+def test_oip_requests_are_logged_too(make_client, packed_clf, memory_store) -> None:
+    c = make_client(packed_clf, store=memory_store, **LOGGING)
+    x = np.arange(60, dtype=np.float32) / 10
+    body = {"inputs": [{"name": "input", "shape": [2, 30], "datatype": "FP32", "data": x.tolist()}]}
+    assert c.post("/v2/models/iris-like/infer", json=body).status_code == 200
+    c.server_app.predlog.flush()
+    df = _tables(memory_store)[0].to_pandas()
+    assert df["f0"].tolist() == [0.0, 3.0]
+    assert df["f29"].tolist() == [np.float32(2.9), np.float32(5.9)]
+
+
+def test_sampling(make_client, packed_clf, memory_store) -> None:
+    c = make_client(packed_clf, store=memory_store, prediction_logging_sample_rate=0.25, **LOGGING)
+    records = random_records(40, seed=3)
+    for _ in range(5):
+        c.post("/forward_batch", json=records)
+    for r in records[:100]:
+        c.post("/forward", json=r)
+    c.server_app.predlog.flush()
+    rows = sum(t.num_rows for t in _tables(memory_store))
+    assert 30 < rows < 90  # 240 rows at 25%: expected 60
+
+
+def test_buffer_bound_drops_and_counts(make_client, packed_clf, memory_store) -> None:
+    c = make_client(packed_clf, store=memory_store, prediction_log_max_buffer_rows=10, **LOGGING)
+    records = random_records(4, seed=4)
+    for _ in range(4):
+        assert c.post("/forward_batch", json=records).status_code == 200
+    predlog = c.server_app.predlog
+    assert predlog.dropped_rows == 8  # 2 requests of 4 fit in 10 rows, the next 2 do not
+    assert (
+        'kubeloop_server_prediction_log_dropped_rows_total{reason="buffer_full"} 8.0'
+        in c.get("/metrics").text
+    )
+
+
+def test_storage_down_counts_drops_and_keeps_serving(make_client, packed_clf, memory_store) -> None:
+    c = make_client(packed_clf, store=memory_store, **LOGGING)
+    memory_store.fail = True
+    records = random_records(3, seed=5)
+    assert c.post("/forward_batch", json=records).status_code == 200
+    c.server_app.predlog.flush()
+    assert c.post("/forward", json=records[0]).status_code == 200
+    text = c.get("/metrics").text
+    assert 'kubeloop_server_prediction_log_dropped_rows_total{reason="storage_error"} 3.0' in text
+    memory_store.fail = False
+    c.server_app.predlog.flush()
+    assert sum(t.num_rows for t in _tables(memory_store)) == 1  # storage back: later rows are written
+    assert "kubeloop_server_prediction_log_written_rows_total 1.0" in c.get("/metrics").text
+
+
+def test_flush_on_shutdown(make_client, packed_clf, memory_store) -> None:
+    c = make_client(packed_clf, store=memory_store, prediction_log_flush_interval_s=3600, **LOGGING)
+    for r in random_records(7, seed=6):
+        c.post("/forward", json=r)
+    assert memory_store.objects == {}
+    c.__exit__(None, None, None)  # lifespan shutdown
+    assert sum(t.num_rows for t in _tables(memory_store)) == 7
+
+
+def test_flush_when_buffer_reaches_flush_rows(make_client, packed_clf, memory_store) -> None:
+    import time
+
+    c = make_client(
+        packed_clf,
+        store=memory_store,
+        prediction_log_flush_rows=5,
+        prediction_log_flush_interval_s=3600,
+        **LOGGING,
+    )
+    c.post("/forward_batch", json=random_records(6, seed=7))
+    deadline = time.monotonic() + 10
+    while not memory_store.objects and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sum(t.num_rows for t in _tables(memory_store)) == 6
+
+
+def test_missing_values_are_logged_as_null(make_client, mixed_clf, memory_store) -> None:
+    c = make_client(mixed_clf, store=memory_store, **LOGGING)
+    rec = {**random_records(1, n_numeric=4, categorical=CATEGORICAL, seed=8)[0], "f2": None, "size": None}
+    assert c.post("/forward", json=rec).status_code == 200
+    c.server_app.predlog.flush()
+    t = _tables(memory_store)[0]
+    assert t.column("f2").null_count == 1
+    assert t.column("size").null_count == 1
+    assert t.column("f0").null_count == 0

@@ -1,0 +1,51 @@
+"""The server as a real process on 127.0.0.1 (no object store needed)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pytest
+from kubeloop_server.testing import random_records
+
+
+def test_storage_down_keeps_serving_and_counts_drops(
+    start_server, tmp_path, packed_clf, free_tcp_port
+) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(packed_clf)
+    srv = start_server(
+        model_uri=str(model),
+        prediction_logging_enabled="true",
+        s3_endpoint=f"127.0.0.1:{free_tcp_port}",  # nothing listens there
+        prediction_log_flush_rows="1",
+        drain_seconds="0",
+    )
+    records = random_records(5, seed=1)
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        for r in records:
+            assert c.post("/forward", json=r).status_code == 200
+        deadline = time.monotonic() + 30
+        dropped = 0.0
+        while time.monotonic() < deadline:
+            text = c.get("/metrics").text
+            m = re.search(
+                r'kubeloop_server_prediction_log_dropped_rows_total\{reason="storage_error"\} (\S+)', text
+            )
+            dropped = float(m[1]) if m else 0.0
+            if dropped >= 5:
+                break
+            time.sleep(0.2)
+        assert dropped == 5, text
+        assert c.post("/forward_batch", json=records).status_code == 200
+        assert c.get("/v2/health/ready").status_code == 200
+    srv.terminate()
+    assert srv.wait(60) == 0, srv.log()
+
+
+def test_bad_model_exits_with_code_2(start_server, tmp_path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(AssertionError, match=r"(?s)exited with 2.*model failed to load"):
+        start_server(model_uri=str(bad), timeout=60)

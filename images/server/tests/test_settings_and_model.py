@@ -1,0 +1,181 @@
+"""Settings (environment contract with the operator) and model loading."""
+
+from __future__ import annotations
+
+import pytest
+from kubeloop_server import model as model_mod
+from kubeloop_server.errors import ModelLoadError
+from kubeloop_server.model import ModelRuntime
+from kubeloop_server.settings import ServerSettings
+from kubeloop_server.storage import fetch_model_bytes, split_endpoint
+from kubeloop_server.testing import mlp_model
+from pydantic import ValidationError
+
+from kubeloop.contracts import ServerEnv
+
+
+def test_every_operator_variable_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {
+        ServerEnv.MODEL_URI: "s3://kubeloop/models/m/1/model.onnx",
+        ServerEnv.MODEL_NAME: "m",
+        ServerEnv.MODEL_VERSION: "1",
+        ServerEnv.NAMESPACE: "ns",
+        ServerEnv.DEPLOYMENT: "dep",
+        ServerEnv.PORT: "9000",
+        ServerEnv.BATCHING_ENABLED: "true",
+        ServerEnv.MAX_BATCH_SIZE: "17",
+        ServerEnv.MAX_LATENCY_MS: "3.5",
+        ServerEnv.PREDICTION_LOGGING_ENABLED: "true",
+        ServerEnv.PREDICTION_LOGGING_SAMPLE_RATE: "0.5",
+        ServerEnv.BUCKET: "b",
+        ServerEnv.S3_ENDPOINT: "minio:9000",
+        ServerEnv.S3_ACCESS_KEY: "ak",
+        ServerEnv.S3_SECRET_KEY: "sk",
+        ServerEnv.S3_SECURE: "true",
+    }
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    s = ServerSettings()  # type: ignore[call-arg]
+    assert (s.model_uri, s.model_name, s.model_version, s.namespace, s.deployment) == (
+        "s3://kubeloop/models/m/1/model.onnx", "m", "1", "ns", "dep",
+    )  # fmt: skip
+    assert (s.port, s.batching_enabled, s.max_batch_size, s.max_latency_ms) == (9000, True, 17, 3.5)
+    assert (s.prediction_logging_enabled, s.prediction_logging_sample_rate, s.bucket) == (True, 0.5, "b")
+    assert (s.s3_endpoint, s.s3_access_key, s.s3_secret_key.get_secret_value(), s.s3_secure) == (
+        "minio:9000",
+        "ak",
+        "sk",
+        True,
+    )
+    assert "sk" not in repr(s)
+    for name, field in ServerSettings.model_fields.items():
+        assert field.description, f"setting {name} lacks a description"
+
+
+def test_settings_validation() -> None:
+    with pytest.raises(ValidationError, match="s3_endpoint"):
+        ServerSettings(model_uri="s3://kubeloop/models/m/1/model.onnx")
+    with pytest.raises(ValidationError, match="s3_endpoint"):
+        ServerSettings(model_uri="/m.onnx", prediction_logging_enabled=True)
+    with pytest.raises(ValidationError):
+        ServerSettings(model_uri="/m.onnx", prediction_logging_sample_rate=1.5)
+
+
+def test_split_endpoint() -> None:
+    assert split_endpoint("minio:9000", False) == ("minio:9000", False)
+    assert split_endpoint("https://s3.example:443", False) == ("s3.example:443", True)
+    assert split_endpoint("http://127.0.0.1:9000", True) == ("127.0.0.1:9000", False)
+
+
+def test_fetch_model_errors(tmp_path) -> None:
+    with pytest.raises(ModelLoadError, match="cannot read model file"):
+        fetch_model_bytes(str(tmp_path / "missing.onnx"), None)
+    with pytest.raises(ModelLoadError, match="no s3_endpoint"):
+        fetch_model_bytes("s3://kubeloop/models/m/1/model.onnx", None)
+    p = tmp_path / "m.onnx"
+    p.write_bytes(b"abc")
+    assert fetch_model_bytes(f"file://{p}", None) == b"abc"
+
+
+def test_layouts_and_outputs(packed_clf, mixed_clf, mixed_reg) -> None:
+    rt = ModelRuntime(packed_clf)
+    assert (rt.layout, rt.task, rt.classes, rt.batchable) == (
+        "packed",
+        "classification",
+        ["setosa", "versicolor", "virginica"],
+        True,
+    )
+    assert rt.provider == "CPUExecutionProvider"
+    assert rt.threads >= 1
+    assert rt.single_row_s > 0
+    rt = ModelRuntime(mixed_reg)
+    assert rt.layout == "per_feature"
+    assert [f.numeric for f in rt.features] == [True, True, True, False, False]
+    assert rt.output_names == ["prediction"]
+
+
+def test_per_feature_inputs_matched_by_position_when_names_differ() -> None:
+    import onnx
+
+    m = onnx.load_from_string(mlp_model(n_numeric=2, categorical=(("c", ("a", "b")),), layout="per_feature"))
+    rename = {"f0": "input_0", "f1": "input_1", "c": "input_2"}
+    for i in m.graph.input:
+        i.name = rename[i.name]
+    for node in m.graph.node:
+        node.input[:] = [rename.get(x, x) for x in node.input]
+    rt = ModelRuntime(m.SerializeToString())
+    assert [(f.name, f.input.name) for f in rt.features] == [
+        ("f0", "input_0"),
+        ("f1", "input_1"),
+        ("c", "input_2"),
+    ]
+
+
+def test_not_a_kubeloop_model() -> None:
+    import onnx
+
+    m = onnx.load_from_string(mlp_model(n_numeric=3))
+    del m.metadata_props[:]
+    with pytest.raises(ModelLoadError, match=r"kubeloop\.features"):
+        ModelRuntime(m.SerializeToString())
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        ModelRuntime(b"not an onnx file")
+
+
+def test_class_count_mismatch() -> None:
+    bad = mlp_model(n_numeric=3, classes=("a", "b"))
+    import onnx
+
+    m = onnx.load_from_string(bad)
+    for p in m.metadata_props:
+        if p.key == "kubeloop.classes":
+            p.value = '["a", "b", "c"]'
+    with pytest.raises(ModelLoadError, match="3 classes but output 'probabilities' has 2 columns"):
+        ModelRuntime(m.SerializeToString())
+
+
+def test_packed_width_mismatch() -> None:
+    import onnx
+
+    m = onnx.load_from_string(mlp_model(n_numeric=3))
+    for p in m.metadata_props:
+        if p.key == "kubeloop.features":
+            p.value = '[{"name": "a", "type": "numeric"}, {"name": "b", "type": "numeric"}]'
+    with pytest.raises(ModelLoadError, match=r"expected a float \[N, 2\]"):
+        ModelRuntime(m.SerializeToString())
+
+
+def test_cpu_limit_reads_cgroup(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    real_open = open
+
+    def fake_open(path, *a, **k):  # type: ignore[no-untyped-def]
+        if path == "/sys/fs/cgroup/cpu.max":
+            f = tmp_path / "cpu.max"
+            f.write_text("150000 100000\n")
+            return real_open(f, *a, **k)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    monkeypatch.setattr(model_mod.os, "sched_getaffinity", lambda _: set(range(8)))
+    assert model_mod.cpu_limit() == 2
+    monkeypatch.setattr(model_mod.os, "sched_getaffinity", lambda _: {0})
+    assert model_mod.cpu_limit() == 1
+
+
+def test_device_cuda_without_provider_fails(packed_clf, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model_mod.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ModelLoadError, match="CUDAExecutionProvider is not available"):
+        ModelRuntime(packed_clf, device="cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_provider_on_a_gpu(packed_clf) -> None:
+    if not model_mod.gpu_present():
+        pytest.skip("no CUDA GPU on this machine")
+    rt = ModelRuntime(packed_clf, device="auto")
+    assert rt.provider == "CUDAExecutionProvider"
+    cpu = ModelRuntime(packed_clf, device="cpu")
+    import numpy as np
+
+    x = {"input": np.random.default_rng(0).normal(size=(4, 30)).astype(np.float32)}
+    np.testing.assert_allclose(rt.run(x)[0], cpu.run(x)[0], rtol=1e-4, atol=1e-5)
