@@ -35,13 +35,37 @@ lint: setup ## ruff, mypy --strict on the core, import contracts
 crds: setup ## Regenerate crds/*.yaml from the resource models
 	@$(UV) run --frozen python -m kubeloop.crdgen
 
-# ---------------------------------------------------------------- benchmarks (bench/)
-.PHONY: bench-drift
-bench-drift: uv ## Drift check vs Evidently DataDriftPreset, 100k rows x 50 features (own env in bench/.envs)
-	@UV=$(UV) bash bench/drift/run.sh
+.PHONY: demo
+demo: setup ## Set up everything and run the main job locally: train (MLflow, ONNX, baseline in MinIO), serve, predict, check drift
+	@$(UV) run --frozen python hack/demo.py $(DEMO_ARGS)
+
+# ---------------------------------------------------------------- local cluster (hack/localcluster)
+.PHONY: cluster-up
+cluster-up: setup ## Start etcd, kube-apiserver, kube-controller-manager, MinIO and MLflow on 127.0.0.1 (builds pinned binaries once)
+	@$(UV) run --frozen python hack/cluster.py up
+
+.PHONY: cluster-down
+cluster-down: ## Stop everything cluster-up (or a test session) started; fails if any process is left
+	@$(UV) run --frozen python hack/cluster.py down
+
+.PHONY: cluster-status
+cluster-status: ## Show each local component (pid, address, health) and how to use them
+	@$(UV) run --frozen python hack/cluster.py status
+
+.PHONY: kind-up
+kind-up: setup ## Create a kind cluster (needs Docker) for KUBELOOP_TEST_KUBECONFIG
+	@$(UV) run --frozen python hack/cluster.py kind-up
 
 .PHONY: bench-server
 bench-server: setup ## Benchmark the inference server vs MLServer and a no-op FastAPI endpoint (loopback, bounded)
 	@UV=$(UV) bash bench/server/mlserver-env.sh
 	@bash bench/server/install-wrk.sh || echo "wrk not installable here: using the Python load generator"
 	@timeout 1200 $(UV) run --frozen python bench/server/bench.py --mlserver-python bench/.envs/mlserver/bin/python $(BENCH_ARGS)
+
+.PHONY: bench-drift
+bench-drift: uv ## Drift check vs Evidently DataDriftPreset, 100k rows x 50 features (own env in bench/.envs)
+	@UV=$(UV) bash bench/drift/run.sh
+
+.PHONY: bench-trainer
+bench-trainer: setup ## Trainer loop vs a plain torch loop, samples/s (last line: RESULT trainer_vs_plain_torch=…)
+	@$(UV) run --frozen python bench/trainer/bench_trainer.py

@@ -144,7 +144,8 @@ def build_crd(resource: type[Resource]) -> dict[str, Any]:
                 "description": "APIVersion of this object (kubeloop.io/v1alpha1).",
             },
             "kind": {"type": "string", "description": f"Kind of this object ({resource.kind})."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The API server allows nothing but the type here (name/generateName rules are its own).
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },

@@ -113,6 +113,8 @@ Quantity = Annotated[
         {
             "x-kubernetes-int-or-string": True,
             "description": "A Kubernetes quantity such as 500m, 2 or 1Gi.",
+            # Bounds the CEL cost estimate of isQuantity() below the API server's budget.
+            "maxLength": 64,
             "x-kubernetes-validations": [
                 {
                     "rule": "type(self) == int || isQuantity(self)",
@@ -413,12 +415,14 @@ class DistributedSpec(KubeloopModel):
 
     cel_rules = (
         _cel(
-            "self.backend != 'deepspeed' || self.gpusPerNode >= 1 || self.allowCpu",
+            # has() guards: the API server also checks rules against the schema default ({}).
+            "!has(self.backend) || self.backend != 'deepspeed' || "
+            "(has(self.gpusPerNode) && self.gpusPerNode >= 1) || (has(self.allowCpu) && self.allowCpu)",
             "backend deepspeed needs gpusPerNode >= 1 or allowCpu: true",
             ".gpusPerNode",
         ),
         _cel(
-            "!has(self.deepspeed) || self.backend == 'deepspeed'",
+            "!has(self.deepspeed) || (has(self.backend) && self.backend == 'deepspeed')",
             "deepspeed settings are only allowed with backend deepspeed",
             ".deepspeed",
         ),
