@@ -41,16 +41,19 @@ demo: setup ## Set up everything and run the main job locally: train (MLflow, ON
 
 # ---------------------------------------------------------------- local cluster (hack/localcluster)
 .PHONY: cluster-up
-cluster-up: setup ## Start etcd, kube-apiserver, kube-controller-manager, MinIO and MLflow on 127.0.0.1 (builds pinned binaries once)
+cluster-up: setup ## Start etcd, kube-apiserver, kube-controller-manager, MinIO and MLflow on 127.0.0.1 (builds pinned binaries once), then the node agent
 	@$(UV) run --frozen python hack/cluster.py up
+	@cd hack && $(UV) run --frozen python -m nodeagent up
 
 .PHONY: cluster-down
 cluster-down: ## Stop everything cluster-up (or a test session) started; fails if any process is left
-	@$(UV) run --frozen python hack/cluster.py down
+	@rc=0; (cd hack && $(UV) run --frozen python -m nodeagent down) || rc=$$?; \
+	$(UV) run --frozen python hack/cluster.py down || rc=$$?; exit $$rc
 
 .PHONY: cluster-status
 cluster-status: ## Show each local component (pid, address, health) and how to use them
 	@$(UV) run --frozen python hack/cluster.py status
+	@cd hack && $(UV) run --frozen python -m nodeagent status || true
 
 .PHONY: kind-up
 kind-up: setup ## Create a kind cluster (needs Docker) for KUBELOOP_TEST_KUBECONFIG

@@ -1,6 +1,6 @@
 """Shared pytest fixtures: the local cluster plugin (hack/localcluster/pytest_fixtures.py).
 
-Fixtures: ``kube_cluster``, ``k8s_namespace``, ``minio_server``, ``s3_prefix``, ``mlflow_server``.
+Fixtures: ``kube_cluster``, ``k8s_namespace``, ``minio_server``, ``s3_prefix``, ``mlflow_server``; the node agent (hack/nodeagent/pytest_fixtures.py): ``node_agent``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ _HACK = str(Path(__file__).resolve().parent / "hack")
 if _HACK not in sys.path:
     sys.path.insert(0, _HACK)
 
-pytest_plugins = ["localcluster.pytest_fixtures"]
+pytest_plugins = ["localcluster.pytest_fixtures", "nodeagent.pytest_fixtures"]
 
 
 def _cuda_available() -> bool:
