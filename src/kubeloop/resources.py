@@ -378,7 +378,12 @@ class TrainingSpec(KubeloopModel):
     """Optimisation settings."""
 
     epochs: int = Field(default=20, ge=1, le=100000, description="Maximum number of epochs.")
-    batch_size: int = Field(default=64, ge=1, le=1048576, description="Rows per step and per process.")
+    batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=1048576,
+        description="Rows per optimisation step over all processes (the global batch).",
+    )
     learning_rate: float = Field(default=1e-3, gt=0.0, le=10.0, description="Adam learning rate.")
     early_stopping: EarlyStoppingSpec = Field(
         default_factory=EarlyStoppingSpec, description="Early stopping on the validation split."
