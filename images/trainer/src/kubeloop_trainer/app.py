@@ -1,0 +1,371 @@
+"""One training run, end to end: data -> checks -> training -> metrics -> ONNX -> registry -> storage."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+
+from kubeloop.contracts import (
+    PROGRESS_EVENT_EPOCH,
+    ModelMetadata,
+    TrainingSummary,
+    checkpoint_prefix,
+    model_baseline,
+    model_onnx,
+)
+from kubeloop.resources import DeepSpeedSpec, TrainingJobSpec
+from kubeloop_trainer import distributed
+from kubeloop_trainer.baseline import baseline_json
+from kubeloop_trainer.checkpoint import Checkpointer
+from kubeloop_trainer.data import Dataset, prepare, read_table
+from kubeloop_trainer.distributed import DistContext
+from kubeloop_trainer.errors import ConfigError, TrainerError
+from kubeloop_trainer.export import export_onnx, set_metadata, verify
+from kubeloop_trainer.loop import EpochResult, Loop, LoopConfig, LoopState, TorchEngine, best_model
+from kubeloop_trainer.metrics import classification_metrics, regression_metrics
+from kubeloop_trainer.model import InferenceHead, TabularMLP, build_model
+from kubeloop_trainer.settings import TrainerSettings
+from kubeloop_trainer.storage import ObjectStore, make_store, read_uri
+from kubeloop_trainer.tracking import (
+    TAG_BASELINE_URI,
+    TAG_MODEL_URI,
+    TAG_NAME,
+    TAG_NAMESPACE,
+    TAG_UID,
+    Tracker,
+    flatten,
+)
+
+log = logging.getLogger("kubeloop_trainer")
+
+
+def emit(event: dict[str, Any], out: TextIO | None = None) -> None:
+    """One structured progress line (JSON) on stdout."""
+    stream = out or sys.stdout
+    stream.write(json.dumps(event, separators=(",", ":")) + "\n")
+    stream.flush()
+
+
+def configure_threads(settings: TrainerSettings, ctx: DistContext) -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    n = settings.threads or max(1, cpus // max(1, ctx.local_world_size))
+    torch.set_num_threads(n)
+    return n
+
+
+def load_dataset(spec: TrainingJobSpec, settings: TrainerSettings, store: ObjectStore | None) -> Dataset:
+    raw = read_uri(spec.dataset.uri, store)
+    df = read_table(raw, spec.dataset.uri, spec.dataset.format)
+    return prepare(
+        df,
+        spec.dataset,
+        str(spec.task),  # type: ignore[arg-type]
+        spec.training.seed,
+        min_rows=settings.min_rows,
+        max_classes=settings.max_classes,
+    )
+
+
+TORCH_ARTIFACT = "torch_model.pt"
+
+
+def torch_artifact(model: torch.nn.Module, ds: Dataset) -> bytes:
+    """The trained torch model (state dict + architecture), for reuse and for checking the ONNX."""
+    if not isinstance(model, TabularMLP):
+        raise TypeError(f"expected a TabularMLP, got {type(model).__name__}")
+    linear = [m for m in model.net if isinstance(m, torch.nn.Linear)]
+    doc = {
+        "config": {
+            "n_numeric": model.n_numeric,
+            "width": linear[0].in_features,
+            "hidden": [m.out_features for m in linear[:-1]],
+            "n_outputs": linear[-1].out_features,
+            "task": ds.task,
+            "target_mean": ds.target_mean,
+            "target_std": ds.target_std,
+        },
+        "state_dict": model.state_dict(),
+    }
+    buf = io.BytesIO()
+    torch.save(doc, buf)
+    return buf.getvalue()
+
+
+def load_torch_artifact(data: bytes) -> InferenceHead:
+    """Rebuild the inference model from :func:`torch_artifact` bytes."""
+    doc = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    c = doc["config"]
+    model = TabularMLP(c["n_numeric"], c["width"], c["hidden"], c["n_outputs"], 0.0)
+    model.load_state_dict(doc["state_dict"])
+    return InferenceHead(model.eval(), c["task"], c["target_mean"], c["target_std"]).eval()
+
+
+def train_targets(ds: Dataset, y: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """What the loss sees: class indices, or the standardised regression target."""
+    if ds.task == "classification":
+        return y
+    return ((y - ds.target_mean) / ds.target_std).astype(np.float32)
+
+
+def final_metrics(head: InferenceHead, ds: Dataset) -> dict[str, float]:
+    with torch.no_grad():
+        out = head.eval()(torch.from_numpy(ds.x_val)).numpy()
+    if ds.task == "classification":
+        return classification_metrics(ds.y_val, out)
+    return regression_metrics(ds.y_val, out)
+
+
+def run(settings: TrainerSettings, ctx: DistContext | None = None) -> TrainingSummary | None:
+    """Train, export and register; returns the summary on rank 0 and None on the other ranks."""
+    spec = settings.training_spec()
+    ctx = ctx or DistContext.from_env()
+    if spec.model.image is not None:
+        raise ConfigError("model.image: a bring-your-own image does not run the built-in trainer")
+    configure_threads(settings, ctx)
+    store = make_store(settings)
+    if store is None:
+        raise ConfigError(
+            "no object store configured: set KUBELOOP_TRAINER_S3_ENDPOINT (or KUBELOOP_TRAINER_LOCAL_STORE)"
+        )
+    task = str(spec.task)
+    model_name = spec.registry.model_name if spec.registry is not None else settings.name
+    ckpt = Checkpointer(
+        store,
+        checkpoint_prefix(settings.namespace, settings.name, settings.bucket),
+        settings.uid,
+        ctx,
+        settings.scratch_dir(),
+    )
+    done = ckpt.finished_summary()
+    if done is not None:  # a restarted pod of a finished run: report, do not train again
+        log.info("this TrainingJob already finished; reporting its summary")
+        return TrainingSummary.model_validate_json(done) if ctx.is_main else None
+
+    ds = load_dataset(spec, settings, store)  # every check runs before any training
+    log.info(
+        "dataset %s: %d training and %d validation rows, %d features, task %s",
+        spec.dataset.uri,
+        len(ds.y_train),
+        len(ds.y_val),
+        len(ds.encoder.features),
+        task,
+    )
+
+    seed = spec.training.seed
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    use_gpu = spec.distributed.gpus_per_node > 0 and torch.cuda.is_available()
+    device = distributed.device_for(ctx, use_gpu)
+    deepspeed = str(spec.distributed.backend) == "deepspeed"
+    distributed.init_process_group(ctx, device, always=deepspeed)
+
+    model = build_model(ds, spec.model.hidden_layers, spec.model.dropout)
+    template = build_model(ds, spec.model.hidden_layers, spec.model.dropout)  # fp32, fitted buffers
+    tr = spec.training
+    engine: Any
+    if deepspeed:
+        from kubeloop_trainer.ds_engine import DeepSpeedEngine
+
+        engine = DeepSpeedEngine(
+            model,
+            tr.learning_rate,
+            spec.distributed.deepspeed or DeepSpeedSpec(),
+            tr.batch_size,
+            ctx,
+            device,
+            allow_shm=settings.deepspeed_shm,
+        )
+    else:
+        engine = TorchEngine(model, tr.learning_rate, ctx, device)
+
+    state = LoopState()
+    run_id = ""
+    meta = ckpt.load() if settings.checkpoint else None
+    if meta is not None and meta.get("backend") == ("deepspeed" if deepspeed else "torch"):
+        state = ckpt.restore_deepspeed(engine) if deepspeed else ckpt.restore_torch(meta, engine)
+        run_id = str(meta.get("extra", {}).get("mlflow_run_id", ""))
+        if ctx.is_main:
+            emit({"event": "resumed", "epoch": state.epoch, "epochs": tr.epochs})
+
+    tracker = Tracker() if ctx.is_main else None
+    primary = "accuracy" if task == "classification" else "r2"
+    if tracker is not None:
+        params = flatten(
+            spec.model_dump(
+                mode="json",
+                by_alias=True,
+                exclude_none=True,
+                include={"dataset", "task", "model", "training", "distributed"},
+            )
+        )
+        params.update(
+            {
+                "worldSize": str(ctx.world_size),
+                "rows.train": str(len(ds.y_train)),
+                "rows.validation": str(len(ds.y_val)),
+                "features": str(len(ds.encoder.features)),
+            }
+        )
+        run_id = tracker.start(
+            spec.mlflow.experiment or settings.namespace,
+            settings.name,
+            {TAG_NAMESPACE: settings.namespace, TAG_NAME: settings.name, TAG_UID: settings.uid},
+            params,
+            run_id,
+        )
+
+    def on_epoch(r: EpochResult, st: LoopState) -> None:
+        if settings.checkpoint:
+            extra = {"mlflow_run_id": run_id}
+            if deepspeed:
+                ckpt.save_deepspeed(engine, st, extra)
+            else:
+                ckpt.save_torch(engine, st, extra)
+        if tracker is not None:
+            tracker.log_metrics(
+                {"train_loss": r.train_loss, "val_loss": r.val_loss, f"val_{primary}": r.val_metric},
+                step=r.epoch,
+            )
+        if ctx.is_main:
+            emit(
+                {
+                    "event": PROGRESS_EVENT_EPOCH,
+                    "epoch": r.epoch,
+                    "epochs": tr.epochs,
+                    "train_loss": round(r.train_loss, 6),
+                    "val_loss": round(r.val_loss, 6),
+                    f"val_{primary}": round(r.val_metric, 6),
+                    "seconds": round(r.seconds, 4),
+                }
+            )
+        if settings.crash_after_epoch is not None and r.epoch >= settings.crash_after_epoch:
+            os.kill(os.getpid(), signal.SIGKILL)  # test hook: die like an evicted pod
+
+    loop = Loop(
+        engine,
+        LoopConfig(
+            epochs=tr.epochs,
+            batch_size=tr.batch_size,
+            learning_rate=tr.learning_rate,
+            seed=seed,
+            task=task,
+            early_stopping=tr.early_stopping.enabled,
+            patience=tr.early_stopping.patience,
+            min_delta=tr.early_stopping.min_delta,
+        ),
+        ctx,
+        device,
+        ds.x_train,
+        train_targets(ds, ds.y_train),
+        ds.x_val,
+        train_targets(ds, ds.y_val),
+    )
+    try:
+        state = loop.fit(state, on_epoch)
+    except BaseException:
+        if tracker is not None:
+            tracker.end(False)
+        raise
+    finally:
+        distributed.shutdown()
+    if tracker is None:
+        return None
+    try:
+        summary = _finish(settings, spec, ds, template, state, tracker, store, model_name)
+    except BaseException:
+        tracker.end(False)
+        raise
+    tracker.end(True)
+    ckpt.mark_finished(summary.model_dump_json(by_alias=True))
+    return summary
+
+
+def _finish(
+    settings: TrainerSettings,
+    spec: TrainingJobSpec,
+    ds: Dataset,
+    template: torch.nn.Module,
+    state: LoopState,
+    tracker: Tracker,
+    store: ObjectStore,
+    model_name: str,
+) -> TrainingSummary:
+    """Rank 0: final metrics, ONNX export + check, registration, uploads, promotion."""
+    best = best_model(template, state)
+    head = InferenceHead(best, ds.task, ds.target_mean, ds.target_std)  # type: ignore[arg-type]
+    metrics = final_metrics(head, ds)
+    tracker.log_metrics({**metrics, "best_epoch": float(state.best_epoch), "epochs_run": float(state.epoch)})
+
+    metadata = ModelMetadata(
+        features=ds.encoder.features,
+        task=ds.task,
+        classes=ds.classes,
+        model_name=model_name,
+        mlflow_run_id=tracker.run_id,
+        trained_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        target=ds.target,
+    )
+    model = export_onnx(head, ds, metadata)
+    diff = verify(model.SerializeToString(), head, ds, settings.onnx_tolerance)  # before registering
+    log.info("ONNX export matches torch (max abs diff %.2g); registering %s", diff, model_name)
+
+    bucket = settings.bucket
+    version = tracker.register(model_name, {TAG_UID: settings.uid, TAG_NAME: settings.name})
+    onnx_ref = model_onnx(model_name, version, bucket)
+    baseline_ref = model_baseline(model_name, version, bucket)
+    uploaded = []
+    try:
+        metadata.model_version = str(version)
+        set_metadata(model, metadata)
+        onnx_bytes = model.SerializeToString()
+        max_diff = verify(onnx_bytes, head, ds, settings.onnx_tolerance)
+        baseline = baseline_json(
+            ds, {"model_name": model_name, "model_version": str(version), "mlflow_run_id": tracker.run_id}
+        ).encode()
+        store.put(onnx_ref, onnx_bytes)
+        uploaded.append(onnx_ref)
+        store.put(baseline_ref, baseline, "application/json")
+        uploaded.append(baseline_ref)
+        tracker.log_artifact_bytes(onnx_bytes, "model.onnx")
+        tracker.log_artifact_bytes(baseline, "baseline.json")
+        tracker.log_artifact_bytes(torch_artifact(best, ds), TORCH_ARTIFACT)
+        tracker.log_metrics({"onnx_max_abs_diff": max_diff})
+        tracker.tag_version(
+            model_name, version, {TAG_MODEL_URI: onnx_ref.uri, TAG_BASELINE_URI: baseline_ref.uri}
+        )
+    except BaseException:
+        tracker.delete_version(model_name, version)
+        for ref in uploaded:
+            try:
+                store.delete(ref)
+            except TrainerError as e:
+                log.warning("cannot remove %s: %s", ref.uri, e)
+        raise
+
+    promoted = False
+    p = spec.promotion
+    if p is not None:
+        promoted, why = tracker.promote(
+            model_name, version, p.alias, p.metric, metrics[p.metric], p.threshold, p.require_improvement
+        )
+        emit({"event": "promotion", "promoted": promoted, "alias": p.alias, "reason": why})
+    return TrainingSummary(
+        metrics=metrics,
+        mlflow_run_id=tracker.run_id,
+        model_version=version,
+        model_uri=onnx_ref.uri,
+        baseline_uri=baseline_ref.uri,
+        promoted=promoted,
+    )

@@ -1,0 +1,140 @@
+"""Per-epoch checkpoints in object storage (``checkpoints/<namespace>/<trainingjob>/``).
+
+``checkpoint.pt`` holds the identity (TrainingJob UID), the last finished epoch, the loop state and
+the MLflow run id; for plain torch and DDP also the model and optimizer state. DeepSpeed writes its
+own (possibly ZeRO-partitioned) files under ``deepspeed/``; every node uploads what its ranks wrote.
+A checkpoint of another UID (a re-created TrainingJob of the same name) is ignored and replaced.
+``summary.json`` marks a finished run: a restarted pod of the same UID re-reports it instead of
+training and registering again.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from kubeloop.contracts import ObjectRef
+from kubeloop_trainer.distributed import DistContext
+from kubeloop_trainer.loop import LoopState, TorchEngine
+from kubeloop_trainer.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+DEEPSPEED_DIR = "deepspeed"
+
+
+def _barrier(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.barrier()
+
+
+class Checkpointer:
+    def __init__(
+        self, store: ObjectStore, prefix: ObjectRef, uid: str, ctx: DistContext, scratch: Path
+    ) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.uid = uid
+        self.ctx = ctx
+        self.scratch = scratch
+
+    # --- finished runs -----------------------------------------------------------------------------
+
+    def finished_summary(self) -> str | None:
+        data = self.store.get(self.prefix.child(SUMMARY))
+        if data is None:
+            return None
+        import json
+
+        doc = json.loads(data)
+        return json.dumps(doc["summary"]) if doc.get("uid") == self.uid else None
+
+    def mark_finished(self, summary_json: str) -> None:
+        import json
+
+        doc = {"uid": self.uid, "summary": json.loads(summary_json)}
+        self.store.put(self.prefix.child(SUMMARY), json.dumps(doc).encode(), "application/json")
+        for ref in self.store.list(self.prefix):
+            if not ref.key.endswith("/" + SUMMARY):
+                self.store.delete(ref)
+
+    # --- checkpoints -------------------------------------------------------------------------------
+
+    def load(self) -> dict[str, Any] | None:
+        """The checkpoint of this UID, or None (no checkpoint, or one of another UID)."""
+        data = self.store.get(self.prefix.child(CHECKPOINT))
+        if data is None:
+            return None
+        ckpt: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if ckpt.get("uid") != self.uid:
+            log.info("ignoring the checkpoint of another TrainingJob uid %s", ckpt.get("uid"))
+            return None
+        return ckpt
+
+    def save_torch(self, engine: TorchEngine, state: LoopState, extra: dict[str, Any]) -> None:
+        if not self.ctx.is_main:
+            return
+        ckpt = {
+            "uid": self.uid,
+            "epoch": state.epoch,
+            "backend": "torch",
+            "model": engine.module.state_dict(),
+            "optimizer": engine.optimizer.state_dict(),
+            "loop": state.to_dict(),
+            "extra": extra,
+        }
+        buf = io.BytesIO()
+        torch.save(ckpt, buf)
+        self.store.put(self.prefix.child(CHECKPOINT), buf.getvalue())
+
+    @staticmethod
+    def restore_torch(ckpt: dict[str, Any], engine: TorchEngine) -> LoopState:
+        engine.module.load_state_dict(ckpt["model"])
+        engine.optimizer.load_state_dict(ckpt["optimizer"])
+        return LoopState.from_dict(ckpt["loop"])
+
+    def _ds_local(self) -> Path:
+        return self.scratch / "deepspeed-checkpoint"
+
+    def save_deepspeed(self, engine: Any, state: LoopState, extra: dict[str, Any]) -> None:
+        local = self._ds_local()
+        if self.ctx.local_rank == 0 and local.exists():
+            shutil.rmtree(local)
+        _barrier(self.ctx)
+        engine.save(local, {"loop": state.to_dict()})
+        _barrier(self.ctx)
+        if self.ctx.local_rank == 0:
+            for f in sorted(p for p in local.rglob("*") if p.is_file()):
+                rel = f.relative_to(local).as_posix()
+                self.store.put(self.prefix.child(f"{DEEPSPEED_DIR}/{rel}"), f.read_bytes())
+        _barrier(self.ctx)
+        if self.ctx.is_main:
+            meta = {"uid": self.uid, "epoch": state.epoch, "backend": "deepspeed", "extra": extra}
+            buf = io.BytesIO()
+            torch.save(meta, buf)
+            self.store.put(self.prefix.child(CHECKPOINT), buf.getvalue())
+
+    def restore_deepspeed(self, engine: Any) -> LoopState:
+        local = self._ds_local()
+        if self.ctx.local_rank == 0:
+            if local.exists():
+                shutil.rmtree(local)
+            base = self.prefix.child(DEEPSPEED_DIR)
+            for ref in self.store.list(base):
+                data = self.store.get(ref)
+                if data is None:
+                    continue
+                path = local / ref.key[len(base.key) + 1 :]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+        _barrier(self.ctx)
+        client = engine.load(local)
+        return LoopState.from_dict(client["loop"])

@@ -1,0 +1,351 @@
+"""Loading, checking and encoding the training table.
+
+Every check runs before any training and raises a :class:`~kubeloop_trainer.errors.DataError`
+subclass whose message names the column and the problem.
+
+Encoding (the same one the ONNX graph applies, see :mod:`kubeloop_trainer.export`): the model
+matrix is ``[numeric features (raw float32, NaN = missing) ..., one-hot blocks of the categorical
+features ...]``. Imputation and scaling of the numeric part happen inside the torch model; missing
+categorical values are replaced by the training mode and unseen categories encode as all zeros.
+Categorical values are canonicalised with :func:`kubeloop.drift.category_key` (the drift checker
+uses the same form).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from kubeloop.contracts import FeatureSpec
+from kubeloop.drift import category_key
+from kubeloop.resources import DatasetSpec
+from kubeloop_trainer import errors
+
+FloatArray = npt.NDArray[np.float32]
+TaskName = Literal["classification", "regression"]
+
+# A non-categorical text column whose values are at least this share numbers is taken to be a
+# numeric column with bad values (NonNumericValuesError) rather than a categorical one.
+NUMERIC_SHARE = 0.9
+
+
+def _format(uri: str, fmt: str, data: bytes) -> str:
+    if fmt != "auto":
+        return fmt
+    suffix = PurePosixPath(uri.split("?", 1)[0]).suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix in (".csv", ".txt"):
+        return "csv"
+    return "parquet" if data[:4] == b"PAR1" else "csv"
+
+
+def read_table(data: bytes, uri: str, fmt: str = "auto") -> pd.DataFrame:
+    """Parse CSV or Parquet bytes; raises EmptyDatasetError, DuplicateColumnsError or UnreadableDatasetError."""
+    if not data.strip():
+        raise errors.EmptyDatasetError(f"dataset {uri} is empty (no data)")
+    kind = _format(uri, fmt, data)
+    if kind == "parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(io.BytesIO(data))
+        except Exception as e:
+            raise errors.UnreadableDatasetError(f"dataset {uri} is not a readable Parquet file: {e}") from e
+        _check_unique(table.column_names, uri)
+        df = table.to_pandas()
+    else:
+        try:
+            header = next(csv.reader(io.StringIO(data[:65536].decode("utf-8", "replace"))), [])
+        except csv.Error as e:
+            raise errors.UnreadableDatasetError(f"dataset {uri} is not a readable CSV file: {e}") from e
+        _check_unique([h.strip() for h in header], uri)
+        try:
+            df = pd.read_csv(io.BytesIO(data))
+        except pd.errors.EmptyDataError as e:
+            raise errors.EmptyDatasetError(f"dataset {uri} has no columns") from e
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+            raise errors.UnreadableDatasetError(
+                f"dataset {uri} is not a readable CSV file: {str(e).strip()}"
+            ) from e
+    if df.shape[1] == 0:
+        raise errors.EmptyDatasetError(f"dataset {uri} has no columns")
+    if df.shape[0] == 0:
+        raise errors.EmptyDatasetError(f"dataset {uri} has a header but no rows")
+    df.columns = [str(c) for c in df.columns]
+    return df
+
+
+def _check_unique(names: list[str], uri: str) -> None:
+    seen: set[str] = set()
+    dups = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+    if dups:
+        raise errors.DuplicateColumnsError(f"dataset {uri} has duplicate column names: {', '.join(dups)}")
+
+
+@dataclass(frozen=True)
+class NumericStats:
+    name: str
+    median: float
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class CategoricalStats:
+    name: str
+    categories: list[str]
+    mode: str
+
+
+@dataclass
+class Encoder:
+    """Frozen preprocessing statistics (computed on the training split only)."""
+
+    features: list[FeatureSpec]
+    numeric: list[NumericStats]
+    categorical: list[CategoricalStats]
+
+    @property
+    def width(self) -> int:
+        return len(self.numeric) + sum(len(c.categories) for c in self.categorical)
+
+    def encode(self, columns: dict[str, np.ndarray[Any, Any]]) -> FloatArray:
+        """Model matrix from canonical columns (numeric float64 with NaN; categorical str|None)."""
+        n = len(next(iter(columns.values())))
+        out = np.zeros((n, self.width), dtype=np.float32)
+        for j, s in enumerate(self.numeric):
+            out[:, j] = columns[s.name].astype(np.float32)
+        j = len(self.numeric)
+        for c in self.categorical:
+            values = np.array([c.mode if v is None else v for v in columns[c.name]], dtype=object)
+            for k, cat in enumerate(c.categories):
+                out[:, j + k] = values == cat
+            j += len(c.categories)
+        return out
+
+
+@dataclass
+class Dataset:
+    """The checked, split and encoded table."""
+
+    task: TaskName
+    target: str
+    encoder: Encoder
+    x_train: FloatArray
+    y_train: np.ndarray[Any, Any]
+    x_val: FloatArray
+    y_val: np.ndarray[Any, Any]
+    raw_train: dict[str, np.ndarray[Any, Any]]
+    raw_val: dict[str, np.ndarray[Any, Any]]
+    classes: list[str] = field(default_factory=list)
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.classes) if self.task == "classification" else 1
+
+
+def _is_missing_col(col: pd.Series) -> npt.NDArray[np.bool_]:
+    return np.asarray(col.isna().to_numpy(), dtype=bool)
+
+
+def _numeric_column(name: str, col: pd.Series, what: str) -> npt.NDArray[np.float64]:
+    """float64 values (NaN = missing); raises NonNumericValuesError or NonFiniteValuesError naming the column."""
+    if pd.api.types.is_bool_dtype(col.dtype):
+        values = col.astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
+    elif pd.api.types.is_numeric_dtype(col.dtype):
+        values = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        parsed = pd.to_numeric(col, errors="coerce")
+        bad = parsed.isna() & ~col.isna()
+        if bool(bad.any()):
+            example = col[bad].iloc[0]
+            raise errors.NonNumericValuesError(
+                f"{what} {name!r} has {int(bad.sum())} non-numeric value(s), e.g. {example!r}"
+            )
+        values = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.isinf(values).any():
+        raise errors.NonFiniteValuesError(
+            f"{what} {name!r} has {int(np.isinf(values).sum())} infinite value(s)"
+        )
+    return values
+
+
+def _looks_numeric(col: pd.Series) -> bool:
+    """A text column whose non-missing values are mostly numbers."""
+    present = col.dropna()
+    if len(present) == 0:
+        return False
+    parsed = pd.to_numeric(present, errors="coerce")
+    return float(parsed.notna().mean()) >= NUMERIC_SHARE
+
+
+def _categorical_column(col: pd.Series) -> npt.NDArray[np.object_]:
+    """Canonical category strings; None for missing (the empty string counts as missing)."""
+    return np.array([category_key(v) or None for v in col.tolist()], dtype=object)
+
+
+def prepare(
+    df: pd.DataFrame,
+    spec: DatasetSpec,
+    task: TaskName,
+    seed: int,
+    *,
+    min_rows: int = 10,
+    max_classes: int = 1000,
+) -> Dataset:
+    """Check the table, split it (stratified for classification) and fit the encoder."""
+    target = spec.target
+    if target not in df.columns:
+        raise errors.MissingTargetColumnError(
+            f"target column {target!r} is not in the dataset (columns: {_names(df.columns)})"
+        )
+    names = list(spec.features) if spec.features is not None else [c for c in df.columns if c != target]
+    unknown = [n for n in names if n not in df.columns]
+    if unknown:
+        raise errors.UnknownFeatureError(
+            f"feature(s) {', '.join(map(repr, unknown))} not in the dataset (columns: {_names(df.columns)})"
+        )
+    declared = list(spec.categorical_features or [])
+    bad_decl = [n for n in declared if n not in names]
+    if bad_decl:
+        raise errors.UnknownFeatureError(
+            f"categorical feature(s) {', '.join(map(repr, bad_decl))} are not among the features"
+        )
+    if not names:
+        raise errors.EmptyDatasetError("the dataset has no feature columns besides the target")
+    if len(df) < min_rows:
+        raise errors.TooFewRowsError(f"the dataset has {len(df)} row(s); at least {min_rows} are needed")
+
+    y_col = df[target]
+    n_missing = int(y_col.isna().sum())
+    if n_missing:
+        raise errors.MissingTargetValuesError(f"target column {target!r} has {n_missing} missing value(s)")
+
+    # --- features ------------------------------------------------------------------------------
+    raw: dict[str, np.ndarray[Any, Any]] = {}
+    specs: list[FeatureSpec] = []
+    for name in names:
+        col = df[name]
+        if bool(col.isna().all()):
+            raise errors.AllMissingColumnError(f"feature column {name!r} has no values (all missing)")
+        numeric_dtype = pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype)
+        if name in declared or (not numeric_dtype and not _looks_numeric(col)):
+            raw[name] = _categorical_column(col)
+            specs.append(FeatureSpec(name=name, type="categorical"))
+        else:
+            raw[name] = _numeric_column(name, col, "feature column")
+            specs.append(FeatureSpec(name=name, type="numeric"))
+
+    # --- target --------------------------------------------------------------------------------
+    classes: list[str] = []
+    if task == "classification":
+        keys = _categorical_column(y_col)
+        classes = sorted(set(keys.tolist()), key=_class_sort_key)
+        if len(classes) < 2:
+            raise errors.SingleClassError(
+                f"target column {target!r} has a single class ({classes[0]!r}); classification needs two or more"
+            )
+        if len(classes) > max_classes:
+            raise errors.TooManyClassesError(
+                f"target column {target!r} has {len(classes)} distinct values; at most {max_classes} "
+                "classes are allowed (is this a regression target?)"
+            )
+        index = {c: i for i, c in enumerate(classes)}
+        y: np.ndarray[Any, Any] = np.array([index[k] for k in keys], dtype=np.int64)
+    else:
+        yv = _numeric_column(target, y_col, "target column")
+        if float(np.nanstd(yv)) == 0.0:
+            raise errors.ConstantTargetError(
+                f"target column {target!r} is constant ({yv[0]:g}); nothing to learn"
+            )
+        y = yv.astype(np.float32)
+
+    # --- split ---------------------------------------------------------------------------------
+    train_idx, val_idx = split_indices(
+        y if task == "classification" else None, len(df), spec.validation_split, seed
+    )
+    if len(train_idx) < 2 or len(val_idx) < 1:
+        raise errors.TooFewRowsError(
+            f"the dataset has {len(df)} row(s): too few for a validation split of {spec.validation_split}"
+        )
+    raw_train = {k: v[train_idx] for k, v in raw.items()}
+    raw_val = {k: v[val_idx] for k, v in raw.items()}
+
+    # --- encoder (training rows only) ----------------------------------------------------------
+    nums: list[NumericStats] = []
+    cats: list[CategoricalStats] = []
+    for f in specs:
+        v = raw_train[f.name]
+        if f.type == "numeric":
+            present = v[~np.isnan(v)]
+            median = float(np.median(present)) if len(present) else 0.0
+            filled = np.where(np.isnan(v), median, v).astype(np.float32)
+            std = float(filled.std())
+            nums.append(NumericStats(f.name, median, float(filled.mean()), std if std > 1e-12 else 1.0))
+        else:
+            present_keys = [k for k in v.tolist() if k is not None]
+            uniq, counts = np.unique(np.array(present_keys, dtype=object).astype(str), return_counts=True)
+            if len(uniq) == 0:
+                uniq, counts = np.array([""]), np.array([1])
+            mode = str(uniq[int(np.argmax(counts))])
+            cats.append(CategoricalStats(f.name, [str(u) for u in uniq], mode))
+    encoder = Encoder(features=specs, numeric=nums, categorical=cats)
+
+    ds = Dataset(
+        task=task,
+        target=target,
+        encoder=encoder,
+        x_train=encoder.encode(raw_train),
+        y_train=y[train_idx],
+        x_val=encoder.encode(raw_val),
+        y_val=y[val_idx],
+        raw_train=raw_train,
+        raw_val=raw_val,
+        classes=classes,
+    )
+    if task == "regression":
+        ds.target_mean = float(ds.y_train.mean())
+        std = float(ds.y_train.std())
+        ds.target_std = std if std > 1e-12 else 1.0
+    return ds
+
+
+def split_indices(
+    y: np.ndarray[Any, Any] | None, n: int, fraction: float, seed: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Deterministic train/validation split; stratified by class when ``y`` is given."""
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)] if y is None else [np.flatnonzero(y == c) for c in np.unique(y)]
+    train: list[npt.NDArray[np.int64]] = []
+    val: list[npt.NDArray[np.int64]] = []
+    for g in groups:
+        perm = g[rng.permutation(len(g))]
+        k = round(len(g) * fraction)
+        k = min(max(k, 1), len(g) - 1) if len(g) >= 2 else 0
+        val.append(perm[:k])
+        train.append(perm[k:])
+    return np.sort(np.concatenate(train)).astype(np.int64), np.sort(np.concatenate(val)).astype(np.int64)
+
+
+def _class_sort_key(label: str) -> tuple[int, float, str]:
+    """Numeric labels in numeric order (2 < 10), then text labels alphabetically."""
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def _names(cols: Any) -> str:
+    names = [str(c) for c in cols]
+    shown = ", ".join(names[:12])
+    return shown + (f", … ({len(names)} in all)" if len(names) > 12 else "")

@@ -1,0 +1,179 @@
+"""The trainer's error hierarchy: each class names a reason and carries the process exit code.
+
+Exit codes are stable (the operator and users match on them); data problems use 10-29, everything
+else lives above. A plain ``Exception`` escaping the trainer is a bug and exits with 1.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from kubeloop.contracts import TrainingFailure
+
+
+class TrainerError(Exception):
+    """Base class: a failure the trainer understands; ``str(e)`` is one line naming the problem."""
+
+    exit_code: ClassVar[int] = 1
+    reason: ClassVar[str] = "TrainerError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))  # always one line
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+    def failure(self) -> TrainingFailure:
+        return TrainingFailure(reason=self.reason, message=self.message, exit_code=self.exit_code)
+
+
+class ConfigError(TrainerError):
+    """The spec or the settings are invalid."""
+
+    exit_code = 2
+    reason = "InvalidConfiguration"
+
+
+# --- data problems (10-29) -------------------------------------------------------------------------
+
+
+class DataError(TrainerError):
+    """The dataset cannot be trained on."""
+
+    exit_code = 10
+    reason = "InvalidDataset"
+
+
+class DatasetNotFoundError(DataError):
+    exit_code = 11
+    reason = "DatasetNotFound"
+
+
+class UnreadableDatasetError(DataError):
+    exit_code = 12
+    reason = "UnreadableDataset"
+
+
+class EmptyDatasetError(DataError):
+    exit_code = 13
+    reason = "EmptyDataset"
+
+
+class MissingTargetColumnError(DataError):
+    exit_code = 14
+    reason = "MissingTargetColumn"
+
+
+class UnknownFeatureError(DataError):
+    exit_code = 15
+    reason = "UnknownFeature"
+
+
+class TooFewRowsError(DataError):
+    exit_code = 16
+    reason = "TooFewRows"
+
+
+class AllMissingColumnError(DataError):
+    exit_code = 17
+    reason = "AllMissingColumn"
+
+
+class NonNumericValuesError(DataError):
+    exit_code = 18
+    reason = "NonNumericValues"
+
+
+class NonFiniteValuesError(DataError):
+    exit_code = 19
+    reason = "NonFiniteValues"
+
+
+class MissingTargetValuesError(DataError):
+    exit_code = 20
+    reason = "MissingTargetValues"
+
+
+class SingleClassError(DataError):
+    exit_code = 21
+    reason = "SingleClass"
+
+
+class TooManyClassesError(DataError):
+    exit_code = 22
+    reason = "TooManyClasses"
+
+
+class ConstantTargetError(DataError):
+    exit_code = 23
+    reason = "ConstantTarget"
+
+
+class DuplicateColumnsError(DataError):
+    exit_code = 24
+    reason = "DuplicateColumns"
+
+
+# --- everything else (30+) -------------------------------------------------------------------------
+
+
+class StorageError(TrainerError):
+    """Object storage (MinIO/S3) could not be read or written."""
+
+    exit_code = 30
+    reason = "StorageError"
+
+
+class TrackingError(TrainerError):
+    """MLflow tracking or the model registry failed."""
+
+    exit_code = 31
+    reason = "TrackingError"
+
+
+class ExportError(TrainerError):
+    """The ONNX export failed or does not reproduce the torch model."""
+
+    exit_code = 32
+    reason = "ExportError"
+
+
+class DistributedError(TrainerError):
+    """The distributed environment (torchrun, DeepSpeed) is unusable."""
+
+    exit_code = 33
+    reason = "DistributedError"
+
+
+class TrainingDivergedError(TrainerError):
+    """The loss became NaN or infinite."""
+
+    exit_code = 34
+    reason = "TrainingDiverged"
+
+
+ALL_ERRORS: tuple[type[TrainerError], ...] = (
+    TrainerError,
+    ConfigError,
+    DataError,
+    DatasetNotFoundError,
+    UnreadableDatasetError,
+    EmptyDatasetError,
+    MissingTargetColumnError,
+    UnknownFeatureError,
+    TooFewRowsError,
+    AllMissingColumnError,
+    NonNumericValuesError,
+    NonFiniteValuesError,
+    MissingTargetValuesError,
+    SingleClassError,
+    TooManyClassesError,
+    ConstantTargetError,
+    DuplicateColumnsError,
+    StorageError,
+    TrackingError,
+    ExportError,
+    DistributedError,
+    TrainingDivergedError,
+)

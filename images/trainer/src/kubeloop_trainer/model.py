@@ -1,0 +1,84 @@
+"""The tabular MLP: numeric imputation and scaling are layers of the model, so they are exported."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from kubeloop_trainer.data import Dataset
+
+
+class TabularMLP(nn.Module):
+    """``x = [raw numerics (NaN = missing) | one-hot categoricals]`` -> logits or a scaled prediction.
+
+    ``forward`` returns what the loss needs (class logits, or the standardised regression target);
+    :class:`InferenceHead` turns it into probabilities or target units for evaluation and export.
+    """
+
+    def __init__(
+        self,
+        n_numeric: int,
+        width: int,
+        hidden: Sequence[int],
+        n_outputs: int,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.n_numeric = n_numeric
+        self.register_buffer("median", torch.zeros(n_numeric))
+        self.register_buffer("mean", torch.zeros(n_numeric))
+        self.register_buffer("std", torch.ones(n_numeric))
+        layers: list[nn.Module] = []
+        prev = width
+        for h in hidden:
+            layers += [nn.Linear(prev, h), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            prev = h
+        layers.append(nn.Linear(prev, n_outputs))
+        self.net = nn.Sequential(*layers)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        if self.n_numeric == 0:
+            return x
+        num = x[:, : self.n_numeric]
+        num = torch.where(torch.isnan(num), self.median.float(), num)
+        num = (num - self.mean.float()) / self.std.float()
+        return torch.cat([num, x[:, self.n_numeric :]], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # preprocessing in float32 even when the layers run in bf16/fp16 (DeepSpeed)
+        h = self.preprocess(x.float())
+        dtype = self.net[0].weight.dtype
+        return self.net(h if dtype == torch.float32 else h.to(dtype))
+
+
+class InferenceHead(nn.Module):
+    """Probabilities (classification) or the prediction in target units (regression)."""
+
+    def __init__(
+        self, model: TabularMLP, task: str, target_mean: float = 0.0, target_std: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+        self.target_mean = float(target_mean)
+        self.target_std = float(target_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if self.task == "classification":
+            return torch.softmax(out, dim=1)
+        return out * self.target_std + self.target_mean
+
+
+def build_model(ds: Dataset, hidden: Sequence[int], dropout: float) -> TabularMLP:
+    enc = ds.encoder
+    model = TabularMLP(len(enc.numeric), enc.width, hidden, ds.n_outputs, dropout)
+    if enc.numeric:
+        model.median.copy_(torch.tensor([s.median for s in enc.numeric], dtype=torch.float32))
+        model.mean.copy_(torch.tensor([s.mean for s in enc.numeric], dtype=torch.float32))
+        model.std.copy_(torch.tensor([s.std for s in enc.numeric], dtype=torch.float32))
+    return model

@@ -1,0 +1,164 @@
+"""MLflow: one run per TrainingJob run, per-epoch metrics, registration and alias promotion.
+
+Only rank 0 talks to MLflow. The tracking URI comes from ``MLFLOW_TRACKING_URI``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from kubeloop_trainer.errors import TrackingError
+from kubeloop_trainer.metrics import better, clears
+
+log = logging.getLogger(__name__)
+
+TAG_NAMESPACE = "kubeloop.io/namespace"
+TAG_NAME = "kubeloop.io/trainingjob"
+TAG_UID = "kubeloop.io/uid"
+TAG_MODEL_URI = "kubeloop.io/model-uri"
+TAG_BASELINE_URI = "kubeloop.io/baseline-uri"
+ARTIFACT_DIR = "model"
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        elif v is not None:
+            out[key] = str(v)[:6000]
+    return out
+
+
+class Tracker:
+    def __init__(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            log.warning("MLFLOW_TRACKING_URI is not set: MLflow records into ./mlruns inside the pod")
+        self.client = MlflowClient()
+        self.run_id = ""
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise TrackingError(f"MLflow: cannot {what}: {msg}") from e
+
+    def start(
+        self, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, str], run_id: str = ""
+    ) -> str:
+        """Create the run (or continue ``run_id`` after a restart)."""
+        if run_id:
+            self._call("reopen the run", self.client.update_run, run_id, status="RUNNING")
+            self.run_id = run_id
+            return run_id
+        exp = self._call("read the experiment", self.client.get_experiment_by_name, experiment)
+        if exp is None:
+            try:
+                exp_id = self.client.create_experiment(experiment)
+            except Exception:  # created concurrently
+                exp = self._call("read the experiment", self.client.get_experiment_by_name, experiment)
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        run = self._call("create a run", self.client.create_run, exp_id, tags=tags, run_name=run_name)
+        self.run_id = run.info.run_id
+        self.log_params(params)
+        return self.run_id
+
+    def log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self._call("log parameters", self.client.log_batch, self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        self._call("log metrics", self.client.log_batch, self.run_id, metrics=items)
+
+    def log_artifact_bytes(self, data: bytes, filename: str) -> None:
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as d:
+            p = Path(d) / filename
+            p.write_bytes(data)
+            self._call("upload an artifact", self.client.log_artifact, self.run_id, str(p), ARTIFACT_DIR)
+
+    def end(self, ok: bool) -> None:
+        if self.run_id:
+            try:
+                self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
+            except Exception as e:  # the result is already recorded; do not fail the run for this
+                log.warning("MLflow: cannot close run %s: %s", self.run_id, e)
+
+    # --- registry --------------------------------------------------------------------------------
+
+    def register(self, name: str, tags: dict[str, str]) -> int:
+        """A new version of ``name`` whose source is the run's ``model`` artifact directory."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as e:
+            if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+                raise TrackingError(f"MLflow: cannot create registered model {name!r}: {e.message}") from e
+        source = f"runs:/{self.run_id}/{ARTIFACT_DIR}"
+        mv = self._call(
+            "create a model version",
+            self.client.create_model_version,
+            name,
+            source,
+            run_id=self.run_id,
+            tags=tags,
+        )
+        return int(mv.version)
+
+    def tag_version(self, name: str, version: int, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self._call("tag the model version", self.client.set_model_version_tag, name, str(version), k, v)
+
+    def delete_version(self, name: str, version: int) -> None:
+        try:
+            self.client.delete_model_version(name, str(version))
+        except Exception as e:
+            log.warning("MLflow: cannot roll back version %s of %s: %s", version, name, e)
+
+    def promote(
+        self,
+        name: str,
+        version: int,
+        alias: str,
+        metric: str,
+        value: float,
+        threshold: float | None,
+        require_improvement: bool,
+    ) -> tuple[bool, str]:
+        """Move ``alias`` to ``version`` if it clears ``threshold`` and, if required, beats the holder."""
+        if threshold is not None and not clears(metric, value, threshold):
+            return False, f"{metric}={value:.4g} does not reach the threshold {threshold:g}"
+        if require_improvement:
+            try:
+                holder = self.client.get_model_version_by_alias(name, alias)
+            except Exception:
+                holder = None
+            if holder is not None and holder.run_id:
+                run = self._call("read the alias holder's run", self.client.get_run, holder.run_id)
+                old = run.data.metrics.get(metric)
+                if old is not None and not better(metric, value, float(old)):
+                    return False, f"{metric}={value:.4g} does not beat version {holder.version} ({old:.4g})"
+        self._call("set the alias", self.client.set_registered_model_alias, name, alias, str(version))
+        return True, f"alias {alias!r} now points at version {version}"

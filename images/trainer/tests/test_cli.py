@@ -1,0 +1,137 @@
+"""The command line: configuration errors, the termination message, exit codes (no services)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from kubeloop_trainer.__main__ import main, write_termination
+
+pytest_plugins = ["kubeloop_trainer.testing"]  # fixtures: datasets, spec builder, CLI runners
+
+
+def test_termination_message_is_skipped_when_unwritable(tmp_path: Path) -> None:
+    write_termination("x", str(tmp_path / "no" / "such" / "dir" / "file"))  # no exception
+    target = tmp_path / "term"
+    write_termination("y" * 10_000, str(target))
+    assert len(target.read_text()) == 4096  # the kubelet's limit
+
+
+def test_missing_spec_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("KUBELOOP_TRAINER_SPEC", raising=False)
+    term = tmp_path / "term"
+    assert main(["--termination-log", str(term)]) == 2
+    assert json.loads(term.read_text()) == {
+        "reason": "InvalidConfiguration",
+        "message": "KUBELOOP_TRAINER_SPEC is required",
+        "exitCode": 2,
+    }
+    assert (
+        "kubeloop-trainer: InvalidConfiguration: KUBELOOP_TRAINER_SPEC is required" in capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        (
+            json.dumps({"dataset": {"uri": "/d.csv", "target": "y"}, "task": "clustering"}),
+            "invalid TrainingJob spec at task",
+        ),
+        (
+            json.dumps(
+                {"dataset": {"uri": "/d.csv", "target": "y"}, "task": "regression", "training": {"epochs": 0}}
+            ),
+            "invalid TrainingJob spec at training.epochs",
+        ),
+    ],
+)
+def test_invalid_spec_names_the_field(
+    spec: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    term = tmp_path / "term"
+    monkeypatch.setenv("KUBELOOP_TRAINER_TERMINATION_LOG", str(term))
+    assert main(["--spec", spec]) == 2
+    assert message in json.loads(term.read_text())["message"]
+
+
+def test_no_object_store_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_spec: Callable[..., dict[str, Any]]
+) -> None:
+    for var in ("KUBELOOP_TRAINER_S3_ENDPOINT", "KUBELOOP_TRAINER_LOCAL_STORE"):
+        monkeypatch.delenv(var, raising=False)
+    term = tmp_path / "term"
+    spec = json.dumps(make_spec("/d.csv", "y", "classification"))
+    assert main(["--spec", spec, "--termination-log", str(term)]) == 2
+    assert "no object store configured" in json.loads(term.read_text())["message"]
+
+
+def test_local_dataset_that_does_not_exist(
+    local_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_spec: Callable[..., dict[str, Any]],
+) -> None:
+    for k, v in local_env.items():
+        monkeypatch.setenv(k, v)
+    term = tmp_path / "term"
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(make_spec(str(tmp_path / "missing.csv"), "y", "classification")))
+    assert main(["--spec", f"@{spec_file}", "--termination-log", str(term)]) == 11
+    assert json.loads(term.read_text())["reason"] == "DatasetNotFound"
+
+
+@pytest.mark.slow
+def test_local_end_to_end_in_process(
+    breast_cancer: pd.DataFrame,
+    local_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    make_spec: Callable[..., dict[str, Any]],
+) -> None:
+    """Without MinIO: a directory as the object store and MLflow on SQLite."""
+    data = tmp_path / "bc.parquet"
+    breast_cancer.to_parquet(data)
+    for k, v in local_env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("KUBELOOP_TRAINER_THREADS", "1")
+    term = tmp_path / "term"
+    spec = make_spec(
+        str(data),
+        "target",
+        "classification",
+        registry={"modelName": "bc-local"},
+        promotion={"metric": "accuracy", "threshold": 0.9, "alias": "champion"},
+    )
+    assert main(["--spec", json.dumps(spec), "--termination-log", str(term)]) == 0, capsys.readouterr().err[
+        -2000:
+    ]
+    summary = json.loads(term.read_text())
+    assert summary["modelVersion"] == 1
+    assert summary["promoted"] is True
+    store = Path(local_env["KUBELOOP_TRAINER_LOCAL_STORE"])
+    assert (store / "kubeloop/models/bc-local/1/model.onnx").is_file()
+    assert (store / "kubeloop/models/bc-local/1/baseline.json").is_file()
+    out = capsys.readouterr().out
+    assert '"event":"promotion","promoted":true' in out
+
+    # the same training again (a new TrainingJob uid): version 2, equal accuracy does not beat the holder
+    monkeypatch.setenv("KUBELOOP_TRAINER_UID", "uid-2")
+    assert main(["--spec", json.dumps(spec), "--termination-log", str(term)]) == 0
+    again = json.loads(term.read_text())
+    assert again["modelVersion"] == 2
+    assert again["promoted"] is False
+    assert "does not beat version 1" in capsys.readouterr().out
+
+    from mlflow.tracking import MlflowClient
+
+    holder = MlflowClient(local_env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias("bc-local", "champion")
+    assert str(holder.version) == "1"

@@ -1,0 +1,175 @@
+"""Data loading and the checks that run before any training (no I/O)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from kubeloop_trainer import errors
+from kubeloop_trainer.data import prepare, read_table, split_indices
+
+from kubeloop.resources import DatasetSpec
+
+pytest_plugins = ["kubeloop_trainer.testing"]  # fixtures: datasets, spec builder, CLI runners
+
+
+def csv_bytes(df: pd.DataFrame) -> bytes:
+    return df.to_csv(index=False).encode()
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf)
+    return buf.getvalue()
+
+
+def good_frame(n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    return pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "y": np.arange(n) % 2})
+
+
+def check(
+    df_or_bytes: pd.DataFrame | bytes, task: str = "classification", uri: str = "/d.csv", **spec: object
+):
+    data = df_or_bytes if isinstance(df_or_bytes, bytes) else csv_bytes(df_or_bytes)
+    df = read_table(data, uri)
+    ds_spec = DatasetSpec.model_validate({"uri": uri, "target": "y", **spec})
+    return prepare(df, ds_spec, task, seed=1)  # type: ignore[arg-type]
+
+
+def test_csv_and_parquet_read_the_same(breast_cancer: pd.DataFrame) -> None:
+    a = read_table(csv_bytes(breast_cancer), "s3://b/d.csv")
+    b = read_table(parquet_bytes(breast_cancer), "s3://b/d.parquet")
+    c = read_table(parquet_bytes(breast_cancer), "s3://b/no-extension")  # sniffed by magic bytes
+    assert list(a.columns) == list(b.columns) == list(c.columns)
+    np.testing.assert_allclose(a.to_numpy(float), b.to_numpy(float), rtol=1e-12)
+
+
+BAD = {
+    "empty file": (b"", errors.EmptyDatasetError, "empty"),
+    "header only": (b"a,b,y\n", errors.EmptyDatasetError, "no rows"),
+    "duplicate columns": (b"a,a,y\n1,2,0\n", errors.DuplicateColumnsError, "duplicate column names: a"),
+    "garbage parquet": (b"PAR1 not really", errors.UnreadableDatasetError, "Parquet"),
+}
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_unreadable_inputs(case: str) -> None:
+    data, exc, text = BAD[case]
+    uri = "/d.parquet" if "parquet" in case else "/d.csv"
+    with pytest.raises(exc, match=text):
+        check(data, uri=uri)
+
+
+def test_missing_target() -> None:
+    df = good_frame().rename(columns={"y": "label"})
+    with pytest.raises(errors.MissingTargetColumnError, match="target column 'y' is not in the dataset"):
+        check(df)
+
+
+def test_unknown_feature() -> None:
+    with pytest.raises(errors.UnknownFeatureError, match="'nope'"):
+        check(good_frame(), features=["a", "nope"])
+
+
+def test_too_few_rows() -> None:
+    with pytest.raises(errors.TooFewRowsError, match="5 row"):
+        check(good_frame(5))
+
+
+def test_all_missing_column() -> None:
+    df = good_frame()
+    df["b"] = np.nan
+    with pytest.raises(errors.AllMissingColumnError, match="'b'"):
+        check(df)
+
+
+def test_non_numeric_value_in_numeric_column() -> None:
+    df = good_frame().astype({"a": object})
+    df.loc[3, "a"] = "twelve"
+    with pytest.raises(errors.NonNumericValuesError, match=r"'a' has 1 non-numeric value.*twelve"):
+        check(df)
+
+
+def test_infinite_values() -> None:
+    df = good_frame()
+    df.loc[0, "b"] = np.inf
+    with pytest.raises(errors.NonFiniteValuesError, match="'b'"):
+        check(parquet_bytes(df), uri="/d.parquet")
+
+
+def test_single_class() -> None:
+    df = good_frame()
+    df["y"] = 1
+    with pytest.raises(errors.SingleClassError, match="single class"):
+        check(df)
+
+
+def test_missing_target_values() -> None:
+    df = good_frame()
+    df.loc[[1, 2], "y"] = np.nan
+    with pytest.raises(errors.MissingTargetValuesError, match="2 missing"):
+        check(df)
+
+
+def test_regression_target_must_be_numeric_and_vary() -> None:
+    df = good_frame().astype({"y": object})
+    df.loc[0, "y"] = "high"
+    with pytest.raises(errors.NonNumericValuesError, match="target column 'y'"):
+        check(df, task="regression")
+    df = good_frame()
+    df["y"] = 3.0
+    with pytest.raises(errors.ConstantTargetError, match="constant"):
+        check(df, task="regression")
+
+
+def test_too_many_classes() -> None:
+    df = good_frame(40)
+    df["y"] = np.arange(40) * 0.5
+    with pytest.raises(errors.TooManyClassesError, match="40 distinct"):
+        prepare(
+            read_table(csv_bytes(df), "/d.csv"),
+            DatasetSpec(uri="/d.csv", target="y"),
+            "classification",
+            1,
+            max_classes=20,
+        )
+
+
+def test_every_error_has_its_own_exit_code() -> None:
+    codes = [e.exit_code for e in errors.ALL_ERRORS]
+    assert len(codes) == len(set(codes))
+    reasons = [e.reason for e in errors.ALL_ERRORS]
+    assert len(reasons) == len(set(reasons))
+    f = errors.SingleClassError("target 'y'\nhas one class").failure()
+    assert f.message == "target 'y' has one class"  # one line
+    assert f.model_dump(by_alias=True) == {"reason": "SingleClass", "message": f.message, "exitCode": 21}
+
+
+def test_encoding_and_split(mixed_frame: pd.DataFrame) -> None:
+    ds = check(csv_bytes(mixed_frame), categorical_features=["size"])
+    kinds = {f.name: f.type for f in ds.encoder.features}
+    assert kinds == {"x1": "numeric", "x2": "numeric", "color": "categorical", "size": "categorical"}
+    assert ds.classes == ["hi", "lo", "mid"]
+    cats = {c.name: c.categories for c in ds.encoder.categorical}
+    assert cats == {"color": ["blue", "green", "red"], "size": ["1", "2", "3"]}
+    assert ds.x_train.shape[1] == 2 + 3 + 3
+    assert np.isnan(ds.x_train[:, 0]).any()  # raw numerics keep NaN; the model imputes
+    onehot = ds.x_train[:, 2:]
+    assert set(np.unique(onehot.sum(axis=1))) == {2.0}  # missing colour -> the mode
+    assert len(ds.y_val) == 60
+    # stratified: every class in both splits
+    assert set(ds.y_val) == set(ds.y_train) == {0, 1, 2}
+
+
+def test_split_is_deterministic() -> None:
+    y = np.arange(100) % 3
+    a = split_indices(y, 100, 0.25, seed=5)
+    b = split_indices(y, 100, 0.25, seed=5)
+    c = split_indices(y, 100, 0.25, seed=6)
+    assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+    assert not np.array_equal(a[1], c[1])
+    assert len(np.intersect1d(a[0], a[1])) == 0
+    assert len(a[0]) + len(a[1]) == 100

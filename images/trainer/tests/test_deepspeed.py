@@ -1,0 +1,114 @@
+"""DeepSpeed: the configuration we build (unit) and real runs (CPU accelerator; GPU when present)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from kubeloop_trainer.distributed import deepspeed_config
+from kubeloop_trainer.errors import ConfigError
+
+from kubeloop.resources import DeepSpeedSpec, TrainingJobSpec
+
+pytest_plugins = ["kubeloop_trainer.testing"]  # fixtures: datasets, spec builder, CLI runners
+
+
+def test_config_splits_the_global_batch_over_ranks() -> None:
+    cfg = deepspeed_config(
+        DeepSpeedSpec(zero_stage=2, precision="bf16"), global_batch=64, world_size=4, on_gpu=True
+    )
+    assert cfg["train_batch_size"] == 64
+    assert cfg["train_micro_batch_size_per_gpu"] == 16
+    assert cfg["gradient_accumulation_steps"] == 1
+    assert cfg["zero_optimization"] == {"stage": 2}
+    assert cfg["bf16"] == {"enabled": True}
+    assert cfg["fp16"]["enabled"] is False
+    assert "optimizer" not in cfg  # a torch AdamW is handed over: no fused op to build
+
+
+def test_config_precisions() -> None:
+    fp16 = deepspeed_config(DeepSpeedSpec(zero_stage=1, precision="fp16"), 32, 1, on_gpu=True)
+    assert fp16["fp16"]["enabled"]
+    assert not fp16["bf16"]["enabled"]
+    fp32 = deepspeed_config(DeepSpeedSpec(zero_stage=0, precision="fp32"), 32, 1, on_gpu=False)
+    assert not fp32["fp16"]["enabled"]
+    assert not fp32["bf16"]["enabled"]
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        deepspeed_config(DeepSpeedSpec(precision="fp16"), 32, 1, on_gpu=False)
+
+
+def test_config_is_accepted_by_deepspeed() -> None:
+    """DeepSpeed's own parser takes the config (single process: micro batch == global batch)."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    cfg = deepspeed_config(DeepSpeedSpec(zero_stage=1, precision="bf16"), 64, 1, on_gpu=False)
+    parsed = DeepSpeedConfig(json.loads(json.dumps(cfg)))
+    assert parsed.zero_optimization_stage == 1
+    assert parsed.bfloat16_config.enabled
+    assert parsed.train_batch_size == 64
+
+
+def _ds_spec(make_spec: Callable[..., dict[str, Any]], uri: str, name: str, precision: str, gpus: int) -> str:
+    spec = make_spec(
+        uri,
+        "target",
+        "regression",
+        training={"epochs": 3, "batchSize": 32, "learningRate": 0.01, "seed": 3},
+        distributed={
+            "backend": "deepspeed",
+            "gpusPerNode": gpus,
+            "allowCpu": gpus == 0,
+            "deepspeed": {"zeroStage": 1, "precision": precision},
+        },
+        registry={"modelName": name},
+    )
+    TrainingJobSpec.model_validate(spec)
+    return json.dumps(spec)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero1_bf16_on_the_cpu_accelerator(
+    diabetes: pd.DataFrame,
+    local_env: dict[str, str],
+    tmp_path: Path,
+    make_spec: Callable[..., dict[str, Any]],
+    run_cli: Callable[..., Any],
+) -> None:
+    """A real deepspeed.initialize run (ZeRO-1, bf16) over gloo: killed after epoch 2, resumed from its
+    DeepSpeed checkpoint in the object store, registered and exported."""
+    data = tmp_path / "diabetes.csv"
+    diabetes.to_csv(data, index=False)
+    env = {**local_env, "KUBELOOP_TRAINER_SPEC": _ds_spec(make_spec, str(data), "diab-ds", "bf16", 0)}
+    first = run_cli({**env, "KUBELOOP_TRAINER_CRASH_AFTER_EPOCH": "2"})
+    assert first.rc == -9, first.stderr[-3000:]
+    assert [e["epoch"] for e in first.events()] == [1, 2]
+    r = run_cli(env)
+    assert r.rc == 0, r.stderr[-3000:]
+    assert r.events("resumed") == [{"event": "resumed", "epoch": 2, "epochs": 3}]
+    assert [e["epoch"] for e in r.events()] == [3]
+    assert r.termination is not None
+    assert r.termination["modelVersion"] == 1
+    assert r.termination["metrics"]["r2"] > 0.2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_deepspeed_zero1_bf16_on_gpu(
+    diabetes: pd.DataFrame,
+    local_env: dict[str, str],
+    tmp_path: Path,
+    make_spec: Callable[..., dict[str, Any]],
+    run_cli: Callable[..., Any],
+) -> None:
+    data = tmp_path / "diabetes.csv"
+    diabetes.to_csv(data, index=False)
+    env = {**local_env, "KUBELOOP_TRAINER_SPEC": _ds_spec(make_spec, str(data), "diab-ds-gpu", "bf16", 1)}
+    r = run_cli(env)
+    assert r.rc == 0, r.stderr[-3000:]
+    assert r.termination is not None
+    assert r.termination["modelVersion"] == 1

@@ -1,0 +1,120 @@
+"""ONNX export: raw inputs, preprocessing in the graph, parity with torch, metadata (no I/O)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+from kubeloop_trainer.data import prepare
+from kubeloop_trainer.errors import ExportError
+from kubeloop_trainer.export import export_onnx, onnx_feed, verify
+from kubeloop_trainer.model import InferenceHead, build_model
+
+from kubeloop.contracts import ModelMetadata
+from kubeloop.resources import DatasetSpec
+
+pytest_plugins = ["kubeloop_trainer.testing"]  # fixtures: datasets, spec builder, CLI runners
+
+
+def _trained_head(ds, steps: int = 30):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = build_model(ds, [8], 0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    x = torch.from_numpy(ds.x_train)
+    y = torch.from_numpy(ds.y_train)
+    for _ in range(steps):
+        out = model(x)
+        loss = (
+            torch.nn.functional.cross_entropy(out, y)
+            if ds.task == "classification"
+            else torch.nn.functional.mse_loss(out.squeeze(1), (y - ds.target_mean) / ds.target_std)
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return InferenceHead(model.eval(), ds.task, ds.target_mean, ds.target_std).eval()
+
+
+def _meta(ds) -> ModelMetadata:  # type: ignore[no-untyped-def]
+    return ModelMetadata(
+        features=ds.encoder.features, task=ds.task, classes=ds.classes, target=ds.target, model_name="m"
+    )
+
+
+def test_classification_graph_takes_raw_values(mixed_frame: pd.DataFrame) -> None:
+    ds = prepare(
+        mixed_frame, DatasetSpec(uri="/d.csv", target="y", categorical_features=["size"]), "classification", 1
+    )
+    head = _trained_head(ds)
+    model = export_onnx(head, ds, _meta(ds))
+    data = model.SerializeToString()
+    assert verify(data, head, ds, 1e-4) <= 1e-4
+
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    names = [(i.name, i.type) for i in sess.get_inputs()]
+    assert names == [
+        ("x1", "tensor(float)"),
+        ("x2", "tensor(float)"),
+        ("color", "tensor(string)"),
+        ("size", "tensor(string)"),
+    ]
+    assert [o.name for o in sess.get_outputs()] == ["probabilities", "label"]
+    meta = ModelMetadata.from_props(dict(sess.get_modelmeta().custom_metadata_map))
+    assert meta.classes == ["hi", "lo", "mid"]
+    assert meta.task == "classification"
+    assert [f.name for f in meta.features] == ["x1", "x2", "color", "size"]
+
+    # raw rows, with a missing number, a missing and an unseen category; batch of 3
+    feed = {
+        "x1": np.array([[np.nan], [12.0], [9.0]], np.float32),
+        "x2": np.array([[-5.0], [-4.0], [-6.0]], np.float32),
+        "color": np.array([[""], ["red"], ["purple"]], object),
+        "size": np.array([["1"], ["3"], ["2"]], object),
+    }
+    probs, labels = sess.run(None, feed)
+    assert probs.shape == (3, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert set(labels) <= {"hi", "lo", "mid"}
+    # the same rows through torch: NaN imputed by the model, missing colour -> mode, unseen -> zeros
+    enc = ds.encoder
+    cols = {
+        "x1": np.array([np.nan, 12.0, 9.0]),
+        "x2": np.array([-5.0, -4.0, -6.0]),
+        "color": np.array([None, "red", "purple"], object),
+        "size": np.array(["1", "3", "2"], object),
+    }
+    want = head(torch.from_numpy(enc.encode(cols))).detach().numpy()
+    np.testing.assert_allclose(probs, want, atol=1e-5)
+
+
+def test_regression_graph(diabetes: pd.DataFrame) -> None:
+    ds = prepare(diabetes, DatasetSpec(uri="/d.csv", target="target"), "regression", 1)
+    head = _trained_head(ds, steps=60)
+    model = export_onnx(head, ds, _meta(ds))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["prediction"]
+    (pred,) = sess.run(None, onnx_feed(ds, ds.raw_val))
+    assert pred.shape == (len(ds.y_val), 1)
+    assert 25 < float(pred.mean()) < 350  # target units, not standardised
+    assert sess.get_inputs()[0].shape == ["N", 1]  # dynamic batch
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_verify_refuses_a_model_that_differs(diabetes: pd.DataFrame) -> None:
+    ds = prepare(diabetes, DatasetSpec(uri="/d.csv", target="target"), "regression", 1)
+    head = _trained_head(ds, steps=5)
+    data = export_onnx(head, ds, _meta(ds)).SerializeToString()
+    with torch.no_grad():
+        head.model.net[0].bias.add_(0.01)  # torch drifts away from the exported graph
+    with pytest.raises(ExportError, match="differs from torch"):
+        verify(data, head, ds, 1e-4)
+
+
+def test_feature_named_like_an_output_is_refused(breast_cancer: pd.DataFrame) -> None:
+    df = breast_cancer.rename(columns={"mean radius": "label"})
+    ds = prepare(df, DatasetSpec(uri="/d.csv", target="target"), "classification", 1)
+    with pytest.raises(ExportError, match="clash"):
+        export_onnx(_trained_head(ds, 1), ds, _meta(ds))

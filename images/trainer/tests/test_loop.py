@@ -1,0 +1,129 @@
+"""The training loop: determinism, early stopping, checkpoint/resume equivalence (no I/O)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from kubeloop_trainer.app import train_targets
+from kubeloop_trainer.checkpoint import Checkpointer
+from kubeloop_trainer.data import Dataset, prepare
+from kubeloop_trainer.distributed import DistContext
+from kubeloop_trainer.loop import Loop, LoopConfig, LoopState, TorchEngine, best_model
+from kubeloop_trainer.model import build_model
+
+from kubeloop.contracts import ObjectRef
+from kubeloop.resources import DatasetSpec
+
+pytest_plugins = ["kubeloop_trainer.testing"]  # fixtures: datasets, spec builder, CLI runners
+
+
+class MemoryStore:
+    """An in-memory object store."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def get(self, ref: ObjectRef) -> bytes | None:
+        return self.objects.get(ref.uri)
+
+    def put(self, ref: ObjectRef, data: bytes, content_type: str = "") -> None:
+        self.objects[ref.uri] = data
+
+    def delete(self, ref: ObjectRef) -> None:
+        self.objects.pop(ref.uri, None)
+
+    def list(self, prefix: ObjectRef) -> list[ObjectRef]:
+        p = prefix.uri.rstrip("/") + "/"
+        return [ObjectRef.parse(u) for u in self.objects if u.startswith(p)]
+
+
+CPU = torch.device("cpu")
+ONE = DistContext()
+
+
+def _dataset(frame: pd.DataFrame, task: str = "classification") -> Dataset:
+    return prepare(frame, DatasetSpec(uri="/d.csv", target="target"), task, 3)  # type: ignore[arg-type]
+
+
+def _loop(ds: Dataset, epochs: int = 4, **cfg: object) -> Loop:
+    torch.manual_seed(3)
+    engine = TorchEngine(build_model(ds, [16], 0.1), 0.01, ONE, CPU)
+    config = LoopConfig(epochs=epochs, batch_size=64, learning_rate=0.01, seed=3, task=ds.task, **cfg)  # type: ignore[arg-type]
+    return Loop(
+        engine,
+        config,
+        ONE,
+        CPU,
+        ds.x_train,
+        train_targets(ds, ds.y_train),
+        ds.x_val,
+        train_targets(ds, ds.y_val),
+    )
+
+
+def test_same_seed_same_model(breast_cancer: pd.DataFrame) -> None:
+    ds = _dataset(breast_cancer)
+    a = _loop(ds).fit(LoopState())
+    b = _loop(ds).fit(LoopState())
+    assert [h["val_loss"] for h in a.history] == [h["val_loss"] for h in b.history]
+    for k, v in a.best_state.items():
+        assert torch.equal(v, b.best_state[k])
+    assert a.history[-1]["val_metric"] > 0.9
+
+
+def test_early_stopping_restores_the_best_epoch(diabetes: pd.DataFrame) -> None:
+    ds = _dataset(diabetes, "regression")
+    loop = _loop(ds, epochs=200, early_stopping=True, patience=2)
+    st = loop.fit(LoopState())
+    assert st.stopped_early
+    assert st.epoch < 200
+    assert st.epoch == st.best_epoch + 2
+    assert st.best_val == min(h["val_loss"] for h in st.history)
+    model = best_model(build_model(ds, [16], 0.1), st)
+    with torch.no_grad():
+        out = model(torch.from_numpy(ds.x_val)).squeeze(1).numpy()
+    y = train_targets(ds, ds.y_val)
+    assert float(np.mean((out - y) ** 2)) == pytest.approx(st.best_val, rel=1e-4)
+
+
+def test_resume_from_checkpoint_is_exact(breast_cancer: pd.DataFrame, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ds = _dataset(breast_cancer)
+    straight = _loop(ds, epochs=5, early_stopping=False).fit(LoopState())
+
+    store = MemoryStore()
+    ckpt = Checkpointer(store, ObjectRef("b", "checkpoints/ns/job"), "uid-1", ONE, tmp_path)  # type: ignore[arg-type]
+    first = _loop(ds, epochs=2, early_stopping=False)
+    first.fit(LoopState(), lambda r, st: ckpt.save_torch(first.engine, st, {"mlflow_run_id": "r1"}))  # type: ignore[arg-type]
+    assert store.get(ObjectRef("b", "checkpoints/ns/job/checkpoint.pt")) is not None
+
+    second = _loop(ds, epochs=5, early_stopping=False)
+    meta = ckpt.load()
+    assert meta is not None
+    assert meta["epoch"] == 2
+    assert meta["extra"]["mlflow_run_id"] == "r1"
+    state = Checkpointer.restore_torch(meta, second.engine)  # type: ignore[arg-type]
+    seen: list[int] = []
+    resumed = second.fit(state, lambda r, st: seen.append(r.epoch))
+    assert seen == [3, 4, 5]
+    assert [h["val_loss"] for h in resumed.history] == pytest.approx(
+        [h["val_loss"] for h in straight.history], rel=1e-6
+    )
+
+    # another TrainingJob with the same name (a new UID) does not pick the checkpoint up
+    other = Checkpointer(store, ObjectRef("b", "checkpoints/ns/job"), "uid-2", ONE, tmp_path)  # type: ignore[arg-type]
+    assert other.load() is None
+
+
+def test_checkpoint_is_loadable_with_weights_only(breast_cancer: pd.DataFrame, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ds = _dataset(breast_cancer)
+    store = MemoryStore()
+    ckpt = Checkpointer(store, ObjectRef("b", "c/ns/j"), "u", ONE, tmp_path)  # type: ignore[arg-type]
+    loop = _loop(ds, epochs=1)
+    loop.fit(LoopState(), lambda r, st: ckpt.save_torch(loop.engine, st, {}))  # type: ignore[arg-type]
+    data = store.get(ObjectRef("b", "c/ns/j/checkpoint.pt"))
+    assert data is not None
+    torch.load(io.BytesIO(data), weights_only=True)
