@@ -34,6 +34,8 @@ from .kubeapi import Api, ApiError
 from .podutil import field_value, now_iso, parse_time, resource_value
 from .volumes import PodVolumes, VolumeError
 
+_WORKSPACE = Path(__file__).resolve().parents[2]
+
 log = logging.getLogger("nodeagent.pods")
 
 Obj = dict[str, Any]
@@ -611,6 +613,11 @@ class PodWorker:
         hostname_file = self.dir / "etc-hostname"
         hostname_file.write_text((self.pod["spec"].get("hostname") or self.name)[:63] + "\n")
         extra = [("/tmp", tmp), ("/etc/hosts", self._hosts_file()), ("/etc/hostname", hostname_file)]
+        # Containers run this workspace's code: when it lives under /tmp (a fresh CI clone often
+        # does), the pod's private /tmp would hide it, so bind the workspace back over it.
+        for keep in {_WORKSPACE, Path(sys.prefix).resolve()}:
+            if keep.is_relative_to("/tmp"):
+                extra.append((str(keep), keep))
         term = c.spec.get("terminationMessagePath") or "/dev/termination-log"
         c.run_dir.mkdir(parents=True, exist_ok=True)
         tfile = c.run_dir / f"termination-{c.restart_count}"
