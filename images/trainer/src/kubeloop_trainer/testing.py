@@ -157,8 +157,10 @@ def run_main(
 
 
 @pytest.fixture
-def local_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+def local_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """A trainer environment with no network: a directory as object store, MLflow on SQLite."""
+    # MLflow's SQLite store puts artifacts in ./mlruns of the working directory: keep that in tmp.
+    monkeypatch.chdir(tmp_path)
     return {
         "KUBELOOP_TRAINER_LOCAL_STORE": str(tmp_path / "store"),
         "KUBELOOP_TRAINER_NAMESPACE": "ns",
