@@ -44,6 +44,8 @@ def test_mlflow_logs_a_run_with_artifacts_in_minio_and_registers_a_model_version
 
     for k, v in mlflow_server.env.items():
         monkeypatch.setenv(k, v)
+    # Process-wide MLflow state outlives this test: restore it so later tests see their own URIs.
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)
     mlflow.set_tracking_uri(mlflow_server.tracking_uri)
     client = MlflowClient(tracking_uri=mlflow_server.tracking_uri)
     suffix = uuid.uuid4().hex[:8]

@@ -41,7 +41,12 @@ class Tracker:
 
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             log.warning("MLFLOW_TRACKING_URI is not set: MLflow records into ./mlruns inside the pod")
-        self.client = MlflowClient()
+        # Explicit URIs: the environment is the trainer's contract, and MLflow's process-wide
+        # default (mlflow.set_tracking_uri by an embedding caller) must not redirect our run.
+        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+        self.client = MlflowClient(
+            tracking_uri=tracking_uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+        )
         self.run_id = ""
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
