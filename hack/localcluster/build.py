@@ -58,27 +58,24 @@ def _k8s_ldflags(version: str) -> str:
 
 _K8S_PACKAGES = ("k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager")
 
+
+def _k8s_tool(name: str) -> Tool:
+    # Both binaries come out of one `go build` of the wrapper module (same version, same flags).
+    return Tool(
+        name,
+        versions.KUBERNETES,
+        "wrapper",
+        "kubernetes",
+        "k8s.io/kubernetes",
+        _K8S_PACKAGES,
+        _k8s_ldflags(versions.KUBERNETES),
+        "15-30 minutes on 2 cores",
+    )
+
+
 TOOLS: dict[str, Tool] = {
-    "kube-apiserver": Tool(
-        "kube-apiserver",
-        versions.KUBERNETES,
-        "wrapper",
-        "kubernetes",
-        "k8s.io/kubernetes",
-        _K8S_PACKAGES,
-        _k8s_ldflags(versions.KUBERNETES),
-        "15-30 minutes on 2 cores",
-    ),
-    "kube-controller-manager": Tool(
-        "kube-controller-manager",
-        versions.KUBERNETES,
-        "wrapper",
-        "kubernetes",
-        "k8s.io/kubernetes",
-        _K8S_PACKAGES,
-        _k8s_ldflags(versions.KUBERNETES),
-        "15-30 minutes on 2 cores",
-    ),
+    "kube-apiserver": _k8s_tool("kube-apiserver"),
+    "kube-controller-manager": _k8s_tool("kube-controller-manager"),
     "etcd": Tool(
         "etcd", versions.ETCD, "wrapper", "etcd", "go.etcd.io/etcd/server/v3", (".",), "", "2-5 minutes"
     ),

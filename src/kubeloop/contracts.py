@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final, Literal
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +44,19 @@ class ObjectRef:
 
     def child(self, name: str) -> ObjectRef:
         return ObjectRef(self.bucket, f"{self.key.rstrip('/')}/{name}")
+
+
+def split_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
+    """An ``*_S3_ENDPOINT`` value as the minio client wants it: ``host:port`` stays as given (TLS
+    per ``secure``); ``http(s)://host:port`` decides TLS from the scheme."""
+    if "://" in endpoint:
+        u = urlparse(endpoint)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise ValueError(
+                f"object store endpoint must be host:port or http(s)://host:port, got {endpoint!r}"
+            )
+        return u.netloc, u.scheme == "https"
+    return endpoint, secure
 
 
 def model_prefix(model_name: str, version: int, bucket: str = DEFAULT_BUCKET) -> ObjectRef:

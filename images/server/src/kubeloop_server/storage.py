@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import urllib3
 from minio import Minio
 
-from kubeloop.contracts import ObjectRef
+from kubeloop.contracts import ObjectRef, split_endpoint
 from kubeloop_server.errors import ModelLoadError
 
 
@@ -47,18 +47,6 @@ class ObjectStore:
 
     def put_bytes(self, ref: ObjectRef, data: bytes, content_type: str = "application/octet-stream") -> None:
         self._client.put_object(ref.bucket, ref.key, io.BytesIO(data), len(data), content_type=content_type)
-
-
-def split_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
-    """``host:port`` stays as given; ``http(s)://host:port`` decides ``secure`` from the scheme."""
-    if "://" in endpoint:
-        u = urlparse(endpoint)
-        if u.scheme not in ("http", "https") or not u.netloc:
-            raise ValueError(
-                f"object store endpoint must be host:port or http(s)://host:port, got {endpoint!r}"
-            )
-        return u.netloc, u.scheme == "https"
-    return endpoint, secure
 
 
 def fetch_model_bytes(uri: str, store: ObjectStore | None) -> bytes:

@@ -6,9 +6,8 @@ import io
 import shutil
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
 
-from kubeloop.contracts import ObjectRef
+from kubeloop.contracts import ObjectRef, split_endpoint
 from kubeloop_trainer.errors import DatasetNotFoundError, StorageError
 from kubeloop_trainer.settings import TrainerSettings
 
@@ -33,10 +32,10 @@ class MinioStore:
     ) -> None:
         from minio import Minio
 
-        if "://" in endpoint:
-            u = urlparse(endpoint)
-            secure = u.scheme == "https"
-            endpoint = u.netloc
+        try:
+            endpoint, secure = split_endpoint(endpoint, secure)
+        except ValueError as e:
+            raise StorageError(f"KUBELOOP_TRAINER_S3_ENDPOINT: {e}") from e
         self._client = Minio(
             endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region
         )
