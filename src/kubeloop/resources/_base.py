@@ -1,0 +1,252 @@
+"""Building blocks shared by the three kinds: API group, patterns, validated scalar types, the base
+model (camelCase on the wire, unknown fields refused, CEL rules beside the validators) and the
+standard condition.
+
+Every cross-field rule exists twice, once as a pydantic validator and once as CEL next to it (see
+:func:`_cel`), so an invalid object is refused with the same field path by the SDK and by the API
+server.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    PlainValidator,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+from kubeloop import cron
+
+GROUP: Final = "kubeloop.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+CATEGORY: Final = "kubeloop"
+
+# --- shared building blocks -------------------------------------------------------------------------
+
+DNS_LABEL_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Registered model names end up in object keys, labels and MLflow: keep them boring.
+MODEL_NAME_PATTERN: Final = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
+# MLflow aliases; "latest" and "v<N>" are reserved by MLflow and refused below.
+ALIAS_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$"
+DATASET_URI_PATTERN: Final = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+|/.+)$"
+MODEL_URI_PATTERN: Final = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+\.onnx|/.+\.onnx)$"
+# Go time.Duration syntax, as Kubernetes users write it (e.g. 90s, 6h, 1h30m).
+DURATION_PATTERN: Final = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"
+# Kubernetes resource quantities, the regex of k8s.io/apimachinery/pkg/api/resource.
+QUANTITY_PATTERN: Final = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+RESOURCE_NAME_PATTERN: Final = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+CONDITION_REASON_PATTERN: Final = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+_DURATION_UNITS_NS: Final = {
+    "ns": 1,
+    "us": 1_000,
+    "ms": 1_000_000,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h)")
+
+
+def parse_duration(value: str) -> float:
+    """Parse a Go-style duration (``1h30m``) into seconds."""
+    if not re.fullmatch(DURATION_PATTERN, value):
+        raise ValueError(f"invalid duration {value!r}: use Go duration syntax such as 90s, 30m, 6h or 1h30m")
+    total_ns = sum(float(n) * _DURATION_UNITS_NS[u] for n, u in _DURATION_PART.findall(value))
+    return total_ns / 1e9
+
+
+def _check_duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+def _check_cron(value: str) -> str:
+    cron.validate(value)
+    return value
+
+
+def _check_alias(value: str) -> str:
+    if value == "latest" or re.fullmatch(r"v[0-9]+", value):
+        raise ValueError(f"alias {value!r} is reserved by MLflow ('latest' and 'v<number>')")
+    return value
+
+
+DnsLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=64), AfterValidator(_check_duration)]
+
+
+def _check_quantity(value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"must be a Kubernetes quantity such as 500m, 2 or 1Gi, got {value!r}")
+    if isinstance(value, str) and not re.fullmatch(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 1Gi)")
+    return value
+
+
+Quantity = Annotated[
+    int | str,
+    PlainValidator(_check_quantity),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "description": "A Kubernetes quantity such as 500m, 2 or 1Gi.",
+            # Bounds the CEL cost estimate of isQuantity() below the API server's budget.
+            "maxLength": 64,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(self) == int || isQuantity(self)",
+                    "message": "must be a Kubernetes quantity such as 500m, 2 or 1Gi",
+                }
+            ],
+        }
+    ),
+]
+Alias = Annotated[
+    str,
+    Field(
+        pattern=ALIAS_PATTERN,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self != 'latest' && !self.matches('^v[0-9]+$')",
+                    "message": "alias is reserved by MLflow ('latest' and 'v<number>')",
+                }
+            ]
+        },
+    ),
+    AfterValidator(_check_alias),
+]
+ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN, max_length=63)]
+
+
+def _cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+    """One CEL rule as it appears in ``x-kubernetes-validations``."""
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+class KubeloopModel(BaseModel):
+    """Base for every spec/status object: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+        use_enum_values=True,
+    )
+
+    # CEL rules attached to this object's schema; each mirrors a model validator.
+    cel_rules: ClassVar[tuple[dict[str, str], ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        if cls.cel_rules:
+            target["x-kubernetes-validations"] = [dict(r) for r in cls.cel_rules]
+        # Defaults made by factories are invisible to JSON Schema; spell them out so the API server
+        # fills them in too (an empty object default lets the nested defaults apply).
+        for name, info in cls.model_fields.items():
+            prop = target.get("properties", {}).get(info.alias or name)
+            if prop is None or info.default_factory is None or "default" in prop:
+                continue
+            value = info.default_factory()  # type: ignore[call-arg]
+            prop["default"] = {} if isinstance(value, BaseModel) else value
+        return schema
+
+
+def _fail(field: str, message: str) -> ValueError:
+    """A cross-field error that names the field it is about (the message starts with the path)."""
+    return ValueError(f"{field}: {message}")
+
+
+class ResourceRequirements(KubeloopModel):
+    """Compute resources, as in a container's ``resources`` (cpu, memory, nvidia.com/gpu, …)."""
+
+    requests: dict[Annotated[str, Field(pattern=RESOURCE_NAME_PATTERN)], Quantity] = Field(
+        default_factory=dict, max_length=32, description="Minimum resources the pod needs to be scheduled."
+    )
+    limits: dict[Annotated[str, Field(pattern=RESOURCE_NAME_PATTERN)], Quantity] = Field(
+        default_factory=dict, max_length=32, description="Maximum resources the pod may use."
+    )
+
+
+class Toleration(KubeloopModel):
+    """A pod toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(default=None, max_length=317, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value matched with Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, ge=0, description="How long a NoExecute taint is tolerated before eviction."
+    )
+
+    cel_rules = (
+        _cel(
+            "self.operator != 'Exists' || !has(self.value)",
+            "value must be empty when operator is Exists",
+            ".value",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> Self:
+        if self.operator == "Exists" and self.value is not None:
+            raise _fail("value", "must be empty when operator is Exists")
+        return self
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(KubeloopModel):
+    """A standard metav1.Condition."""
+
+    type: str = Field(max_length=316, description="Condition type, e.g. Ready.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        pattern=CONDITION_REASON_PATTERN,
+        max_length=1024,
+        description="CamelCase reason for the last transition.",
+    )
+    message: str = Field(default="", max_length=32768, description="Human-readable details.")
+    last_transition_time: str = Field(
+        json_schema_extra={"format": "date-time"}, description="When the status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The .metadata.generation the condition was set for."
+    )
+
+
+_CONDITIONS_EXTRA: Final[dict[str, Any]] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
