@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import orjson
 from kubeloop_server import codec
-from kubeloop_server.loadgen import run_load
 from kubeloop_server.model import ModelRuntime, cpu_limit
 from kubeloop_server.testing import mlp_model, random_records
+from loadgen import run_load  # bench/server/loadgen.py (this script's directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import runpy
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,13 +21,16 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from kubeloop_server.loadgen import HttpConnection, build_request
 from kubeloop_server.testing import mlp_model, random_records
 from minio import Minio
 
 from kubeloop.contracts import PREDICTION_LOG_MODEL_VERSION, PREDICTION_LOG_PREDICTION, predictions_prefix
 
 pytestmark = pytest.mark.component
+
+# The raw HTTP/1.1 client of the benchmark's load generator, which lives in bench/ (not in the server's wheel).
+_LOADGEN = runpy.run_path(str(Path(__file__).resolve().parents[3] / "bench" / "server" / "loadgen.py"))
+HttpConnection, build_request = _LOADGEN["HttpConnection"], _LOADGEN["build_request"]
 
 CATEGORICAL = (("color", ("red", "green", "blue")), ("size", ("S", "M", "L", "XL")))
 CLASSES = ["setosa", "versicolor", "virginica"]

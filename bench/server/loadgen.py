@@ -1,9 +1,10 @@
 """A small, efficient closed-loop HTTP/1.1 load generator (asyncio + uvloop, raw keep-alive sockets).
 
-Used by the benchmark (``make bench-server``) and the graceful-shutdown test. Every run is bounded by a
-request count and a duration; it only talks to the host and port it is given (loopback in our uses).
+Used by the benchmark (``make bench-server``; bench code, so it lives in bench/ and never ships in the
+server's wheel) and, for its raw HTTP/1.1 client, by the server's graceful-shutdown test. Every run is
+bounded by a request count and a duration; it only talks to loopback addresses.
 
-    python -m kubeloop_server.loadgen --url http://127.0.0.1:8080/v2/models/m/infer --body @req.json \
+    python bench/server/loadgen.py --url http://127.0.0.1:8080/v2/models/m/infer --body @req.json \
         --concurrency 16 --duration 10
 """
 
