@@ -101,6 +101,17 @@ def checkpoint_prefix(namespace: str, trainingjob: str, bucket: str = DEFAULT_BU
     return ObjectRef(bucket, f"checkpoints/{namespace}/{trainingjob}")
 
 
+def training_logs_prefix(namespace: str, trainingjob: str, bucket: str = DEFAULT_BUCKET) -> ObjectRef:
+    """``logs/<namespace>/<trainingjob>/`` — parent of the kept pod logs of one TrainingJob."""
+    return ObjectRef(bucket, f"logs/{namespace}/{trainingjob}")
+
+
+def training_log(namespace: str, trainingjob: str, pod: str, bucket: str = DEFAULT_BUCKET) -> ObjectRef:
+    """``logs/<namespace>/<trainingjob>/<pod>.log`` — the whole log of a failed training pod, kept by
+    the operator before any cleanup (the REST facade serves kept logs from here)."""
+    return training_logs_prefix(namespace, trainingjob, bucket).child(f"{pod}.log")
+
+
 # Columns of a prediction-log Parquet file besides one column per input feature.
 PREDICTION_LOG_TIMESTAMP: Final = "_timestamp"
 PREDICTION_LOG_MODEL_VERSION: Final = "_model_version"
@@ -194,7 +205,9 @@ class ModelMetadata(BaseModel):
 
 
 class TrainerEnv:
-    """Environment variables of a trainer pod (prefix KUBELOOP_TRAINER_, DESIGN §6)."""
+    """Environment variables of a trainer pod (prefix KUBELOOP_TRAINER_, DESIGN §6).
+
+    :mod:`kubeloop.podenv` builds them; nothing else should spell them out."""
 
     SPEC: Final = "KUBELOOP_TRAINER_SPEC"  # the TrainingJob spec as JSON (defaults applied)
     NAMESPACE: Final = "KUBELOOP_TRAINER_NAMESPACE"
@@ -205,6 +218,8 @@ class TrainerEnv:
     S3_ACCESS_KEY: Final = "KUBELOOP_TRAINER_S3_ACCESS_KEY"
     S3_SECRET_KEY: Final = "KUBELOOP_TRAINER_S3_SECRET_KEY"
     S3_SECURE: Final = "KUBELOOP_TRAINER_S3_SECURE"
+    S3_REGION: Final = "KUBELOOP_TRAINER_S3_REGION"
+    TERMINATION_LOG: Final = "KUBELOOP_TRAINER_TERMINATION_LOG"  # default /dev/termination-log
     MLFLOW_TRACKING_URI: Final = "MLFLOW_TRACKING_URI"  # MLflow's own variable, read by its client
 
 
@@ -227,6 +242,8 @@ class ServerEnv:
     S3_ACCESS_KEY: Final = "KUBELOOP_SERVER_S3_ACCESS_KEY"
     S3_SECRET_KEY: Final = "KUBELOOP_SERVER_S3_SECRET_KEY"
     S3_SECURE: Final = "KUBELOOP_SERVER_S3_SECURE"
+    S3_REGION: Final = "KUBELOOP_SERVER_S3_REGION"
+    POD_NAME: Final = "KUBELOOP_SERVER_POD_NAME"
 
 
 # --- trainer results --------------------------------------------------------------------------------
@@ -260,3 +277,56 @@ class TrainingFailure(BaseModel):
 # Progress lines the trainer prints (one JSON object per line on stdout) look like:
 # {"event": "epoch", "epoch": 3, "epochs": 20, "train_loss": 0.31, "val_loss": 0.29, "seconds": 1.2}
 PROGRESS_EVENT_EPOCH: Final = "epoch"
+
+
+# Trainer exit codes that are the user's problem (invalid configuration, 2, and the dataset problems,
+# 10-29, of kubeloop_trainer.errors): retrying cannot help, so the operator never retries them.
+TRAINER_USER_ERROR_EXIT_CODES: Final = frozenset({2, *range(10, 30)})
+
+# --- credentials, labels and names on the cluster ---------------------------------------------------
+
+
+class CredentialsSecretKey:
+    """Keys of the Secret that holds the object-store credentials (one per namespace that runs pods)."""
+
+    ACCESS_KEY: Final = "accessKey"
+    SECRET_KEY: Final = "secretKey"
+
+
+DEFAULT_CREDENTIALS_SECRET: Final = "kubeloop-s3"
+
+
+class Labels:
+    """Labels the operator puts on every child (and on the pods its Jobs and Deployments make)."""
+
+    NAME: Final = "app.kubernetes.io/name"
+    COMPONENT: Final = "app.kubernetes.io/component"
+    PART_OF: Final = "app.kubernetes.io/part-of"
+    MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+    OWNER_KIND: Final = "kubeloop.io/owner-kind"
+    OWNER_NAME: Final = "kubeloop.io/owner-name"
+    # The owner's UID: children of a deleted and re-created resource of the same name never mix.
+    OWNER_UID: Final = "kubeloop.io/owner-uid"
+    TRAININGJOB: Final = "kubeloop.io/trainingjob"
+    KUEUE_QUEUE_NAME: Final = "kueue.x-k8s.io/queue-name"
+
+
+MANAGED_BY_OPERATOR: Final = "kubeloop-operator"
+PART_OF_KUBELOOP: Final = "kubeloop"
+
+
+class TorchrunEnv:
+    """torchrun's own environment (``PET_<ARGUMENT>``), read by ``python -m torch.distributed.run``."""
+
+    NNODES: Final = "PET_NNODES"
+    NPROC_PER_NODE: Final = "PET_NPROC_PER_NODE"
+    NODE_RANK: Final = "PET_NODE_RANK"
+    MASTER_ADDR: Final = "PET_MASTER_ADDR"
+    MASTER_PORT: Final = "PET_MASTER_PORT"
+
+
+RENDEZVOUS_PORT: Final = 29500
+# Set by the Job controller on every pod of an Indexed Job.
+JOB_COMPLETION_INDEX_ANNOTATION: Final = "batch.kubernetes.io/job-completion-index"
+JOB_COMPLETION_INDEX_LABEL: Final = "batch.kubernetes.io/job-completion-index"
+JOB_NAME_LABEL: Final = "batch.kubernetes.io/job-name"

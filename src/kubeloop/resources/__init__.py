@@ -81,6 +81,7 @@ from kubeloop.resources.modeldeployment import (
 )
 from kubeloop.resources.trainingjob import (
     CLASSIFICATION_METRICS,
+    LOG_TAIL_MAX_BYTES,
     LOWER_IS_BETTER,
     REGRESSION_METRICS,
     Backend,
@@ -127,6 +128,7 @@ __all__ = [
     "DURATION_PATTERN",
     "GROUP",
     "HISTORY_LIMIT",
+    "LOG_TAIL_MAX_BYTES",
     "LOWER_IS_BETTER",
     "MODEL_NAME_PATTERN",
     "MODEL_URI_PATTERN",

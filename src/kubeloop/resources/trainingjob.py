@@ -24,6 +24,8 @@ from kubeloop.resources._base import (
 from kubeloop.resources.manifest import _AGE, PrinterColumn, Resource, _cols
 
 CLASSIFICATION_METRICS: Final = ("accuracy", "precision", "recall", "f1", "roc_auc")
+# Bound of status.failure.logTail: status stays small; the whole log goes to object storage.
+LOG_TAIL_MAX_BYTES: Final = 4096
 REGRESSION_METRICS: Final = ("r2", "mse", "mae")
 # Metrics where lower is better; promotion compares the other way round for these.
 LOWER_IS_BETTER: Final = frozenset({"mse", "mae"})
@@ -340,6 +342,11 @@ class Progress(KubeloopModel):
     epochs: int = Field(default=0, ge=0, description="Planned epochs.")
     percent: int = Field(default=0, ge=0, le=100, description="Finished share of the planned epochs.")
     eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds to completion.")
+    updated_time: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="When the operator last saw the progress change (RFC 3339).",
+    )
 
 
 class Failure(KubeloopModel):
@@ -351,6 +358,20 @@ class Failure(KubeloopModel):
     )
     message: str = Field(default="", description="Details.")
     exit_code: int | None = Field(default=None, description="Exit code of the failed container.")
+    pod: str | None = Field(default=None, description="The pod the cause was seen on.")
+    container: str | None = Field(default=None, description="The container the cause was seen on.")
+    log_tail: str | None = Field(
+        default=None,
+        max_length=LOG_TAIL_MAX_BYTES,
+        description="Last lines of the failed pod's log, kept before any cleanup.",
+    )
+    log_uri: str | None = Field(
+        default=None,
+        description="s3:// URI of the failed pod's whole log (logs/<namespace>/<name>/<pod>.log).",
+    )
+    time: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}, description="When the cause was first seen."
+    )
 
 
 class TrainingJobStatus(KubeloopModel):
@@ -380,7 +401,17 @@ class TrainingJobStatus(KubeloopModel):
     model_version: int | None = Field(default=None, description="Registered model version.")
     model_uri: str | None = Field(default=None, description="s3:// URI of the exported ONNX model.")
     baseline_uri: str | None = Field(default=None, description="s3:// URI of the drift baseline.")
-    failure: Failure | None = Field(default=None, description="Why the run failed.")
+    promoted: bool | None = Field(
+        default=None, description="Whether the promotion alias was moved to the new version."
+    )
+    job_name: str | None = Field(default=None, description="Name of the batch/v1 Job that runs the pods.")
+    failed_pods: int | None = Field(
+        default=None, ge=0, description="Training pods that failed so far (each counts against backoffLimit)."
+    )
+    failure: Failure | None = Field(
+        default=None,
+        description="Why the run failed, or what keeps it from running (e.g. Unschedulable while Pending).",
+    )
 
 
 class TrainingJob(Resource):
