@@ -1,0 +1,128 @@
+"""What every reconciler shares: settings, the API, the object store, metrics and per-object memory,
+plus the two writes all kinds make the same way — status (only when it changed) and Events (named
+deterministically, so a replay posts nothing twice).
+
+One :class:`Runtime` exists per operator process; handler modules receive it at registration.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from kubeloop.storage import ObjectStore
+from kubeloop_operator.k8s import Kind, Kube
+from kubeloop_operator.metrics import Metrics
+from kubeloop_operator.settings import OperatorSettings
+from kubeloop_operator.status.conditions import EventSpec
+
+log = logging.getLogger("kubeloop_operator")
+
+IN_FLIGHT_S: Final = 10.0
+"""How long a status we wrote may take to come back through the watch before we write it again."""
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new`` (top level; lists replace)."""
+    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({k: None for k in old if k not in new})
+    return patch
+
+
+@dataclass
+class ObjectMemory:
+    """What the operator remembers about one resource between reconciles (lost on restart, by design:
+    everything here is either re-derivable or only saves a request)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    written: dict[str, Any] | None = None
+    written_at: float = 0.0
+    children: dict[str, Any] = field(default_factory=dict)
+    """Children this process created or adopted, by name, until the index shows them."""
+    kept_logs: dict[str, Any] = field(default_factory=dict)
+    last_progress_read: float = 0.0
+
+
+class Memory:
+    def __init__(self) -> None:
+        self._objects: dict[str, ObjectMemory] = {}
+        self._lock = threading.Lock()
+
+    def of(self, uid: str) -> ObjectMemory:
+        with self._lock:
+            m = self._objects.get(uid)
+            if m is None:
+                m = self._objects[uid] = ObjectMemory()
+            return m
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._objects.pop(uid, None)
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+
+@dataclass
+class Runtime:
+    settings: OperatorSettings
+    kube: Kube
+    metrics: Metrics
+    store: ObjectStore | None = None
+    memory: Memory = field(default_factory=Memory)
+
+    @contextmanager
+    def exclusive(self, uid: str) -> Iterator[ObjectMemory]:
+        """One reconcile per object at a time (kopf runs timers beside change handlers)."""
+        mem = self.memory.of(uid)
+        with mem.lock:
+            yield mem
+
+    def write_status(
+        self,
+        kind: Kind,
+        body: Mapping[str, Any],
+        current: Mapping[str, Any],
+        new: Mapping[str, Any],
+        mem: ObjectMemory,
+    ) -> bool:
+        """Patch ``status`` to ``new`` unless it is what the object has (or what we just wrote and the
+        watch has not shown yet). Returns whether a request was sent."""
+        meta = body.get("metadata") or {}
+        if dict(current) == dict(new):
+            mem.written = None
+            self.metrics.status_writes.labels(kind.kind, "unchanged").inc()
+            return False
+        if mem.written == dict(new) and time.monotonic() - mem.written_at < IN_FLIGHT_S:
+            self.metrics.status_writes.labels(kind.kind, "unchanged").inc()
+            return False
+        patch = merge_patch(current, new)
+        self.kube.patch_status(kind, meta.get("namespace"), str(meta.get("name")), patch)
+        mem.written, mem.written_at = dict(new), time.monotonic()
+        self.metrics.status_writes.labels(kind.kind, "written").inc()
+        return True
+
+    def post_events(self, body: Mapping[str, Any], events: Sequence[EventSpec]) -> None:
+        """Post each event once (deterministic names); a failure to post is logged, never fatal."""
+        meta = body.get("metadata") or {}
+        for ev in events:
+            try:
+                posted = self.kube.post_event(
+                    body,
+                    name=ev.name(str(meta.get("name")), str(meta.get("uid"))),
+                    type_=ev.type,
+                    reason=ev.reason,
+                    message=ev.message,
+                )
+            except Exception as e:  # an Event is worth a log line, not a failed reconcile
+                log.warning(
+                    "cannot post event %s on %s/%s: %s", ev.reason, meta.get("namespace"), meta.get("name"), e
+                )
+                continue
+            if posted:
+                self.metrics.events.labels(str(body.get("kind")), ev.type).inc()
