@@ -36,8 +36,9 @@ sys.path.insert(0, str(ROOT / "hack"))
 
 from localcluster.cluster import LocalCluster, env_exports  # noqa: E402
 
+from kubeloop import podenv  # noqa: E402
 from kubeloop.contracts import ObjectRef, ServerEnv, TrainerEnv, TrainingSummary  # noqa: E402
-from kubeloop.resources import TrainingJob  # noqa: E402
+from kubeloop.resources import ModelDeployment, TrainingJob  # noqa: E402
 
 
 def say(msg: str) -> None:
@@ -87,17 +88,22 @@ def main() -> int:
         tj.spec.training.epochs = args.epochs
         run_name = f"demo-{uuid.uuid4().hex[:6]}"
         term = Path(tempfile.mkdtemp(prefix="kubeloop-demo-")) / "termination-log"
+        # The same environment the operator gives a trainer pod (kubeloop.podenv), with literal
+        # credentials instead of the Secret, and a local file for the termination message.
+        store = podenv.ObjectStoreAccess(
+            endpoint=m["endpoint"], access_key=m["access_key"], secret_key=m["secret_key"], bucket=m["bucket"]
+        )
+        trainer_ctx = podenv.TrainerContext(
+            namespace="default",
+            name=run_name,
+            uid=str(uuid.uuid4()),
+            store=store,
+            mlflow_tracking_uri=data["mlflow"]["tracking_uri"],
+        )
         trainer_env = {
             **env,
-            TrainerEnv.SPEC: json.dumps(tj.to_manifest(include_defaults=True)["spec"]),
-            TrainerEnv.NAMESPACE: "default",
-            TrainerEnv.NAME: run_name,
-            TrainerEnv.UID: str(uuid.uuid4()),
-            TrainerEnv.BUCKET: m["bucket"],
-            TrainerEnv.S3_ENDPOINT: m["endpoint"],
-            TrainerEnv.S3_ACCESS_KEY: m["access_key"],
-            TrainerEnv.S3_SECRET_KEY: m["secret_key"],
-            "KUBELOOP_TRAINER_TERMINATION_LOG": str(term),
+            **podenv.to_process_env(podenv.trainer_env(tj.spec, trainer_ctx)),
+            TrainerEnv.TERMINATION_LOG: str(term),
         }
         say(f"training {run_name}: {tj.spec.training.epochs} epochs, MLP {tj.spec.model.hidden_layers}")
         t0 = time.monotonic()
@@ -110,20 +116,20 @@ def main() -> int:
         say(f"model {summary.model_uri}, baseline {summary.baseline_uri}, MLflow run {summary.mlflow_run_id}")
 
         port = free_port()
+        md = ModelDeployment.from_manifest(
+            yaml.safe_load((ROOT / "examples" / "modeldeployment.yaml").read_text())
+        )
+        served = podenv.ServedModel(
+            uri=summary.model_uri,
+            name=tj.spec.registry.model_name if tj.spec.registry else run_name,
+            version=str(summary.model_version),
+        )
+        server_ctx = podenv.ServerContext(
+            namespace="default", deployment="demo", model=served, store=store, port=port, pod_name="demo-0"
+        )
         server_env = {
             **env,
-            ServerEnv.MODEL_URI: summary.model_uri,
-            ServerEnv.MODEL_NAME: tj.spec.registry.model_name if tj.spec.registry else run_name,
-            ServerEnv.MODEL_VERSION: str(summary.model_version),
-            ServerEnv.NAMESPACE: "default",
-            ServerEnv.DEPLOYMENT: "demo",
-            ServerEnv.PORT: str(port),
-            ServerEnv.BUCKET: m["bucket"],
-            ServerEnv.S3_ENDPOINT: m["endpoint"],
-            ServerEnv.S3_ACCESS_KEY: m["access_key"],
-            ServerEnv.S3_SECRET_KEY: m["secret_key"],
-            ServerEnv.PREDICTION_LOGGING_ENABLED: "true",
-            ServerEnv.PREDICTION_LOGGING_SAMPLE_RATE: "1.0",
+            **podenv.to_process_env(podenv.server_env(md.spec, server_ctx)),
             "KUBELOOP_SERVER_HOST": "127.0.0.1",
         }
         say(f"serving it on http://127.0.0.1:{port}")

@@ -55,6 +55,13 @@ class OperatorSettings(BaseSettings):
         description="This replica's peering priority; the highest runs, the others pause. Replicas need "
         "distinct priorities (equal ones pause each other); default: derived from the pod name.",
     )
+    peering_lifetime_seconds: int = Field(
+        default=60,
+        ge=10,
+        le=3600,
+        description="How long a replica's peering record stays valid without a keep-alive; a paused replica "
+        "takes over this long after the active one died without saying goodbye (SIGKILL).",
+    )
     standalone: bool = Field(
         default=False,
         description="Run without peering (a single replica, e.g. a test's operator). Peering is mandatory "

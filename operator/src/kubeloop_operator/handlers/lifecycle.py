@@ -38,6 +38,7 @@ def configure(settings: kopf.OperatorSettings, rt: Runtime) -> None:
     settings.networking.request_timeout = max(30.0, s.kube_timeout_s)
     settings.peering.name = s.peering_name
     settings.peering.priority = s.effective_priority()
+    settings.peering.lifetime = s.peering_lifetime_seconds
     settings.peering.clusterwide = True
     settings.peering.standalone = s.standalone
     settings.peering.mandatory = not s.standalone

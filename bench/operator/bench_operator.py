@@ -1,0 +1,269 @@
+"""The operator under load on the local cluster (``make bench-operator``, issue #12 acceptance 7).
+
+One run, one operator process (this checkout's code, as the operator's ServiceAccount, reconciling a
+namespace of its own), trainer pods from an image the node agent does not map — so they never run
+the trainer: with the agent's ``fakeImages`` mode they sleep, otherwise they wait in
+ImagePullBackOff; either way the operator has real pods to watch and report on.
+
+1. Baseline: 10 TrainingJobs, converged; the operator's RSS (median of 5 samples).
+2. Steady: 100 TrainingJobs created at 5 per second; for each, the time from its create request to
+   the Job existing and to the first status condition (the client sees both through watches).
+3. The 110 are deleted (the operator removes its finalizers), then a burst: 500 TrainingJobs created
+   by 8 client threads as fast as the API server takes them; CRs/s = 500 / (first create -> last
+   Job seen). Converged, the RSS again: RSS with 500 over RSS with 10.
+
+Last line: ``RESULT operator_crs_per_s=<n> operator_p99_s=<n> operator_rss_ratio=<r>`` (p99: the
+larger of the two steady-state p99s). The load average is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "hack"))
+
+from kubeloop_operator import k8s  # noqa: E402
+from localcluster import platform as lp  # noqa: E402
+from localcluster.cluster import LocalCluster  # noqa: E402
+
+FAKE_TRAINER = "kubeloop-bench/fake-trainer:1"
+
+
+def say(msg: str) -> None:
+    print(f"[bench-operator] {msg}", flush=True)
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+class Watcher:
+    """``kubectl get <kind> --watch -o json``: when each object was first seen (and first seen with
+    a condition in its status), by name, on this client's clock."""
+
+    def __init__(self, kubectl: lp.Kubectl, namespace: str, resource: str) -> None:
+        self.seen: dict[str, float] = {}
+        self.with_condition: dict[str, float] = {}
+        self.statused: set[str] = set()
+        self._proc = subprocess.Popen(
+            [
+                lp.kubectl_binary(),
+                f"--kubeconfig={kubectl.kubeconfig}",
+                "get",
+                resource,
+                "-n",
+                namespace,
+                "--watch",
+                "-o",
+                "json",
+                "--output-watch-events",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        dec = json.JSONDecoder()
+        buf = ""
+        for chunk in iter(lambda: self._proc.stdout.readline(), ""):  # type: ignore[union-attr]
+            buf += chunk
+            while True:
+                stripped = buf.lstrip()
+                if not stripped:
+                    buf = ""
+                    break
+                try:
+                    ev, end = dec.raw_decode(stripped)
+                except ValueError:
+                    break
+                buf = stripped[end:]
+                now = time.monotonic()
+                obj = ev.get("object") or {}
+                name = (obj.get("metadata") or {}).get("name")
+                if not name or ev.get("type") == "DELETED":
+                    continue
+                self.seen.setdefault(name, now)
+                status = obj.get("status") or {}
+                if status.get("conditions"):
+                    self.with_condition.setdefault(name, now)
+                if status.get("observedGeneration") and status.get("phase"):
+                    self.statused.add(name)
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+
+
+def wait_until(what: str, fn: Callable[[], bool], timeout: float) -> float:
+    t0 = time.monotonic()
+    while not fn():
+        if time.monotonic() - t0 > timeout:
+            raise SystemExit(f"bench-operator: timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+    return time.monotonic() - t0
+
+
+def manifest(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubeloop.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "dataset": {"uri": "s3://kubeloop/datasets/breast_cancer.csv", "target": "target"},
+            "task": "classification",
+            "registry": {"modelName": "bench-model"},
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+            "runPolicy": {"backoffLimit": 1},
+        },
+    }
+
+
+def rss(op: lp.LocalOperator, samples: int = 5) -> int:
+    values = []
+    for _ in range(samples):
+        values.append(op.rss_bytes())
+        time.sleep(1)
+    return int(statistics.median(values))
+
+
+def p99(values: list[float]) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(0.99 * (len(s) - 1)))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--baseline", type=int, default=10)
+    ap.add_argument("--steady", type=int, default=100)
+    ap.add_argument("--rate", type=float, default=5.0)
+    ap.add_argument("--burst", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=8)
+    args = ap.parse_args()
+
+    cluster = LocalCluster()
+    leases = [(g, cluster.acquire(g)[0]) for g in ("kube", "mlflow")]
+    from nodeagent import config as agent_config
+    from nodeagent.cli import running_pid
+    from nodeagent.pytest_fixtures import agent_cli
+
+    agent_started = False
+    if running_pid() is None:
+        proc = agent_cli("up")
+        if proc.returncode != 0:
+            raise SystemExit(f"cannot start the node agent: {proc.stderr}")
+        agent_started = True
+    data = cluster.load()
+    kubectl = lp.Kubectl(Path(data["kubeconfig"]))
+    ns = f"t-bench-operator-{secrets.token_hex(3)}"
+    workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    op: lp.LocalOperator | None = None
+    watchers: list[Watcher] = []
+    try:
+        lp.prerequisites(kubectl)
+        kubectl("create", "namespace", ns)
+        lp.ensure_secret(kubectl, ns, data["minio"])
+        mode = agent_config.load().fake_images
+        say(f"namespace {ns}; trainer image {FAKE_TRAINER} (node agent fakeImages: {mode}); load {loadavg()}")
+        op = lp.LocalOperator(kubectl, ns, data["minio"], data["mlflow"]["tracking_uri"], workdir)
+        op.start(trainer_image=FAKE_TRAINER)
+        admin = k8s.Kube.connect(str(kubectl.kubeconfig), pool_size=args.threads + 4)
+        jobs = Watcher(kubectl, ns, "jobs.batch")
+        tjs = Watcher(kubectl, ns, "trainingjobs.kubeloop.io")
+        watchers = [jobs, tjs]
+        time.sleep(2)
+
+        sent: dict[str, float] = {}
+
+        def create(name: str) -> None:
+            sent[name] = time.monotonic()
+            admin.create(manifest(name, ns))
+
+        # 1. baseline
+        base = [f"base-{i}" for i in range(args.baseline)]
+        for n in base:
+            create(n)
+        wait_until("the baseline's status", lambda: all(n in tjs.statused for n in base), 120)
+        time.sleep(10)
+        rss_base = rss(op)
+        say(f"baseline: {len(base)} TrainingJobs, operator RSS {rss_base / 2**20:.1f} MiB")
+
+        # 2. steady rate
+        steady = [f"steady-{i}" for i in range(args.steady)]
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            for i, n in enumerate(steady):
+                time.sleep(max(0.0, t0 + i / args.rate - time.monotonic()))
+                pool.submit(create, n)
+        wait_until(
+            "the steady TrainingJobs' Jobs and conditions",
+            lambda: all(n in jobs.seen and n in tjs.with_condition for n in steady),
+            180,
+        )
+        to_job = [jobs.seen[n] - sent[n] for n in steady]
+        to_cond = [tjs.with_condition[n] - sent[n] for n in steady]
+        say(
+            f"steady {args.rate:g}/s x {len(steady)}: create->Job p50 {statistics.median(to_job):.3f} s "
+            f"p99 {p99(to_job):.3f} s; create->condition p50 {statistics.median(to_cond):.3f} s "
+            f"p99 {p99(to_cond):.3f} s; load {loadavg()}"
+        )
+
+        # 3. clean slate, then the burst
+        for n in [*base, *steady]:
+            admin.delete(k8s.TRAININGJOB, ns, n)
+        wait_until("the first TrainingJobs to be deleted", lambda: not admin.list(k8s.TRAININGJOB, ns), 300)
+        burst = [f"burst-{i}" for i in range(args.burst)]
+        t_start = time.monotonic()
+        with ThreadPoolExecutor(args.threads) as pool:
+            list(pool.map(create, burst))
+        t_sent = time.monotonic() - t_start
+        wait_until("every burst TrainingJob's Job", lambda: all(n in jobs.seen for n in burst), 600)
+        span = max(jobs.seen[n] for n in burst) - min(sent[n] for n in burst)
+        crs_per_s = len(burst) / span
+        say(
+            f"burst: {len(burst)} created in {t_sent:.1f} s, all Jobs within {span:.1f} s: {crs_per_s:.1f} CRs/s; load {loadavg()}"
+        )
+        wait_until("every burst TrainingJob's status", lambda: all(n in tjs.statused for n in burst), 600)
+        time.sleep(20)
+        rss_burst = rss(op)
+        ratio = rss_burst / rss_base
+        say(
+            f"{len(burst)} TrainingJobs: operator RSS {rss_burst / 2**20:.1f} MiB ({ratio:.2f}x the baseline); load {loadavg()}"
+        )
+        print(
+            f"RESULT operator_crs_per_s={crs_per_s:.1f} operator_p99_s={max(p99(to_job), p99(to_cond)):.3f} "
+            f"operator_rss_ratio={ratio:.2f}"
+        )
+        admin.close()
+        return 0
+    finally:
+        for w in watchers:
+            w.stop()
+        if op is not None:
+            op.stop()
+        kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+        if agent_started:
+            agent_cli("down")
+        for g, token in reversed(leases):
+            cluster.release(g, token)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
