@@ -41,13 +41,15 @@ demo: setup ## Set up everything and run the main job locally: train (MLflow, ON
 
 # ---------------------------------------------------------------- local cluster (hack/localcluster)
 .PHONY: cluster-up
-cluster-up: setup ## Start etcd, kube-apiserver, kube-controller-manager, MinIO and MLflow on 127.0.0.1 (builds pinned binaries once), then the node agent
+cluster-up: setup ## Start etcd, kube-apiserver, kube-controller-manager, MinIO and MLflow on 127.0.0.1 (builds pinned binaries once), the node agent, then Kubeloop (CRDs, RBAC, Secret, dataset, operator)
 	@$(UV) run --frozen python hack/cluster.py up
 	@cd hack && $(UV) run --frozen python -m nodeagent up
+	@cd hack && $(UV) run --frozen python -m localcluster.platform up
 
 .PHONY: cluster-down
 cluster-down: ## Stop everything cluster-up (or a test session) started; fails if any process is left
-	@rc=0; (cd hack && $(UV) run --frozen python -m nodeagent down) || rc=$$?; \
+	@rc=0; (cd hack && $(UV) run --frozen python -m localcluster.platform down) || rc=$$?; \
+	(cd hack && $(UV) run --frozen python -m nodeagent down) || rc=$$?; \
 	$(UV) run --frozen python hack/cluster.py down || rc=$$?; exit $$rc
 
 .PHONY: cluster-status
@@ -72,3 +74,15 @@ bench-drift: uv ## Drift check vs Evidently DataDriftPreset, 100k rows x 50 feat
 .PHONY: bench-trainer
 bench-trainer: setup ## Trainer loop vs a plain torch loop, samples/s (last line: RESULT trainer_vs_plain_torch=…)
 	@$(UV) run --frozen python bench/trainer/bench_trainer.py
+
+.PHONY: bench-operator
+bench-operator: setup ## Operator under load on the local cluster: 500 TrainingJobs, steady 5/s latencies, RSS 500 vs 10 (last line: RESULT operator_crs_per_s=…)
+	@timeout 2400 $(UV) run --frozen python bench/operator/bench_operator.py $(BENCH_ARGS)
+
+.PHONY: e2e-operator-chaos
+e2e-operator-chaos: setup ## Crash safety in full: kill -9 the operator at random, 20 rounds over 50 TrainingJobs (the suite runs 3 over 10)
+	@KUBELOOP_E2E_CHAOS_ROUNDS=20 KUBELOOP_E2E_CHAOS_TJS=50 $(UV) run --frozen pytest tests/e2e/test_operator_robustness.py -k kill_9 -s $(PYTEST_ARGS)
+
+.PHONY: e2e-operator-idle
+e2e-operator-idle: setup ## Idle writes in full: 50 converged TrainingJobs, 2 minutes of audit log (the suite runs 10 for 30 s)
+	@KUBELOOP_E2E_IDLE_TJS=50 KUBELOOP_E2E_IDLE_SECONDS=120 $(UV) run --frozen pytest tests/e2e/test_operator_robustness.py -k idle -s $(PYTEST_ARGS)
