@@ -194,8 +194,13 @@ class Kl:
             k8s.JOB, f"{Labels.TRAININGJOB}={tj}" if tj else f"{Labels.MANAGED_BY}=kubeloop-operator"
         )
 
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.objects(k8s.EVENT) if (e.get("involvedObject") or {}).get("name") == name]
+    def events(self, name: str, kind: str = "TrainingJob") -> list[dict[str, Any]]:
+        """Events about the ``kind`` named ``name`` (not those of its Job of the same name)."""
+        return [
+            e
+            for e in self.objects(k8s.EVENT)
+            if (e.get("involvedObject") or {}).get("name") == name and e["involvedObject"].get("kind") == kind
+        ]
 
     def wait(self, what: str, fn: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
         return wait(what, fn, timeout, interval)

@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Kopf logs every successful handler run at INFO; with a timer per object that is most of the log.
-    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # Same for liveness probes (kopf's probe activity and aiohttp's access log): one line per probe.
+    for noisy in ("kopf.objects", "kopf.activities.probe", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's login reads it too
 

@@ -204,7 +204,8 @@ class Kube:
         raw: bool = False,
     ) -> Any:
         """One request; returns the parsed JSON (``raw``: the text) or raises :class:`KubeError`."""
-        headers = {"Accept": "text/plain" if raw else JSON}
+        # Logs come as text, but the API server negotiates its error documents: accept anything.
+        headers = {"Accept": "*/*" if raw else JSON}
         if body is not None:
             headers["Content-Type"] = content_type
         params = self._api.param_serialize(

@@ -32,7 +32,7 @@ from kubeloop_operator.k8s import JOB, SERVICE, TRAININGJOB, KubeError, NameConf
 from kubeloop_operator.reconcile import ChildView
 from kubeloop_operator.runtime import ObjectMemory, Runtime
 from kubeloop_operator.settings import OperatorSettings
-from kubeloop_operator.status.conditions import reason_word
+from kubeloop_operator.status.conditions import parse_time, reason_word
 from kubeloop_operator.status.pods import JobSummary, PodSummary, summarize_job
 from kubeloop_operator.status.trainingjob import (
     ChildError,
@@ -57,6 +57,7 @@ KIND: Final = "TrainingJob"
 CREATED_HINT_S: Final = 15.0
 """How long a child this process just created counts as existing before the index shows it."""
 PROGRESS_TAIL_LINES: Final = 200
+LOG_GRACE_S: Final = 300.0
 PROGRESS_MAX_BYTES: Final = 256 * 1024
 
 
@@ -121,7 +122,7 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: ChildView, *, progress
         if derived.stop_job and job is not None:
             _stop(rt, owner, job)
         _publish(rt, body, dump(current), derived, mem)
-        if ttl_expired(spec, derived.status, now):
+        if ttl_expired(spec, derived.status, now) and _logs_kept(derived, pods, now):
             _cleanup(rt, owner, view)
         if create_error is not None and not create_error.permanent:
             raise retry_later(
@@ -263,6 +264,16 @@ def _read_progress(
         log.debug("cannot read progress of %s/%s: %s", owner.namespace, rank0.name, e)
         return None
     return parse_progress(text) if text else None
+
+
+def _logs_kept(derived: Derived, pods: list[PodSummary], now: datetime) -> bool:
+    """The TTL waits for the failed pod's log to be kept, while the pod is there to read it from
+    (and at most LOG_GRACE_S past the run's end, in case its log can never be read)."""
+    f = derived.status.failure
+    if f is None or f.pod is None or f.log_tail is not None or not any(p.name == f.pod for p in pods):
+        return True
+    done = parse_time(derived.status.completion_time)
+    return done is None or (now - done).total_seconds() > LOG_GRACE_S
 
 
 def _cleanup(rt: Runtime, owner: Owner, view: ChildView) -> None:
