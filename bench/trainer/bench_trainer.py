@@ -48,11 +48,11 @@ from kubeloop_trainer.data import Dataset, prepare
 from kubeloop_trainer.distributed import DistContext
 from kubeloop_trainer.loop import EpochResult, Loop, LoopConfig, LoopState, TorchEngine
 from kubeloop_trainer.model import build_model
-from kubeloop_trainer.storage import LocalStore
 from torch.nn import functional as F  # noqa: N812
 
 from kubeloop.contracts import checkpoint_prefix
 from kubeloop.resources import DatasetSpec
+from kubeloop.storage.local import LocalStore
 
 CPU = torch.device("cpu")
 LR = 1e-3
@@ -129,7 +129,9 @@ def ours(ds: Dataset, hidden: list[int], batch: int, epochs: int, store_dir: Pat
         patience=1000,
     )
     loop = Loop(engine, cfg, ctx, CPU, ds.x_train, train_targets(ds, ds.y_train), ds.x_val, ds.y_val)
-    ckpt = Checkpointer(LocalStore(store_dir), checkpoint_prefix("bench", "job"), "uid", ctx, store_dir)
+    store = LocalStore(store_dir)
+    store.ensure_bucket(checkpoint_prefix("bench", "job").bucket)
+    ckpt = Checkpointer(store, checkpoint_prefix("bench", "job"), "uid", ctx, store_dir)
     # measured inside the timed run: instance attributes shadow the methods for this run only
     val_s, ckpt_s, keep_s = [0.0], [0.0], [0.0]
     loop._val = _timed(loop._val, val_s)  # type: ignore[method-assign]

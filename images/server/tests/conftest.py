@@ -22,9 +22,8 @@ import pytest
 from kubeloop_server.model import ModelRuntime
 from kubeloop_server.rest import ServerApp
 from kubeloop_server.settings import ServerSettings
-from kubeloop_server.testing import mlp_model
-
-from kubeloop.contracts import ObjectRef
+from kubeloop_testing.onnx_models import mlp_model
+from kubeloop_testing.storage import MemoryStore
 
 warnings.filterwarnings("ignore", message=".*httpx.*", category=DeprecationWarning)
 with warnings.catch_warnings():
@@ -186,21 +185,6 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         if sp.proc.poll() is None:
             sp.proc.kill()
             sp.proc.wait(10)
-
-
-class MemoryStore:
-    """An in-memory stand-in for the object store (unit tests of prediction logging)."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-        self.fail = False
-        self.puts = 0
-
-    def put_bytes(self, ref: ObjectRef, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self.puts += 1
-        if self.fail:
-            raise ConnectionError("storage is down")
-        self.objects[ref.uri] = data
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from kubeloop_server.testing import random_records
+from kubeloop_testing.onnx_models import random_records
 
 CATEGORICAL = (("color", ("red", "green", "blue")), ("size", ("S", "M", "L", "XL")))
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 import pytest
-from kubeloop_server.testing import random_records
+from kubeloop_testing.onnx_models import random_records
 
 CATEGORICAL = (("color", ("red", "green", "blue")), ("size", ("S", "M", "L", "XL")))
 MIXED = random_records(1, n_numeric=4, categorical=CATEGORICAL, seed=11)[0]

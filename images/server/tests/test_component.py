@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from kubeloop_server.testing import mlp_model, random_records
+from kubeloop_testing.onnx_models import mlp_model, random_records
 from minio import Minio
 
 from kubeloop.contracts import PREDICTION_LOG_MODEL_VERSION, PREDICTION_LOG_PREDICTION, predictions_prefix

@@ -7,7 +7,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kubeloop_server.testing import random_records
+from kubeloop_testing.onnx_models import random_records
 
 CATEGORICAL = (("color", ("red", "green", "blue")), ("size", ("S", "M", "L", "XL")))
 N_EXAMPLES = 600

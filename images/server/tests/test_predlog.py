@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pyarrow.parquet as pq
-from kubeloop_server.testing import random_records
+from kubeloop_testing.onnx_models import random_records
 
 from kubeloop.contracts import (
     PREDICTION_LOG_MODEL_VERSION,

@@ -7,7 +7,7 @@ import time
 
 import httpx
 import pytest
-from kubeloop_server.testing import random_records
+from kubeloop_testing.onnx_models import random_records
 
 
 def test_storage_down_keeps_serving_and_counts_drops(

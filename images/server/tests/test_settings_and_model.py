@@ -7,8 +7,8 @@ from kubeloop_server import model as model_mod
 from kubeloop_server.errors import ModelLoadError
 from kubeloop_server.model import ModelRuntime
 from kubeloop_server.settings import ServerSettings
-from kubeloop_server.storage import fetch_model_bytes, split_endpoint
-from kubeloop_server.testing import mlp_model
+from kubeloop_server.storage import fetch_model_bytes
+from kubeloop_testing.onnx_models import mlp_model
 from pydantic import ValidationError
 
 from kubeloop.contracts import ServerEnv
@@ -61,14 +61,8 @@ def test_settings_validation() -> None:
         ServerSettings(model_uri="/m.onnx", prediction_logging_sample_rate=1.5)
 
 
-def test_split_endpoint() -> None:
-    assert split_endpoint("minio:9000", False) == ("minio:9000", False)
-    assert split_endpoint("https://s3.example:443", False) == ("s3.example:443", True)
-    assert split_endpoint("http://127.0.0.1:9000", True) == ("127.0.0.1:9000", False)
-
-
 def test_fetch_model_errors(tmp_path) -> None:
-    with pytest.raises(ModelLoadError, match="cannot read model file"):
+    with pytest.raises(ModelLoadError, match=r"cannot load model_uri .*missing\.onnx.* does not exist"):
         fetch_model_bytes(str(tmp_path / "missing.onnx"), None)
     with pytest.raises(ModelLoadError, match="no s3_endpoint"):
         fetch_model_bytes("s3://kubeloop/models/m/1/model.onnx", None)

@@ -1,9 +1,7 @@
 """pytest fixtures of the trainer's tests: small datasets, a spec builder and CLI runners.
 
-Used by ``images/trainer/tests`` only (needs pytest and scikit-learn): each test module loads it with
-``pytest_plugins = ["kubeloop_trainer.testing"]``. It lives here, under an absolute module name,
-rather than in a conftest.py: the test folders are packages, and images/server/tests already has a
-``tests.conftest``; a second one would collide.
+The test folders are not packages, so pytest (``--import-mode=importlib``) names this module after
+its path (``images.trainer.tests.conftest``) and it cannot collide with another component's conftest.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-
 from kubeloop_trainer.__main__ import main
 
 

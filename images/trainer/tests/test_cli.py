@@ -11,8 +11,6 @@ import pandas as pd
 import pytest
 from kubeloop_trainer.__main__ import main, write_termination
 
-pytest_plugins = ["kubeloop_trainer.testing"]  # fixtures: datasets, spec builder, CLI runners
-
 
 def test_termination_message_is_skipped_when_unwritable(tmp_path: Path) -> None:
     write_termination("x", str(tmp_path / "no" / "such" / "dir" / "file"))  # no exception

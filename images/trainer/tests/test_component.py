@@ -26,8 +26,6 @@ from kubeloop_trainer.app import TORCH_ARTIFACT, load_torch_artifact
 from kubeloop.contracts import ModelMetadata, TrainerEnv, checkpoint_prefix, model_baseline, model_onnx
 from kubeloop.drift import Baseline
 
-pytest_plugins = ["kubeloop_trainer.testing"]  # fixtures: datasets, spec builder, CLI runners
-
 pytestmark = pytest.mark.component
 
 

@@ -12,8 +12,6 @@ from kubeloop_trainer.data import prepare, read_table, split_indices
 
 from kubeloop.resources import DatasetSpec
 
-pytest_plugins = ["kubeloop_trainer.testing"]  # fixtures: datasets, spec builder, CLI runners
-
 
 def csv_bytes(df: pd.DataFrame) -> bytes:
     return df.to_csv(index=False).encode()

@@ -15,8 +15,6 @@ from kubeloop_trainer.errors import ConfigError
 
 from kubeloop.resources import DeepSpeedSpec, TrainingJobSpec
 
-pytest_plugins = ["kubeloop_trainer.testing"]  # fixtures: datasets, spec builder, CLI runners
-
 
 def test_config_splits_the_global_batch_over_ranks() -> None:
     cfg = deepspeed_config(

@@ -16,8 +16,6 @@ from kubeloop_trainer.model import InferenceHead, build_model
 from kubeloop.contracts import ModelMetadata
 from kubeloop.resources import DatasetSpec
 
-pytest_plugins = ["kubeloop_trainer.testing"]  # fixtures: datasets, spec builder, CLI runners
-
 
 def _trained_head(ds, steps: int = 30):  # type: ignore[no-untyped-def]
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from kubeloop_testing.storage import MemoryStore
 from kubeloop_trainer.app import train_targets
 from kubeloop_trainer.checkpoint import Checkpointer
 from kubeloop_trainer.data import Dataset, prepare
@@ -17,29 +18,6 @@ from kubeloop_trainer.model import build_model
 
 from kubeloop.contracts import ObjectRef
 from kubeloop.resources import DatasetSpec
-
-pytest_plugins = ["kubeloop_trainer.testing"]  # fixtures: datasets, spec builder, CLI runners
-
-
-class MemoryStore:
-    """An in-memory object store."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def get(self, ref: ObjectRef) -> bytes | None:
-        return self.objects.get(ref.uri)
-
-    def put(self, ref: ObjectRef, data: bytes, content_type: str = "") -> None:
-        self.objects[ref.uri] = data
-
-    def delete(self, ref: ObjectRef) -> None:
-        self.objects.pop(ref.uri, None)
-
-    def list(self, prefix: ObjectRef) -> list[ObjectRef]:
-        p = prefix.uri.rstrip("/") + "/"
-        return [ObjectRef.parse(u) for u in self.objects if u.startswith(p)]
-
 
 CPU = torch.device("cpu")
 ONE = DistContext()
@@ -94,11 +72,11 @@ def test_resume_from_checkpoint_is_exact(breast_cancer: pd.DataFrame, tmp_path) 
     ds = _dataset(breast_cancer)
     straight = _loop(ds, epochs=5, early_stopping=False).fit(LoopState())
 
-    store = MemoryStore()
-    ckpt = Checkpointer(store, ObjectRef("b", "checkpoints/ns/job"), "uid-1", ONE, tmp_path)  # type: ignore[arg-type]
+    store = MemoryStore(buckets=("b",))
+    ckpt = Checkpointer(store, ObjectRef("b", "checkpoints/ns/job"), "uid-1", ONE, tmp_path)
     first = _loop(ds, epochs=2, early_stopping=False)
     first.fit(LoopState(), lambda r, st: ckpt.save_torch(first.engine, st, {"mlflow_run_id": "r1"}))  # type: ignore[arg-type]
-    assert store.get(ObjectRef("b", "checkpoints/ns/job/checkpoint.pt")) is not None
+    assert store.exists(ObjectRef("b", "checkpoints/ns/job/checkpoint.pt"))
 
     second = _loop(ds, epochs=5, early_stopping=False)
     meta = ckpt.load()
@@ -114,16 +92,15 @@ def test_resume_from_checkpoint_is_exact(breast_cancer: pd.DataFrame, tmp_path) 
     )
 
     # another TrainingJob with the same name (a new UID) does not pick the checkpoint up
-    other = Checkpointer(store, ObjectRef("b", "checkpoints/ns/job"), "uid-2", ONE, tmp_path)  # type: ignore[arg-type]
+    other = Checkpointer(store, ObjectRef("b", "checkpoints/ns/job"), "uid-2", ONE, tmp_path)
     assert other.load() is None
 
 
 def test_checkpoint_is_loadable_with_weights_only(breast_cancer: pd.DataFrame, tmp_path) -> None:  # type: ignore[no-untyped-def]
     ds = _dataset(breast_cancer)
-    store = MemoryStore()
-    ckpt = Checkpointer(store, ObjectRef("b", "c/ns/j"), "u", ONE, tmp_path)  # type: ignore[arg-type]
+    store = MemoryStore(buckets=("b",))
+    ckpt = Checkpointer(store, ObjectRef("b", "c/ns/j"), "u", ONE, tmp_path)
     loop = _loop(ds, epochs=1)
     loop.fit(LoopState(), lambda r, st: ckpt.save_torch(loop.engine, st, {}))  # type: ignore[arg-type]
     data = store.get(ObjectRef("b", "c/ns/j/checkpoint.pt"))
-    assert data is not None
     torch.load(io.BytesIO(data), weights_only=True)

@@ -103,7 +103,8 @@ def _check_numeric(arr: np.ndarray, allow_missing: bool) -> bool:
 
 
 def _bad_values(arr: np.ndarray, allow_missing: bool) -> np.ndarray:
-    return np.isinf(arr) if allow_missing else ~np.isfinite(arr)
+    bad: np.ndarray = np.isinf(arr) if allow_missing else ~np.isfinite(arr)
+    return bad
 
 
 def _category(v: Any) -> str:

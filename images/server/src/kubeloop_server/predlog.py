@@ -19,7 +19,7 @@ import threading
 import time
 from collections import defaultdict
 from datetime import UTC, date, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,17 +29,13 @@ from kubeloop.contracts import (
     PREDICTION_LOG_MODEL_VERSION,
     PREDICTION_LOG_PREDICTION,
     PREDICTION_LOG_TIMESTAMP,
-    ObjectRef,
     predictions_part,
 )
+from kubeloop.storage import ObjectStore
 from kubeloop_server.metrics import ServerMetrics
 from kubeloop_server.model import Feeds, ModelRuntime, Outputs
 
 log = logging.getLogger("kubeloop_server.predlog")
-
-
-class PartWriter(Protocol):
-    def put_bytes(self, ref: ObjectRef, data: bytes, content_type: str = ...) -> None: ...
 
 
 class _Chunk:
@@ -57,7 +53,7 @@ class PredictionLogger:
     def __init__(
         self,
         runtime: ModelRuntime,
-        store: PartWriter,
+        store: ObjectStore,
         metrics: ServerMetrics,
         *,
         bucket: str,
@@ -229,5 +225,5 @@ class PredictionLogger:
         ref = predictions_part(
             self._namespace, self._deployment, self._rt.version, day, part, bucket=self._bucket
         )
-        self._store.put_bytes(ref, buf.getvalue(), content_type="application/vnd.apache.parquet")
+        self._store.put(ref, buf.getvalue(), content_type="application/vnd.apache.parquet")
         self._metrics.log_parts.inc()

@@ -23,15 +23,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from kubeloop.storage import ObjectStore
 from kubeloop_server import __version__
 from kubeloop_server.batching import make_predictor
 from kubeloop_server.dataplane import DataPlane
 from kubeloop_server.errors import InvalidInputError, PayloadTooLargeError, ServerError
 from kubeloop_server.metrics import CONTENT_TYPE, ServerMetrics
 from kubeloop_server.model import ModelRuntime
-from kubeloop_server.predlog import PartWriter, PredictionLogger
+from kubeloop_server.predlog import PredictionLogger
 from kubeloop_server.settings import ServerSettings
-from kubeloop_server.storage import ObjectStore, fetch_model_bytes
+from kubeloop_server.storage import fetch_model_bytes, make_store
 
 log = logging.getLogger("kubeloop_server.rest")
 
@@ -182,16 +183,14 @@ class ServerApp:
         self,
         settings: ServerSettings,
         runtime: ModelRuntime | None = None,
-        store: ObjectStore | PartWriter | None = None,
+        store: ObjectStore | None = None,
     ) -> None:
         self.settings = s = settings
-        if store is None and s.s3_endpoint:
-            store = ObjectStore(
-                s.s3_endpoint, s.s3_access_key, s.s3_secret_key.get_secret_value(), s.s3_secure, s.s3_region
-            )
+        if store is None:
+            store = make_store(s)
         self.store = store
         if runtime is None:
-            model_bytes = fetch_model_bytes(s.model_uri, store if isinstance(store, ObjectStore) else None)
+            model_bytes = fetch_model_bytes(s.model_uri, store)
             runtime = ModelRuntime(
                 model_bytes,
                 name=s.model_name,

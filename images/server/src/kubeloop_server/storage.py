@@ -1,69 +1,36 @@
-"""Object storage (MinIO/S3) access and model-file fetching."""
+"""The server's object store (on the core's one storage layer, :mod:`kubeloop.storage`) and
+model-file fetching."""
 
 from __future__ import annotations
 
-import io
-from pathlib import Path
-from urllib.parse import urlparse
-
-import urllib3
-from minio import Minio
-
-from kubeloop.contracts import ObjectRef, split_endpoint
+from kubeloop.storage import ObjectStore, S3Config, StorageError, read_uri
+from kubeloop.storage.s3 import S3Store
 from kubeloop_server.errors import ModelLoadError
+from kubeloop_server.settings import ServerSettings
 
 
-class ObjectStore:
-    """The few object-store operations the server needs, on one MinIO client."""
-
-    def __init__(
-        self, endpoint: str, access_key: str, secret_key: str, secure: bool = False, region: str = ""
-    ) -> None:
-        host, secure = split_endpoint(endpoint, secure)
-        self.endpoint = host
-        # Bounded timeouts and retries: a down store must cost the prediction-log writer seconds, not
-        # the minutes of the client's defaults (5 retries, 5-minute timeouts).
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=3.0, read=30.0),
-            maxsize=4,
-            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+def make_store(settings: ServerSettings) -> ObjectStore | None:
+    """MinIO/S3 when ``s3_endpoint`` is set, else None. The store's timeouts and retries are bounded
+    (3 s connect, 30 s read, 2 retries), so a down store costs the prediction-log writer seconds."""
+    if not settings.s3_endpoint:
+        return None
+    return S3Store(
+        S3Config(
+            endpoint=settings.s3_endpoint,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key.get_secret_value(),
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+            max_connections=4,
         )
-        self._client = Minio(
-            host,
-            access_key=access_key,
-            secret_key=secret_key,
-            secure=secure,
-            region=region or None,
-            http_client=http,
-        )
-
-    def get_bytes(self, ref: ObjectRef) -> bytes:
-        resp = self._client.get_object(ref.bucket, ref.key)
-        try:
-            return resp.read()
-        finally:
-            resp.close()
-            resp.release_conn()
-
-    def put_bytes(self, ref: ObjectRef, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self._client.put_object(ref.bucket, ref.key, io.BytesIO(data), len(data), content_type=content_type)
+    )
 
 
 def fetch_model_bytes(uri: str, store: ObjectStore | None) -> bytes:
     """Read the ONNX file from ``s3://bucket/key``, ``file:///path`` or a plain path."""
-    if uri.startswith("s3://"):
-        try:
-            ref = ObjectRef.parse(uri)
-        except ValueError as e:
-            raise ModelLoadError(str(e)) from e
-        if store is None:
-            raise ModelLoadError(f"model_uri {uri!r} is on object storage but no s3_endpoint is configured")
-        try:
-            return store.get_bytes(ref)
-        except Exception as e:
-            raise ModelLoadError(f"cannot fetch {uri} from {store.endpoint}: {e}") from e
-    path = Path(urlparse(uri).path) if uri.startswith("file://") else Path(uri)
+    if uri.startswith("s3://") and store is None:
+        raise ModelLoadError(f"model_uri {uri!r} is on object storage but no s3_endpoint is configured")
     try:
-        return path.read_bytes()
-    except OSError as e:
-        raise ModelLoadError(f"cannot read model file {str(path)!r}: {e.strerror or e}") from e
+        return read_uri(uri, store)
+    except StorageError as e:
+        raise ModelLoadError(f"cannot load model_uri {uri!r}: {e}") from e

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from kubeloop.contracts import TrainingFailure
-from kubeloop_trainer.errors import ConfigError, TrainerError
+from kubeloop.storage import StorageError as ObjectStoreError
+from kubeloop_trainer.errors import ConfigError, StorageError, TrainerError
 
 TERMINATION_LOG_ENV = "KUBELOOP_TRAINER_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -39,7 +40,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(settings)
     except TrainerError as e:
         return _fail(e, term)
+    except ObjectStoreError as e:  # the core's storage errors carry no exit code: they get ours here
+        return _fail(StorageError(str(e)), term)
     except KeyboardInterrupt:
         return 130
     except Exception as e:

@@ -23,18 +23,19 @@ from kubeloop.contracts import (
     model_onnx,
 )
 from kubeloop.resources import DeepSpeedSpec, TrainingJobSpec
+from kubeloop.storage import ObjectStore, StorageError
 from kubeloop_trainer import distributed
 from kubeloop_trainer.baseline import baseline_json
 from kubeloop_trainer.checkpoint import Checkpointer
 from kubeloop_trainer.data import Dataset, prepare, read_table
 from kubeloop_trainer.distributed import DistContext
-from kubeloop_trainer.errors import ConfigError, TrainerError
+from kubeloop_trainer.errors import ConfigError
 from kubeloop_trainer.export import export_onnx, set_metadata, verify
 from kubeloop_trainer.loop import EpochResult, Loop, LoopConfig, LoopState, TorchEngine, best_model
 from kubeloop_trainer.metrics import classification_metrics, regression_metrics
 from kubeloop_trainer.model import InferenceHead, TabularMLP, build_model
 from kubeloop_trainer.settings import TrainerSettings
-from kubeloop_trainer.storage import ObjectStore, make_store, read_uri
+from kubeloop_trainer.storage import make_store, read_dataset
 from kubeloop_trainer.tracking import (
     TAG_BASELINE_URI,
     TAG_MODEL_URI,
@@ -66,7 +67,7 @@ def configure_threads(settings: TrainerSettings, ctx: DistContext) -> int:
 
 
 def load_dataset(spec: TrainingJobSpec, settings: TrainerSettings, store: ObjectStore | None) -> Dataset:
-    raw = read_uri(spec.dataset.uri, store)
+    raw = read_dataset(spec.dataset.uri, store)
     df = read_table(raw, spec.dataset.uri, spec.dataset.format)
     return prepare(
         df,
@@ -350,7 +351,7 @@ def _finish(
         for ref in uploaded:
             try:
                 store.delete(ref)
-            except TrainerError as e:
+            except StorageError as e:
                 log.warning("cannot remove %s: %s", ref.uri, e)
         raise
 

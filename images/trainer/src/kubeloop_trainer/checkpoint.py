@@ -11,6 +11,7 @@ training and registering again.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -20,9 +21,9 @@ import torch
 import torch.distributed as dist
 
 from kubeloop.contracts import ObjectRef
+from kubeloop.storage import ObjectNotFoundError, ObjectStore, folder
 from kubeloop_trainer.distributed import DistContext
 from kubeloop_trainer.loop import LoopState, TorchEngine
-from kubeloop_trainer.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +50,26 @@ class Checkpointer:
     # --- finished runs -----------------------------------------------------------------------------
 
     def finished_summary(self) -> str | None:
-        data = self.store.get(self.prefix.child(SUMMARY))
-        if data is None:
+        try:
+            doc = json.loads(self.store.get(self.prefix.child(SUMMARY)))
+        except ObjectNotFoundError:
             return None
-        import json
-
-        doc = json.loads(data)
         return json.dumps(doc["summary"]) if doc.get("uid") == self.uid else None
 
     def mark_finished(self, summary_json: str) -> None:
-        import json
-
         doc = {"uid": self.uid, "summary": json.loads(summary_json)}
         self.store.put(self.prefix.child(SUMMARY), json.dumps(doc).encode(), "application/json")
-        for ref in self.store.list(self.prefix):
-            if not ref.key.endswith("/" + SUMMARY):
-                self.store.delete(ref)
+        for obj in list(self.store.list(folder(self.prefix))):
+            if not obj.ref.key.endswith("/" + SUMMARY):
+                self.store.delete(obj.ref)
 
     # --- checkpoints -------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Any] | None:
         """The checkpoint of this UID, or None (no checkpoint, or one of another UID)."""
-        data = self.store.get(self.prefix.child(CHECKPOINT))
-        if data is None:
+        try:
+            data = self.store.get(self.prefix.child(CHECKPOINT))
+        except ObjectNotFoundError:
             return None
         ckpt: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         if ckpt.get("uid") != self.uid:
@@ -114,7 +112,7 @@ class Checkpointer:
         if self.ctx.local_rank == 0:
             for f in sorted(p for p in local.rglob("*") if p.is_file()):
                 rel = f.relative_to(local).as_posix()
-                self.store.put(self.prefix.child(f"{DEEPSPEED_DIR}/{rel}"), f.read_bytes())
+                self.store.put_file(self.prefix.child(f"{DEEPSPEED_DIR}/{rel}"), f)
         _barrier(self.ctx)
         if self.ctx.is_main:
             meta = {"uid": self.uid, "epoch": state.epoch, "backend": "deepspeed", "extra": extra}
@@ -127,14 +125,9 @@ class Checkpointer:
         if self.ctx.local_rank == 0:
             if local.exists():
                 shutil.rmtree(local)
-            base = self.prefix.child(DEEPSPEED_DIR)
-            for ref in self.store.list(base):
-                data = self.store.get(ref)
-                if data is None:
-                    continue
-                path = local / ref.key[len(base.key) + 1 :]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
+            base = folder(self.prefix.child(DEEPSPEED_DIR))
+            for obj in list(self.store.list(base)):
+                self.store.get_file(obj.ref, local / obj.ref.key[len(base.key) :])
         _barrier(self.ctx)
         client = engine.load(local)
         return LoopState.from_dict(client["loop"])

@@ -160,8 +160,11 @@ def _is_missing_col(col: pd.Series) -> npt.NDArray[np.bool_]:
 
 def _numeric_column(name: str, col: pd.Series, what: str) -> npt.NDArray[np.float64]:
     """float64 values (NaN = missing); raises NonNumericValuesError or NonFiniteValuesError naming the column."""
+    values: npt.NDArray[np.float64]
     if pd.api.types.is_bool_dtype(col.dtype):
-        values = col.astype("float64").to_numpy(dtype=np.float64, na_value=np.nan)
+        values = np.asarray(
+            col.astype("float64").to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64
+        )
     elif pd.api.types.is_numeric_dtype(col.dtype):
         values = col.to_numpy(dtype=np.float64, na_value=np.nan)
     else:

@@ -28,7 +28,7 @@ def _import_deepspeed(device: torch.device, allow_shm: bool) -> Any:
         import deepspeed
 
         # ``deepspeed.comm.torch`` as an attribute is the torch module (star import); go by name
-        ds_torch_comm = importlib.import_module("deepspeed.comm.torch")
+        ds_torch_comm: Any = importlib.import_module("deepspeed.comm.torch")
     except Exception as e:
         raise DistributedError(f"DeepSpeed cannot be imported: {e}") from e
     if device.type == "cpu" and not allow_shm:

@@ -52,7 +52,8 @@ def export_onnx(head: InferenceHead, ds: Dataset, metadata: ModelMetadata) -> on
             torch.onnx.export(
                 head,
                 (sample,),
-                buf,
+                # The stub says a path, but this (TorchScript) exporter writes to any binary file object.
+                buf,  # type: ignore[arg-type]
                 input_names=[_P + "x"],
                 output_names=[_P + "out"],
                 dynamic_axes={_P + "x": {0: "N"}, _P + "out": {0: "N"}},

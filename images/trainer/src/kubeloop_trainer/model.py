@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -16,6 +17,11 @@ class TabularMLP(nn.Module):
     ``forward`` returns what the loss needs (class logits, or the standardised regression target);
     :class:`InferenceHead` turns it into probabilities or target units for evaluation and export.
     """
+
+    # Registered buffers (saved in the state dict and exported), declared for the type checker.
+    median: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(
         self,
@@ -51,8 +57,9 @@ class TabularMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # preprocessing in float32 even when the layers run in bf16/fp16 (DeepSpeed)
         h = self.preprocess(x.float())
-        dtype = self.net[0].weight.dtype
-        return self.net(h if dtype == torch.float32 else h.to(dtype))
+        dtype = cast(nn.Linear, self.net[0]).weight.dtype
+        out: torch.Tensor = self.net(h if dtype == torch.float32 else h.to(dtype))
+        return out
 
 
 class InferenceHead(nn.Module):
@@ -68,7 +75,7 @@ class InferenceHead(nn.Module):
         self.target_std = float(target_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
+        out: torch.Tensor = self.model(x)
         if self.task == "classification":
             return torch.softmax(out, dim=1)
         return out * self.target_std + self.target_mean

@@ -93,7 +93,7 @@ def load_settings(overrides: dict[str, str] | None = None) -> TrainerSettings:
     try:
         if overrides:
             return TrainerSettings(**overrides)  # type: ignore[arg-type]
-        return TrainerSettings()  # type: ignore[call-arg]
+        return TrainerSettings()
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])

@@ -1,4 +1,4 @@
-"""Build small Kubeloop-format ONNX models for tests and benchmarks (needs the ``onnx`` package).
+"""Small Kubeloop-format ONNX models for tests and benchmarks, and records that fit them.
 
 The models follow the trainer's contract: preprocessing inside the graph (standard scaling; categories
 encoded by an ``ai.onnx.ml.LabelEncoder``), ``metadata_props`` from :meth:`ModelMetadata.to_props`, and

@@ -1,0 +1,230 @@
+"""The MinIO/S3 adapter of :class:`kubeloop.storage.ObjectStore` (needs ``kubeloop[s3]``).
+
+This is the one module of the platform that imports ``minio``. Two things are decided here, once:
+
+- Bounds. The minio client's default HTTP pool waits 5 minutes per read and retries 5 times; a store
+  that is down would then hold a prediction-log flush or a pod start for many minutes. Every call
+  here runs under :class:`~kubeloop.storage.S3Config`'s connect/read timeouts and retry count
+  (connection errors and 500/502/503/504 for idempotent methods, with a short backoff).
+- Errors. Every exception of the client (S3 error codes, HTTP server errors, urllib3 and socket
+  errors) becomes a :class:`~kubeloop.storage.StorageError` subclass naming the object.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Final, TypeVar
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+
+from kubeloop.contracts import ObjectRef
+from kubeloop.storage import (
+    DEFAULT_CONTENT_TYPE,
+    ObjectInfo,
+    ObjectNotFoundError,
+    S3Config,
+    StorageAccessDeniedError,
+    StorageError,
+    StorageUnavailableError,
+    split_endpoint,
+)
+
+T = TypeVar("T")
+
+_NOT_FOUND: Final = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"})
+_DENIED: Final = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+)
+# Presigning needs the bucket's region; naming it avoids a GetBucketLocation round trip. MinIO and
+# most S3-compatible stores answer to this one.
+_DEFAULT_REGION: Final = "us-east-1"
+
+
+def _http_pool(config: S3Config) -> urllib3.PoolManager:
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s),
+        maxsize=config.max_connections,
+        cert_reqs="CERT_REQUIRED",
+        # As the minio client's own default pool: SSL_CERT_FILE wins over the bundled CAs.
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(
+            total=config.retries,
+            connect=config.retries,
+            read=config.retries,
+            backoff_factor=0.2,
+            status_forcelist=[500, 502, 503, 504],
+        ),
+    )
+
+
+class S3Store:
+    """MinIO or S3 (path-style), one client per store, safe to share between threads."""
+
+    def __init__(self, config: S3Config) -> None:
+        host, secure = split_endpoint(config.endpoint, config.secure)
+        self.config = config
+        self.endpoint = host
+        self._client = Minio(
+            host,
+            access_key=config.access_key or None,
+            secret_key=config.secret_key or None,
+            secure=secure,
+            region=config.region or None,
+            http_client=_http_pool(config),
+        )
+        if config.presign_endpoint:
+            p_host, p_secure = split_endpoint(config.presign_endpoint, config.secure)
+        else:
+            p_host, p_secure = host, secure
+        # Presigning is local computation; a separate client carries the public host in the URL
+        # and a fixed region, so it never sends a request.
+        self._presigner = Minio(
+            p_host,
+            access_key=config.access_key or None,
+            secret_key=config.secret_key or None,
+            secure=p_secure,
+            region=config.region or _DEFAULT_REGION,
+            http_client=_http_pool(config),
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Store(endpoint={self.endpoint!r})"
+
+    # --- the one place client errors become StorageErrors -------------------------------------------
+
+    def _error(self, what: str, uri: str, e: Exception) -> StorageError:
+        if isinstance(e, S3Error):
+            detail = f"{e.code}: {e.message}" if e.message else str(e.code)
+            if e.code in _NOT_FOUND:
+                return ObjectNotFoundError(f"{uri} does not exist ({e.code})", uri)
+            if e.code in _DENIED:
+                return StorageAccessDeniedError(
+                    f"cannot {what} {uri}: the object store at {self.endpoint} refused access ({detail})",
+                    uri,
+                )
+            return StorageError(f"cannot {what} {uri}: {detail}", uri)
+        if isinstance(e, ServerError | InvalidResponseError):
+            return StorageUnavailableError(f"cannot {what} {uri}: object store at {self.endpoint}: {e}", uri)
+        if isinstance(e, urllib3.exceptions.HTTPError | OSError):
+            return StorageUnavailableError(
+                f"cannot {what} {uri}: object store at {self.endpoint} unreachable "
+                f"({type(e).__name__}: {_short(e)})",
+                uri,
+            )
+        return StorageError(f"cannot {what} {uri}: {type(e).__name__}: {_short(e)}", uri)
+
+    def _call(self, what: str, uri: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            raise self._error(what, uri, e) from e
+
+    # --- ObjectStore ---------------------------------------------------------------------------------
+
+    def get(self, ref: ObjectRef) -> bytes:
+        def read() -> bytes:
+            resp = self._client.get_object(ref.bucket, ref.key)
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call("read", ref.uri, read)
+
+    def get_file(self, ref: ObjectRef, path: Path) -> None:
+        # fget_object streams into "<path>.<etag>.part.minio" and renames it when complete.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._call("download", ref.uri, lambda: self._client.fget_object(ref.bucket, ref.key, str(path)))
+
+    def put(self, ref: ObjectRef, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
+        self._call(
+            "write",
+            ref.uri,
+            lambda: self._client.put_object(
+                ref.bucket, ref.key, io.BytesIO(data), len(data), content_type=content_type
+            ),
+        )
+
+    def put_file(self, ref: ObjectRef, path: Path, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
+        self._call(
+            "upload",
+            ref.uri,
+            lambda: self._client.fput_object(ref.bucket, ref.key, str(path), content_type=content_type),
+        )
+
+    def stat(self, ref: ObjectRef) -> ObjectInfo | None:
+        try:
+            st = self._call("stat", ref.uri, lambda: self._client.stat_object(ref.bucket, ref.key))
+        except ObjectNotFoundError:
+            return None
+        return ObjectInfo(
+            ref=ref,
+            size=int(st.size or 0),
+            last_modified=st.last_modified,
+            etag=st.etag,
+            content_type=st.content_type,
+        )
+
+    def exists(self, ref: ObjectRef) -> bool:
+        return self.stat(ref) is not None
+
+    def list(self, prefix: ObjectRef) -> Iterator[ObjectInfo]:
+        objects = self._client.list_objects(prefix.bucket, prefix=prefix.key, recursive=True)
+        it = iter(objects)
+        while True:
+            try:
+                o = next(it)
+            except StopIteration:
+                return
+            except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+                raise self._error("list", prefix.uri, e) from e
+            if o.object_name is None or o.is_dir:
+                continue
+            yield ObjectInfo(
+                ref=ObjectRef(prefix.bucket, o.object_name),
+                size=int(o.size or 0),
+                last_modified=o.last_modified,
+                etag=o.etag,
+                content_type=o.content_type,
+            )
+
+    def delete(self, ref: ObjectRef) -> None:
+        try:
+            self._call("delete", ref.uri, lambda: self._client.remove_object(ref.bucket, ref.key))
+        except ObjectNotFoundError:
+            return
+
+    def presigned_get_url(self, ref: ObjectRef, expires: timedelta) -> str:
+        return self._call(
+            "presign", ref.uri, lambda: self._presigner.presigned_get_object(ref.bucket, ref.key, expires)
+        )
+
+    def bucket_exists(self, bucket: str) -> bool:
+        return self._call("check bucket", f"s3://{bucket}", lambda: self._client.bucket_exists(bucket))
+
+    def ensure_bucket(self, bucket: str) -> None:
+        try:
+            self._call("create bucket", f"s3://{bucket}", lambda: self._client.make_bucket(bucket))
+        except StorageError as e:
+            cause = e.__cause__
+            if isinstance(cause, S3Error) and cause.code in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                return
+            raise
+
+
+def _short(e: BaseException) -> str:
+    """The innermost useful part of a urllib3 error chain (``MaxRetryError`` wraps the real cause)."""
+    reason = getattr(e, "reason", None)
+    text = str(reason if isinstance(reason, BaseException) else e)
+    return text[:300]

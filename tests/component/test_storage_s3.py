@@ -1,0 +1,117 @@
+"""The S3 adapter (kubeloop.storage.s3) against the local MinIO: the same contract as the in-memory fake
+and the local directory, the error mapping (missing, refused credentials, nothing listening) and the
+bounds on a store that is down."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from datetime import timedelta
+
+import pytest
+from kubeloop_testing.storage import check_object_store
+
+from kubeloop.contracts import ObjectRef
+from kubeloop.storage import (
+    ObjectNotFoundError,
+    S3Config,
+    StorageAccessDeniedError,
+    StorageUnavailableError,
+)
+from kubeloop.storage.s3 import S3Store
+
+pytestmark = pytest.mark.component
+
+
+def _store(minio_server, **overrides) -> S3Store:  # type: ignore[no-untyped-def]
+    cfg = {
+        "endpoint": minio_server.url,
+        "access_key": minio_server.access_key,
+        "secret_key": minio_server.secret_key,
+        "region": minio_server.region,
+        **overrides,
+    }
+    return S3Store(S3Config(**cfg))
+
+
+def test_s3_store_keeps_the_contract(minio_server, s3_prefix) -> None:  # type: ignore[no-untyped-def]
+    check_object_store(_store(minio_server), minio_server.bucket, s3_prefix)
+
+
+def test_presigned_url_downloads_without_credentials(minio_server, s3_prefix) -> None:  # type: ignore[no-untyped-def]
+    store = _store(minio_server)
+    ref = ObjectRef(minio_server.bucket, s3_prefix + "shared/data.csv")
+    store.put(ref, b"a,b\n1,2\n", "text/csv")
+    url = store.presigned_get_url(ref, timedelta(minutes=2))
+    assert url.startswith(minio_server.url + "/")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, no proxy
+    with opener.open(url, timeout=10) as resp:
+        assert resp.read() == b"a,b\n1,2\n"
+
+
+def test_wrong_credentials_are_access_denied(minio_server, s3_prefix) -> None:  # type: ignore[no-untyped-def]
+    store = _store(minio_server, secret_key="not-the-secret")
+    ref = ObjectRef(minio_server.bucket, s3_prefix + "x")
+    with pytest.raises(StorageAccessDeniedError, match="refused access") as info:
+        store.put(ref, b"x")
+    assert "not-the-secret" not in str(info.value)
+    with pytest.raises(StorageAccessDeniedError):
+        store.get(ref)
+
+
+def test_missing_bucket_and_object(minio_server, s3_prefix) -> None:  # type: ignore[no-untyped-def]
+    store = _store(minio_server)
+    with pytest.raises(ObjectNotFoundError, match="NoSuchBucket"):
+        store.put(ObjectRef("kubeloop-no-such-bucket", "k"), b"x")
+    with pytest.raises(ObjectNotFoundError, match="NoSuchKey"):
+        store.get(ObjectRef(minio_server.bucket, s3_prefix + "missing"))
+
+
+def test_ensure_bucket_is_idempotent(minio_server) -> None:  # type: ignore[no-untyped-def]
+    store = _store(minio_server)
+    store.ensure_bucket(minio_server.bucket)  # exists: no error
+    assert store.bucket_exists(minio_server.bucket)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_store_down_is_unavailable_within_bounds() -> None:
+    """Nothing listens: every call fails as StorageUnavailableError after the bounded retries, in
+    seconds rather than the client library's default of minutes."""
+    store = S3Store(
+        S3Config(endpoint=f"127.0.0.1:{_closed_port()}", access_key="k", secret_key="s", region="us-east-1")
+    )
+    ref = ObjectRef("kubeloop", "models/m/1/model.onnx")
+    calls = [
+        lambda: store.get(ref),
+        lambda: store.put(ref, b"x"),
+        lambda: store.stat(ref),
+        lambda: list(store.list(ref)),
+        lambda: store.bucket_exists("kubeloop"),
+    ]
+    for call in calls:
+        t0 = time.monotonic()
+        with pytest.raises(StorageUnavailableError, match="unreachable") as info:
+            call()
+        assert time.monotonic() - t0 < 10
+        assert "s3://kubeloop" in str(info.value)
+
+
+def test_presigned_url_needs_no_server() -> None:
+    store = S3Store(
+        S3Config(
+            endpoint=f"127.0.0.1:{_closed_port()}",
+            access_key="AKIAEXAMPLE",
+            secret_key="secret-example",
+            presign_endpoint="https://objects.example.test",
+        )
+    )
+    url = store.presigned_get_url(ObjectRef("kubeloop", "datasets/a b.csv"), timedelta(minutes=15))
+    assert url.startswith("https://objects.example.test/kubeloop/datasets/a%20b.csv?")
+    assert "X-Amz-Expires=900" in url
+    assert "secret-example" not in url

@@ -1,0 +1,135 @@
+"""The object-store layer without a network: its contract on the in-memory fake and the local
+directory, configuration checks and URI reading (the S3 adapter: tests/component/test_storage_s3.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kubeloop_testing.storage import MemoryStore, check_object_store
+
+from kubeloop.contracts import ObjectRef
+from kubeloop.storage import (
+    ObjectNotFoundError,
+    ObjectStore,
+    S3Config,
+    StorageConfigError,
+    StorageError,
+    StorageUnavailableError,
+    folder,
+    read_uri,
+    split_endpoint,
+)
+from kubeloop.storage.local import LocalStore
+from kubeloop.storage.s3 import S3Store
+
+
+def test_memory_store_keeps_the_contract() -> None:
+    store = MemoryStore(buckets=("kubeloop",))
+    assert isinstance(store, ObjectStore)
+    check_object_store(store, "kubeloop", "tests/memory/")
+
+
+def test_local_store_keeps_the_contract(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    assert isinstance(store, ObjectStore)
+    store.ensure_bucket("kubeloop")
+    check_object_store(store, "kubeloop", "tests/local/")
+
+
+def test_contract_check_catches_a_store_that_breaks_it() -> None:
+    """The contract check can fail: a store whose get() returns empty bytes for missing objects."""
+
+    class Lenient(MemoryStore):
+        def get(self, ref: ObjectRef) -> bytes:
+            try:
+                return super().get(ref)
+            except ObjectNotFoundError:
+                return b""
+
+    with pytest.raises(AssertionError, match="ObjectNotFoundError"):
+        check_object_store(Lenient(), "kubeloop", "p/")
+
+
+def test_s3_store_satisfies_the_protocol() -> None:
+    assert isinstance(S3Store(S3Config(endpoint="127.0.0.1:1")), ObjectStore)
+
+
+def test_local_store_refuses_keys_that_escape_the_bucket(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    store.ensure_bucket("b")
+    for key in ("../x", "a/../../x", "/abs", "a//b", "", "a/"):
+        with pytest.raises(StorageConfigError, match="invalid object key"):
+            store.put(ObjectRef("b", key), b"x")
+    with pytest.raises(StorageConfigError, match="invalid bucket"):
+        store.put(ObjectRef("..", "k"), b"x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_local_store_missing_bucket_is_not_found(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    with pytest.raises(ObjectNotFoundError, match="NoSuchBucket"):
+        store.put(ObjectRef("nobucket", "k"), b"x")
+    with pytest.raises(ObjectNotFoundError):
+        store.get(ObjectRef("nobucket", "k"))
+    store.delete(ObjectRef("nobucket", "k"))  # idempotent
+
+
+def test_memory_store_failure_injection() -> None:
+    store = MemoryStore()
+    store.fail = True
+    with pytest.raises(StorageUnavailableError, match="injected"):
+        store.put(ObjectRef("kubeloop", "k"), b"x")
+    assert store.puts == 1
+    store.fail = False
+    store.put(ObjectRef("kubeloop", "k"), b"x")
+    assert store.objects == {"s3://kubeloop/k": b"x"}
+
+
+def test_folder() -> None:
+    assert folder(ObjectRef("b", "models/m/3")) == ObjectRef("b", "models/m/3/")
+    assert folder(ObjectRef("b", "models/m/3/")) == ObjectRef("b", "models/m/3/")
+
+
+def test_split_endpoint() -> None:
+    assert split_endpoint("minio:9000", False) == ("minio:9000", False)
+    assert split_endpoint("minio:9000", True) == ("minio:9000", True)
+    assert split_endpoint("https://s3.example:443", False) == ("s3.example:443", True)
+    assert split_endpoint("http://127.0.0.1:9000", True) == ("127.0.0.1:9000", False)
+    assert split_endpoint("http://127.0.0.1:9000/", False) == ("127.0.0.1:9000", False)
+    for bad in ("ftp://x:1", "http://", "", "minio:9000/path", "http://h:1/bucket"):
+        with pytest.raises(StorageConfigError, match="host:port or http"):
+            split_endpoint(bad, False)
+
+
+def test_s3_config_is_checked() -> None:
+    with pytest.raises(StorageConfigError, match="together"):
+        S3Config(endpoint="h:1", access_key="a")
+    with pytest.raises(StorageConfigError, match="timeouts"):
+        S3Config(endpoint="h:1", connect_timeout_s=0)
+    with pytest.raises(StorageConfigError, match="retries"):
+        S3Config(endpoint="h:1", retries=-1)
+    with pytest.raises(StorageConfigError):
+        S3Config(endpoint="h:1", presign_endpoint="nope://x")
+    assert "s3cr3t" not in repr(S3Config(endpoint="h:1", access_key="a", secret_key="s3cr3t"))
+    assert "s3cr3t" not in repr(S3Store(S3Config(endpoint="h:1", access_key="a", secret_key="s3cr3t")))
+
+
+def test_read_uri(tmp_path: Path) -> None:
+    p = tmp_path / "data.csv"
+    p.write_bytes(b"a,b\n")
+    assert read_uri(str(p), None) == b"a,b\n"
+    assert read_uri(f"file://{p}", None) == b"a,b\n"
+    with pytest.raises(ObjectNotFoundError, match="does not exist"):
+        read_uri(str(tmp_path / "missing.csv"), None)
+    with pytest.raises(StorageError, match="cannot read"):
+        read_uri(str(tmp_path), None)  # a directory
+    with pytest.raises(StorageConfigError, match="no object store"):
+        read_uri("s3://kubeloop/datasets/x.csv", None)
+    with pytest.raises(StorageConfigError, match="not an s3://bucket/key"):
+        read_uri("s3://Bad_Bucket/x", MemoryStore())
+    store = MemoryStore()
+    store.put(ObjectRef("kubeloop", "datasets/x.csv"), b"1,2\n")
+    assert read_uri("s3://kubeloop/datasets/x.csv", store) == b"1,2\n"
+    with pytest.raises(ObjectNotFoundError):
+        read_uri("s3://kubeloop/datasets/y.csv", store)
