@@ -2,12 +2,26 @@
 
 (a) OIP infer requests/s at batch 1 on a small MLP (30 features), concurrency 16, against MLServer
     (same ONNX model through the minimal custom ONNX Runtime MLServer runtime, same worker processes);
-(b) the same against a no-op FastAPI endpoint served the same way (uvicorn, 1 process, uvloop+httptools);
+(b) the same against two no-op apps that read the body and answer a fixed JSON (the answer our server
+    gives to the benchmark request, so every side sends the same bytes back):
+    - the floor: a raw ASGI app served by kubeloop-server's own start-up code with the server's uvicorn
+      settings (bench/server/floor_app.py): what any Python HTTP server on these settings costs;
+    - a FastAPI no-op endpoint (FastAPI routing and middleware, uvicorn, uvloop+httptools);
 (c) adaptive batching on a compute-heavy wide MLP: single-row requests at concurrency 64, rows/s with
     batching on against off;
-(d) p50 latency at concurrency 1 against in-process ``session.run`` p50 on the small model.
+(d) p50 latency at concurrency 1 against in-process ``session.run`` p50 on the small model and against the
+    floor's p50.
 
-Last line: ``RESULT server_vs_mlserver=<r> server_vs_noop=<r> batching_gain=<r> p50_vs_inprocess=<r>``.
+Every 2xx answer of every run (warm-ups included, by wrk's Lua ``response()`` hook or the Python load
+generator) is compared with the in-process onnxruntime output for that request; a second pass sends 64
+distinct records over many connections (our server, and the batching server) so that an answer given to
+the wrong request is caught too. Wrong answers, non-2xx answers and transport errors are counted and
+reported per server; any of them from our server or the no-ops (any wrong answer from MLServer) fails the
+benchmark (exit 1, after the RESULT line).
+
+Last line: ``RESULT server_vs_mlserver=<r> server_vs_noop=<r> server_vs_floor=<r> batching_gain=<r>
+p50_vs_inprocess=<r> p50_vs_floor=<r>`` followed by the per-side figures behind them and the check
+counts (``checked=<n> wrong=<n> failed=<n>``).
 """
 
 from __future__ import annotations
@@ -27,30 +41,35 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import orjson
 from kubeloop_server import codec
 from kubeloop_server.model import ModelRuntime, cpu_limit
-from kubeloop_server.testing import mlp_model, random_records
+from kubeloop_testing.onnx_models import mlp_model, random_records
 from loadgen import run_load  # bench/server/loadgen.py (this script's directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 NOOP_APP = """
+import os
+from pathlib import Path
+
 from fastapi import FastAPI, Request, Response
 
 app = FastAPI()
+ANSWER = Path(os.environ["BENCH_FLOOR_RESPONSE"]).read_bytes()
 
 
 @app.post("/v2/models/{model_name}/infer")
 async def infer(model_name: str, request: Request) -> Response:
     await request.body()
-    return Response(b'{"outputs":[]}', media_type="application/json")
+    return Response(ANSWER, media_type="application/json")
 
 
 @app.get("/v2/health/ready")
@@ -76,6 +95,9 @@ class Server:
     port: int
     infer_path: str
     log_path: Path
+    ours: bool = False  # kubeloop-server: scrape its /metrics
+    peer: bool = False  # MLServer: its non-2xx answers are reported, not fatal
+    counts: dict[str, int] = field(default_factory=lambda: {"checked": 0, "wrong": 0, "failed": 0})
 
     @property
     def base(self) -> str:
@@ -121,9 +143,8 @@ def spawn(
     return server
 
 
-def start_ours(name: str, model: Path, work: Path, **env: str) -> Server:
-    port = free_port()
-    e = {
+def server_env(model: Path, port: int, **env: str) -> dict[str, str]:
+    return {
         "KUBELOOP_SERVER_MODEL_URI": str(model),
         "KUBELOOP_SERVER_HOST": HOST,
         "KUBELOOP_SERVER_PORT": str(port),
@@ -131,18 +152,43 @@ def start_ours(name: str, model: Path, work: Path, **env: str) -> Server:
         "KUBELOOP_SERVER_DRAIN_SECONDS": "0",
         **{f"KUBELOOP_SERVER_{k.upper()}": v for k, v in env.items()},
     }
+
+
+def start_ours(name: str, model: Path, work: Path, **env: str) -> Server:
+    port = free_port()
     cmd = [sys.executable, "-m", "kubeloop_server"]
-    return spawn(name, cmd, e, work, port, "/v2/models/{model}/infer", "/v2/health/ready")
+    server = spawn(
+        name, cmd, server_env(model, port, **env), work, port, "/v2/models/{model}/infer", "/v2/health/ready"
+    )
+    server.ours = True
+    return server
 
 
-def start_noop(work: Path) -> Server:
+def start_noop(work: Path, answer: Path) -> Server:
     port = free_port()
     (work / "noop_app.py").write_text(NOOP_APP)
     cmd = [
         sys.executable, "-m", "uvicorn", "noop_app:app", "--host", HOST, "--port", str(port),
         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
-    return spawn("noop-fastapi", cmd, {}, work, port, "/v2/models/{model}/infer", "/v2/health/ready")
+    env = {"BENCH_FLOOR_RESPONSE": str(answer)}
+    return spawn("noop-fastapi", cmd, env, work, port, "/v2/models/{model}/infer", "/v2/health/ready")
+
+
+def start_floor(model: Path, work: Path, answer: Path) -> Server:
+    """The raw ASGI no-op on kubeloop-server's own uvicorn set-up (bench/server/floor_app.py)."""
+    port = free_port()
+    env = {**server_env(model, port), "BENCH_FLOOR_RESPONSE": str(answer)}
+    cmd = [sys.executable, str(HERE / "floor_app.py")]
+    server = spawn("floor-raw-asgi", cmd, env, work, port, "/v2/models/{model}/infer", "/v2/health/ready")
+    settings = [x for x in server.log_path.read_text().splitlines() if x.startswith("floor:")]
+    if not settings:
+        server.stop()
+        raise RuntimeError(
+            f"the floor did not report its uvicorn settings; log:\n{server.log_path.read_text()}"
+        )
+    log(settings[0])
+    return server
 
 
 def start_mlserver(mlserver_python: Path, model: Path, work: Path, workers: int, threads: int) -> Server:
@@ -168,7 +214,7 @@ def start_mlserver(mlserver_python: Path, model: Path, work: Path, workers: int,
     (d / "model-settings.json").write_text(json.dumps(model_settings))
     mlserver = mlserver_python.absolute().parent / "mlserver"
     env = {"BENCH_ORT_THREADS": str(threads), "PYTHONPATH": str(d)}
-    return spawn(
+    server = spawn(
         f"mlserver(parallel_workers={workers})",
         [str(mlserver), "start", str(d)],
         env,
@@ -177,9 +223,104 @@ def start_mlserver(mlserver_python: Path, model: Path, work: Path, workers: int,
         "/v2/models/{model}/infer",
         "/v2/models/tabular/ready",
     )
+    server.peer = True
+    return server
 
 
-# --- load generation --------------------------------------------------------------------------------------
+# --- load generation and answer checks -------------------------------------------------------------------
+
+# float32 outputs printed by JSON encoders, batched or not: a correct answer is within these of onnxruntime's
+ATOL, RTOL = 1e-5, 1e-4
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A correct answer to one request body: each output's name and values, in order, from in-process ORT."""
+
+    names: tuple[str, ...]
+    values: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def from_session(cls, session: ort.InferenceSession, row: list[float]) -> Expected:
+        outs = session.run(None, {session.get_inputs()[0].name: np.asarray([row], dtype=np.float32)})
+        names = tuple(o.name for o in session.get_outputs())
+        return cls(names, tuple(tuple(float(v) for v in np.asarray(o).reshape(-1)) for o in outs))
+
+    def check(self, raw: bytes) -> bool:
+        try:
+            outs = orjson.loads(raw)["outputs"]
+            if len(outs) != len(self.values):
+                return False
+            for out, name, exp in zip(outs, self.names, self.values, strict=True):
+                data = out["data"]
+                if out["name"] != name or len(data) != len(exp):
+                    return False
+                if any(abs(v - e) > ATOL + RTOL * abs(e) for v, e in zip(data, exp, strict=True)):
+                    return False
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return False
+        return True
+
+    def wrk_lua(self) -> str:
+        """Lua for wrk's ``response()``: the same check as :meth:`check` (names present, values in order)."""
+        names = ", ".join(json.dumps(n) for n in self.names)
+        values = ", ".join("{" + ", ".join(repr(v) for v in vals) + "}" for vals in self.values)
+        return (
+            WRK_CHECK.replace("@NAMES@", names)
+            .replace("@VALUES@", values)
+            .replace("@ATOL@", repr(ATOL))
+            .replace("@RTOL@", repr(RTOL))
+        )
+
+
+# Every 2xx answer goes through correct(); the per-thread counts are summed in done() (wrk's documented
+# setup/thread:get pattern) and printed as "CHECKED <n> WRONG <n>".
+WRK_CHECK = r"""
+local names = {@NAMES@}
+local expected = {@VALUES@}
+local atol, rtol = @ATOL@, @RTOL@
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) checked = 0; wrong = 0; sample = "" end
+local function correct(body)
+  for _, name in ipairs(names) do
+    if not string.find(body, '"name"%s*:%s*"' .. name:gsub("%p", "%%%0") .. '"') then return false end
+  end
+  local k = 0
+  for arr in string.gmatch(body, '"data"%s*:%s*%[([^%]]*)%]') do
+    k = k + 1
+    local exp = expected[k]
+    if exp == nil then return false end
+    local i = 0
+    for tok in string.gmatch(arr, "[^,]+") do
+      i = i + 1
+      local v, e = tonumber(tok), exp[i]
+      if v == nil or e == nil or math.abs(v - e) > atol + rtol * math.abs(e) then return false end
+    end
+    if i ~= #exp then return false end
+  end
+  return k == #expected
+end
+function response(status, headers, body)
+  if status >= 200 and status < 300 then
+    checked = checked + 1
+    if not correct(body) then
+      wrong = wrong + 1
+      if sample == "" then sample = string.sub(body, 1, 300) end
+    end
+  end
+end
+function done(summary, latency, requests)
+  local c, w, s = 0, 0, ""
+  for _, t in ipairs(threads) do
+    c = c + t:get("checked")
+    w = w + t:get("wrong")
+    if s == "" then s = t:get("sample") or "" end
+  end
+  io.write(string.format("CHECKED %d WRONG %d\n", c, w))
+  if s ~= "" then io.write("WRONG_SAMPLE " .. (s:gsub("\n", " ")) .. "\n") end
+end
+"""
 
 
 @dataclass
@@ -190,6 +331,13 @@ class Measure:
     requests: int
     non2xx: int
     errors: int
+    checked: int  # 2xx answers compared with in-process onnxruntime (warm-up included)
+    wrong: int  # ... that were not the right prediction
+    wrong_sample: str = ""
+
+    @property
+    def failed(self) -> int:
+        return self.non2xx + self.errors
 
 
 def _wrk_latency_ms(text: str, pct: str) -> float:
@@ -200,52 +348,102 @@ def _wrk_latency_ms(text: str, pct: str) -> float:
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
 
+def _wrk_checks(text: str) -> tuple[int, int, str]:
+    m = re.search(r"^CHECKED (\d+) WRONG (\d+)$", text, re.M)
+    if not m:
+        raise RuntimeError(f"wrk printed no answer-check line:\n{text[-2000:]}")
+    sample = re.search(r"^WRONG_SAMPLE (.*)$", text, re.M)
+    return int(m[1]), int(m[2]), sample[1] if sample else ""
+
+
 def load(
-    url: str,
-    body: bytes,
-    concurrency: int,
-    duration: float,
-    tool: str,
-    work: Path,
-    after_warmup: Callable[[], None] = lambda: None,
+    url: str, body: bytes, expected: Expected, concurrency: int, duration: float, tool: str, work: Path
 ) -> Measure:
-    """1 s warm-up (not counted), then ``duration`` seconds of closed-loop load."""
+    """1 s warm-up (not timed, answers checked), then ``duration`` seconds of closed-loop load."""
     if tool == "wrk":
-        body_file = work / f"body-{abs(hash(body))}.json"
+        key = abs(hash((body, expected)))
+        body_file = work / f"body-{key}.json"
         body_file.write_bytes(body)
-        script = work / f"post-{abs(hash(body))}.lua"
+        script = work / f"post-{key}.lua"
         script.write_text(
             'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
             f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*all")\nf:close()\n'
+            + expected.wrk_lua()
         )
         threads = "1" if concurrency <= 16 else "2"
         base = ["wrk", "-t", threads, "-c", str(concurrency), "-s", str(script), "--latency"]
-        subprocess.run([*base, "-d", "1s", url], capture_output=True, timeout=30, check=True)  # warm-up
-        after_warmup()
+        warm = subprocess.run(
+            [*base, "-d", "1s", url], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
         out = subprocess.run(
             [*base, "-d", f"{duration:.0f}s", "--timeout", "10s", url],
             capture_output=True, text=True, timeout=duration + 60, check=True,
         ).stdout  # fmt: skip
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
         total = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
-        non2xx = int(m[1]) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-        errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+        non2xx = sum(
+            int(m[1]) for t in (warm, out) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", t))
+        )
+        errs = sum(
+            int(x) for t in (warm, out) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t)
+        )
+        (c0, w0, s0), (c1, w1, s1) = _wrk_checks(warm), _wrk_checks(out)
         if non2xx:
-            rps *= (total - non2xx) / total
-        return Measure(rps, _wrk_latency_ms(out, "50"), _wrk_latency_ms(out, "99"), total, non2xx, errs)
-    asyncio.run(
-        run_load(url, body, concurrency=concurrency, duration_s=1.0, warmup_s=0.0, max_requests=200_000)
-    )
-    after_warmup()
-    res = asyncio.run(
+            rps *= max(0, total - non2xx) / total
+        p50, p99 = _wrk_latency_ms(out, "50"), _wrk_latency_ms(out, "99")
+        return Measure(rps, p50, p99, total, non2xx, errs, c0 + c1, w0 + w1, s0 or s1)
+    check = lambda _i, raw: expected.check(raw)  # noqa: E731
+    warm = asyncio.run(
         run_load(
-            url, body, concurrency=concurrency, duration_s=duration, warmup_s=0.0, max_requests=2_000_000
+            url,
+            body,
+            concurrency=concurrency,
+            duration_s=1.0,
+            warmup_s=0.0,
+            max_requests=200_000,
+            check=check,
         )
     )
-    non2xx = res.requests - res.ok
-    return Measure(
-        res.rps, res.percentile(50) * 1e3, res.percentile(99) * 1e3, res.requests, non2xx, res.errors
+    res = asyncio.run(
+        run_load(
+            url,
+            body,
+            concurrency=concurrency,
+            duration_s=duration,
+            warmup_s=0.0,
+            max_requests=2_000_000,
+            check=check,
+        )
     )
+    return Measure(
+        res.rps,
+        res.percentile(50) * 1e3,
+        res.percentile(99) * 1e3,
+        res.requests,
+        (warm.requests - warm.ok) + (res.requests - res.ok),
+        warm.errors + res.errors,
+        warm.checked + res.checked,
+        warm.wrong + res.wrong,
+        (warm.wrong_sample or res.wrong_sample).decode(errors="replace"),
+    )
+
+
+def mixed_check(
+    server: Server, bodies: list[bytes], expected: list[Expected], concurrency: int, seconds: float
+) -> Measure:
+    """Distinct records over ``concurrency`` connections: every answer must be its own request's prediction
+    (a batcher that mixed up rows or requests would fail here, where identical requests cannot tell)."""
+    url = server.base + server.infer_path.format(model="tabular")
+    res = asyncio.run(
+        run_load(
+            url, None, concurrency=concurrency, duration_s=seconds, warmup_s=0.0, max_requests=50_000,
+            bodies=bodies, check=lambda i, raw: expected[i].check(raw),
+        )
+    )  # fmt: skip
+    return Measure(
+        res.rps, res.percentile(50) * 1e3, res.percentile(99) * 1e3, res.requests, res.requests - res.ok,
+        res.errors, res.checked, res.wrong, res.wrong_sample.decode(errors="replace"),
+    )  # fmt: skip
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -380,7 +578,7 @@ def servers_stopped(servers: list[Server]) -> Iterator[list[Server]]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mlserver-python", type=Path, required=True)
     p.add_argument("--duration", type=float, default=3.0, help="seconds per measurement (after 1 s warm-up)")
     p.add_argument(
@@ -399,7 +597,7 @@ def main() -> None:
     )
     log(f"NOTE: the load generator ({tool}) shares these {cpus} cores with the server under test; on this")
     log("      machine other jobs may also be running, so absolute numbers are noisy; ratios come from")
-    log("      interleaved runs of the same load generator against each server.")
+    log("      interleaved runs of the same load generator against each server (order rotated per round).")
     log(f"per measurement: 1 s warm-up + {a.duration:.0f} s; {a.rounds} interleaved rounds for (a)/(b)")
     work = Path(tempfile.mkdtemp(prefix="kubeloop-bench-"))
     small = work / "small.onnx"
@@ -410,7 +608,36 @@ def main() -> None:
     rt_heavy = ModelRuntime(heavy.read_bytes())
     rec = random_records(1, seed=7)[0]
     body = oip_body(rt_small, rec)
+    # the reference answers come from plain onnxruntime sessions, not from the server's code
+    ref_small = ort.InferenceSession(small.read_bytes(), providers=["CPUExecutionProvider"])
+    ref_heavy = ort.InferenceSession(heavy.read_bytes(), providers=["CPUExecutionProvider"])
+    row = [float(rec[f]) for f in rt_small.feature_names]
+    exp_small = Expected.from_session(ref_small, row)
+    exp_heavy = Expected.from_session(ref_heavy, row)
+    mixed_records = random_records(64, seed=11)
+    mixed_bodies = [oip_body(rt_small, r) for r in mixed_records]
+    mixed_rows = [[float(r[f]) for f in rt_small.feature_names] for r in mixed_records]
+    mixed_small = [Expected.from_session(ref_small, x) for x in mixed_rows]
+    mixed_heavy = [Expected.from_session(ref_heavy, x) for x in mixed_rows]
+    del ref_heavy
     feeds = codec.decode_infer_request(rt_small, orjson.loads(body), 10).feeds
+    # the fixed answer of both no-ops: what our server answers to the benchmark request (same bytes back)
+    answer = work / "answer.json"
+    answer.write_bytes(
+        orjson.dumps(
+            codec.encode_infer_response(
+                rt_small, codec.decode_infer_request(rt_small, orjson.loads(body), 10), rt_small.run(feeds)
+            ),
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        )
+    )
+    if not exp_small.check(answer.read_bytes()):
+        raise SystemExit(
+            f"the in-process answer {answer.read_bytes()!r} does not match onnxruntime's {exp_small}"
+        )
+    log(
+        f"request body {len(body)} bytes; fixed no-op answer {answer.stat().st_size} bytes: {answer.read_text()}"
+    )
     inproc_small = inprocess_p50(rt_small, feeds)
     inproc_heavy = inprocess_p50(rt_heavy, feeds, n=300)
     batch_feeds = {"input": np.repeat(feeds["input"], 64, axis=0)}
@@ -428,34 +655,55 @@ def main() -> None:
     )
 
     mlpy = a.mlserver_python
-    url_of = {}  # server name -> infer URL
+    every: list[Server] = []
 
     def measure(s: Server, concurrency: int, label: str, unit: str = "req/s") -> tuple[Measure, float]:
-        """One bounded load run; returns the client-side figures and the server's CPU us per request."""
-        url = url_of.setdefault(s.name, s.base + s.infer_path.format(model="tabular"))
-        ours_ = s.name.startswith(("kubeloop", "heavy"))
-        before = scrape(s) if ours_ else {}
+        """One bounded, checked load run; returns the client-side figures and the server's CPU us per request."""
+        url = s.base + s.infer_path.format(model="tabular")
+        expected = exp_heavy if s.name.startswith("heavy") else exp_small
+        before = scrape(s) if s.ours else {}
         cpu0 = tree_cpu_seconds(s.proc.pid)
-        m = load(url, body, concurrency, a.duration, tool, work)
+        m = load(url, body, expected, concurrency, a.duration, tool, work)
         cpu_us = (
             (tree_cpu_seconds(s.proc.pid) - cpu0) / max(1, m.requests) * 1e6 * (a.duration / (a.duration + 1))
         )
-        extra = f"  [{server_side(before, scrape(s), '/v2/models/{model_name}/infer')}]" if ours_ else ""
-        log(f"{label} {s.name:30s} {m.rps:8.0f} {unit}  p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms  "
-            f"server CPU {cpu_us:5.0f} us/req  non-2xx {m.non2xx} errors {m.errors}{extra}")  # fmt: skip
+        count(s, m)
+        extra = f"  [{server_side(before, scrape(s), '/v2/models/{model_name}/infer')}]" if s.ours else ""
+        log(f"{label} {s.name:30s} {m.rps:8.0f} {unit}  p50 {m.p50_ms:7.3f} ms  p99 {m.p99_ms:7.2f} ms  "
+            f"server CPU {cpu_us:5.0f} us/req  checked {m.checked} wrong {m.wrong} "
+            f"non-2xx {m.non2xx} errors {m.errors}{extra}")  # fmt: skip
         return m, cpu_us
+
+    def count(s: Server, m: Measure) -> None:
+        if s not in every:
+            every.append(s)
+        s.counts["checked"] += m.checked
+        s.counts["wrong"] += m.wrong
+        s.counts["failed"] += m.failed
+        if m.wrong:
+            log(f"!! {s.name}: {m.wrong} wrong answers; first: {m.wrong_sample}")
+
+    def mixed(s: Server, expected: list[Expected], concurrency: int) -> None:
+        m = mixed_check(s, mixed_bodies, expected, concurrency, 2.0)
+        count(s, m)
+        log(f"answer check, 64 distinct records, c={concurrency}: {s.name}: {m.checked} answers checked, "
+            f"{m.wrong} wrong, {m.failed} failed ({m.rps:.0f} req/s with the Python load generator)")  # fmt: skip
 
     # (a) + (b): small model, concurrency 16, paired rounds (the load on this machine drifts)
     log("\n-- (a)/(b): OIP infer, batch 1, small model, concurrency 16, 1 server process each --")
     ours = start_ours("kubeloop-server", small, work)
-    noop = start_noop(work)
-    mls: list[Server] = []
-    srv = [ours, noop]
+    srv = [ours]
     r_ml_rounds: list[float] = []
     r_noop_rounds: list[float] = []
+    r_floor_rounds: list[float] = []
     rps: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     with servers_stopped(srv):
+        floor = start_floor(small, work, answer)
+        srv.append(floor)
+        noop = start_noop(work, answer)
+        srv.append(noop)
+        mls: list[Server] = []
         for workers in (0, 1):
             try:
                 mls.append(start_mlserver(mlpy, small, work, workers, rt_small.threads))
@@ -464,67 +712,101 @@ def main() -> None:
                 log(f"MLServer with parallel_workers={workers} failed to start: {e}")
         for r in range(a.rounds):
             got = {}
-            for s in srv:
+            for s in srv[r % len(srv) :] + srv[: r % len(srv)]:  # rotated: no server always goes first
                 m, c = measure(s, 16, f"round {r + 1}")
                 got[s.name] = m.rps
                 rps.setdefault(s.name, []).append(m.rps)
                 cpu.setdefault(s.name, []).append(c)
+            r_floor_rounds.append(got[ours.name] / got[floor.name])
             r_noop_rounds.append(got[ours.name] / got[noop.name])
             if mls:
                 r_ml_rounds.append(got[ours.name] / max(got[x.name] for x in mls))
-            log(f"round {r + 1} ratios: vs no-op {r_noop_rounds[-1]:.2f}x"
+            log(f"round {r + 1} ratios: vs floor {r_floor_rounds[-1]:.2f}x, vs FastAPI no-op {r_noop_rounds[-1]:.2f}x"
                 + (f", vs best MLServer {r_ml_rounds[-1]:.2f}x" if mls else ""))  # fmt: skip
-        # (d): concurrency 1, ours and the no-op interleaved
+        # (d): concurrency 1, ours and the no-ops interleaved
         log("\n-- (d): latency at concurrency 1, small model --")
         p50s: list[float] = []
+        p50s_floor: list[float] = []
         p50s_noop: list[float] = []
+        r_p50_floor_rounds: list[float] = []
         for r in range(max(2, a.rounds // 2)):
             p50s.append(measure(ours, 1, f"c=1 round {r + 1}")[0].p50_ms / 1e3)
+            p50s_floor.append(measure(floor, 1, f"c=1 round {r + 1}")[0].p50_ms / 1e3)
             p50s_noop.append(measure(noop, 1, f"c=1 round {r + 1}")[0].p50_ms / 1e3)
+            r_p50_floor_rounds.append(p50s[-1] / p50s_floor[-1])
+        mixed(ours, mixed_small, 16)
 
     # (c): batching on the heavy model
     log("\n-- (c): adaptive batching, heavy model, single-row requests, concurrency 64 --")
     on = start_ours(
         "heavy-batching-on", heavy, work, BATCHING_ENABLED="true", MAX_BATCH_SIZE="64", MAX_LATENCY_MS="2"
     )
-    off = start_ours("heavy-batching-off", heavy, work, BATCHING_ENABLED="false")
     gains: list[float] = []
     rows: dict[str, list[float]] = {}
-    with servers_stopped([on, off]):
-        for r in range(2):
-            m_off, _ = measure(off, 64, f"round {r + 1}", "rows/s")
-            m_on, _ = measure(on, 64, f"round {r + 1}", "rows/s")
-            rows.setdefault("off", []).append(m_off.rps)
-            rows.setdefault("on", []).append(m_on.rps)
-            gains.append(m_on.rps / m_off.rps if m_off.rps else float("nan"))
+    with servers_stopped([on]):
+        off = start_ours("heavy-batching-off", heavy, work, BATCHING_ENABLED="false")
+        with servers_stopped([off]):
+            for r in range(2):
+                m_off, _ = measure(off, 64, f"round {r + 1}", "rows/s")
+                m_on, _ = measure(on, 64, f"round {r + 1}", "rows/s")
+                rows.setdefault("off", []).append(m_off.rps)
+                rows.setdefault("on", []).append(m_on.rps)
+                gains.append(m_on.rps / m_off.rps if m_off.rps else float("nan"))
+        mixed(on, mixed_heavy, 64)
 
     med = statistics.median
     r_ml = med(r_ml_rounds) if r_ml_rounds else float("nan")
     r_noop = med(r_noop_rounds)
+    r_floor = med(r_floor_rounds)
     r_batch = med(gains)
     p50 = med(p50s)
     r_p50 = p50 / inproc_small
+    r_p50_floor = med(r_p50_floor_rounds)
+    best_ml = max(mls, key=lambda x: med(rps[x.name])) if mls else None
     log("\n== summary (medians over rounds; ratios are medians of per-round ratios) ==")
     for name in rps:
         log(f"{name:32s} {med(rps[name]):8.0f} req/s   server CPU {med(cpu[name]):5.0f} us/request")
     log(f"(a) kubeloop-server vs best MLServer config, per round: {', '.join(f'{x:.2f}' for x in r_ml_rounds)} "
         f"-> {r_ml:.2f}x (goal >= 3)")  # fmt: skip
+    log(f"(b) kubeloop-server vs the raw-ASGI floor on our uvicorn settings, per round: "
+        f"{', '.join(f'{x:.2f}' for x in r_floor_rounds)} -> {r_floor:.2f}x "
+        f"({med(rps[ours.name]):.0f} vs {med(rps[floor.name]):.0f} req/s)")  # fmt: skip
     log(f"(b) kubeloop-server vs no-op FastAPI, per round: {', '.join(f'{x:.2f}' for x in r_noop_rounds)} "
-        f"-> {r_noop:.2f}x (goal >= 0.7)")  # fmt: skip
+        f"-> {r_noop:.2f}x ({med(rps[ours.name]):.0f} vs {med(rps[noop.name]):.0f} req/s; goal >= 0.7)")  # fmt: skip
     log(f"(c) batching on {med(rows['on']):.0f} rows/s vs off {med(rows['off']):.0f} rows/s, per round: "
         f"{', '.join(f'{x:.2f}' for x in gains)} -> {r_batch:.2f}x (goal >= 3)")  # fmt: skip
     log(f"(d) p50 at c=1 {p50 * 1e6:.0f} us vs in-process session.run p50 {inproc_small * 1e6:.1f} us -> "
-        f"{r_p50:.1f}x (goal <= 15); the no-op endpoint alone: p50 {med(p50s_noop) * 1e6:.0f} us = "
-        f"{med(p50s_noop) / inproc_small:.1f}x")  # fmt: skip
+        f"{r_p50:.1f}x (goal <= 15); vs the floor's p50 {med(p50s_floor) * 1e6:.0f} us, per round "
+        f"{', '.join(f'{x:.2f}' for x in r_p50_floor_rounds)} -> {r_p50_floor:.2f}x; the FastAPI no-op: "
+        f"p50 {med(p50s_noop) * 1e6:.0f} us")  # fmt: skip
+    log("answers (every 2xx compared with in-process onnxruntime; failed = non-2xx + transport errors):")
+    for s in every:
+        c = s.counts
+        log(f"  {s.name:32s} checked {c['checked']:8d}  wrong {c['wrong']:3d}  failed {c['failed']:3d}")
+    fatal = [s for s in every if s.counts["wrong"] or (s.counts["failed"] and not s.peer)]
+    checked = sum(s.counts["checked"] for s in every)
+    wrong = sum(s.counts["wrong"] for s in every)
+    failed = sum(s.counts["failed"] for s in every if not s.peer)
+    peer_failed = sum(s.counts["failed"] for s in every if s.peer)
     log(
         f"load generator: {tool}; load average now {os.getloadavg()[0]:.2f}; total {time.monotonic() - t_begin:.0f} s"
     )
     shutil.rmtree(work, ignore_errors=True)
+    if fatal:
+        log(f"FAILED: wrong or failed answers from {', '.join(s.name for s in fatal)}")
     print(
-        f"RESULT server_vs_mlserver={r_ml:.2f} server_vs_noop={r_noop:.2f} "
-        f"batching_gain={r_batch:.2f} p50_vs_inprocess={r_p50:.2f}",
+        f"RESULT server_vs_mlserver={r_ml:.2f} server_vs_noop={r_noop:.2f} server_vs_floor={r_floor:.2f} "
+        f"batching_gain={r_batch:.2f} p50_vs_inprocess={r_p50:.2f} p50_vs_floor={r_p50_floor:.2f} "
+        f"server_rps={med(rps[ours.name]):.0f} floor_rps={med(rps[floor.name]):.0f} "
+        f"noop_rps={med(rps[noop.name]):.0f} "
+        f"mlserver_rps={med(rps[best_ml.name]) if best_ml else float('nan'):.0f} "
+        f"server_p50_us={p50 * 1e6:.0f} floor_p50_us={med(p50s_floor) * 1e6:.0f} "
+        f"inprocess_p50_us={inproc_small * 1e6:.1f} "
+        f"checked={checked} wrong={wrong} failed={failed} mlserver_failed={peer_failed}",
         flush=True,
     )
+    if fatal:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -94,6 +95,14 @@ class LoadResult:
     statuses: dict[int, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    checked: int = 0  # 2xx responses whose body went through ``check``
+    wrong: int = 0  # ... and that ``check`` refused
+    wrong_sample: bytes = b""  # the first refused body
+
+    @property
+    def failed(self) -> int:
+        """Requests that got no 2xx answer: transport errors and non-2xx statuses."""
+        return self.errors + self.requests - self.ok
 
     @property
     def ok(self) -> int:
@@ -115,6 +124,8 @@ class LoadResult:
             "ok": self.ok,
             "errors": self.errors,
             "statuses": self.statuses,
+            "checked": self.checked,
+            "wrong": self.wrong,
             "seconds": round(self.seconds, 3),
             "rps": round(self.rps, 1),
             "p50_ms": round(self.percentile(50) * 1e3, 3),
@@ -132,14 +143,19 @@ async def run_load(
     duration_s: float = 10.0,
     max_requests: int = 1_000_000,
     warmup_s: float = 1.0,
+    bodies: Sequence[bytes] = (),
+    check: Callable[[int, bytes], bool] | None = None,
 ) -> LoadResult:
     """Closed loop: ``concurrency`` connections each send the next request when the last answered.
 
     Stops at ``duration_s`` (after ``warmup_s`` not counted) or ``max_requests``, whichever comes first.
+    With ``bodies``, connection ``w`` sends ``bodies[(w + k) % len(bodies)]`` as its k-th request (``body``
+    is then ignored). ``check(index, response_body)`` (index into ``bodies``, 0 without them) judges every
+    2xx answer, warm-up included; refusals are counted in ``wrong``.
     """
     u = urlparse(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
-    raw = build_request(method, url, body)
+    raws = [build_request(method, url, b) for b in bodies] or [build_request(method, url, body)]
     result = LoadResult()
     loop = asyncio.get_running_loop()
     t_start = loop.time()
@@ -149,16 +165,19 @@ async def run_load(
     lat = result.latencies
     statuses = result.statuses
 
-    async def worker() -> None:
+    async def worker(w: int) -> None:
         conn = HttpConnection(host, port)
+        k = w
         try:
             while True:
                 now = loop.time()
                 if now >= t_end or result.requests >= max_requests:
                     return
+                i = k % len(raws)
+                k += 1
                 t0 = perf()
                 try:
-                    status, _ = await conn.request(raw)
+                    status, answer = await conn.request(raws[i])
                 except (OSError, asyncio.IncompleteReadError, ValueError):
                     if now >= t_measure:
                         result.errors += 1
@@ -169,10 +188,15 @@ async def run_load(
                     lat.append(perf() - t0)
                     statuses[status] = statuses.get(status, 0) + 1
                     result.requests += 1
+                if check is not None and 200 <= status < 300:
+                    result.checked += 1
+                    if not check(i, answer):
+                        result.wrong += 1
+                        result.wrong_sample = result.wrong_sample or answer[:500]
         finally:
             await conn.close()
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
     result.seconds = max(1e-9, min(loop.time(), t_end) - t_measure)
     return result
 

@@ -1,0 +1,77 @@
+"""The HTTP floor of ``make bench-server``: a raw ASGI app that reads the request body and answers a fixed
+JSON, served with exactly the uvicorn settings kubeloop-server uses.
+
+Run it as ``python floor_app.py`` with the server's environment (``KUBELOOP_SERVER_*``, a model included)
+plus ``BENCH_FLOOR_RESPONSE``, a file holding the fixed answer. It starts kubeloop-server's own entry point
+with ``uvicorn.Config`` patched so that whatever configuration the server builds (event loop, HTTP parser,
+lifespan, keep-alive, headers, its uvicorn.Server subclass, ...) serves this app instead of the server's.
+The server's start-up still loads the model, but no request ever reaches it. The settings used are
+printed to stderr (the bench shows them), so a reader can see that both sides run on the same ones.
+
+Whatever time a request to kubeloop-server takes beyond a request to this app is ours: routing, parsing,
+validation, session.run, encoding, metrics and logging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+Message = MutableMapping[str, Any]
+RESPONSE = Path(os.environ["BENCH_FLOOR_RESPONSE"]).read_bytes()
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(RESPONSE)).encode())]
+
+
+async def floor(
+    scope: MutableMapping[str, Any],
+    receive: Callable[[], Awaitable[Message]],
+    send: Callable[[Message], Awaitable[None]],
+) -> None:
+    if scope["type"] == "http":
+        more = True
+        while more:  # read the whole body, as any real endpoint must
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            more = bool(msg.get("more_body", False))
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send({"type": "http.response.body", "body": RESPONSE})
+    elif scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+_config_init = uvicorn.Config.__init__
+
+
+def _floor_config_init(self: uvicorn.Config, app: Any, *args: Any, **kwargs: Any) -> None:
+    shown = {"positional": [str(a) for a in args], **{k: str(v) for k, v in kwargs.items()}}
+    print(
+        f"floor: serving the no-op with kubeloop-server's uvicorn.Config (app {type(app).__name__} swapped "
+        f"for the floor): {json.dumps(shown, sort_keys=True)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    _config_init(self, floor, *args, **kwargs)
+
+
+def main() -> None:
+    uvicorn.Config.__init__ = _floor_config_init  # type: ignore[method-assign]
+    from kubeloop_server.__main__ import main as server_main
+
+    server_main()
+
+
+if __name__ == "__main__":
+    main()
