@@ -159,3 +159,33 @@ def test_every_cross_field_validator_has_a_cel_twin() -> None:
         own = [v for v in validators.values() if v.cls_var_name in cls.__dict__]
         if own:
             assert cls.__dict__.get("cel_rules"), f"{name} validates across fields but has no CEL rule"
+
+
+def test_enum_fields_are_enums_and_serialise_as_their_values() -> None:
+    tj = r.TrainingJob.from_manifest(_load(ROOT / "examples" / "trainingjob.yaml"))
+    assert tj.spec.task is r.Task(tj.spec.task.value)
+    assert isinstance(tj.spec.distributed.backend, r.Backend)
+    status = r.TrainingJobStatus.model_validate(
+        {
+            "phase": "Running",
+            "conditions": [
+                {
+                    "type": "Running",
+                    "status": "True",
+                    "reason": "PodsRunning",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+            ],
+        }
+    )
+    assert status.phase is r.Phase.RUNNING
+    assert status.conditions[0].status is r.ConditionStatus.TRUE
+    status.phase = r.Phase.SUCCEEDED  # validate_assignment keeps enums
+    assert status.phase is r.Phase.SUCCEEDED
+    dumped = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert dumped["phase"] == "Succeeded"
+    assert type(dumped["phase"]) is str
+    assert type(dumped["conditions"][0]["status"]) is str
+    # Manifests carry plain strings, so yaml.safe_dump (which refuses str subclasses) can write them.
+    assert type(tj.to_manifest()["spec"]["task"]) is str
+    assert yaml.safe_load(yaml.safe_dump(tj.to_manifest())) == tj.to_manifest()

@@ -152,7 +152,6 @@ class KubeloopModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         validate_assignment=True,
-        use_enum_values=True,
     )
 
     # CEL rules attached to this object's schema; each mirrors a model validator.
