@@ -139,23 +139,6 @@ def test_packed_width_mismatch() -> None:
         ModelRuntime(m.SerializeToString())
 
 
-def test_cpu_limit_reads_cgroup(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    real_open = open
-
-    def fake_open(path, *a, **k):  # type: ignore[no-untyped-def]
-        if path == "/sys/fs/cgroup/cpu.max":
-            f = tmp_path / "cpu.max"
-            f.write_text("150000 100000\n")
-            return real_open(f, *a, **k)
-        return real_open(path, *a, **k)
-
-    monkeypatch.setattr("builtins.open", fake_open)
-    monkeypatch.setattr(model_mod.os, "sched_getaffinity", lambda _: set(range(8)))
-    assert model_mod.cpu_limit() == 2
-    monkeypatch.setattr(model_mod.os, "sched_getaffinity", lambda _: {0})
-    assert model_mod.cpu_limit() == 1
-
-
 def test_device_cuda_without_provider_fails(packed_clf, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(model_mod.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(ModelLoadError, match="CUDAExecutionProvider is not available"):

@@ -104,3 +104,20 @@ def test_checkpoint_is_loadable_with_weights_only(breast_cancer: pd.DataFrame, t
     loop.fit(LoopState(), lambda r, st: ckpt.save_torch(loop.engine, st, {}))  # type: ignore[arg-type]
     data = store.get(ObjectRef("b", "c/ns/j/checkpoint.pt"))
     torch.load(io.BytesIO(data), weights_only=True)
+
+
+def test_threads_follow_the_pod_cpu_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a CPU-limited pod the trainer sizes torch's pool by the cgroup quota, shared by the node's ranks."""
+    import kubeloop_trainer.app as app
+    from kubeloop_trainer.settings import TrainerSettings
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(app, "cpu_limit", lambda: 4)
+    try:
+        settings = TrainerSettings(spec="{}")
+        assert app.configure_threads(settings, DistContext(local_world_size=2)) == 2
+        assert torch.get_num_threads() == 2
+        assert app.configure_threads(settings, DistContext(local_world_size=8)) == 1
+        assert app.configure_threads(TrainerSettings(spec="{}", threads=3), ONE) == 3
+    finally:
+        torch.set_num_threads(before)

@@ -13,11 +13,8 @@ regression graphs a ``[N, 1]`` or ``[N]`` output.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
-import math
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -28,6 +25,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from kubeloop.contracts import ModelMetadata
+from kubeloop.cpus import cpu_limit
 from kubeloop_server.errors import InferenceError, InvalidInputError, ModelLoadError
 
 log = logging.getLogger("kubeloop_server.model")
@@ -90,28 +88,6 @@ def _tensor_spec(arg: Any) -> TensorSpec:
         raise ModelLoadError(f"graph tensor {arg.name!r} has unsupported type {arg.type}") from e
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
     return TensorSpec.of(arg.name, datatype, shape, dtype)
-
-
-def cpu_limit() -> int:
-    """CPUs this container may use: cgroup v2 ``cpu.max`` (or v1 CFS quota), capped by affinity."""
-    try:
-        avail = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        avail = os.cpu_count() or 1
-    quota: float | None = None
-    with contextlib.suppress(OSError, ValueError):
-        q, p = open("/sys/fs/cgroup/cpu.max").read().split()[:2]  # noqa: SIM115
-        if q != "max":
-            quota = int(q) / int(p)
-    if quota is None:
-        with contextlib.suppress(OSError, ValueError):
-            q1 = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())  # noqa: SIM115
-            p1 = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())  # noqa: SIM115
-            if q1 > 0 and p1 > 0:
-                quota = q1 / p1
-    if quota is not None:
-        return max(1, min(avail, math.ceil(quota)))
-    return max(1, avail)
 
 
 def gpu_present() -> bool:

@@ -22,6 +22,7 @@ from kubeloop.contracts import (
     model_baseline,
     model_onnx,
 )
+from kubeloop.cpus import cpu_limit
 from kubeloop.resources import DeepSpeedSpec, TrainingJobSpec
 from kubeloop.storage import ObjectStore, StorageError
 from kubeloop_trainer import distributed
@@ -57,11 +58,8 @@ def emit(event: dict[str, Any], out: TextIO | None = None) -> None:
 
 
 def configure_threads(settings: TrainerSettings, ctx: DistContext) -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    n = settings.threads or max(1, cpus // max(1, ctx.local_world_size))
+    """torch intra-op threads: the pod's CPU limit shared among the processes of this node."""
+    n = settings.threads or max(1, cpu_limit() // max(1, ctx.local_world_size))
     torch.set_num_threads(n)
     return n
 
