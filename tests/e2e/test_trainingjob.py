@@ -169,7 +169,7 @@ def test_failure_matrix_names_each_cause_within_30_seconds(
         ),
         "bad-image": kl.training_job(
             "bad-image",
-            model={"image": "registry.invalid/kubeloop/nope:1", "command": ["train"]},
+            model={"image": "registry.invalid/nothing-here/nope:1", "command": ["train"]},
             resources=small,
         ),
         "no-dataset": kl.training_job("no-dataset", resources=small),

@@ -31,7 +31,7 @@ from kubeloop_trainer.checkpoint import Checkpointer
 from kubeloop_trainer.data import Dataset, prepare, read_table
 from kubeloop_trainer.distributed import DistContext
 from kubeloop_trainer.errors import ConfigError
-from kubeloop_trainer.export import export_onnx, set_metadata, verify
+from kubeloop_trainer.export import export_onnx, onnx_feed, set_metadata, verify
 from kubeloop_trainer.loop import EpochResult, Loop, LoopConfig, LoopState, TorchEngine, best_model
 from kubeloop_trainer.metrics import classification_metrics, regression_metrics
 from kubeloop_trainer.model import InferenceHead, TabularMLP, build_model
@@ -337,9 +337,10 @@ def _finish(
         uploaded.append(onnx_ref)
         store.put(baseline_ref, baseline, "application/json")
         uploaded.append(baseline_ref)
-        tracker.log_artifact_bytes(onnx_bytes, "model.onnx")
-        tracker.log_artifact_bytes(baseline, "baseline.json")
-        tracker.log_artifact_bytes(torch_artifact(best, ds), TORCH_ARTIFACT)
+        example = onnx_feed(ds, {k: v[:5] for k, v in ds.raw_val.items()})
+        tracker.log_onnx_model(
+            model, example, {"baseline.json": baseline, TORCH_ARTIFACT: torch_artifact(best, ds)}
+        )
         tracker.log_metrics({"onnx_max_abs_diff": max_diff})
         tracker.tag_version(
             model_name, version, {TAG_MODEL_URI: onnx_ref.uri, TAG_BASELINE_URI: baseline_ref.uri}

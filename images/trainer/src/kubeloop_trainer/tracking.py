@@ -94,14 +94,47 @@ class Tracker:
         items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
         self._call("log metrics", self.client.log_batch, self.run_id, metrics=items)
 
-    def log_artifact_bytes(self, data: bytes, filename: str) -> None:
+    def log_onnx_model(
+        self, model: Any, example: Mapping[str, Any], extras: Mapping[str, bytes] | None = None
+    ) -> None:
+        """The run's ``model`` directory as a real MLflow model: the ONNX flavor (MLmodel, model.onnx),
+        a tensor signature of the graph's inputs and outputs, ``example`` (a feed dict of a few rows)
+        as its input example, and ``extras`` (the drift baseline, the torch weights) beside it. The
+        registered version's source is this directory, so ``mlflow.pyfunc.load_model(
+        "models:/<name>@<alias>")`` loads it and predicts from a feed dict like ``example``."""
         import tempfile
         from pathlib import Path
 
+        import mlflow.onnx
+        import onnx
+        import onnxruntime as ort
+        from mlflow.models import Model, infer_signature
+
+        feed = dict(example)
+        try:
+            sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed), strict=True))
+            signature = infer_signature(feed, outputs)
+        except Exception as e:
+            raise TrackingError(f"MLflow: cannot describe the model's signature: {e}") from e
+        # Pinned requirements: MLflow would otherwise inspect the environment to guess them.
+        requirements = [f"onnx=={onnx.__version__}", f"onnxruntime=={ort.__version__.split('+')[0]}"]
         with tempfile.TemporaryDirectory() as d:
-            p = Path(d) / filename
-            p.write_bytes(data)
-            self._call("upload an artifact", self.client.log_artifact, self.run_id, str(p), ARTIFACT_DIR)
+            path = Path(d) / ARTIFACT_DIR
+            self._call(
+                "save the MLflow model",
+                mlflow.onnx.save_model,
+                model,
+                str(path),
+                signature=signature,
+                input_example=feed,
+                pip_requirements=requirements,
+                mlflow_model=Model(run_id=self.run_id, artifact_path=ARTIFACT_DIR),
+                save_as_external_data=False,
+            )
+            for name, data in (extras or {}).items():
+                (path / name).write_bytes(data)
+            self._call("upload the model", self.client.log_artifacts, self.run_id, str(path), ARTIFACT_DIR)
 
     def end(self, ok: bool) -> None:
         if self.run_id:
