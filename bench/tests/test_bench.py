@@ -1,0 +1,151 @@
+"""Quick checks of the benchmarks themselves (the benchmarks run with ``make bench-*``, never here).
+
+* the server benchmark's answer check can fail: a wrong prediction is counted by wrk's Lua hook and by
+  the Python load generator, a right one is not, and the floor starts on kubeloop-server's own uvicorn
+  settings;
+* the trainer benchmark, on a tiny configuration, compares like with like (same optimizer settings) and
+  ends with a RESULT line holding every key.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import orjson
+import pytest
+from kubeloop_testing.onnx_models import mlp_model
+
+BENCH = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def server_bench() -> Iterator[ModuleType]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(BENCH / "server"))  # bench.py imports its sibling loadgen.py
+        spec = importlib.util.spec_from_file_location("kubeloop_bench_server", BENCH / "server" / "bench.py")
+        assert spec is not None
+        assert spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        mp.setitem(sys.modules, spec.name, mod)  # dataclasses look their module up there
+        spec.loader.exec_module(mod)
+        yield mod
+
+
+def answer(values: list[float], name: str = "probabilities", **extra: object) -> bytes:
+    out = {"name": name, "datatype": "FP32", "shape": [1, len(values)], **extra, "data": values}
+    return orjson.dumps({"model_name": "tabular", "id": "x", "outputs": [out]})
+
+
+def test_expected_accepts_the_right_prediction_and_refuses_others(server_bench: ModuleType) -> None:
+    exp = server_bench.Expected(("probabilities",), ((0.25, 0.5, 0.25),))
+    assert exp.check(answer([0.25, 0.5, 0.25]))
+    assert exp.check(answer([0.2500001, 0.5, 0.25], parameters={"content_type": "np"}))  # MLServer's shape
+    for wrong in (
+        answer([0.25, 0.25, 0.5]),
+        answer([0.251, 0.5, 0.25]),
+        answer([0.25, 0.5]),
+        answer([0.25, 0.5, 0.25, 0.0]),
+        answer([0.25, 0.5, 0.25], name="label"),
+        b'{"outputs":[]}',
+        b'{"error":"bad"}',
+        b"not json",
+    ):
+        assert not exp.check(wrong), wrong
+
+
+@pytest.fixture(scope="module")
+def floors(server_bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    """Two floors on kubeloop-server's uvicorn settings: one answers the right prediction, one a wrong one."""
+    work = tmp_path_factory.mktemp("floor")
+    model = work / "model.onnx"
+    model.write_bytes(mlp_model(n_numeric=4, hidden=(8,), name="tabular", version="1"))
+    right, wrong = work / "right.json", work / "wrong.json"
+    right.write_bytes(answer([0.25, 0.5, 0.25]))
+    wrong.write_bytes(answer([0.5, 0.25, 0.25]))
+    servers: dict[str, object] = {}
+    try:
+        for name, path in (("right", right), ("wrong", wrong)):
+            (work / name).mkdir()
+            servers[name] = server_bench.start_floor(model, work / name, path)
+        servers["expected"] = server_bench.Expected(("probabilities",), ((0.25, 0.5, 0.25),))
+        servers["work"] = work
+        yield servers
+    finally:
+        for s in servers.values():
+            if isinstance(s, server_bench.Server):
+                s.stop()
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [
+        pytest.param(
+            "wrk", marks=pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed here")
+        ),
+        "python",
+    ],
+)
+def test_load_counts_wrong_answers(server_bench: ModuleType, floors: dict[str, object], tool: str) -> None:
+    body = b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
+    results = {}
+    for name in ("right", "wrong"):
+        s = floors[name]
+        url = s.base + s.infer_path.format(model="tabular")  # type: ignore[attr-defined]
+        results[name] = server_bench.load(url, body, floors["expected"], 2, 1.0, tool, floors["work"])
+    right, wrong = results["right"], results["wrong"]
+    assert right.checked > 0, right
+    assert (right.wrong, right.failed) == (0, 0), right
+    assert wrong.checked > 0, wrong
+    assert (wrong.wrong, wrong.failed) == (wrong.checked, 0), wrong
+    assert '"data":[0.5,0.25,0.25]' in wrong.wrong_sample
+
+
+def test_floor_reports_the_servers_uvicorn_settings(floors: dict[str, object]) -> None:
+    log = floors["right"].log_path.read_text()  # type: ignore[attr-defined]
+    line = next(x for x in log.splitlines() if x.startswith("floor:"))
+    assert '"loop": "uvloop"' in line, line
+    assert '"http": "httptools"' in line, line
+
+
+def test_trainer_bench_tiny_run_is_like_for_like_and_ends_with_every_key(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "kubeloop_bench_trainer", BENCH / "trainer" / "bench_trainer.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, spec.name, mod)  # dataclasses look their module up there
+        spec.loader.exec_module(mod)
+        try:
+            mod.main(["--rows", "1500", "--epochs", "1", "--repeats", "1", "--hidden", "8"])
+        finally:
+            torch.set_num_threads(threads)  # the bench sets it for the whole process
+    lines = capsys.readouterr().out.strip().splitlines()
+    trainer_opt = next(x for x in lines if x.startswith("optimizer: trainer")).split("trainer", 1)[1]
+    plain_opt = next(x for x in lines if x.strip().startswith("plain ")).split("plain", 1)[1]
+    assert trainer_opt.strip() == plain_opt.strip()
+    assert "'fused': True" in trainer_opt
+    assert lines[-1].startswith("RESULT ")
+    result = dict(kv.split("=") for kv in lines[-1].split()[1:])
+    assert set(result) == {
+        "trainer_vs_plain_torch",
+        "validation_cost",
+        "checkpoint_cost",
+        "bookkeeping_cost",
+        "train_only_vs_plain_torch",
+        "trainer_vs_plain_torch_cpu",
+    }
+    assert float(result["trainer_vs_plain_torch"]) > 0
+    for key in ("validation_cost", "checkpoint_cost", "bookkeeping_cost"):
+        assert 0 < float(result[key]) < 1, (key, result)
