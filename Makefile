@@ -62,17 +62,17 @@ kind-up: setup ## Create a kind cluster (needs Docker) for KUBELOOP_TEST_KUBECON
 	@$(UV) run --frozen python hack/cluster.py kind-up
 
 .PHONY: bench-server
-bench-server: setup ## Benchmark the inference server vs MLServer and a no-op FastAPI endpoint (loopback, bounded)
+bench-server: setup ## Inference server vs MLServer, a raw-ASGI floor on our uvicorn settings and a FastAPI no-op; every answer checked (loopback, bounded)
 	@UV=$(UV) bash bench/server/mlserver-env.sh
 	@bash bench/server/install-wrk.sh || echo "wrk not installable here: using the Python load generator"
 	@timeout 1200 $(UV) run --frozen python bench/server/bench.py --mlserver-python bench/.envs/mlserver/bin/python $(BENCH_ARGS)
 
 .PHONY: bench-drift
-bench-drift: uv ## Drift check vs Evidently DataDriftPreset, 100k rows x 50 features (own env in bench/.envs)
+bench-drift: uv ## Drift check vs Evidently DataDriftPreset, 100k rows x 50 features, with and without our baseline build, same repetitions (own env in bench/.envs)
 	@UV=$(UV) bash bench/drift/run.sh
 
 .PHONY: bench-trainer
-bench-trainer: setup ## Trainer loop vs a plain torch loop, samples/s (last line: RESULT trainer_vs_plain_torch=…)
+bench-trainer: setup ## Trainer loop vs a plain torch loop with the same fused AdamW, samples/s, plus measured validation/checkpoint costs (RESULT trainer_vs_plain_torch=…)
 	@$(UV) run --frozen python bench/trainer/bench_trainer.py
 
 .PHONY: bench-operator
