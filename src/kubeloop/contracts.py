@@ -112,6 +112,16 @@ def training_log(namespace: str, trainingjob: str, pod: str, bucket: str = DEFAU
     return training_logs_prefix(namespace, trainingjob, bucket).child(f"{pod}.log")
 
 
+# --- drift check defaults ---------------------------------------------------------------------------
+# The DriftMonitor spec's defaults and the drift engine's: a feature drifts at PSI >= 0.2 or
+# Jensen-Shannon distance >= 0.1, the dataset when half of its features do, and fewer than 500 logged
+# predictions are "insufficient data".
+
+DRIFT_PSI_THRESHOLD: Final = 0.2
+DRIFT_JS_THRESHOLD: Final = 0.1
+DRIFT_SHARE: Final = 0.5
+DRIFT_MIN_SAMPLES: Final = 500
+
 # Columns of a prediction-log Parquet file besides one column per input feature.
 PREDICTION_LOG_TIMESTAMP: Final = "_timestamp"
 PREDICTION_LOG_MODEL_VERSION: Final = "_model_version"

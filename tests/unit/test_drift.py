@@ -448,3 +448,44 @@ def test_a_disabled_metric_is_neither_computed_nor_used() -> None:
     assert score(baseline, current, js_threshold=None, psi_threshold=psi_value).drifted  # "reaches"
     with pytest.raises(ValueError, match="at least one"):
         score(baseline, current, psi_threshold=None, js_threshold=None)
+
+
+def test_engine_defaults_are_the_drift_monitor_spec_defaults() -> None:
+    import inspect
+
+    from kubeloop.drift import DriftAccumulator
+    from kubeloop.resources import DriftMonitorSpec
+
+    spec = DriftMonitorSpec(deployment="md", schedule="@hourly")
+    params = inspect.signature(DriftAccumulator.result).parameters
+    assert params["psi_threshold"].default == spec.metrics.psi.threshold
+    assert params["js_threshold"].default == spec.metrics.jensen_shannon.threshold
+    assert params["drift_share"].default == spec.drift_share
+    assert params["min_samples"].default == spec.window.min_samples
+
+
+def test_summary_is_what_the_status_keeps() -> None:
+    from kubeloop.resources import SUMMARY_FEATURE_LIMIT, DriftMonitorStatus
+
+    rng = np.random.default_rng(7)
+    ref = {"a": rng.normal(0, 1, 2000), "b": rng.normal(0, 1, 2000), "c": rng.choice(["x", "y"], 2000)}
+    cur = {"a": rng.normal(3, 1, 800), "b": rng.normal(0, 1, 800), "c": rng.choice(["x", "y"], 800)}
+    result = score(build_baseline(ref, categorical={"c"}), cur)
+    s = result.summary(model_version="3", report_uri="s3://kubeloop/drift/ns/dm/20260101T000000Z.json")
+    assert (s.drifted, s.share, s.samples, s.insufficient_data) == (
+        result.drifted,
+        result.share,
+        800,
+        False,
+    )
+    assert [f.name for f in s.features] == ["a", "b", "c"]
+    assert [f.drifted for f in s.features] == [True, False, False]
+    assert s.features[0].psi == result.features["a"].psi
+    status = DriftMonitorStatus.model_validate({"lastResult": s.model_dump(mode="json", by_alias=True)})
+    assert status.last_result == s
+
+    many = {f"f{i}": rng.normal(0, 1, 50) for i in range(SUMMARY_FEATURE_LIMIT + 5)}
+    wide = score(build_baseline(many, bins=2), {**many, "f4100": rng.normal(9, 1, 50)}, min_samples=1)
+    kept = wide.summary().features
+    assert len(kept) == SUMMARY_FEATURE_LIMIT
+    assert "f4100" in {f.name for f in kept}  # the drifted feature survives the bound

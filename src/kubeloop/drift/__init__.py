@@ -13,7 +13,7 @@ Typical use::
     acc = DriftAccumulator(Baseline.from_json(blob))
     for chunk in prediction_log_chunks:             # bounded memory: only counts are kept
         acc.update(chunk)
-    result = acc.result(psi_threshold=0.2, js_threshold=0.1, drift_share=0.5, min_samples=500)
+    result = acc.result()                           # thresholds: the DriftMonitor defaults
 
 Buckets. Numeric features are binned by frozen quantile edges of the training data (``bins``
 quantile bins, default 10, plus one bucket below and one above the training range; ties and
@@ -30,19 +30,16 @@ Metrics, per feature, over the bucket proportions ``p`` (reference) and ``q`` (c
   (``m = (p + q) / 2``, ``JSD = (KL(p||m) + KL(q||m)) / 2``, zero terms contribute 0), so both the
   divergence and the reported distance lie in ``[0, 1]``.
 
-A feature drifts when ``psi >= psi_threshold`` (default 0.2) or ``jensen_shannon >= js_threshold``
-(default 0.1); a threshold of ``None`` disables that metric. The dataset drifts when the share of
-drifted features ``>= drift_share`` (default 0.5). With fewer than ``min_samples`` current rows
-(default 500, as ``window.minSamples``) the result says ``insufficient_data`` and flags nothing.
+A feature drifts when ``psi >= psi_threshold`` or ``jensen_shannon >= js_threshold``; a threshold
+of ``None`` disables that metric. The dataset drifts when the share of drifted features
+``>= drift_share``. With fewer than ``min_samples`` current rows the result says
+``insufficient_data`` and flags nothing. The defaults are the DriftMonitor spec's
+(:data:`kubeloop.contracts.DRIFT_PSI_THRESHOLD` and its neighbours).
 A baseline feature missing from the current data raises :class:`MissingFeatureError` naming it.
 """
 
 from kubeloop.drift._columns import category_key
 from kubeloop.drift.accumulator import (
-    DEFAULT_DRIFT_SHARE,
-    DEFAULT_JS_THRESHOLD,
-    DEFAULT_MIN_SAMPLES,
-    DEFAULT_PSI_THRESHOLD,
     DriftAccumulator,
     DriftResult,
     FeatureDrift,
@@ -62,10 +59,6 @@ from kubeloop.drift.metrics import JS_LOG_BASE, PSI_EPSILON, js_distance, psi
 
 __all__ = [
     "DEFAULT_BINS",
-    "DEFAULT_DRIFT_SHARE",
-    "DEFAULT_JS_THRESHOLD",
-    "DEFAULT_MIN_SAMPLES",
-    "DEFAULT_PSI_THRESHOLD",
     "JS_LOG_BASE",
     "PSI_EPSILON",
     "SCHEMA_VERSION",

@@ -14,14 +14,11 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
+from kubeloop.contracts import DRIFT_JS_THRESHOLD, DRIFT_MIN_SAMPLES, DRIFT_PSI_THRESHOLD, DRIFT_SHARE
 from kubeloop.drift import _columns
 from kubeloop.drift.baseline import Baseline, CategoricalFeature, _Model
 from kubeloop.drift.metrics import js_from_proportions, psi_from_proportions
-
-DEFAULT_PSI_THRESHOLD = 0.2
-DEFAULT_JS_THRESHOLD = 0.1
-DEFAULT_DRIFT_SHARE = 0.5
-DEFAULT_MIN_SAMPLES = 500  # as DriftMonitor spec.window.minSamples
+from kubeloop.resources import SUMMARY_FEATURE_LIMIT, DriftSummary, FeatureDriftSummary
 
 
 class FeatureDrift(_Model):
@@ -61,6 +58,25 @@ class DriftResult(_Model):
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, indent=2) + "\n"
 
+    def summary(self, *, model_version: str | None = None, report_uri: str | None = None) -> DriftSummary:
+        """What a DriftMonitor's ``status.lastResult`` keeps of this result (this full result is the
+        report at ``report_uri``). Past the status's bound on features, drifted ones are kept first."""
+        ranked = sorted(self.features.items(), key=lambda kv: not kv[1].drifted)[:SUMMARY_FEATURE_LIMIT]
+        keep = {name for name, _ in ranked}
+        return DriftSummary(
+            drifted=self.drifted,
+            share=self.share,
+            samples=self.samples,
+            insufficient_data=self.insufficient_data,
+            model_version=model_version,
+            features=[
+                FeatureDriftSummary(name=name, psi=f.psi, jensen_shannon=f.jensen_shannon, drifted=f.drifted)
+                for name, f in self.features.items()
+                if name in keep
+            ],
+            report_uri=report_uri,
+        )
+
 
 class DriftAccumulator:
     """Accumulates bucket counts of current data, in any number of chunks, against a baseline.
@@ -68,7 +84,7 @@ class DriftAccumulator:
     >>> acc = DriftAccumulator(baseline)
     >>> for chunk in chunks:          # mapping of column -> array, DataFrame or pyarrow Table
     ...     acc.update(chunk)
-    >>> result = acc.result(psi_threshold=0.2, js_threshold=0.1, drift_share=0.5, min_samples=500)
+    >>> result = acc.result()         # or psi_threshold=, js_threshold=, drift_share=, min_samples=
     """
 
     def __init__(self, baseline: Baseline) -> None:
@@ -141,10 +157,10 @@ class DriftAccumulator:
 
     def result(
         self,
-        psi_threshold: float | None = DEFAULT_PSI_THRESHOLD,
-        js_threshold: float | None = DEFAULT_JS_THRESHOLD,
-        drift_share: float = DEFAULT_DRIFT_SHARE,
-        min_samples: int = DEFAULT_MIN_SAMPLES,
+        psi_threshold: float | None = DRIFT_PSI_THRESHOLD,
+        js_threshold: float | None = DRIFT_JS_THRESHOLD,
+        drift_share: float = DRIFT_SHARE,
+        min_samples: int = DRIFT_MIN_SAMPLES,
     ) -> DriftResult:
         """Scores and drift decisions for everything accumulated so far.
 
@@ -211,10 +227,10 @@ def score(
     baseline: Baseline,
     current: object,
     *,
-    psi_threshold: float | None = DEFAULT_PSI_THRESHOLD,
-    js_threshold: float | None = DEFAULT_JS_THRESHOLD,
-    drift_share: float = DEFAULT_DRIFT_SHARE,
-    min_samples: int = DEFAULT_MIN_SAMPLES,
+    psi_threshold: float | None = DRIFT_PSI_THRESHOLD,
+    js_threshold: float | None = DRIFT_JS_THRESHOLD,
+    drift_share: float = DRIFT_SHARE,
+    min_samples: int = DRIFT_MIN_SAMPLES,
 ) -> DriftResult:
     """Score one table against a baseline (a one-chunk :class:`DriftAccumulator`)."""
     acc = DriftAccumulator(baseline)
@@ -223,10 +239,6 @@ def score(
 
 
 __all__ = [
-    "DEFAULT_DRIFT_SHARE",
-    "DEFAULT_JS_THRESHOLD",
-    "DEFAULT_MIN_SAMPLES",
-    "DEFAULT_PSI_THRESHOLD",
     "DriftAccumulator",
     "DriftResult",
     "FeatureDrift",

@@ -7,6 +7,7 @@ from typing import Annotated, ClassVar, Final, Literal, Self
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from kubeloop import cron
+from kubeloop.contracts import DRIFT_JS_THRESHOLD, DRIFT_MIN_SAMPLES, DRIFT_PSI_THRESHOLD, DRIFT_SHARE
 from kubeloop.resources._base import (
     _CONDITIONS_EXTRA,
     Condition,
@@ -27,7 +28,7 @@ class WindowSpec(KubeloopModel):
         default="24h", description="How far back to read prediction logs (Go duration)."
     )
     min_samples: int = Field(
-        default=500, ge=1, le=100_000_000, description="Fewer samples give 'insufficient data'."
+        default=DRIFT_MIN_SAMPLES, ge=1, le=100_000_000, description="Fewer samples give 'insufficient data'."
     )
 
 
@@ -41,14 +42,16 @@ class MetricThreshold(KubeloopModel):
 class PsiThreshold(MetricThreshold):
     """Population Stability Index."""
 
-    threshold: float = Field(default=0.2, gt=0.0, le=100.0, description="PSI threshold (> 0).")
+    threshold: float = Field(
+        default=DRIFT_PSI_THRESHOLD, gt=0.0, le=100.0, description="PSI threshold (> 0)."
+    )
 
 
 class JensenShannonThreshold(MetricThreshold):
     """Jensen-Shannon distance (base 2, in [0, 1])."""
 
     threshold: float = Field(
-        default=0.1, gt=0.0, le=1.0, description="Jensen-Shannon distance threshold (0, 1]."
+        default=DRIFT_JS_THRESHOLD, gt=0.0, le=1.0, description="Jensen-Shannon distance threshold (0, 1]."
     )
 
 
@@ -124,7 +127,7 @@ class DriftMonitorSpec(KubeloopModel):
     window: WindowSpec = Field(default_factory=WindowSpec, description="Lookback and minimum sample count.")
     metrics: DriftMetricsSpec = Field(default_factory=DriftMetricsSpec, description="Metrics and thresholds.")
     drift_share: float = Field(
-        default=0.5,
+        default=DRIFT_SHARE,
         gt=0.0,
         le=1.0,
         description="Fraction of features that must drift for the dataset to drift.",
@@ -133,7 +136,15 @@ class DriftMonitorSpec(KubeloopModel):
     suspend: bool = Field(default=False, description="Suspend the scheduled checks.")
 
 
-class FeatureDrift(KubeloopModel):
+# The status keeps a summary of each check (bounded, for etcd); the drift engine's full result
+# (kubeloop.drift.DriftResult: bucket counts, thresholds used) goes to the report at reportUri, and
+# kubeloop.drift.DriftResult.summary() turns one into the other.
+
+
+SUMMARY_FEATURE_LIMIT: Final = 4096
+
+
+class FeatureDriftSummary(KubeloopModel):
     """One feature's drift scores."""
 
     name: str = Field(description="Feature name.")
@@ -142,7 +153,7 @@ class FeatureDrift(KubeloopModel):
     drifted: bool = Field(default=False, description="Whether a metric reached its threshold.")
 
 
-class DriftResult(KubeloopModel):
+class DriftSummary(KubeloopModel):
     """Result of one drift check."""
 
     drifted: bool = Field(description="Whether the dataset drifted.")
@@ -150,8 +161,8 @@ class DriftResult(KubeloopModel):
     samples: int = Field(default=0, description="Logged predictions scored.")
     insufficient_data: bool = Field(default=False, description="Fewer samples than window.minSamples.")
     model_version: str | None = Field(default=None, description="Model version whose baseline was used.")
-    features: list[FeatureDrift] = Field(
-        default_factory=list, max_length=4096, description="Per-feature scores."
+    features: list[FeatureDriftSummary] = Field(
+        default_factory=list, max_length=SUMMARY_FEATURE_LIMIT, description="Per-feature scores."
     )
     report_uri: str | None = Field(default=None, description="s3:// URI of the full report.")
 
@@ -187,7 +198,7 @@ class DriftMonitorStatus(KubeloopModel):
     last_check_time: str | None = Field(
         default=None, json_schema_extra={"format": "date-time"}, description="Time of the last check."
     )
-    last_result: DriftResult | None = Field(default=None, description="Result of the last check.")
+    last_result: DriftSummary | None = Field(default=None, description="Result of the last check.")
     consecutive_drifts: int = Field(default=0, ge=0, description="Drifted checks in a row.")
     last_retrain: LastRetrain | None = Field(default=None, description="Last retraining started.")
     retrains: list[LastRetrain] = Field(

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-LOWER_IS_BETTER = {"mse", "mae"}
+from kubeloop.resources import LOWER_IS_BETTER
 
 
 def better(metric: str, new: float, old: float) -> bool:
