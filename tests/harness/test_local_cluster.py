@@ -18,7 +18,7 @@ from localcluster import procs
 from localcluster.cluster import ClusterError, LocalCluster, expand_groups
 from localcluster.pytest_fixtures import kubectl_binary
 
-pytestmark = pytest.mark.component
+pytestmark = [pytest.mark.component, pytest.mark.harness]
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, str(REPO / "hack" / "cluster.py")]

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from nodeagent.pytest_fixtures import NodeAgent
 
-pytestmark = pytest.mark.component
+pytestmark = [pytest.mark.component, pytest.mark.harness]
 
 T = TypeVar("T")
 PY = "python:3.12-slim"

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client
 from localcluster.pytest_fixtures import KubeCluster
 
-pytestmark = pytest.mark.component
+pytestmark = [pytest.mark.component, pytest.mark.harness]
 
 T = TypeVar("T")
 

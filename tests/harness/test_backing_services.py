@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from localcluster.pytest_fixtures import MinioServer, MlflowServer
 
-pytestmark = pytest.mark.component
+pytestmark = [pytest.mark.component, pytest.mark.harness]
 
 
 def test_minio_write_read_list_delete(minio_server: MinioServer, s3_prefix: str) -> None:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from nodeagent.pytest_fixtures import NodeAgent, agent_cli
 
-pytestmark = [pytest.mark.component, pytest.mark.slow]
+pytestmark = [pytest.mark.component, pytest.mark.harness, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 GLOBAL_SYSCTLS = [
