@@ -1,0 +1,193 @@
+"""Authentication (who is calling) and authorisation of the operations Kubernetes cannot check itself.
+
+Authentication: ``Authorization: Bearer <token>``. Tokens that start with ``klp_`` are API tokens
+(:mod:`kubeloop_api.tokens`); anything else is handed to the API server's TokenReview, so every token
+the cluster accepts works (ServiceAccount tokens, OIDC, …). Answers are cached for
+``auth_cache_ttl_s`` under the token's SHA-256 (never the token). No credential, or one that is not
+accepted: 401. Tokens never reach a log line: this module logs nothing about them but the reason.
+
+Authorisation: everything that is a Kubernetes call is made impersonating the caller, so RBAC decides
+(403 from the API server, passed on). Operations on object storage and MLflow are not Kubernetes calls;
+they are authorised first by a SubjectAccessReview on the matching Kubeloop resource in the namespace
+the data belongs to (:data:`ACCESS` is the whole table, also in the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from kubeloop.resources import GROUP
+from kubeloop_api.errors import ApiError, ForbiddenError, UnauthorizedError
+from kubeloop_api.identity import Principal
+from kubeloop_api.kube import Kube
+from kubeloop_api.metrics import ApiMetrics
+from kubeloop_api.settings import ApiSettings
+from kubeloop_api.tokens import TOKEN_PREFIX, TokenStore, digest
+
+log = logging.getLogger("kubeloop_api.auth")
+
+_CACHE_MAX: Final = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """The Kubernetes permission an operation outside Kubernetes is checked against."""
+
+    verb: str
+    resource: str
+    group: str = GROUP
+    subresource: str = ""
+
+
+# Operation -> the RBAC permission it needs in the namespace of the data. Datasets feed TrainingJobs
+# (whoever may create a TrainingJob may upload its data); registered models come out of TrainingJobs
+# (reading them is reading TrainingJob results); an alias decides what ModelDeployments serve, so
+# moving one needs the right to change ModelDeployments; a kept training log is a pod log.
+ACCESS: Final[dict[str, Access]] = {
+    "datasets.upload": Access("create", "trainingjobs"),
+    "datasets.list": Access("list", "trainingjobs"),
+    "datasets.get": Access("get", "trainingjobs"),
+    "datasets.delete": Access("delete", "trainingjobs"),
+    "models.list": Access("list", "trainingjobs"),
+    "models.get": Access("get", "trainingjobs"),
+    "models.alias": Access("update", "modeldeployments"),
+    "logs.kept": Access("get", "pods", group="", subresource="log"),
+}
+
+
+@dataclass
+class _Entry:
+    principal: Principal
+    until: float
+    expires_at: datetime | None
+
+
+class Authenticator:
+    def __init__(self, kube: Kube, tokens: TokenStore, settings: ApiSettings, metrics: ApiMetrics) -> None:
+        self.kube = kube
+        self.tokens = tokens
+        self.settings = settings
+        self.metrics = metrics
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+
+    def _fail(self, reason: str, message: str) -> UnauthorizedError:
+        self.metrics.auth_failures.labels(reason).inc()
+        return UnauthorizedError(message)
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise self._fail("missing", "no credentials: send Authorization: Bearer <token>")
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or " " in token:
+            raise self._fail("malformed", "Authorization: expected 'Bearer <token>'")
+        key = digest(token)
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None:
+            if hit.until > now and (hit.expires_at is None or hit.expires_at > datetime.now(UTC)):
+                self._cache.move_to_end(key)
+                return hit.principal
+            del self._cache[key]
+        if token.startswith(TOKEN_PREFIX):
+            try:
+                rec = await self.tokens.verify(token)
+            except UnauthorizedError as e:
+                reason = (
+                    "expired"
+                    if "expired" in e.message
+                    else "revoked"
+                    if "revoked" in e.message
+                    else "rejected"
+                )
+                self.metrics.auth_failures.labels(reason).inc()
+                raise
+            principal, expires_at = rec.principal(), rec.expires_at
+        else:
+            status = await self.kube.token_review(token, self.settings.token_audiences)
+            user = status.get("user") or {}
+            if not status.get("authenticated") or not user.get("username"):
+                raise self._fail("rejected", "token not accepted by the cluster")
+            principal = Principal(
+                username=str(user["username"]),
+                groups=tuple(str(g) for g in user.get("groups") or ()),
+                uid=str(user.get("uid") or ""),
+            )
+            expires_at = None
+        if self.settings.auth_cache_ttl_s > 0:
+            self._cache[key] = _Entry(principal, now + self.settings.auth_cache_ttl_s, expires_at)
+            while len(self._cache) > _CACHE_MAX:
+                self._cache.popitem(last=False)
+        return principal
+
+    def forget_token(self, token_id: str) -> None:
+        """Drop cached answers for an API token (after its revocation)."""
+        for key in [k for k, e in self._cache.items() if e.principal.token_id == token_id]:
+            del self._cache[key]
+
+
+class Authorizer:
+    """SubjectAccessReviews for operations that are not Kubernetes calls."""
+
+    def __init__(self, kube: Kube, settings: ApiSettings, metrics: ApiMetrics) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.metrics = metrics
+        self._cache: OrderedDict[tuple[object, ...], tuple[bool, float]] = OrderedDict()
+        self._lock = asyncio.Lock()
+
+    async def allowed(
+        self, principal: Principal, access: Access, namespace: str | None, name: str = ""
+    ) -> bool:
+        attrs = {"verb": access.verb, "group": access.group, "resource": access.resource}
+        if namespace is not None:
+            attrs["namespace"] = namespace
+        if access.subresource:
+            attrs["subresource"] = access.subresource
+        if name:
+            attrs["name"] = name
+        key = (principal.username, principal.groups, tuple(sorted(attrs.items())))
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        ok, _reason = await self.kube.access_review(principal, attrs)
+        if self.settings.sar_cache_ttl_s > 0:
+            self._cache[key] = (ok, now + self.settings.sar_cache_ttl_s)
+            while len(self._cache) > _CACHE_MAX:
+                self._cache.popitem(last=False)
+        return ok
+
+    async def require(self, principal: Principal, operation: str, namespace: str, name: str = "") -> None:
+        """Raise 403 unless the caller holds the permission :data:`ACCESS` maps ``operation`` to."""
+        access = ACCESS[operation]
+        if not await self.allowed(principal, access, namespace, name):
+            self.metrics.authorization_denials.labels(access.resource).inc()
+            raise forbidden(principal, access, namespace)
+
+    async def require_access(
+        self, principal: Principal, access: Access, namespace: str | None, name: str = ""
+    ) -> None:
+        if not await self.allowed(principal, access, namespace, name):
+            self.metrics.authorization_denials.labels(access.resource).inc()
+            raise forbidden(principal, access, namespace, name)
+
+
+def forbidden(principal: Principal, access: Access, namespace: str | None, name: str = "") -> ApiError:
+    """The refusal worded as the API server words it."""
+    res = f"{access.resource}.{access.group}" if access.group else access.resource
+    sub = f"/{access.subresource}" if access.subresource else ""
+    where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+    group = f' in API group "{access.group}"'
+    named = f' "{name}"' if name else ""
+    return ForbiddenError(
+        f'{res}{named} is forbidden: User "{principal.username}" cannot {access.verb} resource '
+        f'"{access.resource}{sub}"{group}{where}',
+        details={"kind": access.resource, "group": access.group, **({"name": name} if name else {})},
+    )

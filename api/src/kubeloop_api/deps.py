@@ -1,0 +1,128 @@
+"""What every route needs: the app's services, the authenticated caller, path parameter types and body
+reading with a size limit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Final
+
+import yaml
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from kubeloop.resources import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
+from kubeloop_api.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from kubeloop_api.identity import Principal
+
+if TYPE_CHECKING:
+    from kubeloop_api.auth import Authenticator, Authorizer
+    from kubeloop_api.kube import Kube
+    from kubeloop_api.metrics import ApiMetrics
+    from kubeloop_api.objects import Objects
+    from kubeloop_api.registry import Registry
+    from kubeloop_api.settings import ApiSettings
+    from kubeloop_api.tokens import TokenStore
+
+
+@dataclass
+class Services:
+    """Everything one app holds; built by the app factory, closed by its lifespan."""
+
+    settings: ApiSettings
+    metrics: ApiMetrics
+    kube: Kube
+    tokens: TokenStore
+    authn: Authenticator
+    authz: Authorizer
+    registry: Registry | None = None
+    objects: Objects | None = None
+    sse_clients: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+_bearer: Final = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="A token the cluster accepts (ServiceAccount, OIDC, …; checked with TokenReview) or a "
+    "Kubeloop API token (klp_…).",
+)
+
+
+async def _caller(
+    request: Request, _cred: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+) -> Principal:
+    return await services(request).authn.authenticate(request.headers.get("authorization"))
+
+
+Svc = Annotated[Services, Depends(services)]
+Caller = Annotated[Principal, Depends(_caller)]
+
+Namespace = Annotated[
+    str,
+    Path(
+        pattern=DNS_LABEL_PATTERN,
+        min_length=1,
+        max_length=63,
+        description="Kubernetes namespace (a DNS label).",
+    ),
+]
+Name = Annotated[
+    str,
+    Path(
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        min_length=1,
+        max_length=253,
+        description="Object name (a DNS subdomain).",
+    ),
+]
+
+JSON_TYPES: Final = ("application/json", "application/merge-patch+json", "")
+YAML_TYPES: Final = ("application/yaml", "application/x-yaml", "text/yaml")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLargeError(f"body: larger than the limit of {limit} bytes")
+        except ValueError:
+            raise BadRequestError("Content-Length: not a number") from None
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLargeError(f"body: larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_document(request: Request, limit: int) -> Any:
+    """A JSON (or YAML) request body, decoded; 400 naming ``body`` when it cannot be parsed."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in JSON_TYPES and ctype not in YAML_TYPES:
+        raise UnsupportedMediaTypeError(
+            f"Content-Type: {ctype!r} is not supported; send application/json or application/yaml"
+        )
+    raw = await read_body(request, limit)
+    if not raw.strip():
+        raise BadRequestError("body: empty; expected a JSON object")
+    try:
+        if ctype in YAML_TYPES:
+            return yaml.safe_load(raw)
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError, yaml.YAMLError) as e:
+        kind = "YAML" if ctype in YAML_TYPES else "JSON"
+        raise BadRequestError(f"body: not valid {kind}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")

@@ -1,0 +1,119 @@
+"""API tokens: create (the token is in that answer and nowhere else, ever), list, read, revoke.
+
+Who may create a token for whom: a caller authenticated by the cluster may make tokens for itself
+(same user, a subset of its groups). Any other token, and any token made by an API-token caller, needs
+the right to impersonate its user and each of its groups (SubjectAccessReview, ``impersonate`` on
+``users``/``groups``): a token is an identity, so minting one is impersonation. Tokens are listed to,
+and revocable by, their owner and their user; others need impersonate on the token's user.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Path
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kubeloop_api.auth import Access
+from kubeloop_api.deps import Caller, Services, Svc
+from kubeloop_api.errors import InvalidError, NotFoundError
+from kubeloop_api.identity import Principal
+from kubeloop_api.tokens import TokenRecord
+
+router = APIRouter(prefix="/api/v1/tokens", tags=["API tokens"])
+
+_IMPERSONATE_USER: Final = Access("impersonate", "users", group="")
+_IMPERSONATE_GROUP: Final = Access("impersonate", "groups", group="")
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9 ._-]{0,61}[A-Za-z0-9])?$")
+
+TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="Token id (12 hex digits).")]
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=63, description="What the token is for (shown in lists).")
+    user: str | None = Field(
+        default=None, min_length=1, max_length=253, description="User the token acts as; default: you."
+    )
+    groups: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = Field(
+        default=None, max_length=64, description="Groups the token acts with; default: your groups."
+    )
+    expires_in_seconds: int | None = Field(
+        default=None, alias="expiresInSeconds", ge=60, description="Lifetime; default and maximum are set "
+        "by KUBELOOP_API_API_TOKEN_DEFAULT_TTL_S / _MAX_TTL_S."
+    )  # fmt: skip
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(
+                "letters, digits, space, '.', '_' and '-' only, starting and ending alphanumeric"
+            )
+        return v
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        if v is not None and (v != v.strip() or any(ord(c) < 32 for c in v)):
+            raise ValueError("must not contain control characters or surrounding spaces")
+        return v
+
+
+def _own_groups(caller: Principal) -> list[str]:
+    return [g for g in caller.groups if g != "system:authenticated"]
+
+
+async def _may_impersonate(svc: Services, caller: Principal, user: str, groups: list[str]) -> None:
+    await svc.authz.require_access(caller, _IMPERSONATE_USER, None, user)
+    for g in groups:
+        await svc.authz.require_access(caller, _IMPERSONATE_GROUP, None, g)
+
+
+async def _visible(svc: Services, caller: Principal, token_id: str) -> TokenRecord:
+    rec = await svc.tokens.get(token_id)
+    if caller.username in (rec.owner, rec.user):
+        return rec
+    if await svc.authz.allowed(caller, _IMPERSONATE_USER, None, rec.user):
+        return rec
+    raise NotFoundError(f"API token {token_id!r} not found")
+
+
+@router.post("", status_code=201, summary="Create an API token (shown once, in this answer)")
+async def create_token(svc: Svc, caller: Caller, req: TokenRequest) -> dict[str, Any]:
+    s = svc.settings
+    user = req.user or caller.username
+    groups = sorted(set(req.groups if req.groups is not None else _own_groups(caller)))
+    ttl = req.expires_in_seconds or s.api_token_default_ttl_s
+    if ttl > s.api_token_max_ttl_s:
+        raise InvalidError(f"at most {s.api_token_max_ttl_s} seconds", field="expiresInSeconds")
+    self_service = (
+        caller.source == "kubernetes" and user == caller.username and set(groups) <= set(caller.groups)
+    )
+    if not self_service:
+        await _may_impersonate(svc, caller, user, groups)
+    rec, token = await svc.tokens.create(
+        name=req.name, user=user, groups=groups, owner=caller.username, ttl_s=ttl
+    )
+    return {**rec.public(), "token": token}
+
+
+@router.get("", summary="API tokens you own or that act as you")
+async def list_tokens(svc: Svc, caller: Caller) -> dict[str, Any]:
+    items = [r.public() for r in await svc.tokens.list() if caller.username in (r.owner, r.user)]
+    return {"items": items}
+
+
+@router.get("/{token_id}", summary="One API token's record (never the token)")
+async def get_token(svc: Svc, caller: Caller, token_id: TokenId) -> dict[str, Any]:
+    return (await _visible(svc, caller, token_id)).public()
+
+
+@router.delete("/{token_id}", summary="Revoke an API token (at once; the record is kept)")
+async def revoke_token(svc: Svc, caller: Caller, token_id: TokenId) -> dict[str, Any]:
+    await _visible(svc, caller, token_id)
+    rec = await svc.tokens.revoke(token_id, caller.username)
+    svc.authn.forget_token(token_id)
+    return rec.public()

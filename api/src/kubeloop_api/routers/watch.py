@@ -1,0 +1,192 @@
+"""Server-Sent-Event status streams of one object or of a namespace (see :mod:`kubeloop_api.sse`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from kubeloop_api.deps import Caller, Name, Namespace, Services, Svc
+from kubeloop_api.errors import NotFoundError, UnavailableError
+from kubeloop_api.identity import Principal
+from kubeloop_api.kube import crd_path
+from kubeloop_api.manifests import MODELS, Kind
+from kubeloop_api.sse import StatusStream
+
+router = APIRouter(prefix="/api/v1/watch", tags=["status streams"])
+
+_SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A text/event-stream of status changes.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+_PAGE = 500
+
+ResumeQuery = Annotated[
+    str | None,
+    Query(
+        alias="resourceVersion",
+        pattern=r"^[0-9]{1,20}$",
+        description="Resume after this resourceVersion (the id of the last event seen).",
+    ),
+]
+LastEventId = Annotated[
+    str | None,
+    Header(
+        alias="Last-Event-ID",
+        pattern=r"^[0-9]{1,20}$",
+        description="Sent by EventSource on reconnect; same as resourceVersion.",
+    ),
+]
+
+
+def _stream(
+    svc: Services,
+    caller: Principal,
+    namespace: str,
+    kind: Kind,
+    resume: str | None,
+    name: str | None,
+    label_selector: str | None,
+    initial: tuple[list[dict[str, Any]], str] | None,
+) -> StreamingResponse:
+    path = crd_path(namespace, kind.value)
+    selector: dict[str, str | int | bool] = {}
+    if name is not None:
+        selector["fieldSelector"] = f"metadata.name={name}"
+    if label_selector:
+        selector["labelSelector"] = label_selector
+    first = [initial]
+
+    async def list_fn() -> tuple[list[dict[str, Any]], str]:
+        if first[0] is not None:
+            out, first[0] = first[0], None
+            return out
+        return await _list_all(svc, caller, path, selector, kind)
+
+    def watch_fn(rv: str) -> AsyncIterator[dict[str, Any]]:
+        params = {**selector, "resourceVersion": rv, "timeoutSeconds": svc.settings.sse_watch_timeout_s}
+        return svc.kube.watch(path, as_user=caller, params=params, what=f"watch {kind.value}")
+
+    m = svc.metrics
+    stream = StatusStream(
+        list_fn,
+        watch_fn,
+        resume_from=resume,
+        buffer=svc.settings.sse_buffer_events,
+        heartbeat_s=svc.settings.sse_heartbeat_s,
+        on_event=lambda t: m.sse_events.labels(t).inc(),
+        on_overflow=m.sse_overflows.inc,
+    )
+
+    async def body() -> AsyncIterator[bytes]:
+        svc.sse_clients += 1
+        m.sse_clients.inc()
+        try:
+            async for chunk in stream.events():
+                yield chunk
+        finally:
+            svc.sse_clients -= 1
+            m.sse_clients.dec()
+
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _list_all(
+    svc: Services, caller: Principal, path: str, selector: dict[str, str | int | bool], kind: Kind
+) -> tuple[list[dict[str, Any]], str]:
+    items: list[dict[str, Any]] = []
+    cont = ""
+    while True:
+        params = {**selector, "limit": _PAGE, **({"continue": cont} if cont else {})}
+        out = await svc.kube.request("GET", path, as_user=caller, params=params, what=f"list {kind.value}")
+        items += out.get("items", [])
+        meta = out.get("metadata") or {}
+        cont = meta.get("continue") or ""
+        if not cont:
+            return items, str(meta.get("resourceVersion", ""))
+
+
+async def _open(
+    svc: Services,
+    caller: Principal,
+    namespace: str,
+    kind: Kind,
+    resume: str | None,
+    name: str | None,
+    label_selector: str | None,
+) -> StreamingResponse:
+    if svc.sse_clients >= svc.settings.sse_max_clients:
+        raise UnavailableError("too many open status streams; retry later", headers={"Retry-After": "5"})
+    path = crd_path(namespace, kind.value)
+    selector: dict[str, str | int | bool] = {}
+    if name is not None:
+        selector["fieldSelector"] = f"metadata.name={name}"
+    if label_selector:
+        selector["labelSelector"] = label_selector
+    # The first list runs before the response starts, so that 401/403/404 are HTTP statuses and not
+    # events; it doubles as the snapshot (or, when resuming, as the permission check).
+    initial = await _list_all(svc, caller, path, selector, kind) if resume is None else None
+    if resume is not None:
+        await svc.kube.request(
+            "GET", path, as_user=caller, params={**selector, "limit": 1}, what=f"list {kind.value}"
+        )
+    elif name is not None and not initial[0]:  # type: ignore[index]
+        raise NotFoundError(f'{kind.value}.kubeloop.io "{name}" not found', details={"name": name})
+    return _stream(svc, caller, namespace, kind, resume, name, label_selector, initial)
+
+
+def _register(kind: Kind) -> None:
+    title = MODELS[kind].kind
+
+    async def watch_namespace(
+        svc: Svc,
+        caller: Caller,
+        namespace: Namespace,
+        resource_version: ResumeQuery = None,
+        last_event_id: LastEventId = None,
+        label_selector: Annotated[str | None, Query(alias="labelSelector", max_length=4096)] = None,
+    ) -> StreamingResponse:
+        resume = last_event_id or resource_version
+        return await _open(svc, caller, namespace, kind, resume, None, label_selector)
+
+    async def watch_one(
+        svc: Svc,
+        caller: Caller,
+        namespace: Namespace,
+        name: Name,
+        resource_version: ResumeQuery = None,
+        last_event_id: LastEventId = None,
+    ) -> StreamingResponse:
+        resume = last_event_id or resource_version
+        return await _open(svc, caller, namespace, kind, resume, name, None)
+
+    router.add_api_route(
+        f"/namespaces/{{namespace}}/{kind.value}",
+        watch_namespace,
+        methods=["GET"],
+        summary=f"Stream status changes of every {title} in a namespace (SSE)",
+        response_class=StreamingResponse,
+        responses=_SSE_RESPONSE,
+        operation_id=f"watch_{kind.value}",
+    )
+    router.add_api_route(
+        f"/namespaces/{{namespace}}/{kind.value}/{{name}}",
+        watch_one,
+        methods=["GET"],
+        summary=f"Stream status changes of one {title} (SSE)",
+        response_class=StreamingResponse,
+        responses=_SSE_RESPONSE,
+        operation_id=f"watch_{kind.value}_one",
+    )
+
+
+for _kind in Kind:
+    _register(_kind)

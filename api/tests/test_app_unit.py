@@ -1,0 +1,329 @@
+"""The app against an in-memory Kubernetes stand-in: authentication, API tokens, impersonation, error
+mapping, body handling, metrics and the OpenAPI document. The same behaviour against the real API
+server is in test_component_*.py."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import yaml
+from api_fakekube import FakeKube
+from fastapi import FastAPI
+from kubeloop_api.app import create_app
+from kubeloop_api.kube import Kube
+from kubeloop_api.metrics import ApiMetrics
+from kubeloop_api.settings import ApiSettings
+from kubeloop_api.tokens import digest
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+A = {"Authorization": "Bearer tok-alice"}
+TJ = {
+    "apiVersion": "kubeloop.io/v1alpha1",
+    "kind": "TrainingJob",
+    "metadata": {"name": "tj1"},
+    "spec": {"dataset": {"uri": "s3://kubeloop/datasets/a.csv", "target": "y"}, "task": "classification"},
+}
+
+
+@pytest.fixture
+def fake() -> FakeKube:
+    fk = FakeKube()
+    fk.users["tok-alice"] = {"username": "alice", "uid": "u1", "groups": ["team-a", "system:authenticated"]}
+    fk.users["tok-bob"] = {"username": "bob", "groups": ["team-b"]}
+    return fk
+
+
+def _app(fake: FakeKube, **settings: Any) -> FastAPI:
+    s = ApiSettings(**settings)
+    m = ApiMetrics()
+    return create_app(s, kube=Kube(s, m, transport=fake.transport()), metrics=m)
+
+
+@pytest.fixture
+def client(fake: FakeKube) -> Iterator[TestClient]:
+    with TestClient(_app(fake)) as c:
+        yield c
+
+
+def test_missing_malformed_and_rejected_credentials_are_401(client: TestClient) -> None:
+    for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer"},
+                    {"Authorization": "Bearer a b"}, {"Authorization": "Bearer nope"}):  # fmt: skip
+        r = client.get("/api/v1/namespaces/a/trainingjobs", headers=headers)
+        assert r.status_code == 401, headers
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert r.json()["reason"] == "Unauthorized"
+    # Unauthenticated requests are refused before parameter validation: nothing about the API leaks.
+    assert client.get("/api/v1/namespaces/NOT_VALID/trainingjobs").status_code == 401
+
+
+def test_token_review_answers_are_cached_under_the_tokens_hash(client: TestClient, fake: FakeKube) -> None:
+    for _ in range(3):
+        assert client.get("/api/v1/namespaces/a/trainingjobs", headers=A).status_code == 200
+    reviews = [r for r in fake.requests if r.url.path.endswith("/tokenreviews")]
+    assert len(reviews) == 1
+    authn = client.app.state.services.authn  # type: ignore[attr-defined]
+    assert list(authn._cache) == [digest("tok-alice")]
+
+
+def test_every_kubernetes_call_impersonates_the_caller(client: TestClient, fake: FakeKube) -> None:
+    assert client.post("/api/v1/namespaces/a/trainingjobs", json=TJ, headers=A).status_code == 201
+    assert client.get("/api/v1/namespaces/a/trainingjobs/tj1", headers=A).status_code == 200
+    assert client.post("/api/v1/namespaces/a/trainingjobs/tj1/suspend", headers=A).status_code == 200
+    assert client.delete("/api/v1/namespaces/a/trainingjobs/tj1", headers=A).status_code == 200
+    crd_calls = [r for r in fake.requests if "/apis/kubeloop.io/" in r.url.path]
+    assert len(crd_calls) == 5  # create, get, get + patch, delete
+    for r in crd_calls:
+        assert r.headers["impersonate-user"] == "alice"
+        assert r.headers.get_list("impersonate-group") == ["team-a"]
+    assert [r.url.params.get("fieldManager") for r in crd_calls if r.method in ("POST", "PATCH")] == [
+        "kubeloop-api", "kubeloop-api"
+    ]  # fmt: skip
+
+
+def test_kubernetes_refusals_pass_through_with_their_reason(client: TestClient, fake: FakeKube) -> None:
+    r = client.get("/api/v1/namespaces/a/trainingjobs/missing", headers=A)
+    assert (r.status_code, r.json()["reason"]) == (404, "NotFound")
+    assert client.post("/api/v1/namespaces/a/trainingjobs", json=TJ, headers=A).status_code == 201
+    r = client.post("/api/v1/namespaces/a/trainingjobs", json=TJ, headers=A)
+    assert (r.status_code, r.json()["reason"]) == (409, "AlreadyExists")
+    fake.deny_impersonated = lambda user, verb, ns: ns == "b"
+    r = client.get("/api/v1/namespaces/b/trainingjobs", headers=A)
+    assert (r.status_code, r.json()["reason"]) == (403, "Forbidden")
+    assert 'User "alice"' in r.json()["message"]
+
+
+def test_bodies_json_yaml_size_and_type(client: TestClient) -> None:
+    r = client.post(
+        "/api/v1/namespaces/a/trainingjobs",
+        content=yaml.safe_dump(TJ),
+        headers={**A, "Content-Type": "application/yaml"},
+    )
+    assert r.status_code == 201, r.text
+    r = client.post(
+        "/api/v1/namespaces/a/trainingjobs",
+        content=b"{not json",
+        headers={**A, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400
+    assert r.json()["message"].startswith("body: not valid JSON")
+    r = client.post("/api/v1/namespaces/a/trainingjobs", content=b'{"a": NaN}', headers=A)
+    assert r.status_code == 400
+    r = client.post("/api/v1/namespaces/a/trainingjobs", content=b"[" * 100000, headers=A)
+    assert r.status_code in (400, 413)
+    r = client.post(
+        "/api/v1/namespaces/a/trainingjobs", content=b"x", headers={**A, "Content-Type": "text/xml"}
+    )
+    assert r.status_code == 415
+    big = b'{"a": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    r = client.post("/api/v1/namespaces/a/trainingjobs", content=big, headers=A)
+    assert r.status_code == 413
+    assert r.json()["message"].startswith("body:")
+
+
+def test_parameter_errors_name_the_parameter(client: TestClient) -> None:
+    r = client.get("/api/v1/namespaces/a/trainingjobs?limit=0", headers=A)
+    assert r.status_code == 422
+    assert r.json()["details"]["causes"][0]["field"] == "limit"
+    r = client.put("/api/v1/namespaces/a/modeldeployments/m/scale", json={"replicas": -1}, headers=A)
+    assert r.status_code == 422
+    assert r.json()["details"]["causes"][0]["field"] == "replicas"
+    r = client.get("/api/v1/namespaces/a/trainingjobs/Bad_Name", headers=A)
+    assert r.status_code == 422
+    assert r.json()["details"]["causes"][0]["field"] == "name"
+
+
+def test_conflicting_patch_is_retried_from_a_fresh_read(client: TestClient, fake: FakeKube) -> None:
+    assert client.post("/api/v1/namespaces/a/trainingjobs", json=TJ, headers=A).status_code == 201
+    orig = fake.handle
+    bumped = []
+
+    def racing(req: Any) -> Any:
+        # Another writer changes the object between our read and our patch, once.
+        if req.method == "PATCH" and not bumped:
+            bumped.append(1)
+            obj = fake.objects[("a", "trainingjobs", "tj1")]
+            obj["metadata"]["resourceVersion"] = fake._next_rv()
+        return orig(req)
+
+    fake.handle = racing  # type: ignore[method-assign]
+    r = client.post("/api/v1/namespaces/a/trainingjobs/tj1/suspend", headers=A)
+    assert r.status_code == 200, r.text
+    assert r.json()["spec"]["runPolicy"]["suspend"] is True
+    # A resourceVersion the caller sends is their precondition: a 409 goes back to them.
+    r = client.patch(
+        "/api/v1/namespaces/a/trainingjobs/tj1", json={"metadata": {"resourceVersion": "1"}}, headers=A
+    )
+    assert r.status_code == 409
+
+
+def test_api_tokens_create_use_list_revoke(client: TestClient, fake: FakeKube) -> None:
+    r = client.post("/api/v1/tokens", json={"name": "ci job"}, headers=A)
+    assert r.status_code == 201, r.text
+    rec = r.json()
+    token = rec.pop("token")
+    assert rec["user"] == "alice"
+    assert rec["groups"] == ["team-a"]
+    assert rec["owner"] == "alice"
+    secret = fake.objects[("kubeloop-system", "secrets", f"kubeloop-api-token-{rec['id']}")]
+    assert token not in str(secret)  # only the hash is kept
+    hdr = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/namespaces/a/trainingjobs", headers=hdr).status_code == 200
+    listed = client.get("/api/v1/tokens", headers=A).json()["items"]
+    assert [t["id"] for t in listed] == [rec["id"]]
+    assert "token" not in listed[0]
+    assert "sha256" not in listed[0]
+    assert client.get("/api/v1/tokens", headers={"Authorization": "Bearer tok-bob"}).json()["items"] == []
+    fake.allow = lambda spec: False  # bob may not impersonate alice
+    assert (
+        client.get(f"/api/v1/tokens/{rec['id']}", headers={"Authorization": "Bearer tok-bob"}).status_code
+        == 404
+    )
+    assert client.delete(f"/api/v1/tokens/{rec['id']}", headers=A).json()["revoked"] is True
+    r = client.get("/api/v1/namespaces/a/trainingjobs", headers=hdr)
+    assert r.status_code == 401
+    assert "revoked" in r.json()["message"]
+    wrong = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert (
+        client.get(
+            "/api/v1/namespaces/a/trainingjobs", headers={"Authorization": f"Bearer {wrong}"}
+        ).status_code
+        == 401
+    )
+
+
+def test_expired_api_token_is_401(client: TestClient, fake: FakeKube) -> None:
+    rec = client.post("/api/v1/tokens", json={"name": "short"}, headers=A).json()
+    store = client.app.state.services.tokens  # type: ignore[attr-defined]
+    import asyncio
+
+    record = asyncio.run(store.get(rec["id"]))
+    record.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+    key = ("kubeloop-system", "secrets", f"kubeloop-api-token-{rec['id']}")
+    sha = asyncio.run(store._read(rec["id"]))[0].sha256
+    record.sha256 = sha
+    fake.objects[key] = store._secret(record, fake.objects[key]["metadata"]["resourceVersion"])
+    r = client.get("/api/v1/namespaces/a/trainingjobs", headers={"Authorization": f"Bearer {rec['token']}"})
+    assert r.status_code == 401
+    assert "expired" in r.json()["message"]
+
+
+def test_tokens_for_someone_else_need_impersonation_rights(client: TestClient, fake: FakeKube) -> None:
+    fake.allow = lambda spec: False
+    r = client.post("/api/v1/tokens", json={"name": "x", "user": "mallory"}, headers=A)
+    assert r.status_code == 403
+    assert "impersonate" in r.json()["message"]
+    r = client.post("/api/v1/tokens", json={"name": "x", "groups": ["system:masters"]}, headers=A)
+    assert r.status_code == 403
+    fake.allow = lambda spec: spec["resourceAttributes"]["verb"] == "impersonate"
+    r = client.post("/api/v1/tokens", json={"name": "x", "user": "carol", "groups": ["team-c"]}, headers=A)
+    assert r.status_code == 201
+    assert r.json()["user"] == "carol"
+    r = client.post("/api/v1/tokens", json={"name": "x", "expiresInSeconds": 10**9}, headers=A)
+    assert r.status_code == 422
+    assert r.json()["details"]["causes"][0]["field"] == "expiresInSeconds"
+
+
+def test_unknown_routes_and_bugs(fake: FakeKube) -> None:
+    app = _app(fake)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret detail")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/nowhere")
+        assert r.status_code == 404
+        assert r.json()["kind"] == "Status"
+        r = c.get("/boom")
+        assert r.status_code == 500
+        assert "secret detail" not in r.text
+        assert "bug" in r.json()["message"]
+
+
+def test_metrics_use_route_templates(client: TestClient) -> None:
+    client.get("/api/v1/namespaces/a/trainingjobs/x1", headers=A)
+    client.get("/api/v1/namespaces/a/trainingjobs/x2", headers=A)
+    client.get("/random/path/1")
+    text = client.get("/metrics").text
+    assert 'route="/api/v1/namespaces/{namespace}/trainingjobs/{name}",status="4xx"} 2.0' in text
+    assert 'route="unmatched"' in text
+    assert "x1" not in text
+    assert "/random" not in text
+    assert "kubeloop_api_upstream_request_duration_seconds" in text
+
+
+def test_openapi_carries_the_resource_schemas(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    for name in ("TrainingJob", "ModelDeployment", "DriftMonitor", "TrainingJobSpec", "ModelRef"):
+        assert name in schemas
+    body = doc["paths"]["/api/v1/namespaces/{namespace}/trainingjobs"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TrainingJob"}
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert client.get("/docs").status_code == 200
+
+
+def test_readyz_reports_kubernetes(client: TestClient, fake: FakeKube) -> None:
+    assert client.get("/readyz").json()["checks"]["kubernetes"] == "ok"
+    assert client.get("/healthz").status_code == 200
+
+
+def test_predictions_proxy_forwards_no_credentials(client: TestClient, fake: FakeKube) -> None:
+    import httpx
+
+    seen: list[httpx.Request] = []
+
+    def model_server(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        if req.url.path == "/forward":
+            return httpx.Response(200, json={"label": "a"})
+        if req.url.path == "/v2/models/m/infer":
+            return httpx.Response(400, json={"error": "bad tensor"})
+        return httpx.Response(500, text="model crashed")
+
+    svc = client.app.state.services  # type: ignore[attr-defined]
+    svc.extra["predict_client"] = httpx.AsyncClient(transport=httpx.MockTransport(model_server))
+    md = {"metadata": {"name": "m"}, "spec": {"model": {"name": "m", "version": 1}}}
+    assert client.post("/api/v1/namespaces/a/modeldeployments", json=md, headers=A).status_code == 201
+    base = "/api/v1/namespaces/a/modeldeployments/m"
+    r = client.post(f"{base}/forward", json={"x": 1}, headers=A)
+    assert (r.status_code, r.json()["reason"]) == (409, "Conflict")  # no Service: not serving yet
+    fake.objects[("a", "services", "m")] = {
+        "metadata": {"name": "m"}, "spec": {"clusterIP": "10.96.1.2", "ports": [{"name": "http", "port": 80}]}
+    }  # fmt: skip
+    r = client.post(f"{base}/forward", json={"x": 1}, headers={**A, "Cookie": "c=1"})
+    assert r.status_code == 200
+    assert r.json() == {"label": "a"}
+    assert str(seen[-1].url) == "http://10.96.1.2/forward"
+    assert "authorization" not in seen[-1].headers
+    assert "cookie" not in seen[-1].headers
+    r = client.post(f"{base}/v2/models/m/infer", json={}, headers=A)
+    assert r.status_code == 400
+    assert r.json() == {"error": "bad tensor"}
+    r = client.get(f"{base}/v2/health/ready", headers=A)
+    assert r.status_code == 502
+    assert "model crashed" in r.json()["message"]
+    r = client.get(f"{base}/v2/models/../../metrics", headers=A)
+    assert r.status_code in (404, 422)
+    fake.deny_impersonated = lambda user, verb, ns: True
+    assert client.post(f"{base}/forward", json={"x": 1}, headers=A).status_code == 403
+
+
+def test_log_redaction_blanks_credentials() -> None:
+    from kubeloop_api.logconfig import redact
+
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    api_token = "klp_0123456789ab_" + "x" * 43
+    text = redact(f"Authorization: Bearer {jwt} token={api_token} url?X-Amz-Signature=abc123&x=1")
+    assert jwt not in text
+    assert api_token not in text
+    assert "abc123" not in text
+    assert "[REDACTED]" in text
+    assert "x=1" in text

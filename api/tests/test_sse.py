@@ -1,0 +1,148 @@
+"""The SSE stream logic without a cluster: snapshot then changes in order, resume, 410 reset, heartbeats,
+bounded buffers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from kubeloop_api.errors import ForbiddenError
+from kubeloop_api.sse import StatusStream, format_event, summarize
+
+
+def _obj(name: str, rv: int, phase: str | None = None) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": str(rv), "managedFields": [1]},
+            "spec": {"x": 1}, "status": {"phase": phase} if phase else {}}  # fmt: skip
+
+
+def _parse(chunks: list[bytes]) -> list[dict[str, Any]]:
+    out = []
+    for block in b"".join(chunks).decode().split("\n\n"):
+        if not block.strip():
+            continue
+        ev: dict[str, Any] = {"comment": []}
+        for line in block.splitlines():
+            key, _, value = line.partition(": ")
+            if line.startswith(":"):
+                ev["comment"].append(line[2:])
+            elif key == "data":
+                ev["data"] = json.loads(value)
+            else:
+                ev[key] = value
+        out.append(ev)
+    return out
+
+
+async def _collect(stream: StatusStream, limit: int = 100) -> list[bytes]:
+    chunks = []
+    async for c in stream.events():
+        chunks.append(c)
+        if len(chunks) >= limit:
+            break
+    return chunks
+
+
+def test_format_event_and_summary() -> None:
+    raw = format_event("modified", {"a": 1}, "42").decode()
+    assert raw == 'id: 42\nevent: modified\ndata: {"a":1}\n\n'
+    s = summarize(_obj("a", 3, "Running"))
+    assert s == {
+        "metadata": {"name": "a", "namespace": "ns", "resourceVersion": "3"},
+        "status": {"phase": "Running"},
+    }
+
+
+def test_snapshot_then_changes_in_order_then_end() -> None:
+    async def list_fn() -> tuple[list[dict[str, Any]], str]:
+        return [_obj("a", 5, "Pending"), _obj("b", 6)], "10"
+
+    seen_rv: list[str] = []
+
+    async def watch_fn(rv: str) -> AsyncIterator[dict[str, Any]]:
+        seen_rv.append(rv)
+        if rv != "10":
+            raise ForbiddenError("done")
+        for i, phase in enumerate(["Running", "Succeeded"]):
+            yield {"type": "MODIFIED", "object": _obj("a", 11 + i, phase)}
+        yield {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "20"}}}
+        yield {"type": "DELETED", "object": _obj("b", 21)}
+
+    stream = StatusStream(list_fn, watch_fn, resume_from=None, buffer=100, heartbeat_s=5)
+    events = _parse(asyncio.run(_collect(stream)))
+    kinds = [e.get("event") for e in events if "event" in e]
+    assert kinds == ["added", "added", "synced", "modified", "modified", "deleted", "error"]
+    phases = [e["data"]["object"]["status"].get("phase") for e in events if e.get("event") == "modified"]
+    assert phases == ["Running", "Succeeded"]
+    ids = [e.get("id") for e in events if "id" in e]
+    assert ids == ["10", "11", "12", "20", "21"]
+    assert seen_rv == ["10", "21"]  # the second watch resumes after the last event, and is refused
+    assert events[-1]["data"]["code"] == 403
+
+
+def test_resume_skips_the_snapshot_and_410_resets() -> None:
+    calls: list[str] = []
+
+    async def list_fn() -> tuple[list[dict[str, Any]], str]:
+        calls.append("list")
+        return [_obj("a", 30, "Running")], "30"
+
+    async def watch_fn(rv: str) -> AsyncIterator[dict[str, Any]]:
+        calls.append(f"watch:{rv}")
+        if rv == "3":
+            yield {
+                "type": "ERROR",
+                "object": {"kind": "Status", "code": 410, "message": "too old resource version"},
+            }
+        yield {"type": "MODIFIED", "object": _obj("a", 31, "Succeeded")}
+        await asyncio.sleep(10)
+
+    stream = StatusStream(list_fn, watch_fn, resume_from="3", buffer=100, heartbeat_s=5)
+    events = _parse(asyncio.run(_collect(stream, limit=5)))
+    assert calls == ["watch:3", "list", "watch:30"]
+    assert [e.get("event") for e in events if "event" in e] == ["reset", "added", "synced", "modified"]
+
+
+def test_heartbeat_on_an_idle_stream() -> None:
+    async def list_fn() -> tuple[list[dict[str, Any]], str]:
+        return [], "1"
+
+    async def watch_fn(rv: str) -> AsyncIterator[dict[str, Any]]:
+        await asyncio.sleep(10)
+        yield {}
+
+    stream = StatusStream(list_fn, watch_fn, resume_from=None, buffer=10, heartbeat_s=0.05)
+    events = _parse(asyncio.run(_collect(stream, limit=5)))
+    assert sum("heartbeat" in e["comment"] for e in events) >= 2
+
+
+def test_a_slow_client_is_cut_off_after_its_buffer_and_told_to_resume() -> None:
+    async def list_fn() -> tuple[list[dict[str, Any]], str]:
+        return [], "1"
+
+    async def watch_fn(rv: str) -> AsyncIterator[dict[str, Any]]:
+        for i in range(1000):
+            yield {"type": "MODIFIED", "object": _obj("a", 2 + i)}
+
+    overflows = []
+    stream = StatusStream(
+        list_fn, watch_fn, resume_from=None, buffer=8, heartbeat_s=5, on_overflow=lambda: overflows.append(1)
+    )
+
+    async def slow() -> list[bytes]:
+        out = []
+        async for c in stream.events():
+            out.append(c)
+            await asyncio.sleep(0.001)
+        return out
+
+    events = _parse(asyncio.run(slow()))
+    assert overflows == [1]
+    assert events[-1]["event"] == "error"
+    assert events[-1]["data"]["reason"] == "SlowClient"
+    delivered = [e for e in events if e.get("event") == "modified"]
+    assert 0 < len(delivered) <= 8
+    # What was delivered is a gap-free prefix, so resuming from the last id loses nothing.
+    ids = [int(e["id"]) for e in delivered]
+    assert ids == list(range(2, 2 + len(ids)))
