@@ -86,3 +86,11 @@ e2e-operator-chaos: setup ## Crash safety in full: kill -9 the operator at rando
 .PHONY: e2e-operator-idle
 e2e-operator-idle: setup ## Idle writes in full: 50 converged TrainingJobs, 2 minutes of audit log (the suite runs 10 for 30 s)
 	@KUBELOOP_E2E_IDLE_TJS=50 KUBELOOP_E2E_IDLE_SECONDS=120 $(UV) run --frozen pytest tests/e2e/test_operator_robustness.py -k idle -s $(PYTEST_ARGS)
+
+.PHONY: bench-api
+bench-api: setup ## REST facade under load: 200 SSE clients + create/list mix for 60 s, list p99 vs the API server's (last line: RESULT api_list_p99_ms=…)
+	@timeout 900 $(UV) run --frozen python bench/api/bench_api.py $(BENCH_ARGS)
+
+.PHONY: fuzz-api
+fuzz-api: setup ## schemathesis against the REST facade's live OpenAPI document, ~4,000 cases, no 5xx allowed (the suite runs ~1,100)
+	@KUBELOOP_API_FUZZ_EXAMPLES=$${KUBELOOP_API_FUZZ_EXAMPLES:-40} $(UV) run --frozen pytest api/tests/test_component_fuzz.py -s $(PYTEST_ARGS)
