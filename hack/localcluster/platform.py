@@ -42,7 +42,20 @@ OPERATOR_IMAGE: Final = "kubeloop/operator:0.1.0"
 CREDENTIALS_SECRET: Final = "kubeloop-s3"  # kubeloop.contracts.DEFAULT_CREDENTIALS_SECRET
 # Where pods reach the host's MinIO and MLflow: the node agent's system Services (config.yaml).
 POD_S3_ENDPOINT: Final = f"minio.{SYSTEM_NAMESPACE}:9000"
-POD_MLFLOW_URI: Final = f"http://mlflow.{SYSTEM_NAMESPACE}:5000"
+
+
+def _pod_mlflow_uri() -> str:
+    """MLflow as pods reach it: the node agent's ``mlflow`` Service, by its ClusterIP. The MLflow
+    server's DNS-rebinding guard refuses Host headers it does not know (the Service's name) but
+    accepts private addresses, so pods use the address (serviceCIDR + the configured offset)."""
+    from nodeagent import config as agent_config
+
+    cfg = agent_config.load()
+    svc = cfg.system_services.get("mlflow", {"clusterIPOffset": 21, "port": 5000})
+    return f"http://{cfg.service_cidr.network_address + svc['clusterIPOffset']}:{svc['port']}"
+
+
+POD_MLFLOW_URI: Final = _pod_mlflow_uri()
 OPERATOR_NAMESPACES: Final = "*,!t-*,!kube-*"
 DATASET_KEY: Final = "datasets/breast_cancer.csv"
 DEPLOY_DIR: Final = REPO_ROOT / "operator" / "deploy"
