@@ -597,7 +597,10 @@ def main() -> None:
     )
     log(f"NOTE: the load generator ({tool}) shares these {cpus} cores with the server under test; on this")
     log("      machine other jobs may also be running, so absolute numbers are noisy; ratios come from")
-    log("      interleaved runs of the same load generator against each server (order rotated per round).")
+    log(
+        "      interleaved runs of the same load generator against each server; the order reverses every\n"
+        "      round (ABBA), so our server and the floor always run back to back."
+    )
     log(f"per measurement: 1 s warm-up + {a.duration:.0f} s; {a.rounds} interleaved rounds for (a)/(b)")
     work = Path(tempfile.mkdtemp(prefix="kubeloop-bench-"))
     small = work / "small.onnx"
@@ -712,7 +715,7 @@ def main() -> None:
                 log(f"MLServer with parallel_workers={workers} failed to start: {e}")
         for r in range(a.rounds):
             got = {}
-            for s in srv[r % len(srv) :] + srv[: r % len(srv)]:  # rotated: no server always goes first
+            for s in srv if r % 2 == 0 else srv[::-1]:  # ABBA: no server always goes first
                 m, c = measure(s, 16, f"round {r + 1}")
                 got[s.name] = m.rps
                 rps.setdefault(s.name, []).append(m.rps)
@@ -730,9 +733,12 @@ def main() -> None:
         p50s_noop: list[float] = []
         r_p50_floor_rounds: list[float] = []
         for r in range(max(2, a.rounds // 2)):
-            p50s.append(measure(ours, 1, f"c=1 round {r + 1}")[0].p50_ms / 1e3)
-            p50s_floor.append(measure(floor, 1, f"c=1 round {r + 1}")[0].p50_ms / 1e3)
-            p50s_noop.append(measure(noop, 1, f"c=1 round {r + 1}")[0].p50_ms / 1e3)
+            lat: dict[str, float] = {}
+            for s in (ours, floor, noop) if r % 2 == 0 else (noop, floor, ours):
+                lat[s.name] = measure(s, 1, f"c=1 round {r + 1}")[0].p50_ms / 1e3
+            p50s.append(lat[ours.name])
+            p50s_floor.append(lat[floor.name])
+            p50s_noop.append(lat[noop.name])
             r_p50_floor_rounds.append(p50s[-1] / p50s_floor[-1])
         mixed(ours, mixed_small, 16)
 
