@@ -257,6 +257,15 @@ def main() -> int:
         for w in watchers:
             w.stop()
         if op is not None:
+            # The TrainingJobs go first, while the operator can release its finalizer on them.
+            kubectl("delete", "trainingjobs", "--all", "-n", ns, "--wait=false", check=False)
+            deadline = time.monotonic() + 300
+            while (
+                op.running
+                and time.monotonic() < deadline
+                and kubectl("get", "trainingjobs", "-n", ns, "-o", "name", check=False).strip()
+            ):
+                time.sleep(2)
             op.stop()
         kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
         if agent_started:

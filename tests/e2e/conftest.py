@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import pytest
 import yaml
@@ -234,7 +234,7 @@ def kl(platform: Platform, k8s_namespace: str) -> Iterator[Kl]:
 
 # The e2e name of the platform's LocalOperator (localcluster.platform): start/kill/stop/restart,
 # rss_bytes, metrics and log.
-OperatorProcess = lp.LocalOperator
+OperatorProcess: TypeAlias = lp.LocalOperator
 
 
 def operator_for(kl: Kl, workdir: Path) -> OperatorProcess:
@@ -249,13 +249,42 @@ def operator_for(kl: Kl, workdir: Path) -> OperatorProcess:
     return lp.LocalOperator(p.kubectl, kl.namespace, minio, p.mlflow.tracking_uri, workdir)
 
 
+KUBELOOP_KINDS = (k8s.TRAININGJOB, k8s.MODELDEPLOYMENT, k8s.DRIFTMONITOR)
+
+
+def drain(kl: Kl, op: OperatorProcess | None, timeout: float = 60) -> None:
+    """Delete every Kubeloop resource of the namespace while an operator runs to release its
+    finalizer; without one (or past ``timeout``) the finalizer is removed by hand. Otherwise the
+    namespace's deletion would wait forever for an operator that is gone."""
+    if op is not None and op.starts and not op.running:
+        op.start()
+    for kind in KUBELOOP_KINDS:
+        for obj in kl.objects(kind):
+            kl.kube.delete(kind, kl.namespace, obj["metadata"]["name"])
+    deadline = time.monotonic() + (timeout if op is not None and op.running else 0)
+    while time.monotonic() < deadline and any(kl.objects(kind) for kind in KUBELOOP_KINDS):
+        time.sleep(0.5)
+    for kind in KUBELOOP_KINDS:
+        for obj in kl.objects(kind):
+            kl.kube.request(
+                "PATCH",
+                kind.path(kl.namespace, obj["metadata"]["name"]),
+                body={"metadata": {"finalizers": None}},
+                content_type=k8s.MERGE_PATCH,
+            )
+
+
 @pytest.fixture
 def kubeloop_operator(kl: Kl, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[OperatorProcess]:
+    """The test's operator; at teardown it releases the namespace's resources, then stops."""
     op = operator_for(kl, tmp_path / "operator")
     try:
         yield op
     finally:
-        op.stop()
+        try:
+            drain(kl, op)
+        finally:
+            op.stop()
         rep = getattr(request.node, "rep_call", None)
         if rep is not None and rep.failed and op.log_path.exists():
             print(f"\n----- operator log ({op.log_path}) -----\n{op.log()[-8000:]}", file=sys.stderr)

@@ -26,7 +26,7 @@ from kubeloop_operator import k8s
 
 from kubeloop.contracts import Labels
 
-from .conftest import OPERATOR_SA, Kl, OperatorProcess, audit_writes, operator_for
+from .conftest import OPERATOR_SA, Kl, OperatorProcess, audit_writes, drain, operator_for
 
 pytestmark = pytest.mark.e2e
 
@@ -273,5 +273,6 @@ def test_two_replicas_with_distinct_priorities_run_exactly_one_active(
         assert _reconciles(low.metrics()) > low_before
     finally:
         high.stop()
+        drain(kl, low)
         low.stop()
         kl.platform.kubectl("delete", "clusterkopfpeering", peering, "--ignore-not-found", check=False)

@@ -80,6 +80,8 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: ChildView, *, progress
     """Bring one TrainingJob's children and status up to date. Raises kopf.TemporaryError when the
     API server refused a child for now (after the status says so)."""
     owner = Owner.from_body(body)
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        return  # being deleted: garbage collection takes the children; nothing to create or report
     with rt.exclusive(owner.uid) as mem:
         now = datetime.now(UTC)
         current = parse_status(body.get("status"))
