@@ -3,187 +3,42 @@
 A worker creates the pod's sandbox (netns + IP), materialises its volumes, runs init containers one
 after the other and then the containers, each through :mod:`launcher` in the pod's namespaces;
 restarts them per restartPolicy with the kubelet's back-off; runs startup, readiness and liveness
-probes; reports phase, conditions and container states; and on deletion sends SIGTERM to each
-container's process group, SIGKILL after the grace period, tears the sandbox down and deletes the
-pod object (grace 0, uid precondition). Container state is kept on disk, so a restarted agent adopts
-running containers instead of starting them again.
+probes (:mod:`probes`); reports phase, conditions and container states (:mod:`podstatus`); and on
+deletion sends SIGTERM to each container's process group, SIGKILL after the grace period, tears the
+sandbox down and deletes the pod object (grace 0, uid precondition). Container state is kept on disk
+(:mod:`container`), so a restarted agent adopts running containers instead of starting them again.
+What a container sees (environment, mounts, capabilities) is :mod:`containerenv`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
-from . import network
-from .config import Config, ResolvedImage
-from .kubeapi import Api, ApiError
-from .podutil import field_value, now_iso, parse_time, resource_value
+from . import network, podstatus
+from .config import ResolvedImage
+from .container import ConfigError, Container, Host, Obj, expand, proc_start_ticks
+from .containerenv import capabilities, container_env, container_mounts
+from .kubeapi import ApiError
+from .podutil import now_iso, parse_time
+from .probes import Prober
 from .volumes import PodVolumes, VolumeError
-
-_WORKSPACE = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("nodeagent.pods")
 
-Obj = dict[str, Any]
 LAUNCHER = Path(__file__).resolve().parent / "launcher.py"
 MAX_TERMINATION_MESSAGE = 4096
-# What containerd/Docker grant a non-privileged container by default.
-DEFAULT_CAPABILITIES = [
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FSETID",
-    "FOWNER",
-    "MKNOD",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETFCAP",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "KILL",
-    "AUDIT_WRITE",
-]
-_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
-
-class Host(Protocol):
-    cfg: Config
-    node_api: Api
-    ipam: network.IPAM
-    pods_dir: Path
-
-    @property
-    def node_allocatable(self) -> dict[str, str]: ...
-
-    def event(
-        self, pod: Obj, etype: str, reason: str, message: str, *, component: str = "kubelet"
-    ) -> None: ...
-
-    def service_env(self, namespace: str) -> dict[str, str]: ...
-
-    def hosts_entries(self) -> list[tuple[str, list[str]]]: ...
-
-    def ensure_mountpoint(self, target: str, is_dir: bool) -> None: ...
-
-    def forget(self, uid: str) -> None: ...
-
-
-class ConfigError(Exception):
-    """CreateContainerConfigError: a referenced ConfigMap/Secret (key) is missing."""
-
-
-def expand(value: str, env: dict[str, str]) -> str:
-    """Kubernetes ``$(VAR)`` expansion: defined variables are replaced, ``$$`` escapes, others stay."""
-
-    def repl(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name = m.group(1)
-        return env.get(name, m.group(0))
-
-    return _VAR_REF.sub(repl, value)
-
-
-def _proc_start_ticks(pid: int) -> int | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])
-
-
-@dataclass
-class Container:
-    spec: Obj
-    init: bool
-    run_dir: Path
-    restart_count: int = 0
-    state: str = "waiting"  # waiting / running / terminated
-    waiting_reason: str = "ContainerCreating"
-    waiting_message: str = ""
-    pid: int | None = None
-    ticks: int | None = None
-    started_at: str = ""
-    finished_at: str = ""
-    exit_code: int = 0
-    signal: int = 0
-    reason: str = ""
-    message: str = ""
-    last_terminated: Obj | None = None
-    ready: bool = False
-    started: bool = False
-    backoff_delay: float = 0.0
-    backoff_until: float = 0.0
-    image_id: str = ""
-    image_failures: int = 0
-    env: dict[str, str] = field(default_factory=dict)
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-    probe_tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    killing: str = ""  # why the agent is stopping it ("" when it is not)
-
-    @property
-    def name(self) -> str:
-        return str(self.spec["name"])
-
-    @property
-    def container_id(self) -> str:
-        return f"kubeloop://{self.run_dir.parent.parent.name}-{self.name}-{self.restart_count}"
-
-    def log_path(self, restart: int | None = None) -> Path:
-        return self.run_dir / f"{self.restart_count if restart is None else restart}.log"
-
-    def terminated_record(self) -> Obj:
-        rec: Obj = {
-            "exitCode": self.exit_code,
-            "reason": self.reason or ("Completed" if self.exit_code == 0 else "Error"),
-            "startedAt": self.started_at or None,
-            "finishedAt": self.finished_at or now_iso(),
-            "containerID": self.container_id,
-        }
-        if self.signal:
-            rec["signal"] = self.signal
-        if self.message:
-            rec["message"] = self.message
-        return rec
-
-    def persist(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        data = {
-            "restartCount": self.restart_count,
-            "state": self.state,
-            "pid": self.pid,
-            "ticks": self.ticks,
-            "startedAt": self.started_at,
-            "finishedAt": self.finished_at,
-            "exitCode": self.exit_code,
-            "signal": self.signal,
-            "reason": self.reason,
-            "message": self.message,
-            "lastTerminated": self.last_terminated,
-            "backoffDelay": self.backoff_delay,
-            "imageID": self.image_id,
-        }
-        tmp = self.run_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.run_dir / "state.json")
+__all__ = ["PodWorker"]
 
 
 class PodWorker:
@@ -222,6 +77,7 @@ class PodWorker:
         ]
         self.initialized = not self.init_containers
         self.task: asyncio.Task[None] | None = None
+        self.prober = Prober(self)
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -324,13 +180,13 @@ class PodWorker:
             c.state = d.get("state", "waiting")
             if c.state == "running":
                 pid, ticks = d.get("pid"), d.get("ticks")
-                if pid and ticks and _proc_start_ticks(int(pid)) == int(ticks):
+                if pid and ticks and proc_start_ticks(int(pid)) == int(ticks):
                     c.pid, c.ticks = int(pid), int(ticks)
                     c.exited.clear()
                     self._watch_exit(c, own_child=False)
                     c.started = not c.spec.get("startupProbe")
                     c.ready = False
-                    self._start_probes(c)
+                    self.prober.start(c)
                 else:
                     self._finish(c, None)
         log.info("adopted pod %s/%s (ip %s)", self.ns, self.name, self.pod_ip or "-")
@@ -372,7 +228,7 @@ class PodWorker:
             return
         if self.terminal:
             if self.ran_here:
-                await self._stop_all("PodCompleted", grace=self._grace())
+                await self._stop_all("PodCompleted", grace=self.grace())
                 await asyncio.to_thread(self._teardown_sandbox)
                 await self._push_status()
             return
@@ -421,7 +277,7 @@ class PodWorker:
                 await self._sync_container(c)
         self._compute_phase()
         if self.terminal:
-            await self._stop_all("PodCompleted", grace=self._grace())
+            await self._stop_all("PodCompleted", grace=self.grace())
             await asyncio.to_thread(self._teardown_sandbox)
         self.save_meta()
         await self._push_status()
@@ -489,152 +345,6 @@ class PodWorker:
         await self._start(c)
 
     # ------------------------------------------------------------------ containers
-    async def _env(self, c: Container) -> dict[str, str]:
-        env: dict[str, str] = {}
-        spec = self.pod["spec"]
-        if spec.get("enableServiceLinks", True):
-            env.update(self.host.service_env(self.ns))
-        else:
-            env.update(
-                {k: v for k, v in self.host.service_env(self.ns).items() if k.startswith("KUBERNETES_")}
-            )
-        for src in c.spec.get("envFrom") or []:
-            prefix = src.get("prefix") or ""
-            if "configMapRef" in src:
-                ref = src["configMapRef"]
-                obj = await self._get_ref("configmaps", ref["name"], bool(ref.get("optional")))
-                for k, v in ((obj or {}).get("data") or {}).items():
-                    env[prefix + k] = v
-            elif "secretRef" in src:
-                ref = src["secretRef"]
-                obj = await self._get_ref("secrets", ref["name"], bool(ref.get("optional")))
-                for k, v in ((obj or {}).get("data") or {}).items():
-                    env[prefix + k] = base64.b64decode(v).decode(errors="replace")
-        for e in c.spec.get("env") or []:
-            name = e["name"]
-            if "value" in e:
-                env[name] = expand(str(e.get("value") or ""), env)
-                continue
-            src = e.get("valueFrom")
-            if not src:
-                env[name] = ""
-                continue
-            if "fieldRef" in src:
-                env[name] = field_value(self._pod_with_status(), src["fieldRef"]["fieldPath"])
-            elif "resourceFieldRef" in src:
-                env[name] = resource_value(
-                    self.pod, src["resourceFieldRef"], c.name, self.host.node_allocatable
-                )
-            elif "configMapKeyRef" in src or "secretKeyRef" in src:
-                is_secret = "secretKeyRef" in src
-                ref = src["secretKeyRef" if is_secret else "configMapKeyRef"]
-                obj = await self._get_ref(
-                    "secrets" if is_secret else "configmaps", ref["name"], bool(ref.get("optional"))
-                )
-                if obj is None:
-                    continue
-                data = obj.get("data") or {}
-                if ref["key"] not in data:
-                    if ref.get("optional"):
-                        continue
-                    kind = "secret" if is_secret else "configmap"
-                    raise ConfigError(
-                        f"couldn't find key {ref['key']} in {kind.capitalize() if not is_secret else 'Secret'} {self.ns}/{ref['name']}"
-                    )
-                value = data[ref["key"]]
-                if is_secret:
-                    value = base64.b64decode(value).decode(errors="replace")
-                env[name] = value
-        return env
-
-    async def _get_ref(self, plural: str, name: str, optional: bool) -> Obj | None:
-        try:
-            return await self.host.node_api.get(f"/api/v1/namespaces/{self.ns}/{plural}/{name}")
-        except ApiError as exc:
-            if exc.status == 404 and optional:
-                return None
-            kind = "secret" if plural == "secrets" else "configmap"
-            raise ConfigError(
-                f'{kind} "{name}" not found' if exc.status == 404 else f"{kind} {name!r}: {exc.message}"
-            ) from exc
-
-    def _pod_with_status(self) -> Obj:
-        pod = dict(self.pod)
-        status = dict(pod.get("status") or {})
-        status.update(
-            {
-                "podIP": self.pod_ip,
-                "podIPs": [{"ip": self.pod_ip}] if self.pod_ip else [],
-                "hostIP": self.cfg.bridge_ip,
-                "hostIPs": [{"ip": self.cfg.bridge_ip}],
-            }
-        )
-        pod["status"] = status
-        return pod
-
-    def _hosts_file(self) -> Path:
-        path = self.dir / "etc-hosts"
-        hostname = self.pod["spec"].get("hostname") or self.name
-        sub = self.pod["spec"].get("subdomain")
-        fqdn = f"{hostname}.{sub}.{self.ns}.svc.cluster.local" if sub else ""
-        lines = [
-            "# Kubernetes-managed hosts file (kubeloop node agent).",
-            "127.0.0.1\tlocalhost",
-            "::1\tlocalhost ip6-localhost ip6-loopback",
-            f"{self.pod_ip}\t{fqdn + chr(9) if fqdn else ''}{hostname}",
-        ]
-        for ip, names in self.host.hosts_entries():
-            lines.append(f"{ip}\t{' '.join(names)}")
-        for alias in self.pod["spec"].get("hostAliases") or []:
-            lines.append(f"{alias['ip']}\t{' '.join(alias.get('hostnames') or [])}")
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
-    def _mounts(self, c: Container) -> list[Obj]:
-        mounts: list[Obj] = []
-        targets: set[str] = set()
-        for vm in c.spec.get("volumeMounts") or []:
-            src = self.volumes.paths.get(vm["name"])
-            if src is None:
-                raise ConfigError(f"volume {vm['name']!r} not found in the pod's volumes")
-            sub = vm.get("subPath") or ""
-            if sub:
-                if sub.startswith("/") or ".." in sub.split("/"):
-                    raise ConfigError(f"invalid subPath {sub!r}")
-                src = src / sub
-                if not src.exists():
-                    src.mkdir(parents=True)
-            target = os.path.normpath(vm["mountPath"])
-            mounts.append({"source": str(src), "target": target, "readOnly": bool(vm.get("readOnly"))})
-            targets.add(target)
-        tmp = self.dir / "tmp"
-        tmp.mkdir(exist_ok=True)
-        tmp.chmod(0o1777)
-        hostname_file = self.dir / "etc-hostname"
-        hostname_file.write_text((self.pod["spec"].get("hostname") or self.name)[:63] + "\n")
-        extra = [("/tmp", tmp), ("/etc/hosts", self._hosts_file()), ("/etc/hostname", hostname_file)]
-        # Containers run this workspace's code: when it lives under /tmp (a fresh CI clone often
-        # does), the pod's private /tmp would hide it, so bind the workspace back over it.
-        for keep in {_WORKSPACE, Path(sys.prefix).resolve()}:
-            if keep.is_relative_to("/tmp"):
-                extra.append((str(keep), keep))
-        term = c.spec.get("terminationMessagePath") or "/dev/termination-log"
-        c.run_dir.mkdir(parents=True, exist_ok=True)
-        tfile = c.run_dir / f"termination-{c.restart_count}"
-        tfile.write_bytes(b"")
-        tfile.chmod(0o666)
-        extra.append((os.path.normpath(term), tfile))
-        for target, src in extra:
-            if target not in targets:
-                mounts.append({"source": str(src), "target": target, "readOnly": False})
-                targets.add(target)
-        mounts.sort(key=lambda m: m["target"].count("/"))
-        for m in mounts:
-            nested = any(m["target"] != t and m["target"].startswith(t.rstrip("/") + "/") for t in targets)
-            if not nested and not os.path.exists(m["target"]):
-                self.host.ensure_mountpoint(m["target"], is_dir=Path(m["source"]).is_dir())
-        return mounts
-
     async def _start(self, c: Container) -> None:
         image = str(c.spec.get("image") or "")
         resolved: ResolvedImage | None = self.cfg.resolve_image(image, self.restart_policy)
@@ -666,8 +376,8 @@ class PodWorker:
         c.image_id = resolved.image_id
         try:
             env = dict(resolved.env)
-            env.update(await self._env(c))
-            mounts = self._mounts(c)
+            env.update(await container_env(self.host, self.pod, c, self.pod_ip))
+            mounts = container_mounts(self.host, self.pod, c, self.dir, self.pod_ip, self.volumes.paths)
         except ConfigError as exc:
             c.state, c.waiting_reason, c.waiting_message = "waiting", "CreateContainerConfigError", str(exc)
             self.event_once(f"config:{c.name}:{exc}", "Warning", "Failed", f"Error: {exc}")
@@ -695,14 +405,6 @@ class PodWorker:
         pctx = self.pod["spec"].get("securityContext") or {}
         run_as_user = ctx.get("runAsUser", pctx.get("runAsUser"))
         run_as_group = ctx.get("runAsGroup", pctx.get("runAsGroup"))
-        # The container runtime's default capability set, adjusted by securityContext (privileged: all).
-        capabilities: list[str] | None = None
-        if not ctx.get("privileged"):
-            caps = ctx.get("capabilities") or {}
-            drop = {str(c).upper().removeprefix("CAP_") for c in caps.get("drop") or []}
-            add = {str(c).upper().removeprefix("CAP_") for c in caps.get("add") or []}
-            base = set() if "ALL" in drop else set(DEFAULT_CAPABILITIES)
-            capabilities = sorted((base | add) - drop)
         c.run_dir.mkdir(parents=True, exist_ok=True)
         exit_file = c.run_dir / f"exit-{c.restart_count}.json"
         with contextlib.suppress(FileNotFoundError):
@@ -716,7 +418,7 @@ class PodWorker:
             "exitFile": str(exit_file),
             "runAsUser": run_as_user,
             "runAsGroup": run_as_group,
-            "capabilities": capabilities,
+            "capabilities": capabilities(ctx),
         }
         spec_file = c.run_dir / f"spec-{c.restart_count}.json"
         spec_file.write_text(json.dumps(spec))
@@ -738,7 +440,7 @@ class PodWorker:
                 env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
             )
         proc.returncode = 0  # reaped by _watch_exit, not by Popen's finaliser
-        c.pid, c.ticks = proc.pid, _proc_start_ticks(proc.pid)
+        c.pid, c.ticks = proc.pid, proc_start_ticks(proc.pid)
         c.env = env
         c.state = "running"
         c.started_at = now_iso()
@@ -750,7 +452,7 @@ class PodWorker:
         c.exited.clear()
         c.persist()
         self._watch_exit(c, own_child=True)
-        self._start_probes(c)
+        self.prober.start(c)
         self.host.event(self.pod, "Normal", "Started", f"Started container {c.name}")
 
     def _watch_exit(self, c: Container, *, own_child: bool) -> None:
@@ -832,176 +534,15 @@ class PodWorker:
                 msg = "\n".join(data.decode(errors="replace").splitlines()[-80:])
         return msg
 
-    # ------------------------------------------------------------------ probes
-    def _start_probes(self, c: Container) -> None:
-        if c.init:
-            return
-        if c.spec.get("startupProbe"):
-            c.probe_tasks.append(asyncio.create_task(self._probe_loop(c, "startup", c.spec["startupProbe"])))
-        else:
-            self._start_main_probes(c)
-
-    def _start_main_probes(self, c: Container) -> None:
-        if c.spec.get("readinessProbe"):
-            c.probe_tasks.append(
-                asyncio.create_task(self._probe_loop(c, "readiness", c.spec["readinessProbe"]))
-            )
-        else:
-            c.ready = True
-            self.poke()
-        if c.spec.get("livenessProbe"):
-            c.probe_tasks.append(
-                asyncio.create_task(self._probe_loop(c, "liveness", c.spec["livenessProbe"]))
-            )
-
-    async def _probe_loop(self, c: Container, kind: str, probe: Obj) -> None:
-        run_pid = c.pid
-        await asyncio.sleep(float(probe.get("initialDelaySeconds") or 0))
-        period = float(probe.get("periodSeconds") or 10)
-        success_needed = int(probe.get("successThreshold") or 1)
-        failure_needed = int(probe.get("failureThreshold") or 3)
-        successes = failures = 0
-        while c.pid == run_pid and c.state == "running":
-            ok, detail = await self._probe_once(c, probe)
-            if c.pid != run_pid or c.state != "running":
-                return
-            if ok:
-                successes, failures = successes + 1, 0
-            else:
-                successes, failures = 0, failures + 1
-                self.host.event(
-                    self.pod, "Warning", "Unhealthy", f"{kind.capitalize()} probe failed: {detail}"
-                )
-            if kind == "readiness":
-                if ok and successes >= success_needed and not c.ready:
-                    c.ready = True
-                    self.poke()
-                elif not ok and failures >= failure_needed and c.ready:
-                    c.ready = False
-                    self.poke()
-            elif kind == "startup":
-                if ok:
-                    c.started = True
-                    self._start_main_probes(c)
-                    self.poke()
-                    return
-                if failures >= failure_needed:
-                    self.host.event(
-                        self.pod,
-                        "Normal",
-                        "Killing",
-                        f"Container {c.name} failed startup probe, will be restarted",
-                    )
-                    await self._kill(c, self._probe_grace(probe), "startup probe failed")
-                    return
-            elif kind == "liveness" and failures >= failure_needed:
-                self.host.event(
-                    self.pod,
-                    "Normal",
-                    "Killing",
-                    f"Container {c.name} failed liveness probe, will be restarted",
-                )
-                await self._kill(c, self._probe_grace(probe), "liveness probe failed")
-                return
-            await asyncio.sleep(period)
-
-    def _probe_grace(self, probe: Obj) -> float:
-        g = probe.get("terminationGracePeriodSeconds")
-        return float(g) if g is not None else self._grace()
-
-    def _port(self, c: Container, port: Any) -> int:
-        if isinstance(port, int) or str(port).isdigit():
-            return int(port)
-        for p in c.spec.get("ports") or []:
-            if p.get("name") == port:
-                return int(p["containerPort"])
-        raise ValueError(f"named port {port!r} not found in container {c.name}")
-
-    async def _probe_once(self, c: Container, probe: Obj) -> tuple[bool, str]:
-        timeout = float(probe.get("timeoutSeconds") or 1)
-        try:
-            if "httpGet" in probe:
-                return await asyncio.wait_for(self._http_probe(c, probe["httpGet"]), timeout)
-            if "tcpSocket" in probe or "grpc" in probe:
-                spec = probe.get("tcpSocket") or probe["grpc"]
-                host = spec.get("host") or self.pod_ip
-                port = self._port(c, spec["port"])
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
-                return True, ""
-            if "exec" in probe:
-                return await self._exec_probe(c, probe["exec"].get("command") or [], timeout)
-        except TimeoutError:
-            return False, f"timeout after {timeout:g}s"
-        except (OSError, ValueError) as exc:
-            return False, str(exc)
-        return True, ""
-
-    async def _http_probe(self, c: Container, spec: Obj) -> tuple[bool, str]:
-        host = spec.get("host") or self.pod_ip
-        port = self._port(c, spec["port"])
-        path = spec.get("path") or "/"
-        scheme = (spec.get("scheme") or "HTTP").upper()
-        ctx = None
-        if scheme == "HTTPS":
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        reader, writer = await asyncio.open_connection(host, port, ssl=ctx)
-        headers = {
-            "Host": f"{host}:{port}",
-            "User-Agent": "kube-probe/1.37",
-            "Accept": "*/*",
-            "Connection": "close",
-        }
-        for h in spec.get("httpHeaders") or []:
-            headers[h["name"]] = h["value"]
-        req = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-        writer.write(req.encode())
-        await writer.drain()
-        line = await reader.readline()
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-        parts = line.decode(errors="replace").split()
-        if len(parts) < 2 or not parts[1].isdigit():
-            return False, f"malformed HTTP response {line[:80]!r}"
-        code = int(parts[1])
-        if 200 <= code < 400:
-            return True, ""
-        return False, f"HTTP probe failed with statuscode: {code}"
-
-    async def _exec_probe(self, c: Container, command: list[str], timeout: float) -> tuple[bool, str]:
-        if not command or c.pid is None:
-            return False, "no command"
-        proc = await asyncio.create_subprocess_exec(
-            "nsenter", "--target", str(c.pid), "--net", "--mount", "--uts", "--", *command,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=c.env, cwd="/",
-        )  # fmt: skip
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            return False, f"command timed out after {timeout:g}s"
-        if proc.returncode == 0:
-            return True, ""
-        return (
-            False,
-            f"command {command!r} exited with {proc.returncode}: {out.decode(errors='replace')[-200:]}",
-        )
-
     # ------------------------------------------------------------------ stopping
-    def _grace(self) -> float:
+    def grace(self) -> float:
         meta = self.pod["metadata"]
         g = meta.get("deletionGracePeriodSeconds")
         if g is None:
             g = self.pod["spec"].get("terminationGracePeriodSeconds", 30)
         return float(g if g is not None else 30)
 
-    async def _kill(self, c: Container, grace: float, why: str) -> None:
+    async def kill(self, c: Container, grace: float, why: str) -> None:
         if c.state != "running" or c.pid is None:
             return
         c.killing = why
@@ -1022,7 +563,7 @@ class PodWorker:
             return
         for c in running:
             self.host.event(self.pod, "Normal", "Killing", f"Stopping container {c.name}")
-        await asyncio.gather(*(self._kill(c, grace, why) for c in running))
+        await asyncio.gather(*(self.kill(c, grace, why) for c in running))
 
     def _teardown_sandbox(self) -> None:
         if self.sandbox_torn_down:
@@ -1034,7 +575,7 @@ class PodWorker:
         self.save_meta()
 
     async def _terminate_pod(self) -> None:
-        grace = self._grace()
+        grace = self.grace()
         await self._stop_all("PodDeleted", grace)
         for c in self.all_containers:
             if c.state == "waiting":
@@ -1066,140 +607,34 @@ class PodWorker:
     def _compute_phase(self, deleting: bool = False) -> None:
         if self.terminal:
             return
-        policy = self.restart_policy
-        init_failed = any(c.state == "terminated" and c.exit_code != 0 for c in self.init_containers)
-        if not self.initialized:
-            phase = "Failed" if policy == "Never" and init_failed else "Pending"
-        else:
-            running = waiting = stopped = succeeded = 0
-            for c in self.containers:
-                if c.state == "running":
-                    running += 1
-                elif c.state == "terminated":
-                    stopped += 1
-                    succeeded += c.exit_code == 0
-                elif c.last_terminated:
-                    stopped += 1
-                else:
-                    waiting += 1
-            total = len(self.containers)
-            if waiting:
-                phase = "Pending"
-            elif running:
-                phase = "Running"
-            elif stopped == total:
-                if policy == "Always" and not deleting:
-                    phase = "Running"
-                elif succeeded == total:
-                    phase = "Succeeded"
-                elif policy == "OnFailure" and not deleting:
-                    phase = "Running"
-                else:
-                    phase = "Failed"
-            else:
-                phase = "Pending"
+        phase = podstatus.compute_phase(
+            self.containers,
+            self.init_containers,
+            initialized=self.initialized,
+            restart_policy=self.restart_policy,
+            deleting=deleting,
+        )
         self.phase = phase
         if phase in ("Succeeded", "Failed") and not deleting:
             self.terminal = True
             self.save_meta()
 
-    def _condition(self, ctype: str, ok: bool, reason: str = "", message: str = "") -> Obj:
-        status = "True" if ok else "False"
-        prev = self.conditions.get(ctype)
-        if prev is None:
-            for c in (self.pod.get("status") or {}).get("conditions") or []:
-                if c.get("type") == ctype:
-                    prev = c
-        ltt = (
-            prev["lastTransitionTime"]
-            if prev and prev.get("status") == status and prev.get("lastTransitionTime")
-            else now_iso()
-        )
-        cond: Obj = {"type": ctype, "status": status, "lastProbeTime": None, "lastTransitionTime": ltt}
-        if reason and not ok:
-            cond["reason"] = reason
-        if message and not ok:
-            cond["message"] = message
-        self.conditions[ctype] = cond
-        return cond
-
-    def _container_status(self, c: Container) -> Obj:
-        s: Obj = {
-            "name": c.name,
-            "image": c.spec.get("image", ""),
-            "imageID": c.image_id,
-            "restartCount": c.restart_count,
-            "ready": c.ready and c.state == "running",
-            "started": c.state == "running" and c.started,
-            "lastState": {"terminated": c.last_terminated} if c.last_terminated else {},
-        }
-        if c.state == "running":
-            s["state"] = {"running": {"startedAt": c.started_at}}
-            s["containerID"] = c.container_id
-        elif c.state == "terminated" and not (c.waiting_reason == "CrashLoopBackOff" and c.backoff_until):
-            s["state"] = {"terminated": c.terminated_record()}
-            s["containerID"] = c.container_id
-        elif c.state == "terminated":
-            s["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": c.waiting_message}}
-            s["lastState"] = {"terminated": c.terminated_record()}
-            s["containerID"] = c.container_id
-        else:
-            reason = c.waiting_reason or "ContainerCreating"
-            if not c.init and not self.initialized and reason == "ContainerCreating":
-                reason = "PodInitializing"
-            w: Obj = {"reason": reason}
-            if c.waiting_message:
-                w["message"] = c.waiting_message
-            s["state"] = {"waiting": w}
-        if c.spec.get("restartPolicy") and c.init:
-            s["restartPolicy"] = c.spec["restartPolicy"]
-        return s
-
     async def _push_status(self) -> None:
-        sandbox_ok = self.sandbox is not None
-        unready = [c.name for c in self.containers if not (c.ready and c.state == "running")]
-        ready = not unready and bool(self.containers)
-        uninit = [c.name for c in self.init_containers if not (c.state == "terminated" and c.exit_code == 0)]
-        completed = self.phase == "Succeeded"
-        conds = [
-            self._condition("PodReadyToStartContainers", sandbox_ok),
-            self._condition(
-                "Initialized",
-                self.initialized or completed,
-                "ContainersNotInitialized",
-                f"containers with incomplete status: [{' '.join(uninit)}]",
-            ),
-            self._condition(
-                "ContainersReady",
-                ready,
-                "PodCompleted" if completed else "ContainersNotReady",
-                "" if completed else f"containers with unready status: [{' '.join(unready)}]",
-            ),
-            self._condition(
-                "Ready",
-                ready,
-                "PodCompleted" if completed else "ContainersNotReady",
-                "" if completed else f"containers with unready status: [{' '.join(unready)}]",
-            ),
-        ]
-        status: Obj = {
-            "phase": self.phase,
-            "conditions": conds,
-            "hostIP": self.cfg.bridge_ip,
-            "hostIPs": [{"ip": self.cfg.bridge_ip}],
-            "startTime": self.start_time or now_iso(),
-            "containerStatuses": [self._container_status(c) for c in self.containers],
-        }
+        status = podstatus.pod_status(
+            pod=self.pod,
+            known_conditions=self.conditions,
+            containers=self.containers,
+            init_containers=self.init_containers,
+            phase=self.phase,
+            initialized=self.initialized,
+            sandbox_ready=self.sandbox is not None,
+            host_ip=self.cfg.bridge_ip,
+            pod_ip=self.pod_ip,
+            start_time=self.start_time,
+            volume_error=self.volume_error,
+        )
         if self.start_time == "":
             self.start_time = status["startTime"]
-        if self.pod_ip:
-            status["podIP"] = self.pod_ip
-            status["podIPs"] = [{"ip": self.pod_ip}]
-        if self.init_containers:
-            status["initContainerStatuses"] = [self._container_status(c) for c in self.init_containers]
-        if self.volume_error:
-            for cs in status["containerStatuses"]:
-                cs["state"] = {"waiting": {"reason": "ContainerCreating"}}
         comparable = json.loads(json.dumps(status))
         if comparable == self.last_status:
             return
