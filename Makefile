@@ -21,11 +21,11 @@ setup: uv ## Install uv (if missing) and every dependency of the workspace (idem
 	@$(UV) sync --all-packages --frozen
 
 .PHONY: test
-test: setup ## Run the whole test suite (unit, component, e2e on the local cluster)
+test: setup ## Run the whole test suite (lint, unit, packaging, component, harness, e2e on the local cluster); PYTEST_ARGS='-m "not harness"' leaves out the harness's own tests
 	@bash hack/run-tests.sh $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: setup ## ruff, mypy --strict on the core, import contracts
+lint: setup ## ruff, mypy --strict on every package (core, trainer, server, operator, api, hack, test support), import contracts
 	@$(UV) run --frozen ruff check .
 	@$(UV) run --frozen ruff format --check .
 	@$(UV) run --frozen mypy
