@@ -22,9 +22,15 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 from kubeloop_testing.onnx_models import mlp_model, random_records
-from minio import Minio
 
-from kubeloop.contracts import PREDICTION_LOG_MODEL_VERSION, PREDICTION_LOG_PREDICTION, predictions_prefix
+from kubeloop.contracts import (
+    PREDICTION_LOG_MODEL_VERSION,
+    PREDICTION_LOG_PREDICTION,
+    ObjectRef,
+    predictions_prefix,
+)
+from kubeloop.storage import S3Config, folder
+from kubeloop.storage.s3 import S3Store
 
 pytestmark = pytest.mark.component
 
@@ -36,36 +42,32 @@ CATEGORICAL = (("color", ("red", "green", "blue")), ("size", ("S", "M", "L", "XL
 CLASSES = ["setosa", "versicolor", "virginica"]
 
 
-def _client(m: Any) -> Minio:
-    return Minio(m.endpoint, access_key=m.access_key, secret_key=m.secret_key, secure=False, region=m.region)
+def _store(m: Any) -> S3Store:
+    return S3Store(
+        S3Config(endpoint=m.endpoint, access_key=m.access_key, secret_key=m.secret_key, region=m.region)
+    )
 
 
 def _upload(m: Any, key: str, data: bytes) -> str:
-    _client(m).put_object(m.bucket, key, io.BytesIO(data), len(data))
+    _store(m).put(ObjectRef(m.bucket, key), data)
     return f"s3://{m.bucket}/{key}"
 
 
 def _prediction_rows(m: Any, namespace: str, deployment: str, version: str) -> Any:
     import pandas as pd
 
-    client = _client(m)
-    prefix = predictions_prefix(namespace, deployment, version, bucket=m.bucket).key + "/"
+    store = _store(m)
     frames = []
-    for obj in client.list_objects(m.bucket, prefix=prefix, recursive=True):
-        assert obj.object_name.endswith(".parquet"), obj.object_name
-        resp = client.get_object(m.bucket, obj.object_name)
-        try:
-            frames.append(pq.read_table(io.BytesIO(resp.read())).to_pandas())
-        finally:
-            resp.close()
-            resp.release_conn()
+    for obj in store.list(folder(predictions_prefix(namespace, deployment, version, bucket=m.bucket))):
+        assert obj.ref.key.endswith(".parquet"), obj.ref.key
+        frames.append(pq.read_table(io.BytesIO(store.get(obj.ref))).to_pandas())
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _delete_prefix(m: Any, prefix: str) -> None:
-    client = _client(m)
-    for obj in client.list_objects(m.bucket, prefix=prefix, recursive=True):
-        client.remove_object(m.bucket, obj.object_name)
+    store = _store(m)
+    for obj in list(store.list(ObjectRef(m.bucket, prefix))):
+        store.delete(obj.ref)
 
 
 def _server_env(m: Any, model_uri: str, namespace: str, **extra: str) -> dict[str, str]:

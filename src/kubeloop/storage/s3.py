@@ -64,6 +64,17 @@ def _http_pool(config: S3Config) -> urllib3.PoolManager:
     )
 
 
+def _minio(config: S3Config, host: str, secure: bool, region: str | None) -> Minio:
+    return Minio(
+        host,
+        access_key=config.access_key or None,
+        secret_key=config.secret_key or None,
+        secure=secure,
+        region=region,
+        http_client=_http_pool(config),
+    )
+
+
 class S3Store:
     """MinIO or S3 (path-style), one client per store, safe to share between threads."""
 
@@ -71,28 +82,14 @@ class S3Store:
         host, secure = split_endpoint(config.endpoint, config.secure)
         self.config = config
         self.endpoint = host
-        self._client = Minio(
-            host,
-            access_key=config.access_key or None,
-            secret_key=config.secret_key or None,
-            secure=secure,
-            region=config.region or None,
-            http_client=_http_pool(config),
-        )
+        self._client = _minio(config, host, secure, config.region or None)
         if config.presign_endpoint:
             p_host, p_secure = split_endpoint(config.presign_endpoint, config.secure)
         else:
             p_host, p_secure = host, secure
         # Presigning is local computation; a separate client carries the public host in the URL
         # and a fixed region, so it never sends a request.
-        self._presigner = Minio(
-            p_host,
-            access_key=config.access_key or None,
-            secret_key=config.secret_key or None,
-            secure=p_secure,
-            region=config.region or _DEFAULT_REGION,
-            http_client=_http_pool(config),
-        )
+        self._presigner = _minio(config, p_host, p_secure, config.region or _DEFAULT_REGION)
 
     def __repr__(self) -> str:
         return f"S3Store(endpoint={self.endpoint!r})"
