@@ -23,17 +23,23 @@ from kubeloop_testing.onnx_models import mlp_model
 BENCH = Path(__file__).resolve().parents[1]
 
 
+def load_module(name: str, path: Path, mp: pytest.MonkeyPatch) -> ModuleType:
+    """Import a bench script by path, registered in sys.modules only while ``mp`` is active."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    mp.setitem(sys.modules, name, mod)  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="module")
 def server_bench() -> Iterator[ModuleType]:
     with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(BENCH / "server"))  # bench.py imports its sibling loadgen.py
-        spec = importlib.util.spec_from_file_location("kubeloop_bench_server", BENCH / "server" / "bench.py")
-        assert spec is not None
-        assert spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        mp.setitem(sys.modules, spec.name, mod)  # dataclasses look their module up there
-        spec.loader.exec_module(mod)
-        yield mod
+        # bench.py imports its sibling as ``loadgen`` (bench/api has another module of that name)
+        load_module("loadgen", BENCH / "server" / "loadgen.py", mp)
+        yield load_module("kubeloop_bench_server", BENCH / "server" / "bench.py", mp)
 
 
 def answer(values: list[float], name: str = "probabilities", **extra: object) -> bytes:
@@ -117,16 +123,9 @@ def test_trainer_bench_tiny_run_is_like_for_like_and_ends_with_every_key(
 ) -> None:
     import torch
 
-    spec = importlib.util.spec_from_file_location(
-        "kubeloop_bench_trainer", BENCH / "trainer" / "bench_trainer.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sys.modules, spec.name, mod)  # dataclasses look their module up there
-        spec.loader.exec_module(mod)
+        mod = load_module("kubeloop_bench_trainer", BENCH / "trainer" / "bench_trainer.py", mp)
         try:
             mod.main(["--rows", "1500", "--epochs", "1", "--repeats", "1", "--hidden", "8"])
         finally:
