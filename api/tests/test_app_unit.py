@@ -327,3 +327,27 @@ def test_log_redaction_blanks_credentials() -> None:
     assert "abc123" not in text
     assert "[REDACTED]" in text
     assert "x=1" in text
+
+
+def test_requests_the_api_server_sheds_are_sent_again(fake: FakeKube) -> None:
+    import httpx
+
+    shed = {"n": 0}
+    orig = fake.handle
+
+    def throttling(req: httpx.Request) -> httpx.Response:
+        if "/apis/kubeloop.io/" in req.url.path and shed["n"] < 2:
+            shed["n"] += 1
+            return httpx.Response(429, headers={"Retry-After": "0"}, json={"kind": "Status", "code": 429,
+                                  "reason": "TooManyRequests", "message": "too many requests"})  # fmt: skip
+        return orig(req)
+
+    fake.handle = throttling  # type: ignore[method-assign]
+    with TestClient(_app(fake)) as c:
+        assert c.get("/api/v1/namespaces/a/trainingjobs", headers=A).status_code == 200
+        assert shed["n"] == 2
+    shed["n"] = -100  # always shed: the 429 is passed on after the retries
+    with TestClient(_app(fake, kube_throttle_retries=1)) as c:
+        r = c.get("/api/v1/namespaces/a/trainingjobs", headers=A)
+        assert r.status_code == 429
+        assert shed["n"] == -98

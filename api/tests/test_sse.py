@@ -35,11 +35,12 @@ def _parse(chunks: list[bytes]) -> list[dict[str, Any]]:
     return out
 
 
-async def _collect(stream: StatusStream, limit: int = 100) -> list[bytes]:
+async def _collect(stream: StatusStream, until: Any = None) -> list[bytes]:
+    """Chunks of the stream until it ends or ``until(parsed events)`` holds."""
     chunks = []
     async for c in stream.events():
         chunks.append(c)
-        if len(chunks) >= limit:
+        if until is not None and until(_parse(chunks)):
             break
     return chunks
 
@@ -99,7 +100,7 @@ def test_resume_skips_the_snapshot_and_410_resets() -> None:
         await asyncio.sleep(10)
 
     stream = StatusStream(list_fn, watch_fn, resume_from="3", buffer=100, heartbeat_s=5)
-    events = _parse(asyncio.run(_collect(stream, limit=5)))
+    events = _parse(asyncio.run(_collect(stream, lambda evs: any(e.get("event") == "modified" for e in evs))))
     assert calls == ["watch:3", "list", "watch:30"]
     assert [e.get("event") for e in events if "event" in e] == ["reset", "added", "synced", "modified"]
 
@@ -113,7 +114,9 @@ def test_heartbeat_on_an_idle_stream() -> None:
         yield {}
 
     stream = StatusStream(list_fn, watch_fn, resume_from=None, buffer=10, heartbeat_s=0.05)
-    events = _parse(asyncio.run(_collect(stream, limit=5)))
+    events = _parse(
+        asyncio.run(_collect(stream, lambda evs: sum("heartbeat" in e["comment"] for e in evs) >= 2))
+    )
     assert sum("heartbeat" in e["comment"] for e in events) >= 2
 
 
@@ -146,3 +149,21 @@ def test_a_slow_client_is_cut_off_after_its_buffer_and_told_to_resume() -> None:
     # What was delivered is a gap-free prefix, so resuming from the last id loses nothing.
     ids = [int(e["id"]) for e in delivered]
     assert ids == list(range(2, 2 + len(ids)))
+
+
+def test_a_snapshot_larger_than_the_buffer_is_one_message() -> None:
+    async def list_fn() -> tuple[list[dict[str, Any]], str]:
+        return [_obj(f"o{i}", i) for i in range(500)], "600"
+
+    async def watch_fn(rv: str) -> AsyncIterator[dict[str, Any]]:
+        yield {"type": "MODIFIED", "object": _obj("o1", 601, "Running")}
+        await asyncio.sleep(10)
+
+    stream = StatusStream(list_fn, watch_fn, resume_from=None, buffer=4, heartbeat_s=5)
+    events = _parse(asyncio.run(_collect(stream, lambda evs: any(e.get("event") == "modified" for e in evs))))
+    assert sum(e.get("event") == "added" for e in events) == 500
+    assert not stream.overflow
+    assert [e.get("event") for e in events if e.get("event") in ("synced", "modified")] == [
+        "synced",
+        "modified",
+    ]

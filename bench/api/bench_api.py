@@ -131,6 +131,7 @@ def main() -> int:
         )
         s = res.summary()
         load = os.getloadavg()
+        print("facade's own view:", _facade_means(api_url))
         print(json.dumps(s, indent=2))
         for e in res.errors[:20]:
             print("error:", e)
@@ -153,6 +154,25 @@ def main() -> int:
             delete_namespace(api, n)
         api.close()
         cluster.release("kube", lease)
+
+
+def _facade_means(api_url: str) -> dict[str, float]:
+    """Mean seconds of the list route and of its Kubernetes calls, from the facade's /metrics."""
+    text = httpx.get(f"{api_url}/metrics", timeout=10).text
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        for key, prefix in (
+            ("list", 'kubeloop_api_request_duration_seconds_{}{{method="GET",route="/api/v1/namespaces/{{namespace}}/trainingjobs"}}'),
+            ("kubernetes", 'kubeloop_api_upstream_request_duration_seconds_{}{{status="2xx",upstream="kubernetes"}}'),
+        ):  # fmt: skip
+            for part in ("sum", "count"):
+                if line.startswith(prefix.format(part)):
+                    sums[f"{key}_{part}"] = float(line.rsplit(" ", 1)[1])
+    return {
+        k: round(1000 * sums[f"{k}_sum"] / sums[f"{k}_count"], 2)
+        for k in ("list", "kubernetes")
+        if sums.get(f"{k}_count")
+    }
 
 
 def _prefill(i: int) -> dict[str, Any]:

@@ -11,8 +11,10 @@ each. Errors come back as the facade's :mod:`~kubeloop_api.errors`, Kubernetes' 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -130,7 +132,7 @@ class Kube:
             kw["verify"] = self._creds.ssl
         limits = httpx.Limits(
             max_connections=settings.kube_max_connections,
-            max_keepalive_connections=min(64, settings.kube_max_connections),
+            max_keepalive_connections=min(256, settings.kube_max_connections),
         )
         self.server = base
         self._client = httpx.AsyncClient(base_url=base, timeout=settings.kube_timeout_s, limits=limits, **kw)
@@ -178,22 +180,37 @@ class Kube:
         server's JSON on as it is) or raises the matching :class:`ApiError`."""
         content = orjson.dumps(body) if body is not None else None
         headers = self._headers(as_user, content_type if content is not None else None)
-        t0 = time.perf_counter()
-        code = 0
-        try:
-            resp = await self._client.request(
-                method, path, params=_params(params), content=content, headers=headers
-            )
-            code = resp.status_code
-        except httpx.TimeoutException as e:
-            raise UpstreamTimeoutError(f"Kubernetes API did not answer in time ({what or path})") from e
-        except httpx.HTTPError as e:
-            raise UnavailableError(f"Kubernetes API unreachable: {type(e).__name__}") from e
-        finally:
-            self.metrics.observe_upstream("kubernetes", code, time.perf_counter() - t0)
-        if resp.is_success:
-            return resp
+        for attempt in range(self.settings.kube_throttle_retries + 1):
+            t0 = time.perf_counter()
+            code = 0
+            try:
+                resp = await self._client.request(
+                    method, path, params=_params(params), content=content, headers=headers
+                )
+                code = resp.status_code
+            except httpx.TimeoutException as e:
+                raise UpstreamTimeoutError(f"Kubernetes API did not answer in time ({what or path})") from e
+            except httpx.HTTPError as e:
+                raise UnavailableError(f"Kubernetes API unreachable: {type(e).__name__}") from e
+            finally:
+                self.metrics.observe_upstream("kubernetes", code, time.perf_counter() - t0)
+            if resp.is_success:
+                return resp
+            if not await self._throttled(resp, attempt):
+                break
         raise from_kubernetes(resp.status_code, _decode(resp), what or f"{method} {path}")
+
+    async def _throttled(self, resp: httpx.Response, attempt: int) -> bool:
+        """Wait and say True when the API server shed the request (429 from priority and fairness, which
+        never ran it, so any verb may be sent again), as client-go does; False to give up."""
+        if resp.status_code != 429 or attempt >= self.settings.kube_throttle_retries:
+            return False
+        try:
+            wait = float(resp.headers.get("Retry-After", "1"))
+        except ValueError:
+            wait = 1.0
+        await asyncio.sleep(min(max(wait, 0.1), 5.0) * (0.5 + random.random()))
+        return True
 
     @asynccontextmanager
     async def stream(
@@ -208,15 +225,20 @@ class Kube:
         """A streaming GET (watches, followed logs); the response is open inside the context."""
         headers = self._headers(as_user)
         timeout = httpx.Timeout(self.settings.kube_timeout_s, read=read_timeout)
-        req = self._client.build_request(
-            "GET", path, params=_params(params), headers=headers, timeout=timeout
-        )
-        try:
-            resp = await self._client.send(req, stream=True)
-        except httpx.TimeoutException as e:
-            raise UpstreamTimeoutError(f"Kubernetes API did not answer in time ({what or path})") from e
-        except httpx.HTTPError as e:
-            raise UnavailableError(f"Kubernetes API unreachable: {type(e).__name__}") from e
+        for attempt in range(self.settings.kube_throttle_retries + 1):
+            req = self._client.build_request(
+                "GET", path, params=_params(params), headers=headers, timeout=timeout
+            )
+            try:
+                resp = await self._client.send(req, stream=True)
+            except httpx.TimeoutException as e:
+                raise UpstreamTimeoutError(f"Kubernetes API did not answer in time ({what or path})") from e
+            except httpx.HTTPError as e:
+                raise UnavailableError(f"Kubernetes API unreachable: {type(e).__name__}") from e
+            if resp.status_code != 429 or attempt >= self.settings.kube_throttle_retries:
+                break
+            await resp.aclose()
+            await self._throttled(resp, attempt)
         try:
             if not resp.is_success:
                 await resp.aread()

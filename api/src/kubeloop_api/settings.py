@@ -52,6 +52,13 @@ class ApiSettings(BaseSettings):
         le=65536,
         description="Connection pool size to the API server; every SSE client holds one watch connection.",
     )
+    kube_throttle_retries: int = Field(
+        default=8,
+        ge=0,
+        le=50,
+        description="Times a request the API server shed with 429 (priority and fairness) is sent again, "
+        "after its Retry-After (at most 5 s each), before the 429 is passed on.",
+    )
     namespace: str = Field(
         default="kubeloop-system",
         description="Namespace of the facade itself; its API-token Secrets live here.",

@@ -20,8 +20,8 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -71,15 +71,14 @@ def summarize(obj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@dataclass
-class _Item:
-    data: bytes
-
-
 class StatusStream:
     """One client's stream: a producer task (list + watch) feeding a bounded buffer that the response
     drains. ``list_fn`` returns the current objects and the list's resourceVersion; ``watch_fn(rv)``
-    yields watch events after ``rv`` until the server ends the watch."""
+    yields watch events after ``rv`` until the server ends the watch.
+
+    The buffer holds at most ``buffer`` messages; a snapshot (the initial state, or the state after a
+    reset) is one message however many objects it has. Whatever is pending when the response gets
+    to run goes out as one write."""
 
     def __init__(
         self,
@@ -96,32 +95,39 @@ class StatusStream:
         self.watch_fn = watch_fn
         self.resume_from = resume_from
         self.heartbeat_s = heartbeat_s
-        self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=buffer)
+        self.limit = buffer
+        self.pending: deque[bytes] = deque()
         self.overflow = False
         self.failure: dict[str, Any] | None = None
         self.on_event = on_event or (lambda _t: None)
         self.on_overflow = on_overflow or (lambda: None)
+        self._waiter: asyncio.Future[None] | None = None
 
-    def _put(self, data: bytes, kind: str) -> bool:
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _put(self, data: bytes, kind: str, count: int = 1) -> bool:
         if self.overflow:
             return False
-        try:
-            self.queue.put_nowait(_Item(data))
-        except asyncio.QueueFull:
+        if len(self.pending) >= self.limit:
             self.overflow = True
             self.on_overflow()
+            self._wake()
             return False
-        self.on_event(kind)
+        self.pending.append(data)
+        for _ in range(count):
+            self.on_event(kind)
+        self._wake()
         return True
 
     async def _snapshot(self, reset: bool) -> str | None:
         items, rv = await self.list_fn()
-        if reset and not self._put(format_event("reset", {"type": "RESET"}), "reset"):
-            return None
-        for obj in items:
-            if not self._put(format_event("added", {"type": "ADDED", "object": summarize(obj)}), "added"):
-                return None
-        if not self._put(format_event("synced", {"type": "SYNCED", "resourceVersion": rv}, rv), "synced"):
+        parts = [format_event("reset", {"type": "RESET"})] if reset else []
+        parts += [format_event("added", {"type": "ADDED", "object": summarize(obj)}) for obj in items]
+        parts.append(format_event("synced", {"type": "SYNCED", "resourceVersion": rv}, rv))
+        if not self._put(b"".join(parts), "added", len(items)):
             return None
         return rv
 
@@ -169,20 +175,27 @@ class StatusStream:
         return new_rv
 
     async def events(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
         producer = asyncio.create_task(self.produce())
+        producer.add_done_callback(lambda _t: self._wake())
         try:
             yield format_comment("stream open")
             while True:
-                if self.queue.empty() and producer.done():
-                    break
-                getter = asyncio.ensure_future(self.queue.get())
-                done, _ = await asyncio.wait({getter, producer}, timeout=self.heartbeat_s,
-                                             return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-                if getter in done:
-                    yield getter.result().data
+                if self.pending:
+                    chunk = b"".join(self.pending)
+                    self.pending.clear()
+                    yield chunk
                     continue
-                getter.cancel()
-                if not done:
+                if producer.done():
+                    break
+                self._waiter = loop.create_future()
+                timer = loop.call_later(self.heartbeat_s, self._wake)
+                try:
+                    await self._waiter
+                finally:
+                    timer.cancel()
+                    self._waiter = None
+                if not self.pending and not producer.done():
                     yield format_comment("heartbeat")
             if self.overflow:
                 yield format_event(

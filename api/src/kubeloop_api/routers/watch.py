@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
@@ -99,7 +100,47 @@ def _stream(
     )
 
 
+class _SingleFlight:
+    """Identical lists (same caller, same path and selector) that are in flight at the same time share
+    one request: when many streams of one caller open together (a dashboard reconnecting), the API
+    server lists once. Nothing is kept after the list returns, so every stream still starts from a
+    fresh list; what a caller sees is exactly what its own request would have returned."""
+
+    def __init__(self) -> None:
+        self._inflight: dict[tuple[object, ...], asyncio.Future[tuple[list[dict[str, Any]], str]]] = {}
+
+    async def run(
+        self, key: tuple[object, ...], fn: Callable[[], Awaitable[tuple[list[dict[str, Any]], str]]]
+    ) -> tuple[list[dict[str, Any]], str]:
+        fut = self._inflight.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            result = await fn()
+            fut.set_result(result)
+            return result
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        finally:
+            del self._inflight[key]
+
+
 async def _list_all(
+    svc: Services, caller: Principal, path: str, selector: dict[str, str | int | bool], kind: Kind
+) -> tuple[list[dict[str, Any]], str]:
+    flights = svc.extra.setdefault("sse_list_flights", _SingleFlight())
+    key = (caller.username, caller.groups, path, tuple(sorted(selector.items())))
+    result: tuple[list[dict[str, Any]], str] = await flights.run(
+        key, lambda: _list_pages(svc, caller, path, selector, kind)
+    )
+    return result
+
+
+async def _list_pages(
     svc: Services, caller: Principal, path: str, selector: dict[str, str | int | bool], kind: Kind
 ) -> tuple[list[dict[str, Any]], str]:
     items: list[dict[str, Any]] = []
