@@ -81,7 +81,7 @@ def test_kill_9_at_random_while_trainingjobs_change_converges_without_duplicates
         ]
         live = [n for n in suspend if n not in deleted]
         batch += [("update", n) for n in rng.sample(live, k=min(len(live), max(1, per_round // 2)))]
-        batch += [("delete", n) for n in rng.sample(live, k=min(len(live), max(0, per_round // 4)))]
+        batch += [("delete", n) for n in rng.sample(live, k=min(len(live) // 3, max(1, per_round // 3)))]
         rng.shuffle(batch)
         for action, name in batch:
             if action == "create" and name not in suspend:
