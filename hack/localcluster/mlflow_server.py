@@ -55,7 +55,7 @@ def main(argv: Sequence[str]) -> int:
     from mlflow.cli import cli
 
     if callable(getattr(mlflow.server, "_exec_cmd", None)):
-        mlflow.server._exec_cmd = _serve_in_process  # type: ignore[attr-defined]
+        mlflow.server._exec_cmd = _serve_in_process  # type: ignore[attr-defined]  # private, not in mlflow's exports
     cli.main(args=["server", *argv], prog_name="mlflow")
     return 0
 

@@ -62,7 +62,7 @@ class KubeCluster:
         """A new, ready kubernetes ApiClient for this cluster (the caller closes it)."""
         from kubernetes import config
 
-        api: ApiClient = config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
+        api: ApiClient = config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]  # kubernetes is untyped
         return api
 
     def kubectl(

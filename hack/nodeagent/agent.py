@@ -50,7 +50,7 @@ def _serving_cert(pki: Path, out: Path, cn: str, ip: str) -> tuple[Path, Path]:
     """A kubelet serving certificate for the log endpoint, signed by the cluster CA."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     crt, key_file = out / "kubelet-serving.crt", out / "kubelet-serving.key"
@@ -61,6 +61,8 @@ def _serving_cert(pki: Path, out: Path, cn: str, ip: str) -> tuple[Path, Path]:
             return crt, key_file
     ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
     ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    if not isinstance(ca_key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise TypeError(f"the cluster CA key must be RSA or EC, got {type(ca_key).__name__}")
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -82,7 +84,7 @@ def _serving_cert(pki: Path, out: Path, cn: str, ip: str) -> tuple[Path, Path]:
         .add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), critical=False
         )
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(ca_key, hashes.SHA256())
     )
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

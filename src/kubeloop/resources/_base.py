@@ -171,7 +171,7 @@ class KubeloopModel(BaseModel):
             prop = target.get("properties", {}).get(info.alias or name)
             if prop is None or info.default_factory is None or "default" in prop:
                 continue
-            value = info.default_factory()  # type: ignore[call-arg]
+            value = info.get_default(call_default_factory=True)
             prop["default"] = {} if isinstance(value, BaseModel) else value
         return schema
 

@@ -296,7 +296,8 @@ class ModelRuntime:
     def run(self, feeds: Feeds) -> Outputs:
         """One session.run over all outputs; ORT's argument errors become 4xx, anything else a 500."""
         try:
-            return self._run(self.output_names, feeds, None)  # type: ignore[no-any-return]
+            outputs: Outputs = self._run(self.output_names, feeds, None)
+            return outputs
         except ort.capi.onnxruntime_pybind11_state.InvalidArgument as e:
             raise InvalidInputError(f"the model rejected the inputs: {e}") from e
         except Exception as e:
@@ -308,7 +309,7 @@ class ModelRuntime:
         """Per-row prediction: class index (classification) or value (regression), shape [N]."""
         pred = outputs[self.prediction_output]
         if self.task == "classification":
-            return pred.argmax(axis=1)  # type: ignore[no-any-return]
+            return np.asarray(pred.argmax(axis=1))
         return pred.reshape(-1)
 
     def feature_columns(self, feeds: Feeds) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from kubeloop.contracts import TrainingFailure
 from kubeloop.storage import StorageError as ObjectStoreError
@@ -34,7 +34,7 @@ def write_termination(message: str, path: str | None = None) -> None:
         pass
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler[TextIO]):
     """Logs to whatever ``sys.stderr`` is at the time of the record (robust to redirection)."""
 
     def __init__(self) -> None:

@@ -28,7 +28,7 @@ from kubeloop.storage import ObjectStore, StorageError
 from kubeloop_trainer import distributed
 from kubeloop_trainer.baseline import baseline_json
 from kubeloop_trainer.checkpoint import Checkpointer
-from kubeloop_trainer.data import Dataset, prepare, read_table
+from kubeloop_trainer.data import Dataset, prepare, read_table, task_name
 from kubeloop_trainer.distributed import DistContext
 from kubeloop_trainer.errors import ConfigError
 from kubeloop_trainer.export import export_onnx, onnx_feed, set_metadata, verify
@@ -70,7 +70,7 @@ def load_dataset(spec: TrainingJobSpec, settings: TrainerSettings, store: Object
     return prepare(
         df,
         spec.dataset,
-        str(spec.task),  # type: ignore[arg-type]
+        task_name(spec.task),
         spec.training.seed,
         min_rows=settings.min_rows,
         max_classes=settings.max_classes,
@@ -295,7 +295,7 @@ def _finish(
     settings: TrainerSettings,
     spec: TrainingJobSpec,
     ds: Dataset,
-    template: torch.nn.Module,
+    template: TabularMLP,
     state: LoopState,
     tracker: Tracker,
     store: ObjectStore,
@@ -303,7 +303,7 @@ def _finish(
 ) -> TrainingSummary:
     """Rank 0: final metrics, ONNX export + check, registration, uploads, promotion."""
     best = best_model(template, state)
-    head = InferenceHead(best, ds.task, ds.target_mean, ds.target_std)  # type: ignore[arg-type]
+    head = InferenceHead(best, ds.task, ds.target_mean, ds.target_std)
     metrics = final_metrics(head, ds)
     tracker.log_metrics({**metrics, "best_epoch": float(state.best_epoch), "epochs_run": float(state.epoch)})
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -25,11 +26,17 @@ import pandas as pd
 
 from kubeloop.contracts import FeatureSpec
 from kubeloop.drift import category_key
-from kubeloop.resources import DatasetSpec
+from kubeloop.resources import DatasetSpec, Task
 from kubeloop_trainer import errors
 
 FloatArray = npt.NDArray[np.float32]
 TaskName = Literal["classification", "regression"]
+
+
+def task_name(task: Task) -> TaskName:
+    """The spec's task as the plain name the data and export code use."""
+    return "classification" if task is Task.CLASSIFICATION else "regression"
+
 
 # A non-categorical text column whose values are at least this share numbers is taken to be a
 # numeric column with bad values (NonNumericValuesError) rather than a categorical one.
@@ -84,8 +91,7 @@ def read_table(data: bytes, uri: str, fmt: str = "auto") -> pd.DataFrame:
 
 
 def _check_unique(names: list[str], uri: str) -> None:
-    seen: set[str] = set()
-    dups = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+    dups = sorted(n for n, k in Counter(names).items() if k > 1)
     if dups:
         raise errors.DuplicateColumnsError(f"dataset {uri} has duplicate column names: {', '.join(dups)}")
 

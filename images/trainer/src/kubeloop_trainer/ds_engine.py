@@ -61,7 +61,8 @@ class DeepSpeedEngine:
         self._deepspeed = deepspeed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.engine(x)  # type: ignore[no-any-return]
+        out: torch.Tensor = self.engine(x)
+        return out
 
     def step(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)

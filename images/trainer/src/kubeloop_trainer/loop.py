@@ -12,7 +12,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +22,8 @@ from torch.nn import functional as F  # noqa: N812
 
 from kubeloop_trainer.distributed import DistContext
 from kubeloop_trainer.errors import TrainingDivergedError
+
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,12 @@ class TorchEngine:
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.wrapped(x)  # type: ignore[no-any-return]
+        out: torch.Tensor = self.wrapped(x)
+        return out
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         self.optimizer.step()
 
     def train(self, mode: bool) -> None:
@@ -238,7 +241,7 @@ def fp32_params(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", torch.float32).clone() for k, v in module.named_parameters()}
 
 
-def best_model(template: nn.Module, state: LoopState) -> nn.Module:
+def best_model(template: M, state: LoopState) -> M:
     """``template`` (a fresh float32 model with its fitted buffers) loaded with the best weights."""
     model = copy.deepcopy(template).to("cpu", torch.float32)
     if state.best_state:

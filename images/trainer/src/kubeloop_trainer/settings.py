@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,7 +93,9 @@ def load_settings(overrides: dict[str, str] | None = None) -> TrainerSettings:
     """Settings from the environment, with command-line overrides; raises ConfigError."""
     try:
         if overrides:
-            return TrainerSettings(**overrides)  # type: ignore[arg-type]
+            # Strings from the command line, validated and converted like the environment's.
+            raw: dict[str, Any] = dict(overrides)
+            return TrainerSettings(**raw)
         return TrainerSettings()
     except ValidationError as e:
         first = e.errors()[0]
