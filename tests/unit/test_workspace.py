@@ -55,3 +55,18 @@ def test_no_importable_package_is_named_operator() -> None:
 
 def test_lock_file_is_committed_next_to_the_workspace() -> None:
     assert (ROOT / "uv.lock").is_file()
+
+
+def test_every_image_copies_the_whole_workspace_metadata() -> None:
+    """uv reads every member's pyproject to use the lock (``uv sync --frozen --package X``): an image
+    build that leaves one out fails, so each Dockerfile copies them all."""
+    root = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    members = root["tool"]["uv"]["workspace"]["members"]
+    dockerfiles = sorted(ROOT.glob("*/Dockerfile")) + sorted(ROOT.glob("images/*/Dockerfile"))
+    assert dockerfiles
+    for dockerfile in dockerfiles:
+        text = dockerfile.read_text()
+        if "uv sync" not in text:
+            continue
+        for member in members:
+            assert f"COPY {member}/pyproject.toml {member}/pyproject.toml" in text, (dockerfile, member)
