@@ -242,6 +242,7 @@ class ServerEnv:
     NAMESPACE: Final = "KUBELOOP_SERVER_NAMESPACE"
     DEPLOYMENT: Final = "KUBELOOP_SERVER_DEPLOYMENT"
     PORT: Final = "KUBELOOP_SERVER_PORT"
+    GRPC_PORT: Final = "KUBELOOP_SERVER_GRPC_PORT"  # OIP v2 gRPC; default 8081, 0 = off
     BATCHING_ENABLED: Final = "KUBELOOP_SERVER_BATCHING_ENABLED"
     MAX_BATCH_SIZE: Final = "KUBELOOP_SERVER_MAX_BATCH_SIZE"
     MAX_LATENCY_MS: Final = "KUBELOOP_SERVER_MAX_LATENCY_MS"
@@ -254,6 +255,8 @@ class ServerEnv:
     S3_SECURE: Final = "KUBELOOP_SERVER_S3_SECURE"
     S3_REGION: Final = "KUBELOOP_SERVER_S3_REGION"
     POD_NAME: Final = "KUBELOOP_SERVER_POD_NAME"
+    # Where a server that cannot start writes "ModelLoadFailed: <why>" (default /dev/termination-log).
+    TERMINATION_LOG: Final = "KUBELOOP_SERVER_TERMINATION_LOG"
 
 
 # --- trainer results --------------------------------------------------------------------------------

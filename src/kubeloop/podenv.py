@@ -168,10 +168,11 @@ class ServerContext:
     store: ObjectStoreAccess | None
     port: int = 8080
     pod_name: str | FieldRef = POD_NAME
+    grpc_port: int = 8081  # OIP v2 gRPC; 0 switches it off
 
 
 def server_env(spec: ModelDeploymentSpec, ctx: ServerContext) -> Env:
-    """The server's environment (``kubeloop.contracts.ServerEnv``): model, identity, port, batching,
+    """The server's environment (``kubeloop.contracts.ServerEnv``): model, identity, ports, batching,
     prediction logging and object store. Prediction logging is only switched on with a store."""
     logging_on = bool(spec.prediction_logging.enabled and ctx.store is not None)
     env: Env = {
@@ -182,6 +183,7 @@ def server_env(spec: ModelDeploymentSpec, ctx: ServerContext) -> Env:
         ServerEnv.DEPLOYMENT: ctx.deployment,
         ServerEnv.POD_NAME: ctx.pod_name,
         ServerEnv.PORT: str(ctx.port),
+        ServerEnv.GRPC_PORT: str(ctx.grpc_port),
         ServerEnv.BATCHING_ENABLED: _flag(spec.batching.enabled),
         ServerEnv.MAX_BATCH_SIZE: str(spec.batching.max_batch_size),
         ServerEnv.MAX_LATENCY_MS: repr(float(spec.batching.max_latency_ms)),

@@ -122,13 +122,14 @@ def test_server_env_is_what_the_server_settings_read(monkeypatch: pytest.MonkeyP
         store,
         port=8081,
         pod_name="p-1",
+        grpc_port=9091,
     )
     env = podenv.to_process_env(podenv.server_env(_md_spec().spec, ctx))
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     s = ServerSettings()  # type: ignore[call-arg]
     assert (s.model_uri, s.model_name, s.model_version) == ("s3://b/models/m/3/model.onnx", "m", "3")
-    assert (s.namespace, s.deployment, s.pod_name, s.port) == ("ns", "md", "p-1", 8081)
+    assert (s.namespace, s.deployment, s.pod_name, s.port, s.grpc_port) == ("ns", "md", "p-1", 8081, 9091)
     assert (s.batching_enabled, s.max_batch_size, s.max_latency_ms) == (True, 16, 3.0)
     assert (s.prediction_logging_enabled, s.prediction_logging_sample_rate) == (True, 0.5)
     assert (s.bucket, s.s3_endpoint, s.s3_access_key, s.s3_secret_key.get_secret_value()) == (
@@ -145,6 +146,7 @@ def test_server_env_without_a_store_turns_prediction_logging_off() -> None:
     assert env[c.ServerEnv.PREDICTION_LOGGING_ENABLED] == "false"
     assert c.ServerEnv.S3_ENDPOINT not in env
     assert env[c.ServerEnv.POD_NAME] == podenv.POD_NAME
+    assert env[c.ServerEnv.GRPC_PORT] == "8081"
 
 
 def test_layout_of_kept_training_logs() -> None:

@@ -101,6 +101,7 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     def make(model: bytes, store: Any = None, **overrides: Any) -> TestClient:
         path = tmp_path / f"model-{len(clients)}.onnx"
         path.write_bytes(model)
+        overrides.setdefault("grpc_port", 0)  # in-process REST tests; gRPC tests ask for a port
         settings = ServerSettings(model_uri=str(path), **overrides)
         runtime = ModelRuntime(model, name=settings.model_name, version=settings.model_version)
         app = ServerApp(settings, runtime=runtime, store=store)
@@ -131,10 +132,16 @@ class ServerProcess:
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    grpc_port: int = 0
+    termination_log: Path | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -147,44 +154,76 @@ class ServerProcess:
         return self.proc.wait(timeout)
 
 
+def spawn_server(work: Path, index: int, **env: str) -> ServerProcess:
+    """``python -m kubeloop_server`` on 127.0.0.1 (free HTTP and gRPC ports), not yet ready."""
+    port = free_port()
+    log_path = work / f"server-{index}.log"
+    termination = work / f"termination-{index}.log"
+    full_env = {
+        **os.environ,
+        "KUBELOOP_SERVER_HOST": "127.0.0.1",
+        "KUBELOOP_SERVER_PORT": str(port),
+        "KUBELOOP_SERVER_GRPC_PORT": str(free_port()),
+        "KUBELOOP_SERVER_TERMINATION_LOG": str(termination),
+        **{f"KUBELOOP_SERVER_{k.upper()}": v for k, v in env.items()},
+    }
+    with log_path.open("wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kubeloop_server"], env=full_env, stdout=f, stderr=subprocess.STDOUT
+        )
+    return ServerProcess(proc, port, log_path, int(full_env["KUBELOOP_SERVER_GRPC_PORT"]), termination)
+
+
+def wait_ready(sp: ServerProcess, timeout: float) -> ServerProcess:
+    deadline = time.monotonic() + timeout
+    while True:
+        if sp.proc.poll() is not None:
+            raise AssertionError(f"server exited with {sp.proc.returncode}:\n{sp.log()}")
+        try:
+            if httpx.get(sp.url + "/v2/health/ready", timeout=2).status_code == 200:
+                return sp
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server not ready after {timeout}s:\n{sp.log()}")
+        time.sleep(0.2)
+
+
+def _stop_all(procs: list[ServerProcess]) -> None:
+    for sp in procs:
+        if sp.proc.poll() is None:
+            sp.proc.kill()
+            sp.proc.wait(10)
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """``start_server(**env)``: ``python -m kubeloop_server`` on 127.0.0.1, ready when returned."""
     procs: list[ServerProcess] = []
 
     def start(timeout: float = 90.0, **env: str) -> ServerProcess:
-        port = free_port()
-        log_path = tmp_path / f"server-{len(procs)}.log"
-        full_env = {
-            **os.environ,
-            "KUBELOOP_SERVER_HOST": "127.0.0.1",
-            "KUBELOOP_SERVER_PORT": str(port),
-            **{f"KUBELOOP_SERVER_{k.upper()}": v for k, v in env.items()},
-        }
-        with log_path.open("wb") as f:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "kubeloop_server"], env=full_env, stdout=f, stderr=subprocess.STDOUT
-            )
-        sp = ServerProcess(proc, port, log_path)
+        sp = spawn_server(tmp_path, len(procs), **env)
         procs.append(sp)
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}:\n{sp.log()}")
-            try:
-                if httpx.get(sp.url + "/v2/health/ready", timeout=2).status_code == 200:
-                    return sp
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not ready after {timeout}s:\n{sp.log()}")
-            time.sleep(0.2)
+        return wait_ready(sp, timeout)
 
     yield start
-    for sp in procs:
-        if sp.proc.poll() is None:
-            sp.proc.kill()
-            sp.proc.wait(10)
+    _stop_all(procs)
+
+
+@pytest.fixture(scope="module")
+def start_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., list[ServerProcess]]]:
+    """``start_servers([env, ...])``: several servers started at once (their start-ups overlap), kept for
+    the whole test module, ready when returned."""
+    work = tmp_path_factory.mktemp("servers")
+    procs: list[ServerProcess] = []
+
+    def start(envs: list[dict[str, str]], timeout: float = 120.0) -> list[ServerProcess]:
+        started = [spawn_server(work, len(procs) + k, **env) for k, env in enumerate(envs)]
+        procs.extend(started)
+        return [wait_ready(sp, timeout) for sp in started]
+
+    yield start
+    _stop_all(procs)
 
 
 @pytest.fixture

@@ -30,7 +30,11 @@ def _oip_per_feature(records: list[dict[str, object]]) -> dict[str, object]:
 
 def test_server_metadata_and_health(make_client, packed_clf) -> None:
     c = make_client(packed_clf)
-    assert c.get("/v2").json() == {"name": "kubeloop-server", "version": "0.1.0", "extensions": []}
+    assert c.get("/v2").json() == {
+        "name": "kubeloop-server",
+        "version": "0.1.0",
+        "extensions": ["binary_tensor_data"],
+    }
     r = c.get("/v2/health/live")
     assert r.status_code == 200
     assert r.json() == {"live": True}
@@ -47,6 +51,7 @@ def test_model_metadata_and_ready(make_client, packed_clf) -> None:
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 30]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
+        "parameters": {"model_kind": "kubeloop", "record_api": True},
     }
     assert c.get("/v2/models/iris-like").json() == expected
     assert c.get("/v2/models/iris-like/versions/3").json() == expected
@@ -185,14 +190,15 @@ def test_metrics(make_client, packed_clf) -> None:
     c.post("/forward", json=records[0])
     c.post("/forward", json={"nope": 1})
     text = c.get("/metrics").text
-    assert 'kubeloop_server_requests_total{endpoint="/forward",status="200"} 1.0' in text
-    assert 'kubeloop_server_requests_total{endpoint="/forward",status="400"} 1.0' in text
+    assert 'kubeloop_server_requests_total{endpoint="/forward",protocol="rest",status="200"} 1.0' in text
+    assert 'kubeloop_server_requests_total{endpoint="/forward",protocol="rest",status="400"} 1.0' in text
     assert (
-        'kubeloop_server_request_duration_seconds_count{endpoint="/forward_batch",status="200"} 1.0' in text
+        'kubeloop_server_request_duration_seconds_count{endpoint="/forward_batch",protocol="rest",status="200"} 1.0'
+        in text
     )
     assert "kubeloop_server_batch_size_rows_sum 4.0" in text
     assert (
-        'kubeloop_server_model_info{layout="packed",model_name="iris-like",model_version="3",provider="CPUExecutionProvider",task="classification"} 1.0'
+        'kubeloop_server_model_info{kind="kubeloop",layout="packed",model_name="iris-like",model_version="3",provider="CPUExecutionProvider",task="classification"} 1.0'
         in text
     )
     counts = re.findall(r'kubeloop_server_predictions_total\{class="[a-z]+"\} (\d+)\.0', text)

@@ -68,7 +68,7 @@ CASES: list[tuple[str, str, Any, int, tuple[str, ...]]] = [
     ("packed", INFER, oip(shape=[11, 30], data=ROW * 11), 413, ("11 rows exceeds the limit of 10",)),
     ("packed", INFER, {**oip(), "outputs": [{"name": "logits"}]}, 400, ("unknown output 'logits'",)),
     ("packed", INFER, {**oip(), "id": 5}, 400, ("'id' must be a string",)),
-    ("packed", INFER, oip(parameters={"binary_data_size": 120}), 400, ("binary tensor data",)),
+    ("packed", INFER, oip(parameters={"binary_data_size": 120}), 400, ("Inference-Header-Content-Length",)),
     ("packed", INFER, {"inputs": [oip()["inputs"][0], oip()["inputs"][0]]}, 400, ("given twice",)),
     (
         "mixed",

@@ -105,12 +105,22 @@ def test_per_feature_inputs_matched_by_position_when_names_differ() -> None:
     ]
 
 
-def test_not_a_kubeloop_model() -> None:
+def test_without_kubeloop_metadata_it_is_a_foreign_model_with_broken_metadata_it_fails() -> None:
     import onnx
 
     m = onnx.load_from_string(mlp_model(n_numeric=3))
     del m.metadata_props[:]
-    with pytest.raises(ModelLoadError, match=r"kubeloop\.features"):
+    rt = ModelRuntime(m.SerializeToString())
+    assert (rt.kind, rt.layout, rt.feature_names, rt.name, rt.version) == (
+        "onnx", "packed", ["input_0", "input_1", "input_2"], "model", "1",
+    )  # fmt: skip
+    assert (rt.task, rt.output_names[rt.prediction_output or 0]) == ("classification", "probabilities")
+    m = onnx.load_from_string(mlp_model(n_numeric=3))
+    for p in m.metadata_props:
+        if p.key == "kubeloop.features":
+            m.metadata_props.remove(p)
+            break
+    with pytest.raises(ModelLoadError, match=r"Kubeloop metadata_props are invalid.*kubeloop\.features"):
         ModelRuntime(m.SerializeToString())
     with pytest.raises(ModelLoadError, match="cannot load"):
         ModelRuntime(b"not an onnx file")

@@ -4,27 +4,52 @@ Shutdown sequence on SIGTERM (or SIGINT):
 
 1. readiness (``/v2/health/ready``, model ready) answers 503 at once, requests are still served for
    ``drain_seconds`` so the endpoints controller can take the pod out of the Service;
-2. the listener closes; in-flight requests finish (at most ``graceful_timeout_s``);
+2. the HTTP listener closes and gRPC stops accepting RPCs; in-flight requests and RPCs finish (at most
+   ``graceful_timeout_s``);
 3. the batcher drains, the prediction log flushes (at most ``flush_timeout_s``), the process exits 0.
 
 A second signal skips the drain wait.
+
+A server that cannot start writes a one-line reason to ``termination_log`` (the Kubernetes termination
+message: ``ModelLoadFailed: <why>`` or ``InvalidSettings: <why>``) and exits 2; a listener that cannot
+bind exits 3.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from pydantic import ValidationError
 
 from kubeloop_server.errors import ModelLoadError
 from kubeloop_server.rest import ServerApp
 from kubeloop_server.settings import ServerSettings
 
 log = logging.getLogger("kubeloop_server")
+
+MODEL_LOAD_FAILED = "ModelLoadFailed"
+INVALID_SETTINGS = "InvalidSettings"
+EXIT_START_FAILED = 2
+# Kubernetes keeps at most 4096 bytes of a termination message.
+_MAX_TERMINATION_MESSAGE = 4096
+
+
+def write_termination(path: str, reason: str, message: str) -> None:
+    """``<reason>: <message>`` on one line into the termination-message file; skipped if unwritable."""
+    line = f"{reason}: {' '.join(message.split())}"
+    data = line.encode()[: _MAX_TERMINATION_MESSAGE - 1].decode(errors="ignore") + "\n"
+    try:
+        Path(path).write_text(data)
+    except OSError as e:
+        log.debug("termination message not written to %s: %s", path, e)
 
 
 class DrainingServer(uvicorn.Server):
@@ -48,6 +73,12 @@ class DrainingServer(uvicorn.Server):
             self.force_exit = True
         self.should_exit = True
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # The HTTP listener closes now: so does gRPC's; in-flight work on both finishes, then the lifespan
+        # shutdown (batcher, prediction log) runs.
+        self._server_app.begin_grpc_stop()
+        await super().shutdown(sockets)
+
     async def on_tick(self, counter: int) -> bool:
         if self._drain_deadline is not None and not self.should_exit:
             if not self._drain_logged:
@@ -59,17 +90,28 @@ class DrainingServer(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = ServerSettings()
     logging.basicConfig(
-        level=settings.log_level.upper(),
+        level=os.environ.get("KUBELOOP_SERVER_LOG_LEVEL", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
+        settings = ServerSettings()
+    except ValidationError as e:
+        termination = os.environ.get("KUBELOOP_SERVER_TERMINATION_LOG", "/dev/termination-log")
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or 'settings'}: {err['msg']}" for err in e.errors()
+        )
+        log.error("invalid settings: %s", problems)
+        write_termination(termination, INVALID_SETTINGS, problems)
+        sys.exit(EXIT_START_FAILED)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    try:
         server_app = ServerApp(settings)
     except ModelLoadError as e:
         log.error("model failed to load: %s", e.message)
-        sys.exit(2)
+        write_termination(settings.termination_log, MODEL_LOAD_FAILED, e.message)
+        sys.exit(EXIT_START_FAILED)
     config = uvicorn.Config(
         server_app.app,
         host=settings.host,

@@ -1,7 +1,16 @@
-"""Request decoding and response encoding for both APIs (records and OIP v2), protocol-agnostic of HTTP.
+"""Request decoding and response encoding for every API, independent of the transport.
 
-Every validation error is an :class:`~kubeloop_server.errors.InvalidInputError` (400) or
-:class:`~kubeloop_server.errors.PayloadTooLargeError` (413) whose message names the offending field.
+* the record API (``/forward``, ``/forward_batch``): JSON records keyed by feature name;
+* OIP v2 over REST: JSON tensors, and the binary tensor data extension (a JSON header of
+  ``Inference-Header-Content-Length`` bytes followed by raw tensors, for inputs and outputs);
+* OIP v2 over gRPC: the typed ``contents`` and ``raw_input_contents`` of a ``ModelInferRequest``
+  (the gRPC layer hands the message's fields to :func:`tensor_from_raw` / :func:`tensor_from_values`).
+
+Every tensor, whatever its encoding, goes through the same checks against the graph input
+(:func:`check_header`, then the value checks), so REST and gRPC refuse the same things with the same
+message. Every validation error is an :class:`~kubeloop_server.errors.InvalidInputError` (400 /
+INVALID_ARGUMENT) or :class:`~kubeloop_server.errors.PayloadTooLargeError` (413 / RESOURCE_EXHAUSTED)
+whose message names the offending field.
 """
 
 from __future__ import annotations
@@ -10,29 +19,31 @@ import itertools
 import math
 import os
 import warnings
-from typing import Any, Final
+from collections.abc import Callable, Container, Sequence
+from typing import Any, Final, TypeVar
 
 import numpy as np
+import orjson
 
 from kubeloop.drift import category_key
 from kubeloop_server.errors import InvalidInputError, PayloadTooLargeError
-from kubeloop_server.model import Feeds, ModelRuntime, Outputs, TensorSpec
+from kubeloop_server.model import FeatureInput, Feeds, ModelRuntime, Outputs, TensorSpec
 
-# OIP datatype -> numpy dtype, for request tensors.
+# OIP datatype -> numpy dtype (little-endian, as the binary extension and raw gRPC contents are).
 OIP_DTYPES: Final[dict[str, Any]] = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "BYTES": np.object_,
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(np.object_),
 }
 _NUMERIC_TYPES: Final = (int, float)
 _CATEGORY_TYPES: Final = (str, int, float, bool, type(None))
@@ -40,6 +51,15 @@ _FLT_MAX: Final = 3.4028234663852886e38
 # Response ids for requests that carry none: unique per process, cheaper than uuid4 on the hot path.
 _ID_PREFIX: Final = f"{os.urandom(6).hex()}-"
 _ID_COUNTER = itertools.count(1)
+_DUMPS_OPTS: Final = orjson.OPT_SERIALIZE_NUMPY
+_dumps = orjson.dumps
+# Extensions of the OIP that clients may ask for and this server does not implement: refused by name.
+UNSUPPORTED_PARAMETERS: Final = {
+    "shared_memory_region": "the shared-memory extension",
+    "shared_memory_byte_size": "the shared-memory extension",
+    "shared_memory_offset": "the shared-memory extension",
+    "classification": "the classification extension",
+}
 
 # Values beyond float32 become inf when cast; they are then rejected by name, so numpy's warning is noise.
 warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
@@ -59,7 +79,42 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+
+
 # --- the record API (/forward, /forward_batch) ------------------------------------------------------------
+
+
+def _bad_value(f: FeatureInput, v: Any, allow_missing: bool) -> str | None:
+    """What is wrong with one feature value, or None."""
+    if v is None and (not allow_missing or f.integer):
+        why = (
+            "integer features have no missing value"
+            if f.integer
+            else "this server does not accept missing values"
+        )
+        return f"feature {f.name!r} is null and {why}"
+    if f.numeric:
+        if v is None:
+            return None
+        if f.integer:
+            if type(v) is not int:
+                return f"feature {f.name!r} must be an integer ({f.input.datatype}), got {_describe(v)}"
+            if not _fits(v, f.input.dtype):
+                return f"feature {f.name!r} = {v!r} is out of range for {f.input.datatype}"
+            return None
+        if type(v) not in _NUMERIC_TYPES:
+            return f"feature {f.name!r} must be a number, got {_describe(v)}"
+        if not math.isfinite(float(v)) or abs(float(v)) > _FLT_MAX:
+            return f"feature {f.name!r} = {v!r} is not a finite float32"
+        return None
+    if type(v) not in _CATEGORY_TYPES:
+        return (
+            f"feature {f.name!r} is categorical and must be a string (or a number or boolean, taken as its "
+            f"canonical string), got {_describe(v)}"
+        )
+    return None
 
 
 def _bad_record(rt: ModelRuntime, rec: Any, where: str, allow_missing: bool) -> InvalidInputError:
@@ -73,23 +128,9 @@ def _bad_record(rt: ModelRuntime, rec: Any, where: str, allow_missing: bool) -> 
     for f in rt.features:
         if f.name not in rec:
             return InvalidInputError(f"{where}missing feature {f.name!r}")
-        v = rec[f.name]
-        if v is None and not allow_missing:
-            return InvalidInputError(
-                f"{where}feature {f.name!r} is null and this server does not accept missing values"
-            )
-        if f.numeric:
-            if v is None:
-                continue
-            if type(v) not in _NUMERIC_TYPES:
-                return InvalidInputError(f"{where}feature {f.name!r} must be a number, got {_describe(v)}")
-            if not math.isfinite(float(v)) or abs(float(v)) > _FLT_MAX:
-                return InvalidInputError(f"{where}feature {f.name!r} = {v!r} is not a finite float32")
-        elif type(v) not in _CATEGORY_TYPES and v is not None:
-            return InvalidInputError(
-                f"{where}feature {f.name!r} is categorical and must be a string (or a number or boolean, "
-                f"taken as its canonical string), got {_describe(v)}"
-            )
+        problem = _bad_value(f, rec[f.name], allow_missing)
+        if problem:
+            return InvalidInputError(where + problem)
     return InvalidInputError(f"{where}invalid record")
 
 
@@ -120,10 +161,11 @@ def records_to_feeds(
 ) -> Feeds:
     """Validate records (dicts keyed by feature name) and build the graph feeds, batch size len(records).
 
-    Numeric values are JSON numbers; null is a missing value (NaN) when ``allow_missing``. Categorical
-    values are strings; numbers and booleans are taken as their canonical string (as the trainer's
-    encoder does) and null as "" (missing).
+    Numeric values are JSON numbers (whole numbers for an integer graph input); null is a missing value
+    (NaN) when ``allow_missing``. Categorical values are strings; numbers and booleans are taken as their
+    canonical string (as the trainer's encoder does) and null as "" (missing).
     """
+    rt.record_api_check()
     n = len(records)
     names = rt.feature_names
     n_feat = len(names)
@@ -132,6 +174,8 @@ def records_to_feeds(
         return _bad_record(rt, records[i], "" if single else f"record {i}: ", allow_missing)
 
     if rt.layout == "packed":
+        spec = rt.features[0].input
+        integer = spec.is_int
         rows: list[list[Any]] = []
         for i, rec in enumerate(records):
             try:
@@ -143,14 +187,20 @@ def records_to_feeds(
             for v in row:
                 if type(v) not in _NUMERIC_TYPES and (v is not None or not allow_missing):
                     raise bad(i)
+                if integer and type(v) is not int:
+                    raise bad(i)
             rows.append(row)
         try:
-            arr = np.array(rows, dtype=rt.inputs[0].dtype)
+            arr = np.array(rows, dtype=spec.dtype)
         except OverflowError:
-            arr = np.full((n, n_feat), np.inf, dtype=rt.inputs[0].dtype)
-        if not _check_numeric(arr, allow_missing):
+            if integer:
+                raise bad(
+                    next(i for i, r in enumerate(rows) if not all(_fits(v, spec.dtype) for v in r))
+                ) from None
+            arr = np.full((n, n_feat), np.inf, dtype=spec.dtype)
+        if spec.is_float and not _check_numeric(arr, allow_missing):
             raise bad(int(np.nonzero(_bad_values(arr, allow_missing).any(axis=1))[0][0]))
-        return {rt.inputs[0].name: arr}
+        return {spec.name: arr}
     # per-feature layout
     for i, rec in enumerate(records):
         if type(rec) is not dict or len(rec) != n_feat:
@@ -165,6 +215,8 @@ def records_to_feeds(
         if f.numeric:
             for i, v in enumerate(col):
                 if type(v) not in _NUMERIC_TYPES and (v is not None or not allow_missing):
+                    raise bad(i)
+                if f.integer and type(v) is not int:
                     raise bad(i)
             try:
                 arr = np.array(col, dtype=spec.dtype)
@@ -186,7 +238,7 @@ def records_to_feeds(
 def _fits(v: Any, dtype: Any) -> bool:
     try:
         np.array([v], dtype=dtype)
-    except (OverflowError, TypeError):
+    except (OverflowError, TypeError, ValueError):
         return False
     return True
 
@@ -204,8 +256,20 @@ def parse_records(body: Any, max_rows: int) -> list[Any]:
     return body
 
 
+def _row_value(arr: np.ndarray, k: int) -> Any:
+    row = arr[k]
+    if isinstance(row, np.ndarray):
+        return row.reshape(-1).tolist() if row.size != 1 else row.reshape(-1)[0].item()
+    return row.item() if isinstance(row, np.generic) else row
+
+
 def record_results(rt: ModelRuntime, outputs: Outputs) -> list[dict[str, Any]]:
-    """Per-row answers: ``{"label", "probabilities"}`` or ``{"prediction"}``."""
+    """Per-row answers: ``{"label", "probabilities"}``, ``{"prediction"}``, or (a foreign graph whose
+    outputs do not read as a prediction) ``{"outputs": {name: value}}``."""
+    if rt.prediction_output is None:
+        n = outputs[0].shape[0] if outputs and outputs[0].ndim else 0
+        return [{"outputs": {name: _row_value(o, k) for name, o in zip(rt.output_names, outputs, strict=True)}}
+                for k in range(n)]  # fmt: skip
     pred = outputs[rt.prediction_output]
     if rt.task == "classification":
         classes = rt.classes
@@ -217,15 +281,19 @@ def record_results(rt: ModelRuntime, outputs: Outputs) -> list[dict[str, Any]]:
     return [{"prediction": v} for v in pred.reshape(-1)]
 
 
-# --- the Open Inference Protocol v2 --------------------------------------------------------------------------
+# --- OIP v2: one tensor, whatever its encoding ---------------------------------------------------------------
 
 
-def _tensor(
-    item: dict[str, Any], spec: TensorSpec, name: str, max_rows: int, allow_missing: bool
-) -> np.ndarray:
-    """Validate one request tensor against a graph input and return it as an array of the graph's shape."""
-    shape = item.get("shape")
-    if type(shape) is not list or not shape:
+def check_header(
+    name: str, datatype: Any, shape: Any, spec: TensorSpec, max_rows: int
+) -> tuple[int, list[int]]:
+    """Validate a request tensor's datatype and shape against a graph input.
+
+    Returns the element count and the shape to feed (a ``[N]`` tensor is accepted for an ``[N, 1]``
+    input). The datatype may differ from the graph's for numbers (values are converted, with range
+    checks); strings (BYTES) only go to string inputs.
+    """
+    if type(shape) is not list or (not shape and spec.shape != ()):
         raise InvalidInputError(f"input {name!r}.shape must be a non-empty list of non-negative integers")
     size = 1
     for d in shape:
@@ -234,7 +302,6 @@ def _tensor(
                 f"input {name!r}.shape must be a list of non-negative integers, got {shape!r}"
             )
         size *= d
-    datatype = item.get("datatype")
     if datatype != spec.datatype:
         if datatype not in OIP_DTYPES:
             raise InvalidInputError(
@@ -244,18 +311,9 @@ def _tensor(
             raise InvalidInputError(
                 f"input {name!r}.datatype is {datatype} but model input {spec.name!r} is {spec.datatype}"
             )
-    params = item.get("parameters")
-    if params is not None:
-        if type(params) is not dict:
-            raise InvalidInputError(f"input {name!r}.parameters must be an object")
-        if "binary_data_size" in params:
-            raise InvalidInputError(
-                f"input {name!r}: the binary tensor data extension is not supported; send JSON data"
-            )
-    # Shape: same rank as the graph input (a [N] tensor is accepted for a [N, 1] input), fixed dims equal.
     want = spec.shape
     if len(shape) == len(want):
-        for k in range(1, len(want)):
+        for k in range(1 if want and want[0] == -1 else 0, len(want)):
             if want[k] != -1 and want[k] != shape[k]:
                 raise InvalidInputError(
                     f"input {name!r}.shape {shape} does not fit model input {spec.name!r} of shape {list(want)}"
@@ -264,10 +322,57 @@ def _tensor(
         raise InvalidInputError(
             f"input {name!r}.shape {shape} does not fit model input {spec.name!r} of shape {list(want)}"
         )
-    if shape[0] > max_rows:
+    if shape and shape[0] > max_rows:
         raise PayloadTooLargeError(
             f"input {name!r}: batch of {shape[0]} rows exceeds the limit of {max_rows}"
         )
+    if len(want) == 2 and len(shape) == 1:
+        shape = [shape[0], 1]
+    return size, shape
+
+
+def _check_floats(arr: np.ndarray, name: str, spec: TensorSpec, allow_missing: bool) -> None:
+    # One reduction instead of isfinite().all(): NaN/inf propagate into the sum; if the sum itself
+    # overflowed, the exact check below decides.
+    if not _check_numeric(arr, allow_missing):
+        k = int(np.nonzero(_bad_values(arr.reshape(-1), allow_missing))[0][0])
+        raise InvalidInputError(
+            f"input {name!r}.data[{k}] is out of range for {spec.datatype}"
+            + ("" if allow_missing else " or null/NaN (this server does not accept missing values)")
+        )
+
+
+def _convert(arr: np.ndarray, name: str, datatype: str, spec: TensorSpec, allow_missing: bool) -> np.ndarray:
+    """Numbers of one datatype into the graph input's (no silent truncation or wrap-around)."""
+    if datatype == spec.datatype:
+        if spec.is_float:
+            _check_floats(arr, name, spec, allow_missing)
+        return arr
+    target = spec.dtype
+    if spec.is_int or spec.datatype == "BOOL":
+        if arr.dtype.kind == "f":
+            raise InvalidInputError(
+                f"input {name!r}.datatype is {datatype} but model input {spec.name!r} is {spec.datatype}: "
+                "send whole numbers as an integer datatype"
+            )
+        if arr.size and spec.is_int:
+            info = np.iinfo(target)
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < info.min or hi > info.max:
+                raise InvalidInputError(f"input {name!r} has a value out of range for {spec.datatype}")
+        return arr.astype(target)
+    out = arr.astype(target)
+    if spec.is_float:
+        _check_floats(out, name, spec, allow_missing)
+    return out
+
+
+def tensor_from_json(
+    name: str, item: dict[str, Any], spec: TensorSpec, max_rows: int, allow_missing: bool
+) -> np.ndarray:
+    """A JSON tensor (``data`` flat or nested row-major)."""
+    datatype = item.get("datatype")
+    size, shape = check_header(name, datatype, item.get("shape"), spec, max_rows)
     data = item.get("data")
     if type(data) is not list:
         raise InvalidInputError(f"input {name!r}.data must be a JSON array, got {_describe(data)}")
@@ -280,7 +385,7 @@ def _tensor(
         if None in data:
             data = ["" if v is None else v for v in data]  # null is the missing category
         arr = np.array(data, dtype=np.object_)
-    else:
+    elif spec.is_float:
         try:
             arr = np.array(data, dtype=spec.dtype)
         except OverflowError:
@@ -291,98 +396,187 @@ def _tensor(
             raise InvalidInputError(
                 f"input {name!r}.data must be numbers (flat or nested row-major) for datatype {datatype}"
             ) from None
-        # One reduction instead of isfinite().all(): NaN/inf propagate into the sum; if the sum itself
-        # overflowed, the exact check below decides.
-        if spec.is_float and not _check_numeric(arr, allow_missing):
-            k = int(np.nonzero(_bad_values(arr.reshape(-1), allow_missing))[0][0])
-            raise InvalidInputError(
-                f"input {name!r}.data[{k}] is out of range for {spec.datatype}"
-                + ("" if allow_missing else " or null (this server does not accept missing values)")
-            )
+        _check_floats(arr, name, spec, allow_missing)
+    else:
+        # Integers and booleans: parse as JSON gives them, then convert with range checks, so that 1.5 is
+        # refused rather than truncated.
+        try:
+            arr = np.array(data)
+        except (ValueError, TypeError, OverflowError):
+            arr = np.array([], dtype=np.object_)
+        if arr.dtype.kind not in "iub" or (spec.datatype == "BOOL") != (arr.dtype.kind == "b"):
+            if not (arr.size == 0 and arr.dtype.kind == "f"):
+                kind = "true/false" if spec.datatype == "BOOL" else "whole numbers"
+                raise InvalidInputError(
+                    f"input {name!r}.data must be {kind} for model input {spec.name!r} ({spec.datatype})"
+                )
+            arr = arr.astype(spec.dtype)
+        arr = _convert(arr, name, "BOOL" if arr.dtype.kind == "b" else "INT64", spec, allow_missing)
     if arr.size != size:
-        raise InvalidInputError(f"input {name!r}.data has {arr.size} elements but shape {shape} needs {size}")
-    if arr.ndim > 1 and list(arr.shape) != shape:
-        raise InvalidInputError(f"input {name!r}.data is nested as {list(arr.shape)} but shape is {shape}")
-    if len(want) == 2 and len(shape) == 1:
-        shape = [shape[0], 1]
+        raise InvalidInputError(
+            f"input {name!r}.data has {arr.size} elements but shape {item.get('shape')} needs {size}"
+        )
+    if arr.ndim > 1 and list(arr.shape) != item.get("shape"):
+        raise InvalidInputError(
+            f"input {name!r}.data is nested as {list(arr.shape)} but shape is {item.get('shape')}"
+        )
     return arr.reshape(shape)
 
 
+def split_bytes(raw: bytes | memoryview, name: str, count: int) -> list[bytes]:
+    """BYTES elements of a binary tensor: each a 4-byte little-endian length, then that many bytes."""
+    out: list[bytes] = []
+    view = memoryview(raw)
+    n = len(view)
+    off = 0
+    while off < n:
+        if off + 4 > n:
+            raise InvalidInputError(
+                f"input {name!r}: BYTES element {len(out)} is cut short: {n - off} bytes left where a 4-byte "
+                "length prefix is needed"
+            )
+        length = int.from_bytes(view[off : off + 4], "little")
+        off += 4
+        if off + length > n:
+            raise InvalidInputError(
+                f"input {name!r}: BYTES element {len(out)} declares {length} bytes but only {n - off} remain"
+            )
+        out.append(bytes(view[off : off + length]))
+        off += length
+    if len(out) != count:
+        raise InvalidInputError(
+            f"input {name!r}: binary data holds {len(out)} BYTES elements but the shape needs {count}"
+        )
+    return out
+
+
+def _strings(items: Sequence[bytes], name: str) -> np.ndarray:
+    try:
+        return np.array([b.decode() for b in items], dtype=np.object_)
+    except UnicodeDecodeError as e:
+        k = next(i for i, b in enumerate(items) if not _utf8(b))
+        raise InvalidInputError(
+            f"input {name!r}: BYTES element {k} is not valid UTF-8 ({e.reason})"
+        ) from None
+
+
+def _utf8(b: bytes) -> bool:
+    try:
+        b.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def tensor_from_raw(
+    name: str,
+    datatype: Any,
+    shape: Any,
+    raw: bytes | memoryview,
+    spec: TensorSpec,
+    max_rows: int,
+    allow_missing: bool,
+) -> np.ndarray:
+    """A tensor given as raw bytes (binary extension, gRPC ``raw_input_contents``): flattened row-major
+    little-endian elements, BYTES elements length-prefixed."""
+    size, target = check_header(name, datatype, shape, spec, max_rows)
+    if datatype == "BYTES":
+        return _strings(split_bytes(raw, name, size), name).reshape(target)
+    dtype = OIP_DTYPES[datatype]
+    need = size * dtype.itemsize
+    if len(raw) != need:
+        raise InvalidInputError(
+            f"input {name!r}: {len(raw)} bytes of binary data but shape {shape} of {datatype} needs {need} bytes"
+        )
+    arr = np.frombuffer(raw, dtype=dtype)
+    if datatype == "BOOL" and arr.size and int(arr.view(np.uint8).max()) > 1:
+        raise InvalidInputError(f"input {name!r}: BOOL elements must be bytes 0 or 1")
+    return _convert(arr, name, datatype, spec, allow_missing).reshape(target)
+
+
+# gRPC InferTensorContents field per datatype.
+CONTENTS_FIELD: Final[dict[str, str]] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def tensor_from_values(
+    name: str,
+    datatype: Any,
+    shape: Any,
+    values: Sequence[Any],
+    spec: TensorSpec,
+    max_rows: int,
+    allow_missing: bool,
+) -> np.ndarray:
+    """A tensor given as a typed list of values (gRPC ``contents.<type>_contents``)."""
+    size, target = check_header(name, datatype, shape, spec, max_rows)
+    if len(values) != size:
+        raise InvalidInputError(
+            f"input {name!r}.contents has {len(values)} elements but shape {shape} needs {size}"
+        )
+    if datatype == "BYTES":
+        return _strings(values, name).reshape(target)
+    dtype = OIP_DTYPES[datatype]
+    try:
+        arr = np.array(values, dtype=dtype)
+    except OverflowError:
+        raise InvalidInputError(f"input {name!r}.contents has a value out of range for {datatype}") from None
+    return _convert(arr, name, datatype, spec, allow_missing).reshape(target)
+
+
+# --- OIP v2: a whole request ------------------------------------------------------------------------------------
+
+
 class InferRequest:
-    """A decoded OIP inference request."""
+    """A decoded OIP inference request, whatever its protocol."""
 
-    __slots__ = ("feeds", "id", "outputs", "rows")
+    __slots__ = ("binary", "feeds", "id", "outputs", "rows")
 
-    def __init__(self, id_: str, feeds: Feeds, rows: int, outputs: list[int] | None) -> None:
+    def __init__(
+        self, id_: str, feeds: Feeds, rows: int, outputs: list[int] | None, binary: list[bool] | None = None
+    ) -> None:
         self.id = id_
         self.feeds = feeds
         self.rows = rows
-        self.outputs = outputs
+        self.outputs = outputs  # indices of the requested outputs, None = all
+        self.binary = binary  # REST: per returned output, whether it goes as binary data; None = none
 
 
-def decode_infer_request(
-    rt: ModelRuntime, body: Any, max_rows: int, allow_missing: bool = True
-) -> InferRequest:
-    if type(body) is not dict:
-        raise InvalidInputError(f"inference request must be a JSON object, got {_describe(body)}")
-    req_id = body.get("id")
-    if req_id is None:
-        req_id = f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
-    elif type(req_id) is not str:
-        raise InvalidInputError(f"'id' must be a string, got {_describe(req_id)}")
-    params = body.get("parameters")
-    if params is not None and not isinstance(params, dict):
-        raise InvalidInputError("'parameters' must be an object")
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise InvalidInputError("'inputs' must be a non-empty list of tensors")
-    given: dict[str, Any] = {}
-    for k, item in enumerate(inputs):
-        if type(item) is not dict:
-            raise InvalidInputError(f"inputs[{k}] must be an object, got {_describe(item)}")
-        name = item.get("name")
-        if type(name) is not str:
-            raise InvalidInputError(f"inputs[{k}].name must be a string")
-        if name in given:
-            raise InvalidInputError(f"input {name!r} is given twice")
-        given[name] = item
-    feeds = _decode_inputs(rt, given, max_rows, allow_missing)
+T = TypeVar("T")
+Converter = Callable[[str, T, TensorSpec], np.ndarray]
+
+
+def assemble_feeds(rt: ModelRuntime, given: dict[str, T], convert: Converter[T]) -> tuple[Feeds, int]:
+    """The graph feeds from the request's tensors (by name), and the row count they agree on."""
+    feeds = _decode_inputs(rt, given, convert)
     rows = -1
     for name, arr in feeds.items():
+        r = arr.shape[0] if arr.ndim else 1
         if rows == -1:
-            rows = arr.shape[0]
-        elif arr.shape[0] != rows:
-            raise InvalidInputError(f"input {name!r} has {arr.shape[0]} rows but other inputs have {rows}")
+            rows = r
+        elif r != rows:
+            raise InvalidInputError(f"input {name!r} has {r} rows but other inputs have {rows}")
     if rows == 0:
         raise InvalidInputError("inputs have 0 rows; send at least one")
-    outputs: list[int] | None = None
-    req_outputs = body.get("outputs")
-    if req_outputs is not None:
-        if not isinstance(req_outputs, list):
-            raise InvalidInputError("'outputs' must be a list")
-        outputs = []
-        for k, o in enumerate(req_outputs):
-            if type(o) is not dict or type(o.get("name")) is not str:
-                raise InvalidInputError(f"outputs[{k}] must be an object with a string 'name'")
-            try:
-                outputs.append(rt.output_names.index(o["name"]))
-            except ValueError:
-                raise InvalidInputError(
-                    f"outputs[{k}]: unknown output {o['name']!r}; the model's outputs are {rt.output_names}"
-                ) from None
-            p = o.get("parameters")
-            if isinstance(p, dict) and p.get("binary_data"):
-                raise InvalidInputError(f"outputs[{k}]: the binary tensor data extension is not supported")
-    return InferRequest(req_id, feeds, rows, outputs)
+    return feeds, rows
 
 
-def _decode_inputs(rt: ModelRuntime, given: dict[str, Any], max_rows: int, allow_missing: bool) -> Feeds:
+def _decode_inputs(rt: ModelRuntime, given: dict[str, T], convert: Converter[T]) -> Feeds:
     if len(given) == len(rt.inputs):
         try:
-            return {
-                spec.name: _tensor(given[spec.name], spec, spec.name, max_rows, allow_missing)
-                for spec in rt.inputs
-            }
+            return {spec.name: convert(spec.name, given[spec.name], spec) for spec in rt.inputs}
         except KeyError:
             pass
     names = set(given)
@@ -390,9 +584,8 @@ def _decode_inputs(rt: ModelRuntime, given: dict[str, Any], max_rows: int, allow
         # Convenience: one [N] or [N, 1] tensor per feature, packed into the model's [N, F] input.
         spec = rt.inputs[0]
         col_spec = TensorSpec.of(spec.name, spec.datatype, (-1, 1), spec.dtype)
-        cols = [_tensor(given[f], col_spec, f, max_rows, allow_missing) for f in rt.feature_names]
-        rows = {c.shape[0] for c in cols}
-        if len(rows) != 1:
+        cols = [convert(f, given[f], col_spec) for f in rt.feature_names]
+        if len({c.shape[0] for c in cols}) != 1:
             raise InvalidInputError("feature inputs have different numbers of rows")
         return {spec.name: np.concatenate(cols, axis=1)}
     unknown = sorted(names - set(rt.input_names))
@@ -402,25 +595,190 @@ def _decode_inputs(rt: ModelRuntime, given: dict[str, Any], max_rows: int, allow
     raise InvalidInputError(f"missing input {missing[0]!r}; the model's inputs are {rt.input_names}")
 
 
+def _flag(params: Any, key: str, where: str) -> bool:
+    if params is None:
+        return False
+    v = params.get(key, False)
+    if type(v) is not bool:
+        raise InvalidInputError(f"{where}.parameters.{key} must be true or false, got {_describe(v)}")
+    return v
+
+
+def refuse_unsupported(params: Container[str], where: str) -> None:
+    """Parameters that ask for an OIP extension this server does not implement get a 400 naming it."""
+    for key, what in UNSUPPORTED_PARAMETERS.items():
+        if key in params:
+            raise InvalidInputError(f"{where}.parameters.{key}: {what} is not supported by this server")
+
+
+def _check_parameters(params: Any, where: str) -> None:
+    if params is None:
+        return
+    if type(params) is not dict:
+        raise InvalidInputError(f"{where}.parameters must be an object")
+    refuse_unsupported(params, where)
+
+
+def requested_outputs(rt: ModelRuntime, req_outputs: Any) -> list[int] | None:
+    """Indices of the outputs a request names (None: all of them)."""
+    if req_outputs is None:
+        return None
+    if not isinstance(req_outputs, list):
+        raise InvalidInputError("'outputs' must be a list")
+    out: list[int] = []
+    for k, o in enumerate(req_outputs):
+        if type(o) is not dict or type(o.get("name")) is not str:
+            raise InvalidInputError(f"outputs[{k}] must be an object with a string 'name'")
+        try:
+            out.append(rt.output_names.index(o["name"]))
+        except ValueError:
+            raise InvalidInputError(
+                f"outputs[{k}]: unknown output {o['name']!r}; the model's outputs are {rt.output_names}"
+            ) from None
+    return out
+
+
+def decode_infer_request(
+    rt: ModelRuntime,
+    body: Any,
+    max_rows: int,
+    allow_missing: bool = True,
+    binary: bytes | memoryview | None = None,
+) -> InferRequest:
+    """An OIP REST request: the JSON document and, with the binary tensor data extension, the bytes that
+    follow its ``Inference-Header-Content-Length`` (``binary``; None without the header)."""
+    if type(body) is not dict:
+        raise InvalidInputError(f"inference request must be a JSON object, got {_describe(body)}")
+    req_id = body.get("id")
+    if req_id is None:
+        req_id = new_request_id()
+    elif type(req_id) is not str:
+        raise InvalidInputError(f"'id' must be a string, got {_describe(req_id)}")
+    params = body.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise InvalidInputError("'parameters' must be an object")
+    _check_parameters(params, "request")
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInputError("'inputs' must be a non-empty list of tensors")
+    given: dict[str, tuple[dict[str, Any], memoryview | None]] = {}
+    offset = 0
+    view = memoryview(binary) if binary is not None else None
+    for k, item in enumerate(inputs):
+        if type(item) is not dict:
+            raise InvalidInputError(f"inputs[{k}] must be an object, got {_describe(item)}")
+        name = item.get("name")
+        if type(name) is not str:
+            raise InvalidInputError(f"inputs[{k}].name must be a string")
+        if name in given:
+            raise InvalidInputError(f"input {name!r} is given twice")
+        p = item.get("parameters")
+        chunk = None
+        if p is not None:
+            _check_parameters(p, f"input {name!r}")
+            if "binary_data_size" in p:
+                n = p["binary_data_size"]
+                if view is None:
+                    raise InvalidInputError(
+                        f"input {name!r} has parameters.binary_data_size but the request has no "
+                        "Inference-Header-Content-Length header (binary tensor data extension)"
+                    )
+                if type(n) is not int or n < 0:
+                    raise InvalidInputError(
+                        f"input {name!r}.parameters.binary_data_size must be a non-negative integer, got {n!r}"
+                    )
+                if "data" in item:
+                    raise InvalidInputError(f"input {name!r} has both 'data' and parameters.binary_data_size")
+                if offset + n > len(view):
+                    raise InvalidInputError(
+                        f"input {name!r}.parameters.binary_data_size {n} runs past the binary data: "
+                        f"{len(view) - offset} of {len(view)} bytes are left"
+                    )
+                chunk = view[offset : offset + n]
+                offset += n
+        given[name] = (item, chunk)
+    if view is not None and offset != len(view):
+        raise InvalidInputError(
+            f"the request carries {len(view)} bytes of binary data after its JSON header but its inputs' "
+            f"binary_data_size add up to {offset}"
+        )
+
+    def convert(name: str, g: tuple[dict[str, Any], memoryview | None], spec: TensorSpec) -> np.ndarray:
+        item, chunk = g
+        if chunk is None:
+            return tensor_from_json(name, item, spec, max_rows, allow_missing)
+        return tensor_from_raw(
+            name, item.get("datatype"), item.get("shape"), chunk, spec, max_rows, allow_missing
+        )
+
+    feeds, rows = assemble_feeds(rt, given, convert)
+    req_outputs = body.get("outputs")
+    outputs = requested_outputs(rt, req_outputs)
+    all_binary = _flag(params, "binary_data_output", "request")
+    flags: list[bool] | None = None
+    if outputs is not None:
+        flags = []
+        for k, o in enumerate(req_outputs or ()):
+            p = o.get("parameters")
+            if p is not None:
+                _check_parameters(p, f"outputs[{k}]")
+            flags.append(_flag(p, "binary_data", f"outputs[{k}]") if p and "binary_data" in p else all_binary)
+        if not any(flags):
+            flags = None
+    elif all_binary:
+        flags = [True] * len(rt.outputs)
+    return InferRequest(req_id, feeds, rows, outputs, flags)
+
+
 def _datatype_of(arr: np.ndarray) -> str:
     kind = arr.dtype
     if kind == np.object_ or kind.kind in ("U", "S"):
         return "BYTES"
     for name, dt in OIP_DTYPES.items():
-        if dt is not np.object_ and kind == dt:
+        if name != "BYTES" and kind == dt:
             return name
     return "FP64"
 
 
-def encode_infer_response(rt: ModelRuntime, req: InferRequest, outputs: Outputs) -> dict[str, Any]:
+def output_datatype(rt: ModelRuntime, i: int, arr: np.ndarray) -> str:
+    return rt.outputs[i].datatype if i < len(rt.outputs) else _datatype_of(arr)
+
+
+def raw_bytes(arr: np.ndarray, datatype: str) -> bytes:
+    """A tensor as the binary extension and gRPC raw contents carry it."""
+    if datatype == "BYTES":
+        parts = []
+        for v in arr.reshape(-1).tolist():
+            b = v if isinstance(v, bytes) else str(v).encode()
+            parts.append(len(b).to_bytes(4, "little"))
+            parts.append(b)
+        return b"".join(parts)
+    return np.ascontiguousarray(arr, dtype=OIP_DTYPES[datatype]).tobytes()
+
+
+def encode_infer_response(rt: ModelRuntime, req: InferRequest, outputs: Outputs) -> tuple[bytes, int | None]:
+    """The REST answer: JSON, or (when the request asked for binary outputs) a JSON header followed by the
+    binary outputs; returns the body and the JSON header's length (None for plain JSON)."""
     chosen = range(len(outputs)) if req.outputs is None else req.outputs
     out = []
-    for i in chosen:
+    tail: list[bytes] = []
+    binary = req.binary
+    for k, i in enumerate(chosen):
         arr = outputs[i]
-        datatype = rt.outputs[i].datatype if i < len(rt.outputs) else _datatype_of(arr)
-        if datatype == "BYTES":
-            data: Any = [v.decode() if isinstance(v, bytes) else str(v) for v in arr.reshape(-1).tolist()]
+        datatype = output_datatype(rt, i, arr)
+        entry: dict[str, Any] = {"name": rt.output_names[i], "datatype": datatype, "shape": list(arr.shape)}
+        if binary is not None and binary[k]:
+            raw = raw_bytes(arr, datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            tail.append(raw)
+        elif datatype == "BYTES":
+            entry["data"] = [v.decode() if isinstance(v, bytes) else str(v) for v in arr.reshape(-1).tolist()]
         else:
-            data = np.ascontiguousarray(arr).reshape(-1)
-        out.append({"name": rt.output_names[i], "datatype": datatype, "shape": list(arr.shape), "data": data})
-    return {"model_name": rt.name, "model_version": rt.version, "id": req.id, "outputs": out}
+            entry["data"] = np.ascontiguousarray(arr).reshape(-1)
+        out.append(entry)
+    header = _dumps(
+        {"model_name": rt.name, "model_version": rt.version, "id": req.id, "outputs": out}, option=_DUMPS_OPTS
+    )
+    if not tail:
+        return header, None
+    return b"".join([header, *tail]), len(header)

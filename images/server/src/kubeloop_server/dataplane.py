@@ -1,23 +1,21 @@
-"""The protocol-agnostic data plane (KServe's pattern): health, metadata and inference for both APIs.
+"""The protocol-agnostic data plane (KServe's pattern): health, metadata and inference for every API.
 
-It works on decoded JSON values and plain dicts; the REST layer only parses bodies, calls one method and
-serialises the result.
+The REST layer (:mod:`kubeloop_server.rest`) and the gRPC layer (:mod:`kubeloop_server.grpcapi`) parse
+their transport, call one method here and encode its result; validation (:mod:`kubeloop_server.codec`),
+batching (the predictor), the prediction and run metrics, and prediction logging happen here, once, for
+both. Errors are :class:`~kubeloop_server.errors.ServerError` subclasses, turned into HTTP statuses and
+gRPC codes by :func:`kubeloop_server.errors.error_status`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kubeloop_server import __version__
 from kubeloop_server.batching import AdaptiveBatcher, Predictor
-from kubeloop_server.codec import (
-    decode_infer_request,
-    encode_infer_response,
-    parse_records,
-    record_results,
-    records_to_feeds,
-)
+from kubeloop_server.codec import InferRequest, parse_records, record_results, records_to_feeds
 from kubeloop_server.errors import InvalidInputError, ModelNotFoundError
 from kubeloop_server.metrics import ServerMetrics
 from kubeloop_server.model import Feeds, ModelRuntime, Outputs
@@ -27,6 +25,10 @@ log = logging.getLogger("kubeloop_server.dataplane")
 
 SERVER_NAME = "kubeloop-server"
 PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["binary_tensor_data"]
+
+# decode(runtime, payload, max_rows, allow_missing, extra) -> InferRequest: one per protocol (codec).
+Decoder = Callable[[ModelRuntime, Any, int, bool, Any], InferRequest]
 
 
 class DataPlane:
@@ -48,8 +50,11 @@ class DataPlane:
         self.ready = False
         self.draining = False
         rt = runtime
-        self._classification = rt.task == "classification"
-        self._pred_out = rt.prediction_output
+        self._task = rt.task
+        # Only read when the task is set, which means the graph has a prediction output.
+        self._pred_out = rt.prediction_output if rt.prediction_output is not None else 0
+        metrics.log_unlogged_inputs.set(len(rt.unlogged_inputs))
+        metrics.log_prediction_logged.set(0 if rt.prediction_output is None else 1)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
 
@@ -68,13 +73,13 @@ class DataPlane:
     # --- health and metadata (OIP) -----------------------------------------------------------------------------
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": SERVER_NAME, "version": __version__, "extensions": []}
+        return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
 
     def check_model(self, name: str, version: str | None) -> None:
         rt = self.runtime
         if name != rt.name:
             raise ModelNotFoundError(f"model {name!r} not found; this server serves {rt.name!r}")
-        if version is not None and version != rt.version:
+        if version and version != rt.version:
             raise ModelNotFoundError(
                 f"model {name!r} has no version {version!r}; this server serves version {rt.version!r}"
             )
@@ -88,6 +93,9 @@ class DataPlane:
             "platform": PLATFORM,
             "inputs": [i.as_oip() for i in rt.inputs],
             "outputs": [o.as_oip() for o in rt.outputs],
+            # Which kind of model this is (a Kubeloop-trained one, or any ONNX graph) and whether the record
+            # API (/forward) fits it; gRPC's ModelMetadataResponse has no field for these.
+            "parameters": {"model_kind": rt.kind, "record_api": rt.record_api_error is None},
         }
 
     def model_ready(self, name: str, version: str | None) -> tuple[bool, dict[str, Any]]:
@@ -96,30 +104,44 @@ class DataPlane:
         return ready, {"name": name, "ready": ready}
 
     def metadata(self) -> dict[str, Any]:
-        """The record API's GET /metadata: features, types, classes, task, version."""
-        d = self.runtime.describe()
+        """The record API's GET /metadata: kind, features, types, classes, task, version, what is logged."""
+        rt = self.runtime
+        d = rt.describe()
         d["batching"] = isinstance(self.predictor, AdaptiveBatcher)
+        d["prediction_logging"] = {
+            "enabled": self.predlog is not None,
+            "columns": [c.name for c in rt.log_columns],
+            "not_logged": [{"input": k, "reason": v} for k, v in rt.unlogged_inputs.items()],
+            "prediction": "not logged: " + rt.task_source
+            if rt.prediction_output is None
+            else ("class label" if rt.task == "classification" else "value"),
+        }
         return d
 
     # --- inference --------------------------------------------------------------------------------------------
 
     async def _predict(self, feeds: Feeds, rows: int) -> Outputs:
         outputs = await self.predictor.predict(feeds, rows)
-        if self._classification:
+        if self._task == "classification":
             self.metrics.observe_classes(outputs[self._pred_out])
-        else:
+        elif self._task == "regression":
             self.metrics.observe_values(outputs[self._pred_out])
         if self.predlog is not None:
             self.predlog.record(feeds, outputs, rows)
         return outputs
 
-    async def infer(self, name: str, version: str | None, body: Any) -> dict[str, Any]:
+    async def infer(
+        self, name: str, version: str | None, decode: Decoder, payload: Any, extra: Any = None
+    ) -> tuple[InferRequest, Outputs]:
+        """OIP inference for any protocol: ``decode`` (the protocol's codec) turns ``payload`` into a
+        validated request; the result goes back to the protocol layer to encode."""
         self.check_model(name, version)
-        req = decode_infer_request(self.runtime, body, self.max_rows, self.allow_missing)
+        req = decode(self.runtime, payload, self.max_rows, self.allow_missing, extra)
         outputs = await self._predict(req.feeds, req.rows)
-        return encode_infer_response(self.runtime, req, outputs)
+        return req, outputs
 
     async def forward(self, body: Any) -> dict[str, Any]:
+        self.runtime.record_api_check()
         if type(body) is not dict:
             raise InvalidInputError("request body must be a JSON object keyed by feature name")
         feeds = records_to_feeds(self.runtime, [body], single=True, allow_missing=self.allow_missing)
@@ -129,6 +151,7 @@ class DataPlane:
         return result
 
     async def forward_batch(self, body: Any) -> dict[str, Any]:
+        self.runtime.record_api_check()
         records = parse_records(body, self.max_rows)
         feeds = records_to_feeds(self.runtime, records, allow_missing=self.allow_missing)
         outputs = await self._predict(feeds, len(records))

@@ -1,8 +1,9 @@
 """Prometheus metrics (DESIGN §6: ``kubeloop_`` prefix, base units, bounded labels).
 
 Each server owns a registry (no global state, so tests can build many apps). Label values are bounded:
-``endpoint`` is a route template or ``other``, ``status`` an HTTP status the server itself produces,
-``class`` a model class label (at most :data:`MAX_CLASS_LABELS`, the rest folded into ``__other__``).
+``protocol`` is ``rest`` or ``grpc``; ``endpoint`` a route template, ``other``, or a gRPC method name;
+``status`` an HTTP status the server itself produces (REST) or a gRPC status code name (gRPC); ``class`` a
+model class label (at most :data:`MAX_CLASS_LABELS`, the rest folded into ``__other__``).
 
 The per-request series (request count and latency, batch size, run time, predicted class or value) are
 plain Python counters updated from the event-loop thread only and turned into metric families at scrape
@@ -83,8 +84,10 @@ class _LoopCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         m = self._m
         requests = CounterMetricFamily(
-            "kubeloop_server_requests", "HTTP requests handled, by endpoint (route template) and status code.",
-            labels=["endpoint", "status"],
+            "kubeloop_server_requests",
+            "Requests handled, by protocol (rest, grpc), endpoint (route template or gRPC method) and status "
+            "(HTTP status or gRPC code).",
+            labels=["protocol", "endpoint", "status"],
         )  # fmt: skip
         for labels, s in list(m.request_duration.series.items()):
             requests.add_metric(list(labels), s.count)
@@ -114,8 +117,8 @@ class ServerMetrics:
         r = self.registry
         self.request_duration = LoopHistogram(
             "kubeloop_server_request_duration_seconds",
-            "Time from route entry to the response, by endpoint and status code.",
-            ["endpoint", "status"],
+            "Time from route entry to the response, by protocol, endpoint and status.",
+            ["protocol", "endpoint", "status"],
             LATENCY_BUCKETS,
         )
         self.batch_size = LoopHistogram(
@@ -145,7 +148,7 @@ class ServerMetrics:
         self.model_info = Gauge(
             "kubeloop_server_model_info",
             "The served model (value 1).",
-            ["model_name", "model_version", "task", "provider", "layout"],
+            ["model_name", "model_version", "kind", "task", "provider", "layout"],
             registry=r,
         )
         self.ready = Gauge(
@@ -170,23 +173,42 @@ class ServerMetrics:
             "Prediction-log rows waiting to be written.",
             registry=r,
         )
+        self.log_unlogged_inputs = Gauge(
+            "kubeloop_server_prediction_log_unlogged_inputs",
+            "Graph inputs the prediction log cannot hold as columns (a foreign model's images, sequences, "
+            "...); GET /metadata names them and says why.",
+            registry=r,
+        )
+        self.log_prediction_logged = Gauge(
+            "kubeloop_server_prediction_log_prediction_logged",
+            "1 when the prediction log holds a prediction per row; 0 for a foreign model whose outputs do "
+            "not read as a class or a value (GET /metadata says why).",
+            registry=r,
+        )
         r.register(_LoopCollector(self))
-        self._series: dict[tuple[str, int], tuple[str, ...]] = {}
+        self._series: dict[tuple[str, str, int | str], tuple[str, ...]] = {}
 
     def set_model(
-        self, name: str, version: str, task: str, provider: str, layout: str, classes: list[str]
+        self,
+        name: str,
+        version: str,
+        task: str | None,
+        provider: str,
+        layout: str | None,
+        classes: list[str],
+        kind: str = "kubeloop",
     ) -> None:
-        self.model_info.labels(name, version, task, provider, layout).set(1)
+        self.model_info.labels(name, version, kind, task or "none", provider, layout or "none").set(1)
         self.class_labels = [c if k < MAX_CLASS_LABELS else "__other__" for k, c in enumerate(classes)]
         self.class_counts = [0] * len(classes)
 
     # --- event-loop thread only -------------------------------------------------------------------------
 
-    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        key = (endpoint, status)
+    def observe_request(self, protocol: str, endpoint: str, status: int | str, seconds: float) -> None:
+        key = (protocol, endpoint, status)
         labels = self._series.get(key)
         if labels is None:
-            labels = self._series[key] = (endpoint, str(status))
+            labels = self._series[key] = (protocol, endpoint, str(status))
         self.request_duration.observe(seconds, labels)
 
     def observe_run(self, rows: int, seconds: float) -> None:

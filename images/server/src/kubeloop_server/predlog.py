@@ -186,34 +186,36 @@ class PredictionLogger:
             stamps: list[np.ndarray] = []
             preds: list[np.ndarray] = []
             for c in group:
-                cols = rt.feature_columns(c.feeds)
+                cols = rt.log_values(c.feeds)
                 pred = rt.predictions(c.outputs)
                 if c.take is not None:
                     cols = {k: v[c.take] for k, v in cols.items()}
-                    pred = pred[c.take]
+                    pred = None if pred is None else pred[c.take]
                 for k, v in cols.items():
                     columns[k].append(v)
-                preds.append(pred)
+                if pred is not None:
+                    preds.append(pred)
                 stamps.append(np.full(c.rows, int(c.at * 1e6), dtype=np.int64))
             data: dict[str, Any] = {}
-            for f in rt.features:
-                col = np.concatenate(columns[f.name])
-                if f.numeric:  # NaN (a missing value) is written as null
+            for lc in rt.log_columns:
+                col = np.concatenate(columns[lc.name])
+                if lc.numeric:  # NaN (a missing value) is written as null
                     values = col.astype(np.float64)
-                    data[f.name] = pa.array(values, mask=np.isnan(values))
+                    data[lc.name] = pa.array(values, mask=np.isnan(values))
                 else:  # "" is the missing category: null as well
-                    data[f.name] = pa.array([v or None for v in col.tolist()], type=pa.string())
+                    data[lc.name] = pa.array([v or None for v in col.tolist()], type=pa.string())
             data[PREDICTION_LOG_TIMESTAMP] = pa.array(
                 np.concatenate(stamps), type=pa.timestamp("us", tz="UTC")
             )
             n = len(data[PREDICTION_LOG_TIMESTAMP])
             data[PREDICTION_LOG_MODEL_VERSION] = pa.array([rt.version] * n, type=pa.string())
-            pred_all = np.concatenate(preds)
-            if rt.task == "classification":
-                labels = np.asarray(rt.classes, dtype=object)[pred_all]
+            if not preds:  # a foreign graph without a prediction output: the column is there, all null
+                data[PREDICTION_LOG_PREDICTION] = pa.nulls(n, type=pa.string())
+            elif rt.task == "classification":
+                labels = np.asarray(rt.classes, dtype=object)[np.concatenate(preds)]
                 data[PREDICTION_LOG_PREDICTION] = pa.array(labels.tolist(), type=pa.string())
             else:
-                data[PREDICTION_LOG_PREDICTION] = pa.array(pred_all.astype(np.float64))
+                data[PREDICTION_LOG_PREDICTION] = pa.array(np.concatenate(preds).astype(np.float64))
             tables[day] = pa.table(data)
         return tables
 

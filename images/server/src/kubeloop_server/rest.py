@@ -1,4 +1,5 @@
-"""The REST layer: thin routes over the data plane, errors mapped to HTTP in one place.
+"""The REST layer: thin routes over the data plane; errors become HTTP statuses through
+:func:`kubeloop_server.errors.error_status` (the mapping the gRPC layer uses too).
 
 Routes are raw ASGI endpoints mounted in a FastAPI application (which provides the lifespan, the
 middleware stack and the 404/405 handling). Each endpoint reads a bounded body, calls one data-plane
@@ -26,8 +27,10 @@ from starlette.types import Receive, Scope, Send
 from kubeloop.storage import ObjectStore
 from kubeloop_server import __version__
 from kubeloop_server.batching import make_predictor
+from kubeloop_server.codec import decode_infer_request, encode_infer_response
 from kubeloop_server.dataplane import DataPlane
-from kubeloop_server.errors import InvalidInputError, PayloadTooLargeError, ServerError
+from kubeloop_server.errors import InvalidInputError, PayloadTooLargeError, error_status
+from kubeloop_server.grpcapi import GrpcServer
 from kubeloop_server.metrics import CONTENT_TYPE, ServerMetrics
 from kubeloop_server.model import ModelRuntime
 from kubeloop_server.predlog import PredictionLogger
@@ -37,12 +40,17 @@ from kubeloop_server.storage import fetch_model_bytes, make_store
 log = logging.getLogger("kubeloop_server.rest")
 
 JSON = b"application/json"
+OCTET_STREAM = b"application/octet-stream"
+PROTOCOL = "rest"
+# The binary tensor data extension: the JSON part's length; the rest of the body is raw tensors.
+HEADER_LENGTH = b"inference-header-content-length"
 _DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
 _dumps = orjson.dumps
 _loads = orjson.loads
 
-# A handler gets the ASGI scope and the body (None for GET) and returns (status, payload, content type).
-Reply = tuple[int, bytes, bytes]
+# A handler gets the ASGI scope and the body (None for GET) and returns (status, payload, content type,
+# extra headers or None).
+Reply = tuple[int, bytes, bytes, list[tuple[bytes, bytes]] | None]
 Handler = Callable[[Scope, bytes | None], Awaitable[Reply]]
 
 
@@ -51,24 +59,53 @@ class ClientDisconnectedError(Exception):
 
 
 def error_reply(exc: BaseException) -> Reply:
-    """The one place where errors become HTTP: a ServerError carries its status; anything else is a bug."""
-    if isinstance(exc, ServerError):
-        return exc.status_code, _dumps({"error": exc.message}), JSON
-    log.error("internal error (a bug): %r", exc, exc_info=exc)
-    return 500, _dumps({"error": f"internal server error: {type(exc).__name__}"}), JSON
+    """An error as an HTTP answer ``{"error": message}`` (status from :func:`error_status`)."""
+    status, _, message = error_status(exc)
+    return status, _dumps({"error": message}), JSON, None
 
 
 def ok(obj: Any, status: int = 200) -> Reply:
-    return status, _dumps(obj, option=_DUMPS_OPTS), JSON
+    return status, _dumps(obj, option=_DUMPS_OPTS), JSON, None
 
 
-def parse_json(body: bytes | None) -> Any:
+def parse_json(body: bytes | memoryview | None, what: str = "request body") -> Any:
     if not body:
-        raise InvalidInputError("request body is empty; send a JSON document")
+        raise InvalidInputError(f"{what} is empty; send a JSON document")
     try:
         return _loads(body)
     except orjson.JSONDecodeError as e:
-        raise InvalidInputError(f"request body is not valid JSON: {e}") from None
+        raise InvalidInputError(f"{what} is not valid JSON: {e}") from None
+
+
+def parse_infer_json(body: bytes | None) -> Any:
+    """An OIP request without the binary extension's header; raw tensors there get a hint, not a riddle."""
+    try:
+        return parse_json(body)
+    except InvalidInputError as e:
+        try:
+            (body or b"").decode()
+        except UnicodeDecodeError:
+            raise InvalidInputError(
+                f"{e.message}; the body holds binary data: a request with binary tensors (binary tensor data "
+                "extension) needs the Inference-Header-Content-Length header"
+            ) from None
+        raise
+
+
+def split_binary_request(body: bytes | None, header_length: bytes) -> tuple[Any, memoryview]:
+    """A binary tensor data request: the JSON header (``Inference-Header-Content-Length`` bytes) and the
+    raw tensors after it."""
+    text = header_length.decode(errors="replace").strip()
+    if not text.isdigit():
+        raise InvalidInputError(f"Inference-Header-Content-Length {text!r} is not a non-negative integer")
+    n = int(text)
+    size = len(body or b"")
+    if n > size:
+        raise InvalidInputError(
+            f"Inference-Header-Content-Length {n} exceeds the request body of {size} bytes"
+        )
+    view = memoryview(body or b"")
+    return parse_json(view[:n], "the JSON header of the binary request"), view[n:]
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -121,23 +158,20 @@ class Endpoint:
         metrics.in_flight += 1
         try:
             body = None if self.body_limit is None else await read_body(scope, receive, self.body_limit)
-            status, payload, ctype = await self.handler(scope, body)
+            status, payload, ctype, extra = await self.handler(scope, body)
         except ClientDisconnectedError:
             metrics.in_flight -= 1
-            metrics.observe_request(self.label, 499, time.perf_counter() - t0)
+            metrics.observe_request(PROTOCOL, self.label, 499, time.perf_counter() - t0)
             return
         except Exception as e:
-            status, payload, ctype = error_reply(e)
+            status, payload, ctype, extra = error_reply(e)
         metrics.in_flight -= 1
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", ctype), (b"content-length", str(len(payload)).encode())],
-            }
-        )
+        headers = [(b"content-type", ctype), (b"content-length", str(len(payload)).encode())]
+        if extra:
+            headers += extra
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
-        metrics.observe_request(self.label, status, time.perf_counter() - t0)
+        metrics.observe_request(PROTOCOL, self.label, status, time.perf_counter() - t0)
 
 
 class FastLane:
@@ -201,7 +235,7 @@ class ServerApp:
             )
         self.runtime = rt = runtime
         self.metrics = ServerMetrics()
-        self.metrics.set_model(rt.name, rt.version, rt.task, rt.provider, rt.layout, rt.classes)
+        self.metrics.set_model(rt.name, rt.version, rt.task, rt.provider, rt.layout, rt.classes, rt.kind)
         self.predictor = make_predictor(
             rt,
             self.metrics,
@@ -231,26 +265,40 @@ class ServerApp:
         self.dataplane = DataPlane(
             rt, self.predictor, self.metrics, self.predlog, s.max_request_rows, s.allow_missing
         )
+        self.grpc: GrpcServer | None = None
+        if s.grpc_port:
+            self.grpc = GrpcServer(self.dataplane, self.metrics, s.host, s.grpc_port, s.max_body_bytes)
         self.fastapi, routes = self._build_app()
         self.app = FastLane(self.fastapi, routes)
 
     # --- lifecycle ------------------------------------------------------------------------------------------
+
+    def begin_grpc_stop(self) -> None:
+        """The HTTP listener is closing: gRPC stops accepting RPCs too; those in flight may finish."""
+        if self.grpc is not None:
+            self.grpc.begin_stop(self.settings.graceful_timeout_s)
 
     @asynccontextmanager
     async def lifespan(self, _app: Any) -> AsyncIterator[None]:
         await self.predictor.start()
         if self.predlog is not None:
             self.predlog.start()
+        if self.grpc is not None:
+            await self.grpc.start()
         # Everything allocated so far (modules, the model, the app) lives for the whole process: move it
         # out of the collector's reach so full collections stay short and tail latency stays low.
         gc.collect()
         gc.freeze()
         self.dataplane.set_ready(True)
+        rt = self.runtime
         log.info(
-            "serving %s version %s (%s); predictor=%s prediction_logging=%s",
-            self.runtime.name,
-            self.runtime.version,
-            self.runtime.provider,
+            "serving %s version %s, a %s (%s); REST on port %d, gRPC %s; predictor=%s prediction_logging=%s",
+            rt.name,
+            rt.version,
+            "Kubeloop model" if rt.kind == "kubeloop" else "foreign ONNX model (no Kubeloop metadata)",
+            rt.provider,
+            self.settings.port,
+            f"on port {self.grpc.port}" if self.grpc is not None else "off",
             type(self.predictor).__name__,
             self.predlog is not None,
         )
@@ -258,6 +306,8 @@ class ServerApp:
             yield
         finally:
             self.dataplane.start_draining()
+            if self.grpc is not None:  # in-flight RPCs finish before the batcher and the log stop
+                await self.grpc.stop(self.settings.graceful_timeout_s)
             await self.predictor.stop()
             if self.predlog is not None:
                 await asyncio.to_thread(self.predlog.stop, self.settings.flush_timeout_s)
@@ -273,10 +323,31 @@ class ServerApp:
         dp = self.dataplane
         metrics = self.metrics
 
+        rt = self.runtime
+
         async def infer(scope: Scope, body: bytes | None) -> Reply:
-            """OIP inference: tensors named as the graph inputs (or, for a packed model, one per feature)."""
+            """OIP inference: tensors named as the graph inputs (or, for a packed model, one per feature);
+            JSON or the binary tensor data extension (Inference-Header-Content-Length), in and out."""
             p = scope["path_params"]
-            return ok(await dp.infer(p["model_name"], p.get("model_version"), parse_json(body)))
+            header_length = None
+            for k, v in scope["headers"]:
+                if k == HEADER_LENGTH:
+                    header_length = v
+                elif k == b"content-encoding" and v.lower() != b"identity":
+                    raise InvalidInputError(
+                        f"Content-Encoding {v.decode(errors='replace')} is not supported; send the body uncompressed"
+                    )
+            if header_length is None:
+                doc, binary = parse_infer_json(body), None
+            else:
+                doc, binary = split_binary_request(body, header_length)
+            req, outputs = await dp.infer(
+                p["model_name"], p.get("model_version"), decode_infer_request, doc, binary
+            )
+            payload, json_length = encode_infer_response(rt, req, outputs)
+            if json_length is None:
+                return 200, payload, JSON, None
+            return 200, payload, OCTET_STREAM, [(HEADER_LENGTH, str(json_length).encode())]
 
         async def forward(scope: Scope, body: bytes | None) -> Reply:
             """One record (a JSON object keyed by feature name) -> label and probabilities, or prediction."""
@@ -316,7 +387,7 @@ class ServerApp:
 
         async def prometheus(scope: Scope, body: bytes | None) -> Reply:
             """Prometheus metrics."""
-            return 200, metrics.render(), CONTENT_TYPE.encode()
+            return 200, metrics.render(), CONTENT_TYPE.encode(), None
 
         limit = self.settings.max_body_bytes
         # Most frequent first: the router tries routes in order.
@@ -351,7 +422,7 @@ class ServerApp:
 
         @app.exception_handler(StarletteHTTPException)
         async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-            metrics.observe_request("other", exc.status_code, 0.0)
+            metrics.observe_request(PROTOCOL, "other", exc.status_code, 0.0)
             if exc.status_code == 404:
                 msg = f"no route {request.method} {request.url.path}"
             elif exc.status_code == 405:

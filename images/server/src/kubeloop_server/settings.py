@@ -83,6 +83,13 @@ class ServerSettings(BaseSettings):
     port: int = Field(
         default=8080, ge=0, le=65535, description="HTTP port (OIP v2 REST, /forward, /metrics)."
     )
+    grpc_port: int = Field(
+        default=8081,
+        ge=0,
+        le=65535,
+        description="gRPC port (OIP v2 inference.GRPCInferenceService, on the same address as HTTP); 0 "
+        "switches gRPC off. Requests bigger than max_body_bytes are refused, as over HTTP.",
+    )
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger gets 413."
     )
@@ -143,6 +150,13 @@ class ServerSettings(BaseSettings):
     )
     s3_region: str = Field(default="", description="Region; MinIO ignores it, so empty is fine there.")
 
+    termination_log: str = Field(
+        default="/dev/termination-log",
+        description="File that gets a one-line reason when the server cannot start (Kubernetes termination "
+        "message): 'ModelLoadFailed: <why>' when the model cannot be fetched, parsed or run, "
+        "'InvalidSettings: <why>' for bad settings. Skipped when the file cannot be written.",
+    )
+
     # --- shutdown ------------------------------------------------------------------------------------------
     drain_seconds: float = Field(
         default=3.0,
@@ -165,6 +179,10 @@ class ServerSettings(BaseSettings):
     def _check(self) -> ServerSettings:
         if self.model_uri.startswith("s3://") and not self.s3_endpoint:
             raise ValueError("model_uri is s3:// but s3_endpoint (KUBELOOP_SERVER_S3_ENDPOINT) is empty")
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(
+                f"grpc_port and port are both {self.port}; give gRPC a port of its own (or 0: off)"
+            )
         if self.prediction_logging_enabled and not self.s3_endpoint:
             raise ValueError(
                 "prediction_logging_enabled needs an object store: set s3_endpoint (KUBELOOP_SERVER_S3_ENDPOINT)"
