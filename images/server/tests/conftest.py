@@ -116,6 +116,26 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
         c.__exit__(None, None, None)
 
 
+@pytest.fixture
+def make_grpc(make_client: Callable[..., TestClient]) -> Iterator[Callable[..., tuple[TestClient, Any]]]:
+    """``make_grpc(model_bytes, **settings)`` -> (TestClient, GRPCInferenceServiceStub): one in-process
+    server whose lifespan also runs the gRPC service on a free loopback port."""
+    import grpc
+    from kubeloop_server.oip import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    channels: list[Any] = []
+
+    def make(model: bytes, **overrides: Any) -> tuple[TestClient, Any]:
+        client = make_client(model, grpc_port=free_port(), host="127.0.0.1", **overrides)
+        channel = grpc.insecure_channel(f"127.0.0.1:{client.server_app.settings.grpc_port}")
+        channels.append(channel)
+        return client, pb_grpc.GRPCInferenceServiceStub(channel)
+
+    yield make
+    for ch in channels:
+        ch.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

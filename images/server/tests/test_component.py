@@ -2,8 +2,9 @@
 127.0.0.1 serving a model from ``s3://``.
 
 * every endpoint answers what in-process onnxruntime computes;
-* SIGTERM with >= 200 requests in flight: none of them fails, readiness turns 503 at once, and every
-  sampled prediction is in object storage after the process exits.
+* SIGTERM with >= 200 REST requests and 100 gRPC calls in flight: none of them fails, readiness turns
+  503 (and gRPC ServerReady false) at once, and every sampled prediction is in object storage after the
+  process exits.
 """
 
 from __future__ import annotations
@@ -169,10 +170,16 @@ def test_missing_s3_model_exits_nonzero(minio_server, s3_prefix, start_server) -
 
 
 IN_FLIGHT = 300
+GRPC_IN_FLIGHT = 100
 
 
-async def _sigterm_under_load(srv: Any, n: int) -> dict[str, Any]:
-    """Open n connections, send n requests, wait until the server holds >= 200 of them, SIGTERM."""
+async def _sigterm_under_load(srv: Any, n: int, n_grpc: int) -> dict[str, Any]:
+    """Open n connections, send n requests and n_grpc gRPC calls, wait until the server holds >= 200 of
+    them, SIGTERM."""
+    from grpc import aio
+    from kubeloop_server.oip import grpc_predict_v2_pb2 as pb
+    from kubeloop_server.oip import grpc_predict_v2_pb2_grpc as pb_grpc
+
     host, port = "127.0.0.1", srv.port
     conns = [HttpConnection(host, port) for _ in range(n)]
     await asyncio.gather(*(c.connect() for c in conns))
@@ -182,6 +189,15 @@ async def _sigterm_under_load(srv: Any, n: int) -> dict[str, Any]:
         c.send(build_request("POST", url, orjson.dumps(rec)))
     await asyncio.gather(*(c.drain() for c in conns))
     responses = [asyncio.ensure_future(c.read_response()) for c in conns]
+    channels = [aio.insecure_channel(srv.grpc_target) for _ in range(2)]
+    stubs = [pb_grpc.GRPCInferenceServiceStub(ch) for ch in channels]
+    calls = []
+    for j in range(n_grpc):
+        row = np.full((1, 30), 0.5, dtype=np.float32)
+        row[0, 0] = n + j
+        req = pb.ModelInferRequest(model_name="slow", raw_input_contents=[row.tobytes()])
+        req.inputs.add(name="input", datatype="FP32", shape=[1, 30])
+        calls.append(asyncio.ensure_future(stubs[j % 2].ModelInfer(req, timeout=60)))
 
     probe = HttpConnection(host, port)
     in_flight = 0.0
@@ -192,20 +208,26 @@ async def _sigterm_under_load(srv: Any, n: int) -> dict[str, Any]:
             x for x in body.decode().splitlines() if x.startswith("kubeloop_server_in_flight_requests ")
         )
         in_flight = float(line.split()[1]) - 1  # minus the /metrics request itself
-        if in_flight >= 200:
+        if in_flight >= 200 + n_grpc / 2:
             break
     srv.terminate()
     t_term = time.monotonic()
     # Readiness must turn 503 at once (requests are still served while draining).
     ready_status, _ = await probe.request(build_request("GET", f"{srv.url}/v2/health/ready"))
     t_ready = time.monotonic() - t_term
+    grpc_ready = (await stubs[0].ServerReady(pb.ServerReadyRequest(), timeout=10)).ready
     await probe.close()
     results = await asyncio.gather(*responses, return_exceptions=True)
+    grpc_results = await asyncio.gather(*calls, return_exceptions=True)
     await asyncio.gather(*(c.close() for c in conns))
+    for ch in channels:
+        await ch.close()
     return {
         "in_flight": in_flight,
         "results": results,
+        "grpc_results": grpc_results,
         "ready_status": ready_status,
+        "grpc_ready": grpc_ready,
         "ready_after_s": t_ready,
     }
 
@@ -222,7 +244,7 @@ def test_sigterm_with_requests_in_flight_loses_nothing(minio_server, s3_prefix, 
                 m, uri, namespace, drain_seconds="1.0", run_in_thread="always", intra_op_threads="1"
             )
         )
-        out = asyncio.run(_sigterm_under_load(srv, IN_FLIGHT))
+        out = asyncio.run(_sigterm_under_load(srv, IN_FLIGHT, GRPC_IN_FLIGHT))
         rc = srv.wait(120)
         log = srv.log()
         assert out["in_flight"] >= 200, f"only {out['in_flight']} requests in flight at SIGTERM\n{log}"
@@ -230,14 +252,21 @@ def test_sigterm_with_requests_in_flight_loses_nothing(minio_server, s3_prefix, 
         assert failures == [], (
             f"{len(failures)} of {IN_FLIGHT} accepted requests failed: {failures[:3]}\n{log}"
         )
+        grpc_failures = [r for r in out["grpc_results"] if isinstance(r, BaseException)]
+        assert grpc_failures == [], (
+            f"{len(grpc_failures)} of {GRPC_IN_FLIGHT} accepted gRPC calls failed: {grpc_failures[:3]}\n{log}"
+        )
         assert out["ready_status"] == 503, out
+        assert out["grpc_ready"] is False, out
         assert rc == 0, log
+        total = IN_FLIGHT + GRPC_IN_FLIGHT
         rows = _prediction_rows(m, namespace, "md", "1")
         logged = sorted(int(v) for v in rows["f0"])
-        assert logged == list(range(IN_FLIGHT)), f"{len(logged)} of {IN_FLIGHT} predictions in object storage"
+        assert logged == list(range(total)), f"{len(logged)} of {total} predictions in object storage"
         print(
-            f"SIGTERM with {out['in_flight']:.0f} requests in flight: {IN_FLIGHT} accepted, 0 failed, readiness 503 "
-            f"after {out['ready_after_s'] * 1e3:.0f} ms, {len(logged)} of {IN_FLIGHT} predictions in object storage"
+            f"SIGTERM with {out['in_flight']:.0f} requests in flight: {IN_FLIGHT} REST + {GRPC_IN_FLIGHT} gRPC "
+            f"accepted, 0 failed, readiness 503 after {out['ready_after_s'] * 1e3:.0f} ms, {len(logged)} of "
+            f"{total} predictions in object storage"
         )
     finally:
         _delete_prefix(m, predictions_prefix(namespace, "md", "1", bucket=m.bucket).key + "/")

@@ -44,8 +44,28 @@ def test_storage_down_keeps_serving_and_counts_drops(
     assert srv.wait(60) == 0, srv.log()
 
 
-def test_bad_model_exits_with_code_2(start_server, tmp_path) -> None:
+def test_bad_model_exits_with_code_2_and_a_termination_message(start_server, tmp_path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
     with pytest.raises(AssertionError, match=r"(?s)exited with 2.*model failed to load"):
         start_server(model_uri=str(bad), timeout=60)
+    (line,) = (tmp_path / "termination-0.log").read_text().splitlines()
+    assert line.startswith("ModelLoadFailed: ONNX Runtime cannot load the model"), line
+    with pytest.raises(AssertionError, match=r"(?s)exited with 2.*invalid settings"):
+        start_server(model_uri=str(bad), grpc_port="70000", timeout=60)
+    (line,) = (tmp_path / "termination-1.log").read_text().splitlines()
+    assert line.startswith("InvalidSettings: grpc_port: Input should be less than or equal to 65535"), line
+
+
+def test_start_up_log_names_the_kind_of_model_and_both_protocols(start_server, tmp_path) -> None:
+    from kubeloop_testing.foreign_models import packed_mlp
+
+    model = tmp_path / "foreign.onnx"
+    model.write_bytes(packed_mlp())
+    srv = start_server(model_uri=str(model), drain_seconds="0")
+    log = srv.log()
+    assert "kind=onnx (a plain ONNX graph, no Kubeloop metadata)" in log, log
+    assert "a foreign ONNX model (no Kubeloop metadata)" in log, log
+    assert f"gRPC on port {srv.grpc_port}" in log, log
+    srv.terminate()
+    assert srv.wait(30) == 0, srv.log()

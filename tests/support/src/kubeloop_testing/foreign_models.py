@@ -10,7 +10,9 @@ tests and benchmarks, each with a function that makes valid inputs for it.
   then logistic regression) trained on scikit-learn's bundled iris table plus a generated string column,
   converted with skl2onnx: one ``[N, 1]`` input per column (three float, one string), outputs
   ``output_label`` (int64 ``[N]``) and ``output_probability`` (a ZipMap: a sequence of maps);
-* :func:`string_graph` — string inputs only (``word`` and ``tag``, ``[N, 1]``) through LabelEncoders.
+* :func:`string_graph` — string inputs only (``word`` and ``tag``, ``[N, 1]``) through LabelEncoders;
+* :func:`image_graph` — an image-like ``float32 [N, 3, 4, 4]`` input (nothing the prediction log can hold);
+* :func:`int_feature_graph` — per-feature inputs, one of them int64 (``age``, ``income``).
 
 :func:`ort_outputs` runs a model with plain in-process onnxruntime, ZipMaps turned into ``[N, C]``
 arrays the way the server serves them.
@@ -220,3 +222,46 @@ def ort_outputs(model: bytes, feeds: dict[str, np.ndarray]) -> dict[str, np.ndar
             value = np.array([list(d.values()) for d in value], dtype=np.float32)
         out[name] = np.asarray(value)
     return out
+
+
+def image_graph() -> bytes:
+    """``pixels`` float32 [N, 3, 4, 4] (an image: no columns to log) -> ReduceMean -> ``brightness`` [N, 1]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("ReduceMean", ["pixels", "axes"], ["brightness"], keepdims=0)]
+    graph = helper.make_graph(
+        nodes,
+        "foreign_image",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("brightness", TensorProto.FLOAT, ["N"])],
+        initializer=[numpy_helper.from_array(np.array([1, 2, 3], dtype=np.int64), "axes")],
+    )
+    return _finish(graph, 18)
+
+
+def int_feature_graph() -> bytes:
+    """Per-feature inputs ``age`` int64 [N, 1] and ``income`` float32 [N, 1] -> ``value`` float32 [N, 1]
+    (0.5 * age + income / 1000)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Cast", ["age"], ["age_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["age_f", "half"], ["a"]),
+        helper.make_node("Div", ["income", "thousand"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["value"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0.5], dtype=np.float32), "half"),
+        numpy_helper.from_array(np.array([1000.0], dtype=np.float32), "thousand"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "foreign_int_features",
+        [
+            helper.make_tensor_value_info("age", TensorProto.INT64, ["N", 1]),
+            helper.make_tensor_value_info("income", TensorProto.FLOAT, ["N", 1]),
+        ],
+        [helper.make_tensor_value_info("value", TensorProto.FLOAT, ["N", 1])],
+        initializer=inits,
+    )
+    return _finish(graph, 17)
