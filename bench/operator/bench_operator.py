@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -52,64 +51,61 @@ def loadavg() -> str:
 
 
 class Watcher:
-    """``kubectl get <kind> --watch -o json``: when each object was first seen (and first seen with
-    a condition in its status), by name, on this client's clock."""
+    """A watch stream (newline-delimited JSON from the API server, no kubectl in between): when each
+    object was first seen (and first seen with a condition in its status), by name, on this client's
+    clock. ``metadata_only`` asks for PartialObjectMetadata, which keeps a 500-object watch cheap."""
 
-    def __init__(self, kubectl: lp.Kubectl, namespace: str, resource: str) -> None:
+    def __init__(
+        self, kube: k8s.Kube, kind: k8s.Kind, namespace: str, *, metadata_only: bool = False
+    ) -> None:
         self.seen: dict[str, float] = {}
         self.with_condition: dict[str, float] = {}
         self.statused: set[str] = set()
-        self._proc = subprocess.Popen(
-            [
-                lp.kubectl_binary(),
-                f"--kubeconfig={kubectl.kubeconfig}",
-                "get",
-                resource,
-                "-n",
-                namespace,
-                "--watch",
-                "-o",
-                "json",
-                "--output-watch-events",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
+        accept = (
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+            if metadata_only
+            else "application/json"
         )
+        api = kube._api  # the bench reuses the client's connection setup (TLS, credentials)
+        method, url, headers, _, _ = api.param_serialize(
+            method="GET",
+            resource_path=kind.path(namespace),
+            query_params=[("watch", "1"), ("allowWatchBookmarks", "false")],
+            header_params={"Accept": accept},
+            auth_settings=["BearerToken"],
+        )
+        self._resp = api.rest_client.pool_manager.request(method, url, headers=headers, preload_content=False)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
-        assert self._proc.stdout is not None
-        dec = json.JSONDecoder()
-        buf = ""
-        for chunk in iter(lambda: self._proc.stdout.readline(), ""):  # type: ignore[union-attr]
-            buf += chunk
-            while True:
-                stripped = buf.lstrip()
-                if not stripped:
-                    buf = ""
-                    break
-                try:
-                    ev, end = dec.raw_decode(stripped)
-                except ValueError:
-                    break
-                buf = stripped[end:]
+        buf = b""
+        try:
+            for chunk in self._resp.stream(65536):
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
                 now = time.monotonic()
-                obj = ev.get("object") or {}
-                name = (obj.get("metadata") or {}).get("name")
-                if not name or ev.get("type") == "DELETED":
-                    continue
-                self.seen.setdefault(name, now)
-                status = obj.get("status") or {}
-                if status.get("conditions"):
-                    self.with_condition.setdefault(name, now)
-                if status.get("observedGeneration") and status.get("phase"):
-                    self.statused.add(name)
+                for line in lines:
+                    if line.strip():
+                        self._event(json.loads(line), now)
+        except Exception:  # the stream is closed by stop()
+            return
+
+    def _event(self, ev: dict[str, Any], now: float) -> None:
+        obj = ev.get("object") or {}
+        name = (obj.get("metadata") or {}).get("name")
+        if not name or ev.get("type") == "DELETED":
+            return
+        self.seen.setdefault(name, now)
+        status = obj.get("status") or {}
+        if status.get("conditions"):
+            self.with_condition.setdefault(name, now)
+        if status.get("observedGeneration") and status.get("phase"):
+            self.statused.add(name)
 
     def stop(self) -> None:
-        self._proc.terminate()
-        self._proc.wait(timeout=10)
+        self._resp.release_conn()
+        self._resp.close()
 
 
 def wait_until(what: str, fn: Callable[[], bool], timeout: float) -> float:
@@ -185,8 +181,8 @@ def main() -> int:
         op = lp.LocalOperator(kubectl, ns, data["minio"], data["mlflow"]["tracking_uri"], workdir)
         op.start(trainer_image=FAKE_TRAINER)
         admin = k8s.Kube.connect(str(kubectl.kubeconfig), pool_size=args.threads + 4)
-        jobs = Watcher(kubectl, ns, "jobs.batch")
-        tjs = Watcher(kubectl, ns, "trainingjobs.kubeloop.io")
+        jobs = Watcher(admin, k8s.JOB, ns, metadata_only=True)
+        tjs = Watcher(admin, k8s.TRAININGJOB, ns)
         watchers = [jobs, tjs]
         time.sleep(2)
 

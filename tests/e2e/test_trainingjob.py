@@ -99,7 +99,7 @@ def test_example_trainingjob_succeeds_and_mlflow_serves_what_onnxruntime_predict
     assert "kubeloop.io/operator" in meta.get("finalizers", [])
     assert not [k for k in meta.get("annotations", {}) if "kopf.zalando.org" in k]
     reasons = {e["reason"] for e in kl.events(name)}
-    assert {"JobCreated", "Succeeded"} <= reasons
+    assert {"Running", "Succeeded"} <= reasons
 
     # MLflow: a real model (ONNX flavor) behind the alias; same predictions as onnxruntime on the file.
     import mlflow.pyfunc

@@ -46,6 +46,10 @@ class ObjectMemory:
     """Children this process created or adopted, by name, until the index shows them."""
     kept_logs: dict[str, Any] = field(default_factory=dict)
     last_progress_read: float = 0.0
+    spec: tuple[int, Any] | None = None
+    """(generation, parsed spec): a spec is parsed once per generation."""
+    seen: Any = None
+    """What the last derivation looked at; the same inputs again derive the same status."""
 
 
 class Memory:

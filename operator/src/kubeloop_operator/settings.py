@@ -68,7 +68,10 @@ class OperatorSettings(BaseSettings):
         "otherwise: the KopfPeering CRD must be installed.",
     )
     max_workers: int = Field(
-        default=8, ge=1, le=256, description="Threads that run the (synchronous) reconcilers."
+        default=16,
+        ge=1,
+        le=256,
+        description="Threads that run the (synchronous) reconcilers; mostly waiting on the API server.",
     )
 
     # --- images ------------------------------------------------------------------------------------------

@@ -1,8 +1,12 @@
 """TrainingJob handlers. Each runs the same level-based reconciler:
 
-* create / update of ``spec`` / resume (operator start): at once, edge-triggered;
+* ``event``: every watch event of a TrainingJob (creation, spec changes, the operator's start, which
+  lists them all), at once. A low-level kopf handler: no wait for kopf's finalizer round trip and no
+  bookkeeping annotations written before the Job exists; an event that changes nothing (the echo of
+  our own status write) costs a comparison and writes nothing;
 * ``resync`` timer, every ``resync_seconds`` for every TrainingJob: children, status, TTL — it is
-  what makes a restarted or crashed operator converge, and it writes nothing when nothing changed;
+  what retries failures and makes a crashed operator converge, and it writes nothing when nothing
+  changed;
 * ``progress`` timer, every ``progress_seconds`` while a TrainingJob runs: reads progress.
 """
 
@@ -33,17 +37,17 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         with m.handler(KIND, handler):
             reconcile(rt, body, children_of(kwargs, str(body.metadata.uid)), progress=progress)
 
-    @kopf.on.create(GROUP, VERSION, PLURAL, id="create", registry=registry)
-    def on_create(body: kopf.Body, **kwargs: Any) -> None:
-        run("create", body, kwargs)
+    def forget(body: kopf.Body) -> None:
+        uid = str(body.metadata.uid)
+        rt.memory.forget(uid)
+        m.set_phase(KIND, uid, None)
 
-    @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="update", registry=registry)
-    def on_update(body: kopf.Body, **kwargs: Any) -> None:
-        run("update", body, kwargs)
-
-    @kopf.on.resume(GROUP, VERSION, PLURAL, id="resume", registry=registry)
-    def on_resume(body: kopf.Body, **kwargs: Any) -> None:
-        run("resume", body, kwargs)
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="event", registry=registry)
+    def on_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
+        if type == "DELETED":
+            forget(body)
+            return
+        run("event", body, kwargs)
 
     @kopf.timer(
         GROUP,
@@ -63,9 +67,3 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     )
     def progress(body: kopf.Body, **kwargs: Any) -> None:
         run("progress", body, kwargs, progress=True)
-
-    @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True, registry=registry)
-    def forget(body: kopf.Body, **_: Any) -> None:
-        uid = str(body.metadata.uid)
-        rt.memory.forget(uid)
-        m.set_phase(KIND, uid, None)

@@ -85,17 +85,14 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: ChildView, *, progress
     with rt.exclusive(owner.uid) as mem:
         now = datetime.now(UTC)
         current = parse_status(body.get("status"))
-        try:
-            spec = TrainingJobSpec.model_validate(body.get("spec") or {})
-        except ValidationError as e:
-            _publish(
-                rt,
-                body,
-                dump(current),
-                invalid_spec(current, owner.generation, format_validation_error(e, "spec"), now),
-                mem,
-            )
-            return
+        if mem.spec is None or mem.spec[0] != owner.generation:
+            try:
+                mem.spec = (owner.generation, TrainingJobSpec.model_validate(body.get("spec") or {}))
+            except ValidationError as e:
+                message = format_validation_error(e, "spec")
+                _publish(rt, body, dump(current), invalid_spec(current, owner.generation, message, now), mem)
+                return
+        spec: TrainingJobSpec = mem.spec[1]
         jname = job_name(owner.name)
         job = view.job(jname) or _hint(mem, jname)
         create_error: ChildError | None = None
@@ -107,6 +104,18 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: ChildView, *, progress
         pods = [p for p in view.pods if p.owner_uid == owner.uid]
         kept = _keep_logs(rt, owner, pods, mem, current.failure.pod if current.failure else None, final)
         reading = _read_progress(rt, owner, pods, mem, force=progress) if not final else None
+        seen = (
+            (body.get("metadata") or {}).get("resourceVersion"),
+            job,
+            tuple(pods),
+            tuple(kept),
+            reading,
+            create_error,
+        )
+        if seen == mem.seen:  # nothing new since the last derivation: same status, nothing to write
+            if ttl_expired(spec, current, now) and _logs_kept(Derived(current, []), pods, now):
+                _cleanup(rt, owner, view)
+            return
         derived = derive(
             Observed(
                 now=now,
@@ -124,6 +133,7 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: ChildView, *, progress
         if derived.stop_job and job is not None:
             _stop(rt, owner, job)
         _publish(rt, body, dump(current), derived, mem)
+        mem.seen = seen
         if ttl_expired(spec, derived.status, now) and _logs_kept(derived, pods, now):
             _cleanup(rt, owner, view)
         if create_error is not None and not create_error.permanent:

@@ -517,14 +517,11 @@ def _events(o: Observed, new: TrainingJobStatus) -> list[EventSpec]:
     gen = o.generation
     old_created = next((c for c in old.conditions if c.type == "Created"), None)
     new_created = next((c for c in new.conditions if c.type == "Created"), None)
+    # The Job's creation itself is the Created condition (and the Job controller's own Events): no
+    # Event here, it would cost a write on every TrainingJob's creation path.
     if (
         new_created is not None
-        and str(new_created.status) == "True"
-        and (old_created is None or str(old_created.status) != "True")
-    ):
-        out.append(EventSpec("Normal", "JobCreated", new_created.message, "job"))
-    elif (
-        new_created is not None
+        and str(new_created.status) != "True"
         and new_created.reason not in ("Creating", "JobCreated")
         and (old_created is None or old_created.reason != new_created.reason)
     ):
