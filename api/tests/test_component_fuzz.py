@@ -2,10 +2,9 @@
 every operation gets positive (schema-conforming) and negative (schema-violating) cases, sent with a
 tenant's credentials; not one response may be a 5xx.
 
-The suite runs a bounded variant (KUBELOOP_API_FUZZ_EXAMPLES per operation and mode, default 8: about
-750 cases in about a minute); ``make fuzz-api`` runs 40 (well over 1,000 cases). Status streams are read
-for at most half a second per case.
-Positive cases use the tenant's namespace, so they reach Kubernetes, MinIO and MLflow rather than stop
+The suite runs a bounded variant (KUBELOOP_API_FUZZ_EXAMPLES per operation and mode, default 6: about
+600 cases in about a minute); ``make fuzz-api`` runs 40 (well over 1,000 cases). Status streams are read
+only until their status line. Positive cases use the tenant's namespace, so they reach Kubernetes, MinIO and MLflow rather than stop
 at a 403.
 """
 
@@ -22,8 +21,7 @@ from api_cluster import ApiEnv, Tenant
 
 pytestmark = pytest.mark.component
 
-EXAMPLES = int(os.environ.get("KUBELOOP_API_FUZZ_EXAMPLES", "8"))
-STREAM_EXAMPLES = max(2, EXAMPLES // 4)
+EXAMPLES = int(os.environ.get("KUBELOOP_API_FUZZ_EXAMPLES", "6"))
 FULL_RUN = 1000  # cases `make fuzz-api` must reach (KUBELOOP_API_FUZZ_EXAMPLES=40)
 
 
@@ -57,15 +55,12 @@ def test_schemathesis_finds_no_server_error(api_env: ApiEnv, fuzz_tenant: Tenant
     statuses: Counter[int] = Counter()
     server_errors: list[str] = []
     per_operation: dict[str, int] = {}
-    limits: dict[str, float] = {}
     session = requests.Session()
     t0 = time.monotonic()
     operations = [r.ok() for r in schema.get_all_operations()]
     assert len(operations) >= 40
     for op in operations:
-        streaming = op.path.startswith("/api/v1/watch/") or op.path.endswith("/logs")
-        n = STREAM_EXAMPLES if streaming else EXAMPLES
-        limits[op.path] = 0.5 if streaming else 30.0
+        n = EXAMPLES
         count = 0
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             pinned: dict[str, Any] | None = None
@@ -84,13 +79,19 @@ def test_schemathesis_finds_no_server_error(api_env: ApiEnv, fuzz_tenant: Tenant
             @given(case=strategy)
             def run(case: Any) -> None:
                 nonlocal count
-                resp = case.call(base_url=api_env.url, session=session, timeout=limits[case.operation.path])
+                if case.operation.path.startswith("/api/v1/watch/"):
+                    # A status stream never ends: its status line is what counts, then hang up.
+                    kwargs = case.as_transport_kwargs(base_url=api_env.url)
+                    with session.request(**kwargs, stream=True, timeout=(10, 60)) as r:
+                        code, text = r.status_code, "" if r.status_code < 400 else r.text
+                else:
+                    resp = case.call(base_url=api_env.url, session=session, timeout=60)
+                    code, text = resp.status_code, resp.text
                 count += 1
-                statuses[resp.status_code] += 1
-                if resp.status_code >= 500:
+                statuses[code] += 1
+                if code >= 500:
                     server_errors.append(
-                        f"{case.method} {case.formatted_path} {case.query or ''} -> {resp.status_code} "
-                        f"{resp.text[:300]}"
+                        f"{case.method} {case.formatted_path} {case.query or ''} -> {code} {text[:300]}"
                     )
 
             try:

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kubeloop.resources import DNS_SUBDOMAIN_PATTERN
 from kubeloop_api import __version__
 from kubeloop_api.auth import Authenticator, Authorizer
 from kubeloop_api.deps import Services
@@ -34,6 +35,22 @@ Kubeloop's REST facade. Every request is authenticated (a Bearer token the clust
 Kubeloop API token) and every Kubernetes call is made impersonating the caller, so Kubernetes RBAC
 decides. Errors are Kubernetes `Status` objects whose `details.causes[].field` names the bad field.
 """
+
+
+_STRING_MAP: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
+_METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "name (or generateName), labels and annotations; the namespace comes from the URL (a "
+    "namespace given here must match it).",
+    "properties": {
+        "name": {"type": "string", "pattern": DNS_SUBDOMAIN_PATTERN, "maxLength": 253},
+        "generateName": {"type": "string", "maxLength": 200},
+        "labels": _STRING_MAP,
+        "annotations": _STRING_MAP,
+    },
+    "required": ["name"],
+    "additionalProperties": False,
+}
 
 
 class _RequestMetrics:
@@ -148,6 +165,10 @@ def create_app(settings: ApiSettings | None = None, **overrides: Any) -> FastAPI
             js = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
             components.update(js.pop("$defs", {}))
             js["properties"]["kind"] = {"type": "string", "enum": [model.kind]}
+            # What the facade accepts in metadata (the envelope model keeps it free-form).
+            js["properties"]["metadata"] = _METADATA_SCHEMA
+            js["required"] = sorted({*js.get("required", []), "metadata", "spec"})
+            js["properties"].pop("status", None)
             components[model.__name__] = js
         app.openapi_schema = schema
         return schema

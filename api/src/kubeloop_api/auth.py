@@ -14,7 +14,6 @@ the data belongs to (:data:`ACCESS` is the whole table, also in the README).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -140,7 +139,6 @@ class Authorizer:
         self.settings = settings
         self.metrics = metrics
         self._cache: OrderedDict[tuple[object, ...], tuple[bool, float]] = OrderedDict()
-        self._lock = asyncio.Lock()
 
     async def allowed(
         self, principal: Principal, access: Access, namespace: str | None, name: str = ""

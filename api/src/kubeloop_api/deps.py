@@ -4,12 +4,14 @@ reading with a size limit."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import yaml
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import ClientDisconnect
 
 from kubeloop.resources import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
 from kubeloop_api.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
@@ -97,12 +99,22 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BadRequestError("Content-Length: not a number") from None
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
+    async for chunk in body_chunks(request):
         total += len(chunk)
         if total > limit:
             raise PayloadTooLargeError(f"body: larger than the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def body_chunks(request: Request) -> AsyncIterator[bytes]:
+    """The body as it arrives; a client that hangs up half-way gets a 400 (nobody reads it, but it is
+    the client's doing, not a fault of the facade)."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise BadRequestError("body: the client closed the connection before sending all of it") from None
 
 
 async def read_document(request: Request, limit: int) -> Any:

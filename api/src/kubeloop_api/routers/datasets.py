@@ -19,7 +19,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Path, Query, Request
 
 from kubeloop_api.datasets import NAME_PATTERN, Limits, format_of, validate_file
-from kubeloop_api.deps import Caller, Namespace, Services, Svc
+from kubeloop_api.deps import Caller, Namespace, Services, Svc, body_chunks
 from kubeloop_api.errors import (
     ConflictError,
     InvalidError,
@@ -81,7 +81,7 @@ async def _spool(request: Request, svc: Services) -> FsPath:
     total = 0
     try:
         with os.fdopen(fd, "wb") as f:
-            async for chunk in request.stream():
+            async for chunk in body_chunks(request):
                 total += len(chunk)
                 if total > limit:
                     raise PayloadTooLargeError(f"larger than the limit of {limit} bytes", field="file")
