@@ -165,6 +165,19 @@ class DriftSummary(KubeloopModel):
         default_factory=list, max_length=SUMMARY_FEATURE_LIMIT, description="Per-feature scores."
     )
     report_uri: str | None = Field(default=None, description="s3:// URI of the full report.")
+    time: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="When the check ran: the check's identity (a retrain it triggers is named after it).",
+    )
+    baseline_uri: str | None = Field(default=None, description="s3:// URI of the baseline scored against.")
+    parts: int = Field(default=0, ge=0, description="Prediction-log parts scored.")
+    skipped_parts: int = Field(
+        default=0,
+        ge=0,
+        description="Prediction-log parts skipped as unreadable (corrupt Parquet, a feature missing or of "
+        "the wrong type); the InputsValid condition names them.",
+    )
 
 
 class DriftHistoryEntry(KubeloopModel):
@@ -174,6 +187,11 @@ class DriftHistoryEntry(KubeloopModel):
     drifted: bool = Field(description="Whether the dataset drifted.")
     share: float = Field(default=0.0, description="Fraction of features that drifted.")
     samples: int = Field(default=0, description="Samples scored.")
+    reason: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Why the check gave no result (e.g. BaselineNotFound); empty when it scored.",
+    )
 
 
 class LastRetrain(KubeloopModel):
@@ -181,6 +199,29 @@ class LastRetrain(KubeloopModel):
 
     training_job: str = Field(description="Name of the TrainingJob created.")
     time: str = Field(json_schema_extra={"format": "date-time"}, description="When it was created.")
+    check_time: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="Time of the drifted check that triggered it.",
+    )
+    state: Literal["Pending", "Running", "Succeeded", "Failed", "Deleted"] | None = Field(
+        default=None,
+        description="Pending (decided, TrainingJob not seen yet), Running, Succeeded, Failed or Deleted.",
+    )
+    model_version: int | None = Field(default=None, description="Version the retrain registered.")
+    promoted: bool | None = Field(default=None, description="Whether the retrain moved the promotion alias.")
+
+
+class RetrainDecision(KubeloopModel):
+    """What the operator decided about the last drifted check (once per check, so a replay decides nothing)."""
+
+    check_time: str = Field(json_schema_extra={"format": "date-time"}, description="The check decided on.")
+    action: Literal["Retrain", "Skip"] = Field(description="Retrain, or Skip (the reason says why).")
+    reason: str = Field(
+        max_length=128,
+        description="e.g. RetrainCreated, CooldownActive, MaxPerDayReached, RetrainRunning, RetrainDisabled.",
+    )
+    message: str = Field(default="", max_length=1024, description="Details.")
 
 
 HISTORY_LIMIT: Final = 20
@@ -201,6 +242,9 @@ class DriftMonitorStatus(KubeloopModel):
     last_result: DriftSummary | None = Field(default=None, description="Result of the last check.")
     consecutive_drifts: int = Field(default=0, ge=0, description="Drifted checks in a row.")
     last_retrain: LastRetrain | None = Field(default=None, description="Last retraining started.")
+    last_decision: RetrainDecision | None = Field(
+        default=None, description="The retraining decision about the last drifted check."
+    )
     retrains: list[LastRetrain] = Field(
         default_factory=list, max_length=100, description="Retrains of the last 24 hours (for maxPerDay)."
     )
@@ -210,7 +254,7 @@ class DriftMonitorStatus(KubeloopModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra=_CONDITIONS_EXTRA,
-        description="Scheduled, Drifted, Retraining.",
+        description="Scheduled, DeploymentFound, Checked, InputsValid, Drifted, Retraining.",
     )
 
 
@@ -231,6 +275,7 @@ class DriftMonitor(Resource):
         ("Drifted", "boolean", ".status.lastResult.drifted", "Whether the last check found drift."),
         ("Share", "number", ".status.lastResult.share", "Share of drifted features in the last check."),
         ("Last Check", "date", ".status.lastCheckTime", "Time of the last check."),
+        ("Retrain", "string", ".status.lastRetrain.trainingJob", "Last retraining TrainingJob."),
         _AGE,
     )
 

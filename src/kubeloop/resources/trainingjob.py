@@ -42,7 +42,9 @@ class DatasetSpec(KubeloopModel):
     uri: str = Field(
         pattern=DATASET_URI_PATTERN,
         max_length=2048,
-        description="Table location: s3://bucket/key (MinIO or S3) or an absolute path inside the pod.",
+        description="Table location: s3://bucket/key (MinIO or S3) or an absolute path inside the pod. A "
+        "URI ending in '/' names a prefix: every CSV and Parquet object under it, read when the job runs "
+        "and concatenated (same columns), so new labelled data can be added without editing the spec.",
     )
     format: Literal["auto", "csv", "parquet"] = Field(
         default="auto", description="File format; auto decides by the file extension (.csv, .parquet)."
