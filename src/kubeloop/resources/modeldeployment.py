@@ -121,21 +121,50 @@ class ModelDeploymentSpec(KubeloopModel):
     suspend: bool = Field(default=False, description="Scale to zero and stop reconciling rollouts.")
 
 
-class CanaryStatus(KubeloopModel):
+class TrackStatus(KubeloopModel):
+    """One track (the stable Deployment, or the canary's) as observed."""
+
+    deployment: str | None = Field(default=None, description="Name of the track's Deployment.")
+    model_version: str | None = Field(default=None, description="Version this track serves (pinned).")
+    model_uri: str | None = Field(default=None, description="ONNX URI this track serves (pinned).")
+    model_digest: str | None = Field(
+        default=None,
+        description="sha256:<hex> of the ONNX file this track serves, when the operator could read it.",
+    )
+    replicas: int | None = Field(default=None, description="Desired replicas of the track.")
+    updated_replicas: int | None = Field(
+        default=None, description="Replicas running the track's current pod template (its pinned version)."
+    )
+    ready_replicas: int | None = Field(default=None, description="Ready replicas of the track.")
+    weight: int | None = Field(
+        default=None,
+        description="Percent of the Service's ready endpoints that belong to this track: the share of new "
+        "connections it receives now.",
+    )
+
+
+class CanaryStatus(TrackStatus):
     """Observed canary state."""
 
-    model_version: str | None = Field(default=None, description="Resolved canary version.")
-    model_uri: str | None = Field(default=None, description="Resolved canary ONNX URI.")
-    traffic_percent: int | None = Field(default=None, description="Share currently routed to the canary.")
-    ready_replicas: int | None = Field(default=None, description="Ready canary replicas.")
+    traffic_percent: int | None = Field(
+        default=None,
+        description="Share the replica split gives the canary once every replica is ready (the requested "
+        "trafficPercent rounded to what the replica count allows).",
+    )
 
 
 class LastFailure(KubeloopModel):
-    """The most recent failure seen on the deployment's pods."""
+    """The most recent failure seen on the deployment's pods or while resolving its model."""
 
-    reason: str = Field(description="e.g. ModelLoadFailed, CrashLoopBackOff, ModelNotFound.")
-    message: str = Field(default="", description="Details.")
+    reason: str = Field(
+        description="e.g. ModelLoadFailed, CrashLoopBackOff, ImagePullBackOff, ModelNotFound, AliasNotFound."
+    )
+    message: str = Field(
+        default="", description="Details (the server's termination message, when it left one)."
+    )
     time: str | None = Field(default=None, json_schema_extra={"format": "date-time"}, description="When.")
+    track: Literal["stable", "canary"] | None = Field(default=None, description="Track of the failure.")
+    pod: str | None = Field(default=None, description="Pod the failure was seen on.")
 
 
 class ModelDeploymentStatus(KubeloopModel):
@@ -150,9 +179,23 @@ class ModelDeploymentStatus(KubeloopModel):
     replicas: int | None = Field(default=None, description="Current replicas (scale subresource).")
     ready_replicas: int | None = Field(default=None, description="Ready replicas.")
     selector: str | None = Field(default=None, description="Label selector of the pods (for the HPA).")
-    url: str | None = Field(default=None, description="In-cluster URL of the model's Service.")
+    url: str | None = Field(
+        default=None, description="In-cluster URL of the model's Service for HTTP (OIP v2 REST, /forward)."
+    )
+    grpc_url: str | None = Field(
+        default=None, description="In-cluster address of the model's Service for OIP v2 gRPC (host:port)."
+    )
+    model_name: str | None = Field(
+        default=None, description="Name the model is served under (OIP /v2/models/{name})."
+    )
     model_version: str | None = Field(default=None, description="Resolved (pinned) model version.")
     model_uri: str | None = Field(default=None, description="Resolved ONNX URI.")
+    model_digest: str | None = Field(default=None, description="sha256:<hex> of the resolved ONNX file.")
+    baseline_uri: str | None = Field(
+        default=None,
+        description="Drift baseline of the resolved version (registered models trained by Kubeloop).",
+    )
+    stable: TrackStatus | None = Field(default=None, description="Stable track state.")
     canary: CanaryStatus | None = Field(default=None, description="Canary state.")
     conditions: list[Condition] = Field(
         default_factory=list,
