@@ -259,6 +259,20 @@ class ServerEnv:
     TERMINATION_LOG: Final = "KUBELOOP_SERVER_TERMINATION_LOG"
 
 
+class DriftCheckEnv:
+    """Environment variables of a DriftMonitor's check pod (prefix KUBELOOP_DRIFTCHECK_): which monitor
+    to check and the object store. Thresholds and the window are read from the DriftMonitor itself."""
+
+    NAMESPACE: Final = "KUBELOOP_DRIFTCHECK_NAMESPACE"
+    MONITOR: Final = "KUBELOOP_DRIFTCHECK_MONITOR"
+    BUCKET: Final = "KUBELOOP_DRIFTCHECK_BUCKET"
+    S3_ENDPOINT: Final = "KUBELOOP_DRIFTCHECK_S3_ENDPOINT"
+    S3_ACCESS_KEY: Final = "KUBELOOP_DRIFTCHECK_S3_ACCESS_KEY"
+    S3_SECRET_KEY: Final = "KUBELOOP_DRIFTCHECK_S3_SECRET_KEY"
+    S3_SECURE: Final = "KUBELOOP_DRIFTCHECK_S3_SECURE"
+    S3_REGION: Final = "KUBELOOP_DRIFTCHECK_S3_REGION"
+
+
 # --- trainer results --------------------------------------------------------------------------------
 
 

@@ -305,14 +305,25 @@ class Kube:
         return obj
 
     def patch_status(
-        self, kind: Kind, namespace: str | None, name: str, status: Mapping[str, Any]
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
     ) -> dict[str, Any] | None:
-        """JSON merge patch of ``status`` through the status subresource; None when the object is gone."""
+        """JSON merge patch of ``status`` through the status subresource; None when the object is gone.
+        With ``resource_version`` the write only happens if the object is still at that version
+        (else :class:`KubeError` 409): for status shared by two writers that must not lose updates."""
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             obj: dict[str, Any] = self.request(
                 "PATCH",
                 kind.path(namespace, name, "status"),
-                body={"status": dict(status)},
+                body=body,
                 content_type=MERGE_PATCH,
                 query={"fieldManager": FIELD_MANAGER},
                 what=f"patch {kind.kind} {namespace}/{name} status",

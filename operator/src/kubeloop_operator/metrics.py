@@ -132,6 +132,8 @@ class Metrics:
         finally:
             self.reconcile_seconds.labels(kind, handler).observe(time.perf_counter() - t0)
 
+        self.drift = DriftGauges()
+        r.register(self.drift)
     # --- API -------------------------------------------------------------------------------------------
 
     def observe_api(self, verb: str, path: str, status: int, seconds: float) -> None:
@@ -152,3 +154,119 @@ class Metrics:
     def phase_counts(self) -> dict[tuple[str, str], int]:
         with self._lock:
             return dict(_Tally((kind, phase) for (kind, _), phase in self._phases.items()))
+
+
+# --- drift scores ----------------------------------------------------------------------------------------
+
+DRIFT_FEATURE_SERIES: Final = 16
+"""Per-feature series kept per DriftMonitor: drifted features first, then the highest PSI/JS."""
+
+
+class DriftScores:
+    """The latest check of one DriftMonitor, as the gauges show it (from its status)."""
+
+    __slots__ = (
+        "consecutive",
+        "drifted",
+        "features",
+        "last_check",
+        "monitor",
+        "namespace",
+        "samples",
+        "share",
+    )
+
+    def __init__(
+        self,
+        namespace: str,
+        monitor: str,
+        *,
+        drifted: bool,
+        share: float,
+        samples: int,
+        consecutive: int,
+        last_check: float | None,
+        features: list[tuple[str, float | None, float | None, bool]],
+    ) -> None:
+        self.namespace = namespace
+        self.monitor = monitor
+        self.drifted = drifted
+        self.share = share
+        self.samples = samples
+        self.consecutive = consecutive
+        self.last_check = last_check
+        ranked = sorted(features, key=lambda f: (not f[3], -max(f[1] or 0.0, f[2] or 0.0), f[0]))
+        self.features = ranked[:DRIFT_FEATURE_SERIES]
+
+
+class DriftGauges(Collector):
+    """``kubeloop_operator_drift_*``: the latest drift scores of every DriftMonitor, read from status.
+
+    These are the operator's only series labelled with object names (``namespace``, ``monitor``,
+    ``feature``): a drift score means nothing without them. They stay bounded: one set per monitor,
+    at most :data:`DRIFT_FEATURE_SERIES` features each, removed when the monitor is."""
+
+    def __init__(self) -> None:
+        self._scores: dict[str, DriftScores] = {}
+        self._lock = threading.Lock()
+
+    def set(self, uid: str, scores: DriftScores | None) -> None:
+        with self._lock:
+            if scores is None:
+                self._scores.pop(uid, None)
+            else:
+                self._scores[uid] = scores
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            scores = sorted(self._scores.values(), key=lambda s: (s.namespace, s.monitor))
+        labels = ["namespace", "monitor"]
+        fam = {
+            "share": GaugeMetricFamily(
+                "kubeloop_operator_drift_share",
+                "Share of features drifted in the latest check.",
+                labels=labels,
+            ),
+            "drifted": GaugeMetricFamily(
+                "kubeloop_operator_drift_drifted", "1 if the latest check found drift, else 0.", labels=labels
+            ),
+            "samples": GaugeMetricFamily(
+                "kubeloop_operator_drift_samples",
+                "Logged predictions scored by the latest check.",
+                labels=labels,
+            ),
+            "consecutive": GaugeMetricFamily(
+                "kubeloop_operator_drift_consecutive_drifts", "Drifted checks in a row.", labels=labels
+            ),
+            "last": GaugeMetricFamily(
+                "kubeloop_operator_drift_last_check_timestamp_seconds",
+                "Unix time of the latest check.",
+                labels=labels,
+            ),
+        }
+        psi = GaugeMetricFamily(
+            "kubeloop_operator_drift_feature_psi",
+            "Population Stability Index of a feature in the latest check (top features only).",
+            labels=[*labels, "feature"],
+        )
+        js = GaugeMetricFamily(
+            "kubeloop_operator_drift_feature_jensen_shannon",
+            "Jensen-Shannon distance of a feature in the latest check (top features only).",
+            labels=[*labels, "feature"],
+        )
+        for s in scores:
+            key = [s.namespace, s.monitor]
+            fam["share"].add_metric(key, s.share)
+            fam["drifted"].add_metric(key, 1.0 if s.drifted else 0.0)
+            fam["samples"].add_metric(key, s.samples)
+            fam["consecutive"].add_metric(key, s.consecutive)
+            if s.last_check is not None:
+                fam["last"].add_metric(key, s.last_check)
+            for name, p, j, _ in s.features:
+                if p is not None:
+                    psi.add_metric([*key, name], p)
+                if j is not None:
+                    js.add_metric([*key, name], j)
+        yield from fam.values()
+        yield psi
+        yield js

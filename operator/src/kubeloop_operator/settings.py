@@ -83,6 +83,17 @@ class OperatorSettings(BaseSettings):
     drift_check_image: str = Field(
         default="kubeloop/drift-check:0.1.0", description="Image of the DriftMonitor's check job."
     )
+    drift_check_deadline_seconds: int = Field(
+        default=1800,
+        ge=30,
+        le=86400,
+        description="activeDeadlineSeconds of one drift check Job: a check running longer is stopped.",
+    )
+    drift_check_memory_limit: str = Field(
+        default="768Mi",
+        description="Memory limit of a drift check pod (the check reads its window part by part; "
+        "bench-drift-check measures its peak).",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="imagePullPolicy of every container the operator creates."
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import kopf
 
-from kubeloop_operator.handlers import children, lifecycle, trainingjob
+from kubeloop_operator.handlers import children, driftmonitor, lifecycle, modeldeployment, trainingjob
 from kubeloop_operator.runtime import Runtime
 
 
@@ -18,3 +18,5 @@ def register_all(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     lifecycle.register(registry, rt)
     children.register(registry, rt)
     trainingjob.register(registry, rt)
+    modeldeployment.register(registry, rt)
+    driftmonitor.register(registry, rt)

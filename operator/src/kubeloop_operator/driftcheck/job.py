@@ -1,0 +1,135 @@
+"""The check job around :func:`~kubeloop_operator.driftcheck.check.run_check`: what it reads from the
+API server, and the one write it makes (the DriftMonitor's status)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from kubeloop.resources import DriftMonitorSpec, format_validation_error
+from kubeloop.storage import ObjectStore, S3Config, StorageError
+from kubeloop_operator.driftcheck.check import CheckInputs, run_check
+from kubeloop_operator.driftcheck.logs import PartReader
+from kubeloop_operator.driftcheck.settings import DriftCheckSettings
+from kubeloop_operator.k8s import DRIFTMONITOR, MODELDEPLOYMENT, Kube, KubeError
+from kubeloop_operator.status.driftmonitor import (
+    CHECK_FIELDS,
+    CheckProblem,
+    CheckRecord,
+    apply_check,
+    dump,
+    parse_status,
+    status_patch,
+)
+
+log = logging.getLogger("kubeloop_operator.driftcheck")
+
+
+def open_store(settings: DriftCheckSettings) -> ObjectStore:
+    from kubeloop.storage.s3 import S3Store
+
+    return S3Store(
+        S3Config(
+            endpoint=settings.s3_endpoint,
+            access_key=settings.s3_access_key.get_secret_value(),
+            secret_key=settings.s3_secret_key.get_secret_value(),
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+        )
+    )
+
+
+def record_check(
+    kube: Kube,
+    namespace: str,
+    name: str,
+    monitor: Mapping[str, Any],
+    rec: CheckRecord,
+    retries: int,
+) -> bool:
+    """Patch the check's fields into the monitor's status, re-reading on a conflict. False when the
+    monitor is gone."""
+    obj: Mapping[str, Any] | None = monitor
+    for attempt in range(retries):
+        if obj is None:
+            return False
+        meta = obj.get("metadata") or {}
+        current = parse_status(obj.get("status"))
+        new = apply_check(current, rec, int(meta.get("generation") or 1))
+        patch = status_patch(dump(current), dump(new), CHECK_FIELDS)
+        if not patch:
+            return True
+        try:
+            kube.patch_status(
+                DRIFTMONITOR, namespace, name, patch, resource_version=str(meta.get("resourceVersion"))
+            )
+            return True
+        except KubeError as e:
+            if e.status != 409 or attempt == retries - 1:
+                raise
+            log.info("status of %s/%s changed meanwhile; re-reading (%d)", namespace, name, attempt + 1)
+            obj = kube.get(DRIFTMONITOR, namespace, name)
+    return False
+
+
+def run(settings: DriftCheckSettings, now: datetime) -> int:
+    ns, name = settings.namespace, settings.monitor
+    try:
+        kube = Kube.connect(settings.kubeconfig, timeout_s=settings.kube_timeout_s, pool_size=2)
+    except Exception as e:
+        log.error("cannot load Kubernetes credentials: %s", e)
+        return 1
+    try:
+        monitor = kube.get(DRIFTMONITOR, ns, name)
+        if monitor is None:
+            log.warning("DriftMonitor %s/%s does not exist (deleted?): nothing to check", ns, name)
+            return 0
+        rec, code = _check(settings, kube, monitor, now)
+        if not record_check(kube, ns, name, monitor, rec, settings.conflict_retries):
+            log.warning("DriftMonitor %s/%s was deleted during the check", ns, name)
+        return code
+    except KubeError as e:
+        log.error("the API server refused or failed: %s", e)
+        return 1
+    finally:
+        kube.close()
+
+
+def _check(
+    settings: DriftCheckSettings, kube: Kube, monitor: Mapping[str, Any], now: datetime
+) -> tuple[CheckRecord, int]:
+    ns, name = settings.namespace, settings.monitor
+    try:
+        spec = DriftMonitorSpec.model_validate(monitor.get("spec") or {})
+    except ValidationError as e:
+        return CheckRecord(time=now, error=CheckProblem("InvalidSpec", format_validation_error(e, "spec"))), 0
+    try:
+        deployment = kube.get(MODELDEPLOYMENT, ns, spec.deployment)
+    except KubeError as e:
+        if e.status != 403:
+            raise
+        # The Role names the deployment; it follows a spec change on the operator's next reconcile.
+        problem = CheckProblem(
+            "ModelDeploymentUnreadable",
+            f"the check may not read ModelDeployment {spec.deployment} yet (its Role is being updated): {e.message}",
+        )
+        return CheckRecord(time=now, error=problem), 1
+    try:
+        store = open_store(settings)
+        reader = PartReader(
+            store,
+            batch_rows=settings.batch_rows,
+            max_memory_part_bytes=settings.max_memory_part_bytes,
+            spool_dir=settings.spool_dir,
+        )
+        rec = run_check(store, CheckInputs(ns, name, spec, deployment, settings.bucket), now, reader)
+    except StorageError as e:
+        log.error("object storage failed: %s", e)
+        return CheckRecord(time=now, error=CheckProblem("StorageUnavailable", str(e)[:900])), 1
+    if rec.error is not None:
+        log.warning("%s/%s: no result: %s: %s", ns, name, rec.error.reason, rec.error.message)
+    return rec, 0

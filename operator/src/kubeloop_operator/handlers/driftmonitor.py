@@ -1,0 +1,152 @@
+"""DriftMonitor handlers. Each runs the same level-based reconciler:
+
+* ``event``: every watch event of a DriftMonitor — its creation, a spec change, and above all a check
+  job's status write, which is how a drifted result reaches the retraining decision within moments;
+* ``resync`` timer, every ``resync_seconds``: follows the retrain's TrainingJob, the ModelDeployment
+  and the CronJob, retries what failed, and writes nothing when nothing changed.
+
+Three in-memory indexes feed it without API requests: the monitors' CronJobs and retraining
+TrainingJobs (by owner UID; both carry ``kubeloop.io/owner-kind=driftmonitor``) and every
+ModelDeployment's resolved version (by namespace and name).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any, Final
+
+import kopf
+
+from kubeloop.contracts import Labels
+from kubeloop.resources import GROUP, VERSION
+from kubeloop_operator.builders.driftmonitor import SPEC_HASH_ANNOTATION
+from kubeloop_operator.reconcile.driftmonitor import KIND, MonitorView, forget, reconcile
+from kubeloop_operator.runtime import Runtime
+from kubeloop_operator.status.conditions import parse_time
+from kubeloop_operator.status.driftmonitor import CronJobView, DeploymentView, RetrainView
+
+PLURAL: Final = "driftmonitors"
+CRONJOBS: Final = "kubeloop_drift_cronjobs"
+RETRAINS: Final = "kubeloop_drift_retrains"
+DEPLOYMENTS: Final = "kubeloop_drift_deployments"
+OWNED: Final = {Labels.OWNER_KIND: "driftmonitor"}
+
+
+def _owner(body: Mapping[str, Any]) -> str | None:
+    uid = ((body.get("metadata") or {}).get("labels") or {}).get(Labels.OWNER_UID)
+    return str(uid) if uid else None
+
+
+def summarize_cronjob(body: Mapping[str, Any]) -> CronJobView | None:
+    owner = _owner(body)
+    if owner is None:
+        return None
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    return CronJobView(
+        name=str(meta.get("name")),
+        uid=str(meta.get("uid")),
+        owner_uid=owner,
+        spec_hash=str((meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION, "")),
+        suspend=bool(spec.get("suspend")),
+        last_schedule_time=status.get("lastScheduleTime"),
+        active=len(status.get("active") or []),
+    )
+
+
+def summarize_retrain(body: Mapping[str, Any]) -> RetrainView | None:
+    owner = _owner(body)
+    if owner is None:
+        return None
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    version = status.get("modelVersion")
+    return RetrainView(
+        name=str(meta.get("name")),
+        uid=str(meta.get("uid")),
+        owner_uid=owner,
+        created=parse_time(meta.get("creationTimestamp")),
+        phase=status.get("phase"),
+        model_version=int(version) if isinstance(version, int) else None,
+        promoted=status.get("promoted"),
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+def _first(index: Any, key: Any) -> Any:
+    if index is None:
+        return None
+    store = index.get(key)
+    return next(iter(store), None) if store is not None else None
+
+
+def _all(index: Any, key: Any) -> tuple[Any, ...]:
+    if index is None:
+        return ()
+    store = index.get(key)
+    return tuple(store) if store is not None else ()
+
+
+def view_of(kwargs: Mapping[str, Any], body: Mapping[str, Any]) -> MonitorView:
+    meta = body.get("metadata") or {}
+    uid = str(meta.get("uid"))
+    deployment = str((body.get("spec") or {}).get("deployment") or "")
+    cron = _first(kwargs.get(CRONJOBS), uid)
+    return MonitorView(
+        cronjob=cron,
+        retrains=_all(kwargs.get(RETRAINS), uid),
+        deployment=_first(kwargs.get(DEPLOYMENTS), (str(meta.get("namespace")), deployment)),
+        deployment_known=kwargs.get(DEPLOYMENTS) is not None,
+    )
+
+
+def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
+    s = rt.settings
+    m = rt.metrics
+
+    @kopf.on.startup(registry=registry)
+    def drift_watch_selectors(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Only the monitors' CronJobs are watched (server-side), not every CronJob of the cluster.
+        settings.watching.label_selectors[("batch", "v1", "cronjobs")] = f"{Labels.OWNER_KIND}=driftmonitor"
+
+    @kopf.index("batch", "v1", "cronjobs", labels=OWNED, id=CRONJOBS, registry=registry)
+    def kubeloop_drift_cronjobs(body: kopf.Body, **_: Any) -> dict[str, CronJobView] | None:
+        v = summarize_cronjob(body)
+        return {v.owner_uid: v} if v is not None else None
+
+    @kopf.index(GROUP, VERSION, "trainingjobs", labels=OWNED, id=RETRAINS, registry=registry)
+    def kubeloop_drift_retrains(body: kopf.Body, **_: Any) -> dict[str, RetrainView] | None:
+        v = summarize_retrain(body)
+        return {v.owner_uid: v} if v is not None else None
+
+    @kopf.index(GROUP, VERSION, "modeldeployments", id=DEPLOYMENTS, registry=registry)
+    def kubeloop_drift_deployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], DeploymentView]:
+        meta = body.get("metadata") or {}
+        version = (body.get("status") or {}).get("modelVersion")
+        view = DeploymentView(name=str(meta.get("name")), model_version=str(version) if version else None)
+        return {(str(meta.get("namespace")), str(meta.get("name"))): view}
+
+    def run(handler: str, body: kopf.Body, kwargs: dict[str, Any]) -> None:
+        with m.handler(KIND, handler):
+            reconcile(rt, body, view_of(kwargs, body))
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="event", registry=registry)
+    def on_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
+        if type == "DELETED":
+            forget(rt, str(body.metadata.uid))
+            return
+        run("event", body, kwargs)
+
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="resync",
+        interval=s.resync_seconds,
+        initial_delay=lambda **_: random.uniform(0.5, 1.0) * s.resync_seconds,
+        registry=registry,
+    )
+    def resync(body: kopf.Body, **kwargs: Any) -> None:
+        run("resync", body, kwargs)
