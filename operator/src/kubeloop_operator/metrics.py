@@ -108,9 +108,32 @@ class Metrics:
             ["kind", "type"],
             registry=r,
         )
+        self.registry_requests = Counter(
+            "kubeloop_operator_registry_requests_total",
+            "Requests to the model registry (MLflow), by operation (get_version, get_alias) and result "
+            "(ok, not_found, error).",
+            ["operation", "result"],
+            registry=r,
+        )
+        self.registry_seconds = Histogram(
+            "kubeloop_operator_registry_request_duration_seconds",
+            "Duration of model registry requests.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rollouts = Counter(
+            "kubeloop_operator_rollouts_total",
+            "Rollouts the operator started (a Deployment created or given a new pod template), by kind and "
+            "track.",
+            ["kind", "track"],
+            registry=r,
+        )
         self._phases: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         r.register(_PhaseCollector(self))
+        self.drift = DriftGauges()
+        r.register(self.drift)
 
     # --- handlers -------------------------------------------------------------------------------------
 
@@ -141,6 +164,10 @@ class Metrics:
         code = "error" if status == 0 else f"{status // 100}xx"
         self.api_requests.labels(verb.upper(), resource, code).inc()
         self.api_seconds.labels(verb.upper(), resource).observe(seconds)
+
+    def observe_registry(self, operation: str, result: str, seconds: float) -> None:
+        self.registry_requests.labels(operation, result).inc()
+        self.registry_seconds.labels(operation).observe(seconds)
 
     # --- phases -----------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any, Final
 from kubeloop.storage import ObjectStore
 from kubeloop_operator.k8s import Kind, Kube
 from kubeloop_operator.metrics import Metrics
+from kubeloop_operator.registry import Resolver
 from kubeloop_operator.settings import OperatorSettings
 from kubeloop_operator.status.conditions import EventSpec
 
@@ -50,6 +51,8 @@ class ObjectMemory:
     """(generation, parsed spec): a spec is parsed once per generation."""
     seen: Any = None
     """What the last derivation looked at; the same inputs again derive the same status."""
+    resolved: dict[str, Any] = field(default_factory=dict)
+    """ModelDeployment: each track's model reference as last resolved (ref, outcome, monotonic time)."""
 
 
 class Memory:
@@ -79,6 +82,8 @@ class Runtime:
     metrics: Metrics
     store: ObjectStore | None = None
     memory: Memory = field(default_factory=Memory)
+    resolver: Resolver | None = None
+    """Model references -> pinned files (MLflow + object store); set when ModelDeployments register."""
 
     @contextmanager
     def exclusive(self, uid: str) -> Iterator[ObjectMemory]:

@@ -1,0 +1,437 @@
+"""The ModelDeployment reconciler: model references resolved and pinned, Service, HPA and one
+Deployment per track in line with the spec, a removed canary taken away once the stable track has
+fully rolled, status derived and written when it changed.
+
+Resolution is cached per track in the object's memory: a spec change resolves at once, the alias
+timer (and a TrainingJob moving the alias) resolves again, a failed resolution is retried at most
+every ``RESOLVE_RETRY_S``, and a registry or store that is unreachable keeps what is pinned. Every
+other reconcile (resync, child events) reads no registry and writes nothing unless something changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from kubeloop import podenv
+from kubeloop.resources import ModelDeploymentSpec, ModelDeploymentStatus, ModelRef, format_validation_error
+from kubeloop_operator.builders.common import Owner
+from kubeloop_operator.builders.modeldeployment import (
+    TRACKS,
+    ResolvedModel,
+    ServerPodConfig,
+    Track,
+    build_deployment,
+    build_hpa,
+    build_service,
+    deployment_name,
+    desired_replicas,
+    manifest_hash,
+    ref_key,
+    selector,
+    spec_patch,
+    urls,
+)
+from kubeloop_operator.errors import retry_later
+from kubeloop_operator.k8s import (
+    DEPLOYMENT,
+    HPA,
+    MODELDEPLOYMENT,
+    SERVICE,
+    Kind,
+    KubeError,
+    NameConflictError,
+)
+from kubeloop_operator.registry import ResolveError
+from kubeloop_operator.runtime import ObjectMemory, Runtime
+from kubeloop_operator.settings import OperatorSettings
+from kubeloop_operator.status.conditions import EventSpec, reason_word
+from kubeloop_operator.status.modeldeployment import (
+    ChildError,
+    ChildSummary,
+    DeploymentSummary,
+    Derived,
+    Observed,
+    ResolveFailure,
+    ServerPod,
+    TrackPlan,
+    TrackState,
+    derive,
+    dump,
+    invalid_spec,
+    parse_status,
+    summarize_child,
+    summarize_deployment,
+)
+
+log = logging.getLogger("kubeloop_operator.modeldeployment")
+
+KIND: Final = "ModelDeployment"
+CREATED_HINT_S: Final = 15.0
+"""How long a child this process just wrote counts as the truth before the index shows it."""
+RESOLVE_RETRY_S: Final = 5.0
+"""A reference that did not resolve is tried again at most this often."""
+TRANSIENT: Final = frozenset({"RegistryUnavailable", "StorageUnavailable"})
+"""Resolution failures that keep what is pinned (the registry or store is down, not the model gone)."""
+
+
+@dataclass(frozen=True)
+class MdView:
+    """The children of one ModelDeployment, as the in-memory indexes have them."""
+
+    deployments: Sequence[DeploymentSummary] = field(default_factory=tuple)
+    pods: Sequence[ServerPod] = field(default_factory=tuple)
+    services: Sequence[ChildSummary] = field(default_factory=tuple)
+    hpas: Sequence[ChildSummary] = field(default_factory=tuple)
+
+
+def server_pod_config(settings: OperatorSettings) -> ServerPodConfig:
+    endpoint = settings.pods_s3_endpoint
+    store = (
+        podenv.ObjectStoreAccess.from_secret(
+            endpoint,
+            settings.credentials_secret,
+            bucket=settings.bucket,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+        )
+        if endpoint
+        else None
+    )
+    return ServerPodConfig(
+        image=settings.server_image, image_pull_policy=settings.image_pull_policy, store=store
+    )
+
+
+def reconcile(rt: Runtime, body: Mapping[str, Any], view: MdView, *, resolve: bool = False) -> None:
+    """Bring one ModelDeployment's children and status up to date. ``resolve``: look its model
+    references up again now (alias timer, an alias moved). Raises kopf.TemporaryError when the API
+    server refused a child for now (after the status says so)."""
+    owner = Owner.from_body(body)
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        return  # garbage collection takes the children
+    with rt.exclusive(owner.uid) as mem:
+        now = datetime.now(UTC)
+        current = parse_status(body.get("status"))
+        if mem.spec is None or mem.spec[0] != owner.generation:
+            try:
+                mem.spec = (owner.generation, ModelDeploymentSpec.model_validate(body.get("spec") or {}))
+            except ValidationError as e:
+                message = format_validation_error(e, "spec")
+                _publish(rt, body, current, invalid_spec(current, owner.generation, message, now), mem)
+                return
+        spec: ModelDeploymentSpec = mem.spec[1]
+        models = _resolve_all(rt, mem, owner, spec, current, force=resolve)
+        replicas = desired_replicas(spec)
+        cfg = server_pod_config(rt.settings)
+        events: list[EventSpec] = []
+        errors: list[ChildError] = []
+        plans: dict[Track, TrackPlan] = {}
+        manifests: dict[Track, dict[str, Any]] = {}
+        for t in TRACKS:
+            if t == "canary" and spec.canary is None:
+                continue
+            m = models.get(t)
+            man = (
+                build_deployment(owner, spec, t, m, replicas[t], cfg)
+                if isinstance(m, ResolvedModel)
+                else None
+            )
+            if man is not None:
+                manifests[t] = man
+            plans[t] = TrackPlan(
+                t, deployment_name(owner.name, t), replicas[t], m, manifest_hash(man) if man else None
+            )
+
+        _ensure_child(rt, mem, owner, SERVICE, build_service(owner), view.services, errors)
+        hpa = build_hpa(owner, spec)
+        if hpa is not None:
+            _ensure_child(rt, mem, owner, HPA, hpa, view.hpas, errors)
+        else:
+            for h in view.hpas:
+                if h.owner_uid == owner.uid and not h.deleting:
+                    rt.kube.delete(HPA, owner.namespace, h.name, uid=h.uid)
+                    log.info(
+                        "deleted HorizontalPodAutoscaler %s/%s (no autoscaling)", owner.namespace, h.name
+                    )
+
+        deployments: dict[str, DeploymentSummary] = {}
+        for t in TRACKS:
+            live = _deployment(view, mem, deployment_name(owner.name, t))
+            if t in plans:
+                live = _ensure_deployment(rt, mem, owner, plans[t], manifests.get(t), live, errors, events)
+            if live is not None:
+                deployments[t] = live
+        pods = [p for p in view.pods if p.pod.owner_uid == owner.uid]
+        if spec.canary is None and "canary" in deployments:
+            canary = deployments["canary"]
+            stable_done = TrackState(
+                plans["stable"], deployments.get("stable"), [p for p in pods if p.track == "stable"]
+            )
+            if stable_done.complete() and not canary.deleting:
+                # The stable track serves everything now: the canary may go.
+                rt.kube.delete(DEPLOYMENT, owner.namespace, canary.name, uid=canary.uid)
+                mem.children.pop(canary.name, None)
+                log.info("deleted canary Deployment %s/%s", owner.namespace, canary.name)
+                del deployments["canary"]
+            else:  # keep it serving, unchanged, until then
+                plans["canary"] = TrackPlan("canary", canary.name, canary.spec_replicas, None, None)
+        url, grpc_url = urls(owner)
+        derived = derive(
+            Observed(
+                now=now,
+                generation=owner.generation,
+                spec=spec,
+                current=current,
+                plans=plans,
+                deployments=deployments,
+                pods=pods,
+                url=url,
+                grpc_url=grpc_url,
+                selector=selector(owner),
+                child_errors=errors,
+                requested_canary_percent=spec.canary.traffic_percent if spec.canary else None,
+            )
+        )
+        derived.events[:0] = events
+        _publish(rt, body, current, derived, mem)
+        if errors:
+            raise retry_later(
+                f"cannot create the children of {owner.namespace}/{owner.name}: {errors[0].message}"
+            )
+
+
+def _publish(
+    rt: Runtime, body: Mapping[str, Any], current: ModelDeploymentStatus, derived: Derived, mem: ObjectMemory
+) -> None:
+    rt.post_events(body, derived.events)
+    rt.write_status(MODELDEPLOYMENT, body, dump(current), dump(derived.status), mem)
+    uid = str((body.get("metadata") or {}).get("uid"))
+    rt.metrics.set_phase(KIND, uid, str(derived.status.phase) if derived.status.phase else None)
+
+
+# --- resolution --------------------------------------------------------------------------------------
+
+
+def _refs(spec: ModelDeploymentSpec) -> dict[Track, ModelRef]:
+    refs: dict[Track, ModelRef] = {"stable": spec.model}
+    if spec.canary is not None:
+        refs["canary"] = spec.canary.model
+    return refs
+
+
+def _pinned(
+    current: ModelDeploymentStatus, track: Track, ref: ModelRef, served_as: str
+) -> ResolvedModel | None:
+    """What the status pins for ``track`` (after a restart: a registered version keeps its digest)."""
+    ts = current.stable if track == "stable" else current.canary
+    if ts is None or ts.model_uri is None or ts.model_version is None:
+        return None
+    return ResolvedModel(
+        ref=ref_key(ref),
+        name=ref.name or served_as,
+        version=ts.model_version,
+        uri=ts.model_uri,
+        digest=ts.model_digest,
+    )
+
+
+def _resolve_all(
+    rt: Runtime,
+    mem: ObjectMemory,
+    owner: Owner,
+    spec: ModelDeploymentSpec,
+    current: ModelDeploymentStatus,
+    *,
+    force: bool,
+) -> dict[Track, ResolvedModel | ResolveFailure]:
+    out: dict[Track, ResolvedModel | ResolveFailure] = {}
+    refs = _refs(spec)
+    for t in list(mem.resolved):
+        if t not in refs:
+            del mem.resolved[t]
+    resolver = rt.resolver
+    for t, ref in refs.items():
+        key = ref_key(ref)
+        entry = mem.resolved.get(t)
+        same = entry is not None and entry[0] == key
+        if same and not force:
+            assert entry is not None
+            if isinstance(entry[1], ResolvedModel) or time.monotonic() - entry[2] < RESOLVE_RETRY_S:
+                out[t] = entry[1]
+                continue
+        before = entry[1] if same and entry is not None and isinstance(entry[1], ResolvedModel) else None
+        if resolver is None:
+            outcome: ResolvedModel | ResolveFailure = ResolveFailure(
+                key, "RegistryNotConfigured", "no resolver"
+            )
+        else:
+            try:
+                outcome = resolver.resolve(ref, owner.name, before or _pinned(current, t, ref, owner.name))
+            except ResolveError as e:
+                if before is not None and e.reason in TRANSIENT:
+                    log.warning(
+                        "%s/%s %s: %s; keeping version %s", owner.namespace, owner.name, t, e, before.version
+                    )
+                    outcome = before
+                else:
+                    outcome = ResolveFailure(key, e.reason, e.message)
+        if before is not None and isinstance(outcome, ResolvedModel) and outcome != before:
+            log.info(
+                "%s/%s %s: %s now resolves to version %s (was %s)",
+                owner.namespace,
+                owner.name,
+                t,
+                key,
+                outcome.version,
+                before.version,
+            )
+        mem.resolved[t] = (key, outcome, time.monotonic())
+        out[t] = outcome
+    return out
+
+
+# --- children ---------------------------------------------------------------------------------------------
+
+
+def _recent(mem: ObjectMemory, name: str) -> Any:
+    entry = mem.children.get(name)
+    if entry is None or time.monotonic() - entry[0] > CREATED_HINT_S:
+        return None
+    return entry[1]
+
+
+def _deployment(view: MdView, mem: ObjectMemory, name: str) -> DeploymentSummary | None:
+    """The index's Deployment, unless this process has just written a newer one (the watch lags)."""
+    indexed = next((d for d in view.deployments if d.name == name), None)
+    hint = _recent(mem, name)
+    if isinstance(hint, DeploymentSummary) and (indexed is None or hint.generation > indexed.generation):
+        return hint
+    return indexed
+
+
+def _child_error(what: str, e: KubeError) -> ChildError:
+    reason = (
+        "NameConflict"
+        if isinstance(e, NameConflictError)
+        else (reason_word(e.reason, "CreateFailed") if e.status else "APIUnreachable")
+    )
+    return ChildError(what, reason, e.message)
+
+
+def _ensure_child(
+    rt: Runtime,
+    mem: ObjectMemory,
+    owner: Owner,
+    kind: Kind,
+    manifest: dict[str, Any],
+    indexed: Sequence[ChildSummary],
+    errors: list[ChildError],
+) -> None:
+    """A Service or HPA: created when missing, brought back to the desired spec when it drifted."""
+    name = str(manifest["metadata"]["name"])
+    live = next((c for c in indexed if c.name == name and c.owner_uid == owner.uid), None) or _recent(
+        mem, name
+    )
+    want = manifest_hash(manifest)
+    try:
+        if live is None:
+            obj, created = rt.kube.create(manifest)
+            if created:
+                log.info("created %s %s/%s", kind.kind, owner.namespace, name)
+            live = summarize_child(obj)
+            mem.children[name] = (time.monotonic(), live)
+        if isinstance(live, ChildSummary) and live.config_hash != want:
+            current = rt.kube.get(kind, owner.namespace, name)
+            if current is None:
+                mem.children.pop(name, None)
+                return
+            patch = spec_patch(current, manifest)
+            if patch:
+                current = rt.kube.patch(kind, owner.namespace, name, patch)
+                log.info("updated %s %s/%s", kind.kind, owner.namespace, name)
+            mem.children[name] = (time.monotonic(), summarize_child(current))
+    except KubeError as e:
+        errors.append(_child_error(f"{kind.kind} {name}", e))
+
+
+def _ensure_deployment(
+    rt: Runtime,
+    mem: ObjectMemory,
+    owner: Owner,
+    plan: TrackPlan,
+    manifest: dict[str, Any] | None,
+    live: DeploymentSummary | None,
+    errors: list[ChildError],
+    events: list[EventSpec],
+) -> DeploymentSummary | None:
+    """Create the track's Deployment, roll it to the desired template, or scale it. Without a resolved
+    model the template stays as it is (the pods keep serving what they serve) and only replicas follow."""
+    name = plan.deployment
+    try:
+        if manifest is None:
+            if live is not None and live.spec_replicas != plan.replicas and not live.deleting:
+                obj = rt.kube.patch(DEPLOYMENT, owner.namespace, name, {"spec": {"replicas": plan.replicas}})
+                live = _remember(mem, obj)
+            return live
+        model = plan.model if isinstance(plan.model, ResolvedModel) else None
+        what = (
+            f"version {model.version}"
+            if model is not None and model.version
+            else (model.uri if model else "")
+        )
+        if live is None:
+            obj, created = rt.kube.create(manifest)
+            live = _remember(mem, obj)
+            if created:
+                log.info("created Deployment %s/%s (%s)", owner.namespace, name, what)
+                rt.metrics.rollouts.labels(KIND, plan.track).inc()
+                events.append(
+                    EventSpec(
+                        "Normal",
+                        "RolloutStarted",
+                        f"{plan.track}: Deployment {name} created, serving {what} ({plan.replicas} replicas)",
+                        f"rollout/{plan.track}/{plan.config_hash}",
+                    )
+                )
+        if live.deleting:
+            return live
+        if live.config_hash != plan.config_hash:
+            current = rt.kube.get(DEPLOYMENT, owner.namespace, name)
+            if current is None:
+                mem.children.pop(name, None)
+                return None
+            before = ((current.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels", {})
+            live = _remember(
+                mem, rt.kube.patch(DEPLOYMENT, owner.namespace, name, spec_patch(current, manifest))
+            )
+            was = before.get("kubeloop.io/model-version", "?")
+            log.info("rolling Deployment %s/%s to %s (was %s)", owner.namespace, name, what, was)
+            rt.metrics.rollouts.labels(KIND, plan.track).inc()
+            events.append(
+                EventSpec(
+                    "Normal",
+                    "RolloutStarted",
+                    f"{plan.track}: rolling out {what} (was version {was}) over {plan.replicas} replicas",
+                    f"rollout/{plan.track}/{plan.config_hash}",
+                )
+            )
+        elif live.spec_replicas != plan.replicas:
+            obj = rt.kube.patch(DEPLOYMENT, owner.namespace, name, {"spec": {"replicas": plan.replicas}})
+            live = _remember(mem, obj)
+            log.info("scaled Deployment %s/%s to %d", owner.namespace, name, plan.replicas)
+    except KubeError as e:
+        errors.append(_child_error(f"Deployment {name}", e))
+    return live
+
+
+def _remember(mem: ObjectMemory, obj: Mapping[str, Any]) -> DeploymentSummary:
+    d = summarize_deployment(obj)
+    mem.children[d.name] = (time.monotonic(), d)
+    return d
