@@ -74,7 +74,7 @@ def test_predictions_are_proxied_after_the_permission_check(
             # An operator with a ModelDeployment reconciler made the Service already: use its own.
             if e.status != 409:
                 raise
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240
         while True:
             r = c.get(f"{base}/v2/health/ready")
             if r.status_code == 200:

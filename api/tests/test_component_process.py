@@ -37,7 +37,7 @@ def test_console_script_serves_and_stops_on_sigterm(
         proc = subprocess.Popen([str(exe)], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while True:
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
