@@ -354,6 +354,17 @@ def test_the_report_failing_keeps_the_result(world: World) -> None:
     assert "could not be written" in rec.note
 
 
+def test_a_baseline_named_by_the_deployment_is_used(world: World) -> None:
+    world.part(logged(600))
+    other = ObjectRef("kubeloop", "elsewhere/baseline.json")
+    world.store.put(other, world.baseline.to_json().encode())
+    md = md_object()
+    md["status"]["baselineUri"] = other.uri
+    rec = run_check(world.store, world.inputs(md), NOW)
+    assert rec.summary is not None
+    assert rec.summary.baseline_uri == other.uri
+
+
 def test_baseline_ref_is_beside_the_model() -> None:
     assert baseline_ref("s3://kubeloop/models/m/4/model.onnx") == ObjectRef(
         "kubeloop", "models/m/4/baseline.json"

@@ -28,7 +28,7 @@ from kubeloop.storage import ObjectStore, StorageError
 from kubeloop_trainer import distributed
 from kubeloop_trainer.baseline import baseline_json
 from kubeloop_trainer.checkpoint import Checkpointer
-from kubeloop_trainer.data import Dataset, prepare, read_table, task_name
+from kubeloop_trainer.data import Dataset, prepare, read_tables, task_name
 from kubeloop_trainer.distributed import DistContext
 from kubeloop_trainer.errors import ConfigError
 from kubeloop_trainer.export import export_onnx, onnx_feed, set_metadata, verify
@@ -36,7 +36,7 @@ from kubeloop_trainer.loop import EpochResult, Loop, LoopConfig, LoopState, Torc
 from kubeloop_trainer.metrics import classification_metrics, regression_metrics
 from kubeloop_trainer.model import InferenceHead, TabularMLP, build_model
 from kubeloop_trainer.settings import TrainerSettings
-from kubeloop_trainer.storage import make_store, read_dataset
+from kubeloop_trainer.storage import make_store, read_dataset_parts
 from kubeloop_trainer.tracking import (
     TAG_BASELINE_URI,
     TAG_MODEL_URI,
@@ -65,8 +65,8 @@ def configure_threads(settings: TrainerSettings, ctx: DistContext) -> int:
 
 
 def load_dataset(spec: TrainingJobSpec, settings: TrainerSettings, store: ObjectStore | None) -> Dataset:
-    raw = read_dataset(spec.dataset.uri, store)
-    df = read_table(raw, spec.dataset.uri, spec.dataset.format)
+    parts = read_dataset_parts(spec.dataset.uri, store)
+    df = read_tables(parts, spec.dataset.uri, spec.dataset.format)
     return prepare(
         df,
         spec.dataset,

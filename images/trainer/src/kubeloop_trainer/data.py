@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -88,6 +89,41 @@ def read_table(data: bytes, uri: str, fmt: str = "auto") -> pd.DataFrame:
         raise errors.EmptyDatasetError(f"dataset {uri} has a header but no rows")
     df.columns = [str(c) for c in df.columns]
     return df
+
+
+TABLE_SUFFIXES = (".csv", ".txt", ".parquet", ".pq")
+"""What a dataset prefix reads: objects with these suffixes (anything else under it is left alone)."""
+
+
+def is_prefix(uri: str) -> bool:
+    """A dataset URI ending in ``/`` names every CSV/Parquet object under it."""
+    return uri.endswith("/")
+
+
+def is_table_key(key: str) -> bool:
+    return PurePosixPath(key).suffix.lower() in TABLE_SUFFIXES
+
+
+def read_tables(parts: Sequence[tuple[str, bytes]], uri: str, fmt: str = "auto") -> pd.DataFrame:
+    """The table of ``uri``: one object, or every object of a prefix (``parts``: their URIs and bytes,
+    in key order) concatenated. The parts of a prefix must have the same columns (any order); each is
+    checked as a single table is, so an error names the part."""
+    if not parts:
+        raise errors.DatasetNotFoundError(f"dataset prefix {uri} holds no CSV or Parquet object")
+    frames = [read_table(data, part_uri, fmt) for part_uri, data in parts]
+    first_uri, first = parts[0][0], frames[0]
+    for (part_uri, _), df in zip(parts[1:], frames[1:], strict=True):
+        if set(df.columns) != set(first.columns):
+            extra = sorted(set(df.columns) - set(first.columns))
+            lacking = sorted(set(first.columns) - set(df.columns))
+            raise errors.UnreadableDatasetError(
+                f"dataset {part_uri} does not have the columns of {first_uri} "
+                f"(extra: {_names(extra) or 'none'}; missing: {_names(lacking) or 'none'}); every object "
+                f"under the prefix {uri} must have the same columns"
+            )
+    if len(frames) == 1:
+        return first
+    return pd.concat([df[list(first.columns)] for df in frames], ignore_index=True)
 
 
 def _check_unique(names: list[str], uri: str) -> None:

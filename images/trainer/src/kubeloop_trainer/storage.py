@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from kubeloop.contracts import ObjectRef
 from kubeloop.storage import (
     ObjectNotFoundError,
     ObjectStore,
@@ -13,6 +16,7 @@ from kubeloop.storage import (
 )
 from kubeloop.storage.local import LocalStore
 from kubeloop.storage.s3 import S3Store
+from kubeloop_trainer.data import is_prefix, is_table_key
 from kubeloop_trainer.errors import ConfigError, DatasetNotFoundError
 from kubeloop_trainer.settings import TrainerSettings
 
@@ -38,6 +42,39 @@ def make_store(settings: TrainerSettings) -> ObjectStore | None:
         store.ensure_bucket(settings.bucket)
         return store
     return None
+
+
+MAX_PREFIX_OBJECTS = 10_000
+
+
+def read_dataset_parts(uri: str, store: ObjectStore | None) -> list[tuple[str, bytes]]:
+    """The objects ``dataset.uri`` names, as (URI, bytes): the object itself, or for a prefix (a URI
+    ending in ``/``) every CSV/Parquet object under it in key order, read as they are when the job runs."""
+    if not is_prefix(uri):
+        return [(uri, read_dataset(uri, store))]
+    if uri.startswith("s3://"):
+        if store is None:
+            raise ConfigError(
+                f"dataset {uri} is in object storage but no S3 endpoint is configured (KUBELOOP_TRAINER_S3_ENDPOINT)"
+            )
+        try:
+            prefix = ObjectRef.parse(uri)
+        except ValueError as e:
+            raise DatasetNotFoundError(f"dataset.uri: {e}") from e
+        try:
+            keys = [o.ref.uri for o in store.list(prefix) if is_table_key(o.ref.key)]
+        except ObjectNotFoundError as e:
+            raise DatasetNotFoundError(f"dataset prefix {uri} does not exist ({e})") from e
+    else:
+        base = Path(uri)
+        if not base.is_dir():
+            raise DatasetNotFoundError(f"dataset prefix {uri} is not a directory")
+        keys = sorted(str(p) for p in base.rglob("*") if p.is_file() and is_table_key(p.name))
+    if len(keys) > MAX_PREFIX_OBJECTS:
+        raise ConfigError(
+            f"dataset prefix {uri} holds {len(keys)} objects; at most {MAX_PREFIX_OBJECTS} are read"
+        )
+    return [(k, read_dataset(k, store)) for k in keys]
 
 
 def read_dataset(uri: str, store: ObjectStore | None) -> bytes:

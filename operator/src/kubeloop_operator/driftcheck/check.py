@@ -57,8 +57,16 @@ def baseline_ref(model_uri: str) -> ObjectRef | None:
     return ObjectRef(ref.bucket, posixpath.join(posixpath.dirname(ref.key), "baseline.json"))
 
 
+def _parse(uri: str) -> ObjectRef | None:
+    try:
+        return ObjectRef.parse(uri)
+    except ValueError:
+        return None
+
+
 def deployed_model(inputs: CheckInputs) -> DeployedModel | CheckProblem:
-    """The version the ModelDeployment serves, from its status (``modelVersion``, ``modelUri``)."""
+    """The version the ModelDeployment serves, from its status (``modelVersion``, ``modelUri`` and,
+    when the registry names it, ``baselineUri``); read by name, so a status without them is a reason."""
     name = inputs.spec.deployment
     md = inputs.deployment
     if md is None:
@@ -74,7 +82,9 @@ def deployed_model(inputs: CheckInputs) -> DeployedModel | CheckProblem:
             "ModelVersionUnknown",
             f"ModelDeployment {name} has not resolved its model yet (status.modelVersion/modelUri are empty)",
         )
-    ref = baseline_ref(str(uri))
+    # The registry names the version's baseline (status.baselineUri); else it lies beside the model.
+    named = status.get("baselineUri")
+    ref = _parse(str(named)) if named else baseline_ref(str(uri))
     if ref is None:
         return CheckProblem(
             "BaselineNotFound",
