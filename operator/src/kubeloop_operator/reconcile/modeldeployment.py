@@ -157,6 +157,7 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: MdView, *, resolve: bo
             for h in view.hpas:
                 if h.owner_uid == owner.uid and not h.deleting:
                     rt.kube.delete(HPA, owner.namespace, h.name, uid=h.uid)
+                    mem.children.pop(_key(HPA, h.name), None)
                     log.info(
                         "deleted HorizontalPodAutoscaler %s/%s (no autoscaling)", owner.namespace, h.name
                     )
@@ -177,7 +178,7 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: MdView, *, resolve: bo
             if stable_done.complete() and not canary.deleting:
                 # The stable track serves everything now: the canary may go.
                 rt.kube.delete(DEPLOYMENT, owner.namespace, canary.name, uid=canary.uid)
-                mem.children.pop(canary.name, None)
+                mem.children.pop(_key(DEPLOYMENT, canary.name), None)
                 log.info("deleted canary Deployment %s/%s", owner.namespace, canary.name)
                 del deployments["canary"]
             else:  # keep it serving, unchanged, until then
@@ -300,8 +301,13 @@ def _resolve_all(
 # --- children ---------------------------------------------------------------------------------------------
 
 
-def _recent(mem: ObjectMemory, name: str) -> Any:
-    entry = mem.children.get(name)
+def _key(kind: Kind, name: str) -> str:
+    """Children are remembered by kind and name: the Service and the HPA share a name."""
+    return f"{kind.plural}/{name}"
+
+
+def _recent(mem: ObjectMemory, key: str) -> Any:
+    entry = mem.children.get(key)
     if entry is None or time.monotonic() - entry[0] > CREATED_HINT_S:
         return None
     return entry[1]
@@ -310,7 +316,7 @@ def _recent(mem: ObjectMemory, name: str) -> Any:
 def _deployment(view: MdView, mem: ObjectMemory, name: str) -> DeploymentSummary | None:
     """The index's Deployment, unless this process has just written a newer one (the watch lags)."""
     indexed = next((d for d in view.deployments if d.name == name), None)
-    hint = _recent(mem, name)
+    hint = _recent(mem, _key(DEPLOYMENT, name))
     if isinstance(hint, DeploymentSummary) and (indexed is None or hint.generation > indexed.generation):
         return hint
     return indexed
@@ -336,8 +342,9 @@ def _ensure_child(
 ) -> None:
     """A Service or HPA: created when missing, brought back to the desired spec when it drifted."""
     name = str(manifest["metadata"]["name"])
+    key = _key(kind, name)
     live = next((c for c in indexed if c.name == name and c.owner_uid == owner.uid), None) or _recent(
-        mem, name
+        mem, key
     )
     want = manifest_hash(manifest)
     try:
@@ -346,17 +353,17 @@ def _ensure_child(
             if created:
                 log.info("created %s %s/%s", kind.kind, owner.namespace, name)
             live = summarize_child(obj)
-            mem.children[name] = (time.monotonic(), live)
+            mem.children[key] = (time.monotonic(), live)
         if isinstance(live, ChildSummary) and live.config_hash != want:
             current = rt.kube.get(kind, owner.namespace, name)
             if current is None:
-                mem.children.pop(name, None)
+                mem.children.pop(key, None)
                 return
             patch = spec_patch(current, manifest)
             if patch:
                 current = rt.kube.patch(kind, owner.namespace, name, patch)
                 log.info("updated %s %s/%s", kind.kind, owner.namespace, name)
-            mem.children[name] = (time.monotonic(), summarize_child(current))
+            mem.children[key] = (time.monotonic(), summarize_child(current))
     except KubeError as e:
         errors.append(_child_error(f"{kind.kind} {name}", e))
 
@@ -405,7 +412,7 @@ def _ensure_deployment(
         if live.config_hash != plan.config_hash:
             current = rt.kube.get(DEPLOYMENT, owner.namespace, name)
             if current is None:
-                mem.children.pop(name, None)
+                mem.children.pop(_key(DEPLOYMENT, name), None)
                 return None
             before = ((current.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels", {})
             live = _remember(
@@ -433,5 +440,5 @@ def _ensure_deployment(
 
 def _remember(mem: ObjectMemory, obj: Mapping[str, Any]) -> DeploymentSummary:
     d = summarize_deployment(obj)
-    mem.children[d.name] = (time.monotonic(), d)
+    mem.children[_key(DEPLOYMENT, d.name)] = (time.monotonic(), d)
     return d
