@@ -1,5 +1,10 @@
 """kubeloop-server benchmark (``make bench-server``): loopback only, every step bounded in time and count.
 
+Every kubeloop-server here runs as deployed: metrics on and prediction logging on (every row, Parquet to
+object storage through the server's S3 adapter) to a private MinIO the benchmark starts (the local
+cluster's pinned binary, ``hack/cluster.py build minio``; a real object store, so the writer thread's
+upload costs are paid as in a pod).
+
 (a) OIP infer requests/s at batch 1 on a small MLP (30 features), concurrency 16, against MLServer
     (same ONNX model through the minimal custom ONNX Runtime MLServer runtime, same worker processes);
 (b) the same against two no-op apps that read the body and answer a fixed JSON (the answer our server
@@ -10,18 +15,28 @@
 (c) adaptive batching on a compute-heavy wide MLP: single-row requests at concurrency 64, rows/s with
     batching on against off;
 (d) p50 latency at concurrency 1 against in-process ``session.run`` p50 on the small model and against the
-    floor's p50.
+    floor's p50;
+(e) OIP gRPC ``ModelInfer`` at batch 1, concurrency 16, against MLServer's gRPC on the same model: both
+    through the same Python grpc.aio generator (bench/server/grpc_loadgen.py) and the same request bytes
+    (``raw_input_contents``, as Triton's client sends them);
+(f) one 1,000-row request with the binary tensor data extension (in and out) against the same request
+    as JSON (in and out), our server, the same Python load generator.
+
+Before the runs, a profile of the hot path: our ASGI app and the floor's driven in-process (CPU time per
+request), and each step of ours alone (HTTP layer, parse, validation, session.run, metrics, prediction
+log record and flush, encoding), so the cost over the floor is broken down.
 
 Every 2xx answer of every run (warm-ups included, by wrk's Lua ``response()`` hook or the Python load
-generator) is compared with the in-process onnxruntime output for that request; a second pass sends 64
+generators) is compared with the in-process onnxruntime output for that request; a second pass sends 64
 distinct records over many connections (our server, and the batching server) so that an answer given to
 the wrong request is caught too. Wrong answers, non-2xx answers and transport errors are counted and
 reported per server; any of them from our server or the no-ops (any wrong answer from MLServer) fails the
 benchmark (exit 1, after the RESULT line).
 
 Last line: ``RESULT server_vs_mlserver=<r> server_vs_noop=<r> server_vs_floor=<r> batching_gain=<r>
-p50_vs_inprocess=<r> p50_vs_floor=<r>`` followed by the per-side figures behind them and the check
-counts (``checked=<n> wrong=<n> failed=<n>``).
+p50_vs_inprocess=<r> p50_vs_floor=<r>`` followed by the per-side figures behind them, ``grpc_vs_mlserver``,
+``binary_vs_json_1000rows``, the prediction log's written/dropped rows, the load average at start and end,
+and the check counts (``checked=<n> wrong=<n> failed=<n>``).
 """
 
 from __future__ import annotations
@@ -49,12 +64,17 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import orjson
+from grpc_loadgen import (
+    run_grpc_load,
+)  # bench/server/grpc_loadgen.py (this script's directory is on sys.path)
 from kubeloop_server import codec
 from kubeloop_server.model import ModelRuntime, cpu_limit
+from kubeloop_server.oip import grpc_predict_v2_pb2 as pb
 from kubeloop_testing.onnx_models import mlp_model, random_records
 from loadgen import run_load  # bench/server/loadgen.py (this script's directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 HOST = "127.0.0.1"
 NOOP_APP = """
 import os
@@ -97,6 +117,7 @@ class Server:
     log_path: Path
     ours: bool = False  # kubeloop-server: scrape its /metrics
     peer: bool = False  # MLServer: its non-2xx answers are reported, not fatal
+    grpc_port: int = 0  # OIP gRPC (ours and MLServer)
     counts: dict[str, int] = field(default_factory=lambda: {"checked": 0, "wrong": 0, "failed": 0})
 
     @property
@@ -156,11 +177,19 @@ def server_env(model: Path, port: int, **env: str) -> dict[str, str]:
 
 def start_ours(name: str, model: Path, work: Path, **env: str) -> Server:
     port = free_port()
+    grpc_port = free_port()
     cmd = [sys.executable, "-m", "kubeloop_server"]
     server = spawn(
-        name, cmd, server_env(model, port, **env), work, port, "/v2/models/{model}/infer", "/v2/health/ready"
+        name,
+        cmd,
+        server_env(model, port, GRPC_PORT=str(grpc_port), **env),
+        work,
+        port,
+        "/v2/models/{model}/infer",
+        "/v2/health/ready",
     )
     server.ours = True
+    server.grpc_port = grpc_port
     return server
 
 
@@ -197,11 +226,12 @@ def start_mlserver(mlserver_python: Path, model: Path, work: Path, workers: int,
     shutil.copy(model, d / "model.onnx")
     shutil.copy(HERE / "mlserver_runtime.py", d / "mlserver_runtime.py")
     port = free_port()
+    grpc_port = free_port()
     settings = {
         "debug": False,
         "host": HOST,
         "http_port": port,
-        "grpc_port": free_port(),
+        "grpc_port": grpc_port,
         "metrics_port": free_port(),
         "parallel_workers": workers,
     }
@@ -224,6 +254,7 @@ def start_mlserver(mlserver_python: Path, model: Path, work: Path, workers: int,
         "/v2/models/tabular/ready",
     )
     server.peer = True
+    server.grpc_port = grpc_port
     return server
 
 
@@ -258,6 +289,27 @@ class Expected:
                 if any(abs(v - e) > ATOL + RTOL * abs(e) for v, e in zip(data, exp, strict=True)):
                     return False
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return False
+        return True
+
+    def check_grpc(self, raw: bytes) -> bool:
+        """The same check on a ModelInferResponse (raw_output_contents, or typed contents)."""
+        try:
+            r = pb.ModelInferResponse.FromString(raw)
+            if len(r.outputs) != len(self.values):
+                return False
+            for k, (out, name, exp) in enumerate(zip(r.outputs, self.names, self.values, strict=True)):
+                if r.raw_output_contents:
+                    got = np.frombuffer(
+                        r.raw_output_contents[k], dtype=codec.OIP_DTYPES[out.datatype]
+                    ).tolist()
+                else:
+                    got = list(out.contents.fp32_contents or out.contents.fp64_contents)
+                if out.name != name or len(got) != len(exp):
+                    return False
+                if any(abs(v - e) > ATOL + RTOL * abs(e) for v, e in zip(got, exp, strict=True)):
+                    return False
+        except Exception:
             return False
         return True
 
@@ -446,6 +498,160 @@ def mixed_check(
     )  # fmt: skip
 
 
+@dataclass
+class Minio:
+    """A private MinIO for the benchmark's prediction logs (the local cluster's binary, loopback only)."""
+
+    proc: subprocess.Popen[bytes]
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str = "kubeloop"
+
+    def server_env(self, deployment: str) -> dict[str, str]:
+        """kubeloop-server settings: prediction logging on (every row), to this MinIO."""
+        return {
+            "PREDICTION_LOGGING_ENABLED": "true",
+            "PREDICTION_LOGGING_SAMPLE_RATE": "1.0",
+            "S3_ENDPOINT": self.endpoint,
+            "S3_ACCESS_KEY": self.access_key,
+            "S3_SECRET_KEY": self.secret_key,
+            "BUCKET": self.bucket,
+            "NAMESPACE": "bench",
+            "DEPLOYMENT": deployment,
+        }
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_minio(work: Path) -> Minio:
+    """MinIO from the local cluster's build cache (``hack/cluster.py build minio`` builds it once)."""
+    import secrets
+
+    sys.path.insert(0, str(REPO / "hack"))
+    from localcluster import build  # the local-cluster tooling: pinned, cached binaries
+
+    from kubeloop.storage import S3Config
+    from kubeloop.storage.s3 import S3Store
+
+    binary = build.ensure(["minio"], quiet=True)["minio"]
+    port = free_port()
+    data = work / "minio"
+    data.mkdir()
+    access, secret = "bench", secrets.token_urlsafe(18)
+    env = {
+        "MINIO_ROOT_USER": access, "MINIO_ROOT_PASSWORD": secret, "MINIO_BROWSER": "off",
+        "MINIO_UPDATE": "off", "MINIO_REGION": "us-east-1",
+    }  # fmt: skip
+    log_path = (work / "minio.log").open("wb")
+    proc = subprocess.Popen(
+        [str(binary), "server", str(data), f"--address={HOST}:{port}", "--quiet"],
+        env={**os.environ, **env},
+        stdout=log_path,
+        stderr=subprocess.STDOUT,
+    )
+    m = Minio(proc, f"{HOST}:{port}", access, secret)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{m.endpoint}/minio/health/live", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            m.stop()
+            raise RuntimeError(f"MinIO did not start; log:\n{(work / 'minio.log').read_text()[-2000:]}")
+        time.sleep(0.2)
+    store = S3Store(S3Config(endpoint=m.endpoint, access_key=access, secret_key=secret, region="us-east-1"))
+    store.ensure_bucket(m.bucket)
+    return m
+
+
+def grpc_request(rt: ModelRuntime, rows: np.ndarray) -> bytes:
+    """A ModelInferRequest as Triton's client sends it (raw_input_contents), serialised once."""
+    req = pb.ModelInferRequest(model_name="tabular")
+    req.inputs.add(name=rt.inputs[0].name, datatype="FP32", shape=list(rows.shape))
+    req.raw_input_contents.append(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+    return bytes(req.SerializeToString())
+
+
+def grpc_measure(
+    server: Server, request: bytes, expected: Expected, concurrency: int, duration: float
+) -> Measure:
+    """1 s warm-up (answers checked) then ``duration`` s, with the same generator for every server."""
+    res = asyncio.run(
+        run_grpc_load(
+            f"{HOST}:{server.grpc_port}", request, concurrency=concurrency, duration_s=duration, warmup_s=1.0,
+            max_requests=2_000_000, check=expected.check_grpc,
+        )
+    )  # fmt: skip
+    return Measure(
+        res.rps, res.percentile(50) * 1e3, res.percentile(99) * 1e3, res.requests, 0, res.failed, res.checked,
+        res.wrong, res.wrong_sample.hex(),
+    )  # fmt: skip
+
+
+def batch_bodies(rt: ModelRuntime, rows: np.ndarray) -> dict[str, tuple[bytes, dict[str, str]]]:
+    """One 1,000-row OIP request as JSON (in and out) and with the binary tensor data extension (in and
+    out): body and extra headers."""
+    name = rt.inputs[0].name
+    shape = list(rows.shape)
+    json_body = orjson.dumps(
+        {"inputs": [{"name": name, "shape": shape, "datatype": "FP32", "data": rows.reshape(-1).tolist()}]}
+    )
+    raw = np.ascontiguousarray(rows, dtype="<f4").tobytes()
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": shape,
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    )
+    return {
+        "json": (json_body, {}),
+        "binary": (head + raw, {"Inference-Header-Content-Length": str(len(head))}),
+    }
+
+
+def batch_check(expected: np.ndarray) -> dict[str, Any]:
+    """Answer checks for :func:`batch_bodies`: the JSON answer's data, or the binary answer's tail."""
+    flat = expected.astype(np.float32).reshape(-1)
+    nbytes = flat.size * 4
+
+    def close(got: np.ndarray) -> bool:
+        return got.shape == flat.shape and bool(np.all(np.abs(got - flat) <= ATOL + RTOL * np.abs(flat)))
+
+    def check_json(_i: int, raw: bytes) -> bool:
+        try:
+            return close(np.asarray(orjson.loads(raw)["outputs"][0]["data"], dtype=np.float32))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return False
+
+    def check_binary(_i: int, raw: bytes) -> bool:
+        try:
+            head = orjson.loads(raw[:-nbytes])
+            if head["outputs"][0]["parameters"]["binary_data_size"] != nbytes:
+                return False
+            return close(np.frombuffer(raw[-nbytes:], dtype="<f4"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
+            return False
+
+    return {"json": check_json, "binary": check_binary}
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """user+system CPU seconds of a process and all its descendants (from /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -538,26 +744,127 @@ def spinning_check(small: bytes, heavy: bytes, feeds: dict[str, np.ndarray]) -> 
     return "; ".join(out)
 
 
-def stage_costs(rt: ModelRuntime, body: bytes, n: int = 2000) -> dict[str, float]:
-    """Per-request cost of each step of our OIP path, in-process (microseconds)."""
-    parsed = orjson.loads(body)
-    req = codec.decode_infer_request(rt, parsed, 10_000)
-    outs = rt.run(req.feeds)
-    enc = codec.encode_infer_response(rt, req, outs)
-    steps = {
-        "orjson.loads": lambda: orjson.loads(body),
-        "decode+validate": lambda: codec.decode_infer_request(rt, parsed, 10_000),
-        "session.run": lambda: rt.run(req.feeds),
-        "encode": lambda: codec.encode_infer_response(rt, req, outs),
-        "orjson.dumps": lambda: orjson.dumps(enc, option=orjson.OPT_SERIALIZE_NUMPY),
+def hot_path_profile(model: bytes, body: bytes, rounds: int = 7, n: int = 2000) -> list[tuple[str, float]]:
+    """Where a request's time goes over the floor: our ASGI app driven in-process (no sockets, no uvicorn:
+    the part the floor does not share), prediction logging on (in-memory store, the Parquet flush counted
+    per row) and metrics on, against the floor's ASGI app the same way; then each step alone.
+
+    CPU microseconds per request (thread CPU time, best of ``rounds`` runs of ``n``). The steps alone add
+    up to less than the whole: interleaving Python and ONNX Runtime per request costs cache and branch
+    misses that a step repeated alone does not pay (the ``interleaving`` line)."""
+    import gc
+    import tempfile as _tempfile
+
+    from kubeloop_server.rest import ServerApp, parse_infer_json
+    from kubeloop_server.settings import ServerSettings
+    from kubeloop_testing.storage import MemoryStore
+
+    with _tempfile.NamedTemporaryFile(suffix=".onnx") as f:
+        f.write(model)
+        f.flush()
+        settings = ServerSettings(
+            model_uri=f.name, grpc_port=0, log_level="warning", prediction_logging_enabled=True,
+            s3_endpoint="in-memory:1", prediction_log_flush_rows=10**9, prediction_log_max_buffer_rows=10**9,
+            prediction_log_flush_interval_s=3600,
+        )  # fmt: skip
+        app = ServerApp(settings, store=MemoryStore())
+    rt, dp, m, predlog = app.runtime, app.dataplane, app.metrics, app.predlog
+    assert predlog is not None
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v2/models/tabular/infer",
+        "headers": headers,
+        "query_string": b"",
     }
-    out: dict[str, float] = {}
-    for name, fn in steps.items():
-        fn()
-        t0 = time.perf_counter()
-        for _ in range(n):
+    message = {"type": "http.request", "body": body, "more_body": False}
+    answer = b'{"x":1}'
+    answer_headers = [(b"content-type", b"application/json"), (b"content-length", b"7")]
+
+    async def receive() -> dict[str, Any]:
+        return message
+
+    async def send(_msg: Any) -> None:
+        return None
+
+    async def floor(scope: Any, receive: Any, send: Any) -> None:  # bench/server/floor_app.py's no-op
+        more = True
+        while more:
+            more = bool((await receive()).get("more_body", False))
+        await send({"type": "http.response.start", "status": 200, "headers": answer_headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    doc = orjson.loads(body)
+    req = codec.decode_infer_request(rt, doc, 10_000)
+    outs = rt.run(req.feeds)
+
+    async def stub_infer(*_a: Any, **_k: Any) -> Any:
+        return req, outs
+
+    def best(fn: Any) -> float:
+        times = []
+        for _ in range(rounds):
+            t0 = time.thread_time()
             fn()
-        out[name] = (time.perf_counter() - t0) / n * 1e6
+            times.append((time.thread_time() - t0) / n * 1e6)
+        return min(times)
+
+    def loop_async(app_: Any) -> Any:
+        async def go() -> None:
+            for _ in range(n):
+                await app_(dict(scope), receive, send)
+
+        return lambda: asyncio.run(go())
+
+    def sync(fn: Any) -> Any:
+        def go() -> None:
+            for _ in range(n):
+                fn()
+
+        return go
+
+    async def start() -> None:
+        await app.predictor.start()
+
+    asyncio.run(start())
+    predlog.start()  # as the lifespan does: pays Parquet's first-use costs now
+    gc.collect()
+    gc.freeze()  # as the server's lifespan does
+    out: list[tuple[str, float]] = []
+    whole = best(loop_async(app.app))
+    flush_rows = predlog._buffered
+    t0 = time.thread_time()
+    predlog.flush()
+    flush = (time.thread_time() - t0) / max(1, flush_rows) * 1e6
+    floor_us = best(loop_async(floor))
+    out.append(("our ASGI app, whole request (logging + metrics on)", whole + flush))
+    out.append(("the floor's ASGI app, whole request", floor_us))
+    out.append(("  = over the floor", whole + flush - floor_us))
+    real_infer = dp.infer
+    dp.infer = stub_infer  # type: ignore[method-assign]
+    http = best(loop_async(app.app))
+    dp.infer = real_infer  # type: ignore[method-assign]
+    steps = [
+        ("HTTP layer: routing, body, headers, response, request metrics", http - floor_us),
+        ("JSON parse (orjson)", best(sync(lambda: parse_infer_json(body)))),
+        ("decode + validate", best(sync(lambda: codec.decode_infer_request(rt, doc, 10_000)))),
+        ("session.run (ONNX Runtime, 1 row)", best(sync(lambda: rt.run(req.feeds)))),
+        ("run + class metrics", best(sync(lambda: (m.observe_run(1, 1e-5), m.observe_classes(outs[0]))))),
+        ("prediction log: record", best(sync(lambda: predlog.record(req.feeds, outs, 1)))),
+        ("prediction log: Parquet flush, per row", flush),
+        ("encode + orjson.dumps", best(sync(lambda: codec.encode_infer_response(rt, req, outs)))),
+    ]
+    predlog.stop(30)
+    out += [(f"  {k}", v) for k, v in steps]
+    out.append(
+        ("  interleaving (whole - floor - steps)", whole + flush - floor_us - sum(v for _, v in steps))
+    )
+    gc.unfreeze()
     return out
 
 
@@ -590,6 +897,7 @@ def main() -> None:
     if tool == "auto":
         tool = "wrk" if shutil.which("wrk") else "python"
     t_begin = time.monotonic()
+    load_start = os.getloadavg()[0]
     cpus = cpu_limit()
     log("== kubeloop-server benchmark ==")
     log(
@@ -627,12 +935,9 @@ def main() -> None:
     # the fixed answer of both no-ops: what our server answers to the benchmark request (same bytes back)
     answer = work / "answer.json"
     answer.write_bytes(
-        orjson.dumps(
-            codec.encode_infer_response(
-                rt_small, codec.decode_infer_request(rt_small, orjson.loads(body), 10), rt_small.run(feeds)
-            ),
-            option=orjson.OPT_SERIALIZE_NUMPY,
-        )
+        codec.encode_infer_response(
+            rt_small, codec.decode_infer_request(rt_small, orjson.loads(body), 10), rt_small.run(feeds)
+        )[0]
     )
     if not exp_small.check(answer.read_bytes()):
         raise SystemExit(
@@ -650,15 +955,38 @@ def main() -> None:
     )
     log(f"in-process session.run p50: small {inproc_small * 1e6:.1f} us; heavy 1 row {inproc_heavy * 1e3:.2f} ms, "
         f"64 rows {inproc_heavy64 * 1e3:.2f} ms ({64 * inproc_heavy / inproc_heavy64:.1f}x rows/s from batching in-process)")  # fmt: skip
-    log("our OIP path, in-process cost per request (us): "
-        + ", ".join(f"{k} {v:.1f}" for k, v in stage_costs(rt_small, body).items()))  # fmt: skip
+    log(
+        "profile of the hot path (OIP infer, 1 row, small model), in-process, CPU us per request "
+        f"(load average {os.getloadavg()[0]:.2f}):"
+    )
+    profile = hot_path_profile(small.read_bytes(), body)
+    for k, v in profile:
+        log(f"  {k:64s} {v:7.1f}")
     del rt_heavy
     log(
         f"ORT thread-pool spinning (in-process p50): {spinning_check(small.read_bytes(), heavy.read_bytes(), feeds)}"
     )
 
+    minio = start_minio(work)
+    try:
+        main_runs(a, tool, work, t_begin, small, heavy, rt_small, body, answer, exp_small, exp_heavy, mixed_bodies,
+                  mixed_small, mixed_heavy, inproc_small, minio, load_start)  # fmt: skip
+    finally:
+        minio.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main_runs(
+    a: argparse.Namespace, tool: str, work: Path, t_begin: float, small: Path, heavy: Path, rt_small: ModelRuntime,
+    body: bytes, answer: Path, exp_small: Expected, exp_heavy: Expected, mixed_bodies: list[bytes],
+    mixed_small: list[Expected], mixed_heavy: list[Expected], inproc_small: float, minio: Minio,
+    load_start: float,
+) -> None:  # fmt: skip
     mlpy = a.mlserver_python
     every: list[Server] = []
+    logging_env = minio.server_env
+    log(f"prediction logging: on for every kubeloop-server below, every row, to a private MinIO ({minio.endpoint}, "
+        "the local cluster's binary) through the server's S3 adapter; metrics on")  # fmt: skip
 
     def measure(s: Server, concurrency: int, label: str, unit: str = "req/s") -> tuple[Measure, float]:
         """One bounded, checked load run; returns the client-side figures and the server's CPU us per request."""
@@ -694,13 +1022,17 @@ def main() -> None:
 
     # (a) + (b): small model, concurrency 16, paired rounds (the load on this machine drifts)
     log("\n-- (a)/(b): OIP infer, batch 1, small model, concurrency 16, 1 server process each --")
-    ours = start_ours("kubeloop-server", small, work)
+    ours = start_ours("kubeloop-server", small, work, **logging_env("small"))
     srv = [ours]
     r_ml_rounds: list[float] = []
     r_noop_rounds: list[float] = []
     r_floor_rounds: list[float] = []
     rps: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
+    r_grpc_rounds: list[float] = []
+    batch_rps: dict[str, list[float]] = {}
+    batch_cpu: dict[str, list[float]] = {}
+    predlog_rows = predlog_dropped = dropped_f = float("nan")
     with servers_stopped(srv):
         floor = start_floor(small, work, answer)
         srv.append(floor)
@@ -742,15 +1074,102 @@ def main() -> None:
             r_p50_floor_rounds.append(p50s[-1] / p50s_floor[-1])
         mixed(ours, mixed_small, 16)
 
+        # (e): gRPC, the same model, every server through the same generator and request bytes
+        log("\n-- (e): OIP gRPC ModelInfer, batch 1, small model, concurrency 16 over 2 HTTP/2 connections; the same "
+            "Python grpc.aio generator (bench/server/grpc_loadgen.py) and the same request bytes (raw_input_contents, "
+            "as Triton's client sends) for every server; every answer checked --")  # fmt: skip
+        first_row = np.asarray([orjson.loads(body)["inputs"][0]["data"]], dtype=np.float32)
+        greq = grpc_request(rt_small, first_row)
+        gsrv = [ours, *mls]
+        grps: dict[str, list[float]] = {}
+        gcpu: dict[str, list[float]] = {}
+        for r in range(max(2, a.rounds // 2)):
+            got = {}
+            for s in gsrv if r % 2 == 0 else gsrv[::-1]:
+                cpu0 = tree_cpu_seconds(s.proc.pid)
+                m = grpc_measure(s, greq, exp_small, 16, a.duration)
+                c = (
+                    (tree_cpu_seconds(s.proc.pid) - cpu0)
+                    / max(1, m.requests)
+                    * 1e6
+                    * (a.duration / (a.duration + 1))
+                )
+                count(s, m)
+                log(f"gRPC round {r + 1} {s.name:30s} {m.rps:8.0f} req/s  p50 {m.p50_ms:7.3f} ms  p99 {m.p99_ms:7.2f} ms  "
+                    f"server CPU {c:5.0f} us/req  checked {m.checked} wrong {m.wrong} failed {m.failed}")  # fmt: skip
+                got[s.name] = m.rps
+                grps.setdefault(s.name, []).append(m.rps)
+                gcpu.setdefault(s.name, []).append(c)
+            if mls:
+                r_grpc_rounds.append(got[ours.name] / max(got[x.name] for x in mls))
+                log(f"gRPC round {r + 1} ratio: vs best MLServer {r_grpc_rounds[-1]:.2f}x")
+
+        before_f = scrape(ours)
+        predlog_rows = before_f.get("kubeloop_server_prediction_log_written_rows_total", 0.0)
+        predlog_dropped = sum(
+            v for k, v in before_f.items() if k.startswith("kubeloop_server_prediction_log_dropped_rows")
+        )
+        log(f"\nprediction log of kubeloop-server after (a), (b), (d), (e): {predlog_rows:.0f} rows written to MinIO "
+            f"in {before_f.get('kubeloop_server_prediction_log_parts_total', 0):.0f} Parquet parts, "
+            f"{predlog_dropped:.0f} dropped (the rest is flushed at shutdown)")  # fmt: skip
+
+        # (f): one 1,000-row request, binary extension vs JSON, our server, the same generator
+        log("\n-- (f): one 1,000-row OIP request, binary tensor data extension (in and out) vs JSON (in and out), "
+            "kubeloop-server, concurrency 4, the Python load generator for both; every answer checked --")  # fmt: skip
+        rows1000 = np.asarray(
+            [[r[f] for f in rt_small.feature_names] for r in random_records(1000, seed=5)], dtype=np.float32
+        )
+        ref = ort.InferenceSession(small.read_bytes(), providers=["CPUExecutionProvider"])
+        exp1000 = ref.run(None, {ref.get_inputs()[0].name: rows1000})[0]
+        bodies = batch_bodies(rt_small, rows1000)
+        checks = batch_check(exp1000)
+        url = ours.base + ours.infer_path.format(model="tabular")
+        for kind, (b, _) in bodies.items():
+            log(f"{kind} request body: {len(b)} bytes")
+        for r in range(2):
+            for kind in ("json", "binary") if r % 2 == 0 else ("binary", "json"):
+                b, headers = bodies[kind]
+                ctype = "application/json" if kind == "json" else "application/octet-stream"
+                cpu0 = tree_cpu_seconds(ours.proc.pid)
+                res = asyncio.run(
+                    run_load(url, b, concurrency=4, duration_s=a.duration, warmup_s=1.0, max_requests=200_000,
+                             check=checks[kind], headers=headers, content_type=ctype)
+                )  # fmt: skip
+                c = (
+                    (tree_cpu_seconds(ours.proc.pid) - cpu0)
+                    / max(1, res.requests)
+                    * 1e6
+                    * (a.duration / (a.duration + 1))
+                )
+                m = Measure(res.rps, res.percentile(50) * 1e3, res.percentile(99) * 1e3, res.requests,
+                            res.requests - res.ok, res.errors, res.checked, res.wrong,
+                            res.wrong_sample.decode(errors="replace"))  # fmt: skip
+                count(ours, m)
+                batch_rps.setdefault(kind, []).append(m.rps)
+                batch_cpu.setdefault(kind, []).append(c)
+                log(f"1,000 rows round {r + 1} {kind:7s} {m.rps:7.1f} req/s ({m.rps * 1000:8.0f} rows/s)  p50 "
+                    f"{m.p50_ms:7.2f} ms  server CPU {c:7.0f} us/req  checked {m.checked} wrong {m.wrong} failed {m.failed}")  # fmt: skip
+        final = scrape(ours)
+        predlog_rows = final.get("kubeloop_server_prediction_log_written_rows_total", 0.0)
+        predlog_dropped = sum(
+            v for k, v in final.items() if k.startswith("kubeloop_server_prediction_log_dropped_rows")
+        )
+        log(f"prediction log of kubeloop-server so far: {predlog_rows:.0f} rows written to MinIO in "
+            f"{final.get('kubeloop_server_prediction_log_parts_total', 0):.0f} Parquet parts, {predlog_dropped:.0f} "
+            "dropped (the rest is flushed at shutdown)")  # fmt: skip
+
     # (c): batching on the heavy model
     log("\n-- (c): adaptive batching, heavy model, single-row requests, concurrency 64 --")
     on = start_ours(
-        "heavy-batching-on", heavy, work, BATCHING_ENABLED="true", MAX_BATCH_SIZE="64", MAX_LATENCY_MS="2"
-    )
+        "heavy-batching-on", heavy, work, BATCHING_ENABLED="true", MAX_BATCH_SIZE="64", MAX_LATENCY_MS="2",
+        **logging_env("heavy-on"),
+    )  # fmt: skip
     gains: list[float] = []
     rows: dict[str, list[float]] = {}
     with servers_stopped([on]):
-        off = start_ours("heavy-batching-off", heavy, work, BATCHING_ENABLED="false")
+        off = start_ours(
+            "heavy-batching-off", heavy, work, BATCHING_ENABLED="false", **logging_env("heavy-off")
+        )
         with servers_stopped([off]):
             for r in range(2):
                 m_off, _ = measure(off, 64, f"round {r + 1}", "rows/s")
@@ -785,6 +1204,15 @@ def main() -> None:
         f"{r_p50:.1f}x (goal <= 15); vs the floor's p50 {med(p50s_floor) * 1e6:.0f} us, per round "
         f"{', '.join(f'{x:.2f}' for x in r_p50_floor_rounds)} -> {r_p50_floor:.2f}x; the FastAPI no-op: "
         f"p50 {med(p50s_noop) * 1e6:.0f} us")  # fmt: skip
+    r_grpc = med(r_grpc_rounds) if r_grpc_rounds else float("nan")
+    best_gml = max(mls, key=lambda x: med(grps[x.name])) if mls else None
+    log(f"(e) gRPC: kubeloop-server {med(grps[ours.name]):.0f} req/s (server CPU {med(gcpu[ours.name]):.0f} us/req)"
+        + "".join(f", {x.name} {med(grps[x.name]):.0f} req/s (server CPU {med(gcpu[x.name]):.0f} us/req)" for x in mls)
+        + f"; vs best MLServer, per round: {', '.join(f'{x:.2f}' for x in r_grpc_rounds)} -> {r_grpc:.2f}x (goal >= 3)")  # fmt: skip
+    r_binary = med(batch_rps["binary"]) / med(batch_rps["json"])
+    log(f"(f) one 1,000-row request: binary extension {med(batch_rps['binary']):.1f} req/s (server CPU "
+        f"{med(batch_cpu['binary']):.0f} us/req) vs JSON {med(batch_rps['json']):.1f} req/s (server CPU "
+        f"{med(batch_cpu['json']):.0f} us/req) -> {r_binary:.2f}x")  # fmt: skip
     log("answers (every 2xx compared with in-process onnxruntime; failed = non-2xx + transport errors):")
     for s in every:
         c = s.counts
@@ -797,7 +1225,6 @@ def main() -> None:
     log(
         f"load generator: {tool}; load average now {os.getloadavg()[0]:.2f}; total {time.monotonic() - t_begin:.0f} s"
     )
-    shutil.rmtree(work, ignore_errors=True)
     if fatal:
         log(f"FAILED: wrong or failed answers from {', '.join(s.name for s in fatal)}")
     print(
@@ -808,6 +1235,12 @@ def main() -> None:
         f"mlserver_rps={med(rps[best_ml.name]) if best_ml else float('nan'):.0f} "
         f"server_p50_us={p50 * 1e6:.0f} floor_p50_us={med(p50s_floor) * 1e6:.0f} "
         f"inprocess_p50_us={inproc_small * 1e6:.1f} "
+        f"grpc_vs_mlserver={r_grpc:.2f} grpc_rps={med(grps[ours.name]):.0f} "
+        f"mlserver_grpc_rps={med(grps[best_gml.name]) if best_gml else float('nan'):.0f} "
+        f"binary_vs_json_1000rows={r_binary:.2f} binary_1000rows_rps={med(batch_rps['binary']):.1f} "
+        f"json_1000rows_rps={med(batch_rps['json']):.1f} "
+        f"predlog_rows={predlog_rows:.0f} predlog_dropped={predlog_dropped:.0f} predlog_dropped_1000rows={dropped_f:.0f} "
+        f"load_avg_start={load_start:.2f} load_avg_end={os.getloadavg()[0]:.2f} "
         f"checked={checked} wrong={wrong} failed={failed} mlserver_failed={peer_failed}",
         flush=True,
     )

@@ -78,13 +78,18 @@ class HttpConnection:
 
 
 def build_request(
-    method: str, url: str, body: bytes | None = None, content_type: str = "application/json"
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    content_type: str = "application/json",
+    headers: dict[str, str] | None = None,
 ) -> bytes:
     u = urlparse(url)
     path = (u.path or "/") + (f"?{u.query}" if u.query else "")
     lines = [f"{method} {path} HTTP/1.1", f"Host: {u.netloc}"]
     if body is not None:
         lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
 
 
@@ -145,6 +150,8 @@ async def run_load(
     warmup_s: float = 1.0,
     bodies: Sequence[bytes] = (),
     check: Callable[[int, bytes], bool] | None = None,
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
 ) -> LoadResult:
     """Closed loop: ``concurrency`` connections each send the next request when the last answered.
 
@@ -155,7 +162,9 @@ async def run_load(
     """
     u = urlparse(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
-    raws = [build_request(method, url, b) for b in bodies] or [build_request(method, url, body)]
+    raws = [build_request(method, url, b, content_type, headers) for b in bodies] or [
+        build_request(method, url, body, content_type, headers)
+    ]
     result = LoadResult()
     loop = asyncio.get_running_loop()
     t_start = loop.time()

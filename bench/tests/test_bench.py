@@ -39,6 +39,7 @@ def server_bench() -> Iterator[ModuleType]:
     with pytest.MonkeyPatch.context() as mp:
         # bench.py imports its sibling as ``loadgen`` (bench/api has another module of that name)
         load_module("loadgen", BENCH / "server" / "loadgen.py", mp)
+        load_module("grpc_loadgen", BENCH / "server" / "grpc_loadgen.py", mp)
         yield load_module("kubeloop_bench_server", BENCH / "server" / "bench.py", mp)
 
 
@@ -148,3 +149,35 @@ def test_trainer_bench_tiny_run_is_like_for_like_and_ends_with_every_key(
     assert float(result["trainer_vs_plain_torch"]) > 0
     for key in ("validation_cost", "checkpoint_cost", "bookkeeping_cost"):
         assert 0 < float(result[key]) < 1, (key, result)
+
+
+def test_grpc_and_batch_answer_checks_can_fail(server_bench: ModuleType) -> None:
+    """The gRPC answer check (raw or typed contents) and the 1,000-row checks (JSON, binary) refuse wrong
+    predictions and accept right ones."""
+    import numpy as np
+    from kubeloop_server.oip import grpc_predict_v2_pb2 as pb
+
+    exp = server_bench.Expected(("probabilities",), ((0.25, 0.5, 0.25),))
+
+    def grpc_answer(values: list[float], raw: bool = True) -> bytes:
+        r = pb.ModelInferResponse(model_name="tabular")
+        out = r.outputs.add(name="probabilities", datatype="FP32", shape=[1, len(values)])
+        if raw:
+            r.raw_output_contents.append(np.asarray(values, dtype="<f4").tobytes())
+        else:
+            out.contents.fp32_contents.extend(values)
+        return bytes(r.SerializeToString())
+
+    assert exp.check_grpc(grpc_answer([0.25, 0.5, 0.25]))
+    assert exp.check_grpc(grpc_answer([0.25, 0.5, 0.25], raw=False))  # MLServer's typed contents
+    for wrong in (grpc_answer([0.5, 0.25, 0.25]), grpc_answer([0.25, 0.5]), b"\xff\x00junk"):
+        assert not exp.check_grpc(wrong)
+    expected = np.array([[0.1, 0.2, 0.7], [0.3, 0.3, 0.4]], dtype=np.float32)
+    checks = server_bench.batch_check(expected)
+    right_json = orjson.dumps({"outputs": [{"data": expected.reshape(-1).tolist()}]})
+    head = orjson.dumps({"outputs": [{"parameters": {"binary_data_size": 24}}]})
+    assert checks["json"](0, right_json)
+    assert checks["binary"](0, head + expected.tobytes())
+    assert not checks["json"](0, orjson.dumps({"outputs": [{"data": expected[::-1].reshape(-1).tolist()}]}))
+    assert not checks["binary"](0, head + expected[::-1].tobytes())
+    assert not checks["binary"](0, head + expected.tobytes()[:-4])

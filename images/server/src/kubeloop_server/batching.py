@@ -27,7 +27,13 @@ log = logging.getLogger("kubeloop_server.batching")
 
 
 class Predictor(Protocol):
+    # True when predict() would run the session inline anyway: the data plane then calls run_inline()
+    # and saves a coroutine per request.
+    inline: bool
+
     async def predict(self, feeds: Feeds, rows: int) -> Outputs: ...
+
+    def run_inline(self, feeds: Feeds, rows: int) -> Outputs: ...
 
     async def start(self) -> None: ...
 
@@ -42,6 +48,7 @@ class DirectPredictor:
         self._rt = runtime
         self._metrics = metrics
         self.in_thread = in_thread
+        self.inline = not in_thread
         self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
@@ -57,6 +64,12 @@ class DirectPredictor:
         t0 = time.perf_counter()
         out = self._rt.run(feeds)
         return out, time.perf_counter() - t0
+
+    def run_inline(self, feeds: Feeds, rows: int) -> Outputs:
+        t0 = time.perf_counter()
+        out = self._rt.run(feeds)
+        self._metrics.observe_run(rows, time.perf_counter() - t0)
+        return out
 
     async def predict(self, feeds: Feeds, rows: int) -> Outputs:
         if self._executor is None:
@@ -80,6 +93,8 @@ class _Pending:
 
 class AdaptiveBatcher:
     """Merges concurrent requests into one ``session.run`` (see the module docstring)."""
+
+    inline = False
 
     def __init__(
         self, runtime: ModelRuntime, metrics: ServerMetrics, max_batch_size: int, max_latency_s: float
@@ -111,6 +126,9 @@ class AdaptiveBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    def run_inline(self, feeds: Feeds, rows: int) -> Outputs:
+        raise RuntimeError("the adaptive batcher never runs inline")
 
     async def predict(self, feeds: Feeds, rows: int) -> Outputs:
         if rows >= self.max_batch_size or self._task is None:

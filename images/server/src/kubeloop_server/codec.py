@@ -638,6 +638,53 @@ def requested_outputs(rt: ModelRuntime, req_outputs: Any) -> list[int] | None:
     return out
 
 
+_PLAIN_TENSOR_KEYS: Final = frozenset(("name", "shape", "datatype", "data"))
+
+
+def _plain_request(
+    rt: ModelRuntime, body: dict[str, Any], max_rows: int, allow_missing: bool
+) -> InferRequest | None:
+    """The most common request, decoded with the fewest steps: one JSON float tensor for a model with one
+    float ``[N, F]`` input, no parameters, no output selection. None for anything else (or anything
+    wrong), which the general path then decodes or refuses with the error naming the problem."""
+    spec = rt.single_float_input
+    if spec is None or "parameters" in body or "outputs" in body:
+        return None
+    inputs = body.get("inputs")
+    if type(inputs) is not list or len(inputs) != 1:
+        return None
+    item = inputs[0]
+    if type(item) is not dict or item.keys() != _PLAIN_TENSOR_KEYS or item["name"] != spec.name:
+        return None
+    shape = item["shape"]
+    if item["datatype"] != spec.datatype or type(shape) is not list or len(shape) != 2:
+        return None
+    n, width = shape
+    if type(n) is not int or type(width) is not int or not 0 < n <= max_rows or width < 0:
+        return None
+    if spec.shape[1] not in (-1, width):
+        return None
+    data = item["data"]
+    if type(data) is not list:
+        return None
+    try:
+        arr = np.array(data, dtype=spec.dtype)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if (
+        arr.size != n * width
+        or (arr.ndim > 1 and arr.shape != (n, width))
+        or not _check_numeric(arr, allow_missing)
+    ):
+        return None
+    req_id = body.get("id")
+    if req_id is None:
+        req_id = new_request_id()
+    elif type(req_id) is not str:
+        return None
+    return InferRequest(req_id, {spec.name: arr.reshape(n, width)}, n, None, None)
+
+
 def decode_infer_request(
     rt: ModelRuntime,
     body: Any,
@@ -647,6 +694,10 @@ def decode_infer_request(
 ) -> InferRequest:
     """An OIP REST request: the JSON document and, with the binary tensor data extension, the bytes that
     follow its ``Inference-Header-Content-Length`` (``binary``; None without the header)."""
+    if binary is None and type(body) is dict and rt.single_float_input is not None:
+        plain = _plain_request(rt, body, max_rows, allow_missing)
+        if plain is not None:
+            return plain
     if type(body) is not dict:
         raise InvalidInputError(f"inference request must be a JSON object, got {_describe(body)}")
     req_id = body.get("id")

@@ -121,7 +121,10 @@ class DataPlane:
     # --- inference --------------------------------------------------------------------------------------------
 
     async def _predict(self, feeds: Feeds, rows: int) -> Outputs:
-        outputs = await self.predictor.predict(feeds, rows)
+        predictor = self.predictor
+        outputs = (
+            predictor.run_inline(feeds, rows) if predictor.inline else await predictor.predict(feeds, rows)
+        )
         if self._task == "classification":
             self.metrics.observe_classes(outputs[self._pred_out])
         elif self._task == "regression":

@@ -206,6 +206,13 @@ class ModelRuntime:
         self.output_names = [o.name for o in self.outputs]
         self.input_index = {s.name: s for s in self.inputs}
         self._zipmaps = [i for i, o in enumerate(self.outputs) if o.zipmap]
+        # The common request shape gets a short path in the codec: one float [N, F] input.
+        ins = self.inputs
+        self.single_float_input = (
+            ins[0]
+            if len(ins) == 1 and ins[0].is_float and len(ins[0].shape) == 2 and ins[0].shape[0] == -1
+            else None
+        )
         # Why the record API is refused (None: it works); set for foreign graphs that do not read as features.
         self.record_api_error: str | None = None
         self.layout: Layout | None
@@ -505,7 +512,10 @@ class ModelRuntime:
         graph has no output that reads as a prediction."""
         if self.prediction_output is None:
             return None
-        pred = outputs[self.prediction_output]
+        return self.prediction_values(outputs[self.prediction_output])
+
+    def prediction_values(self, pred: np.ndarray) -> npt.NDArray[Any]:
+        """Per-row prediction out of the prediction output's values (rows of any number of requests)."""
         if self.task == "classification":
             return np.asarray(pred.argmax(axis=1))
         return pred.reshape(-1)

@@ -49,6 +49,14 @@ class _Chunk:
         self.take = take  # row indices kept, None = all
 
 
+def _kept(arr: np.ndarray, take: np.ndarray | None) -> np.ndarray:
+    return arr if take is None else arr[take]
+
+
+def _merge(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class PredictionLogger:
     def __init__(
         self,
@@ -121,6 +129,11 @@ class PredictionLogger:
     # --- background writer ---------------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Pay Parquet's lazy imports and first-use set-up now, not in the first flush under load (where
+        # they hold the GIL for most of a second).
+        warm = _Chunk(time.time(), self._rt.dummy_feeds(1), self._rt.run(self._rt.dummy_feeds(1)), 1, None)
+        for table in self._tables([warm]).values():
+            pq.write_table(table, io.BytesIO(), compression="zstd")
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -176,46 +189,59 @@ class PredictionLogger:
                 self._metrics.log_buffered.set(self._buffered)
 
     def _tables(self, chunks: list[_Chunk]) -> dict[date, pa.Table]:
+        """One table per day. Chunks are merged per graph input first (one concatenate per input, not a
+        slice per chunk and column), so a flush costs the writer thread little Python time per row."""
         rt = self._rt
         by_day: dict[date, list[_Chunk]] = defaultdict(list)
-        for c in chunks:
-            by_day[datetime.fromtimestamp(c.at, UTC).date()].append(c)
+        first, last = (datetime.fromtimestamp(c.at, UTC).date() for c in (chunks[0], chunks[-1]))
+        if first == last:  # chunks are in arrival order: all from one day, the usual case
+            by_day[first] = chunks
+        else:
+            for c in chunks:
+                by_day[datetime.fromtimestamp(c.at, UTC).date()].append(c)
+        inputs = {lc.input for lc in rt.log_columns}
+        po = rt.prediction_output
         tables: dict[date, pa.Table] = {}
         for day, group in by_day.items():
-            columns: dict[str, list[np.ndarray]] = defaultdict(list)
-            stamps: list[np.ndarray] = []
-            preds: list[np.ndarray] = []
-            for c in group:
-                cols = rt.log_values(c.feeds)
-                pred = rt.predictions(c.outputs)
-                if c.take is not None:
-                    cols = {k: v[c.take] for k, v in cols.items()}
-                    pred = None if pred is None else pred[c.take]
-                for k, v in cols.items():
-                    columns[k].append(v)
-                if pred is not None:
-                    preds.append(pred)
-                stamps.append(np.full(c.rows, int(c.at * 1e6), dtype=np.int64))
+            sampled = any(c.take is not None for c in group)
+            merged = {
+                name: _merge(
+                    [_kept(c.feeds[name], c.take) for c in group]
+                    if sampled
+                    else [c.feeds[name] for c in group]
+                )
+                for name in inputs
+            }
+            cols = rt.log_values(merged)
+            stamps = np.repeat(
+                np.array([int(c.at * 1e6) for c in group], dtype=np.int64), [c.rows for c in group]
+            )
             data: dict[str, Any] = {}
             for lc in rt.log_columns:
-                col = np.concatenate(columns[lc.name])
+                col = cols[lc.name]
                 if lc.numeric:  # NaN (a missing value) is written as null
                     values = col.astype(np.float64)
                     data[lc.name] = pa.array(values, mask=np.isnan(values))
                 else:  # "" is the missing category: null as well
                     data[lc.name] = pa.array([v or None for v in col.tolist()], type=pa.string())
-            data[PREDICTION_LOG_TIMESTAMP] = pa.array(
-                np.concatenate(stamps), type=pa.timestamp("us", tz="UTC")
-            )
-            n = len(data[PREDICTION_LOG_TIMESTAMP])
+            data[PREDICTION_LOG_TIMESTAMP] = pa.array(stamps, type=pa.timestamp("us", tz="UTC"))
+            n = len(stamps)
             data[PREDICTION_LOG_MODEL_VERSION] = pa.array([rt.version] * n, type=pa.string())
-            if not preds:  # a foreign graph without a prediction output: the column is there, all null
+            pred = None
+            if po is not None:
+                outs = (
+                    [_kept(c.outputs[po], c.take) for c in group]
+                    if sampled
+                    else [c.outputs[po] for c in group]
+                )
+                pred = rt.prediction_values(_merge(outs))
+            if pred is None:  # a foreign graph without a prediction output: the column is there, all null
                 data[PREDICTION_LOG_PREDICTION] = pa.nulls(n, type=pa.string())
             elif rt.task == "classification":
-                labels = np.asarray(rt.classes, dtype=object)[np.concatenate(preds)]
+                labels = np.asarray(rt.classes, dtype=object)[pred]
                 data[PREDICTION_LOG_PREDICTION] = pa.array(labels.tolist(), type=pa.string())
             else:
-                data[PREDICTION_LOG_PREDICTION] = pa.array(np.concatenate(preds).astype(np.float64))
+                data[PREDICTION_LOG_PREDICTION] = pa.array(pred.astype(np.float64))
             tables[day] = pa.table(data)
         return tables
 
