@@ -91,6 +91,10 @@ e2e-operator-idle: setup ## Idle writes in full: 50 converged TrainingJobs, 2 mi
 e2e-modeldeployment-robustness: setup ## ModelDeployments in the mix, in full: kill -9 at random, 20 rounds over 40 ModelDeployments + 10 TrainingJobs, then 2 minutes of idle audit log (the suite runs 3 rounds over 8 + 4, 20 s)
 	@KUBELOOP_E2E_MD_CHAOS_ROUNDS=20 KUBELOOP_E2E_MD_CHAOS_MDS=40 KUBELOOP_E2E_MD_CHAOS_TJS=10 KUBELOOP_E2E_MD_IDLE_SECONDS=120 $(UV) run --frozen pytest tests/e2e/test_modeldeployment_robustness.py -s $(PYTEST_ARGS)
 
+.PHONY: bench-drift-check
+bench-drift-check: setup ## Drift check over 1,000,000 logged rows x 30 features in 100 Parquet parts in MinIO vs reading the same parts with pyarrow alone, peak RSS (last line: RESULT driftcheck_vs_read=…)
+	@timeout 1800 $(UV) run --frozen python bench/driftcheck/bench_driftcheck.py $(BENCH_ARGS)
+
 .PHONY: bench-api
 bench-api: setup ## REST facade under load: 200 SSE clients + create/list mix for 60 s, list p99 vs the API server's (last line: RESULT api_list_p99_ms=…)
 	@timeout 900 $(UV) run --frozen python bench/api/bench_api.py $(BENCH_ARGS)
