@@ -1,7 +1,8 @@
 """How requests reach ``session.run``: directly, or merged by an adaptive batcher.
 
-Both predictors have the same interface (``await predict(feeds, rows) -> outputs``), so the data plane
-and the model know nothing of batching (the wrapper pattern of MLServer's adaptive batching).
+Both predictors have the same interface (``await predict(feeds, rows) -> outputs``, and ``try_inline``
+for a run that needs no coroutine), so the data plane and the model know nothing of batching (the wrapper
+pattern of MLServer's adaptive batching).
 
 The batcher merges concurrently waiting requests into one run of at most ``max_batch_size`` rows. A
 request waits at most ``max_latency`` *from its arrival* for others to join: requests that queued while
@@ -27,13 +28,12 @@ log = logging.getLogger("kubeloop_server.batching")
 
 
 class Predictor(Protocol):
-    # True when predict() would run the session inline anyway: the data plane then calls run_inline()
-    # and saves a coroutine per request.
-    inline: bool
+    def try_inline(self, feeds: Feeds, rows: int) -> Outputs | None:
+        """The outputs, when this predictor runs the request inline right now (no coroutine, no extra
+        event-loop turn); None: ``await predict()`` instead."""
+        ...
 
     async def predict(self, feeds: Feeds, rows: int) -> Outputs: ...
-
-    def run_inline(self, feeds: Feeds, rows: int) -> Outputs: ...
 
     async def start(self) -> None: ...
 
@@ -48,7 +48,6 @@ class DirectPredictor:
         self._rt = runtime
         self._metrics = metrics
         self.in_thread = in_thread
-        self.inline = not in_thread
         self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
@@ -65,7 +64,9 @@ class DirectPredictor:
         out = self._rt.run(feeds)
         return out, time.perf_counter() - t0
 
-    def run_inline(self, feeds: Feeds, rows: int) -> Outputs:
+    def try_inline(self, feeds: Feeds, rows: int) -> Outputs | None:
+        if self.in_thread:
+            return None
         t0 = time.perf_counter()
         out = self._rt.run(feeds)
         self._metrics.observe_run(rows, time.perf_counter() - t0)
@@ -93,8 +94,6 @@ class _Pending:
 
 class AdaptiveBatcher:
     """Merges concurrent requests into one ``session.run`` (see the module docstring)."""
-
-    inline = False
 
     def __init__(
         self, runtime: ModelRuntime, metrics: ServerMetrics, max_batch_size: int, max_latency_s: float
@@ -127,8 +126,8 @@ class AdaptiveBatcher:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    def run_inline(self, feeds: Feeds, rows: int) -> Outputs:
-        raise RuntimeError("the adaptive batcher never runs inline")
+    def try_inline(self, feeds: Feeds, rows: int) -> Outputs | None:
+        return None
 
     async def predict(self, feeds: Feeds, rows: int) -> Outputs:
         if rows >= self.max_batch_size or self._task is None:

@@ -121,10 +121,9 @@ class DataPlane:
     # --- inference --------------------------------------------------------------------------------------------
 
     async def _predict(self, feeds: Feeds, rows: int) -> Outputs:
-        predictor = self.predictor
-        outputs = (
-            predictor.run_inline(feeds, rows) if predictor.inline else await predictor.predict(feeds, rows)
-        )
+        outputs = self.predictor.try_inline(feeds, rows)
+        if outputs is None:
+            outputs = await self.predictor.predict(feeds, rows)
         if self._task == "classification":
             self.metrics.observe_classes(outputs[self._pred_out])
         elif self._task == "regression":
