@@ -121,7 +121,10 @@ class OperatorSettings(BaseSettings):
         default="", description="Where the operator reaches MLflow (alias resolution)."
     )
     mlflow_timeout_s: float = Field(
-        default=10.0, gt=0, le=300, description="Timeout of one request to MLflow (alias and version lookups)."
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Timeout of one request to MLflow (alias and version lookups).",
     )
     pod_mlflow_tracking_uri: str = Field(
         default="", description="The MLflow tracking URI written into pods; default: mlflow_tracking_uri."

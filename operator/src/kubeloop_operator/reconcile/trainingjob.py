@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from kubeloop import podenv
 from kubeloop.contracts import training_log
-from kubeloop.resources import TrainingJobSpec, format_validation_error
+from kubeloop.resources import TrainingJobSpec, TrainingJobStatus, format_validation_error
 from kubeloop.storage import StorageError
 from kubeloop_operator import k8s
 from kubeloop_operator.builders.common import Owner
@@ -32,7 +32,7 @@ from kubeloop_operator.k8s import JOB, SERVICE, TRAININGJOB, KubeError, NameConf
 from kubeloop_operator.reconcile import ChildView
 from kubeloop_operator.runtime import ObjectMemory, Runtime
 from kubeloop_operator.settings import OperatorSettings
-from kubeloop_operator.status.conditions import parse_time, reason_word
+from kubeloop_operator.status.conditions import reason_word
 from kubeloop_operator.status.pods import JobSummary, PodSummary, summarize_job
 from kubeloop_operator.status.trainingjob import (
     ChildError,
@@ -113,7 +113,7 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: ChildView, *, progress
             create_error,
         )
         if seen == mem.seen:  # nothing new since the last derivation: same status, nothing to write
-            if ttl_expired(spec, current, now) and _logs_kept(Derived(current, []), pods, now):
+            if ttl_expired(spec, current, now) and _logs_kept(current, pods, mem):
                 _cleanup(rt, owner, view)
             return
         derived = derive(
@@ -134,7 +134,7 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: ChildView, *, progress
             _stop(rt, owner, job)
         _publish(rt, body, dump(current), derived, mem)
         mem.seen = seen
-        if ttl_expired(spec, derived.status, now) and _logs_kept(derived, pods, now):
+        if ttl_expired(spec, derived.status, now) and _logs_kept(derived.status, pods, mem):
             _cleanup(rt, owner, view)
         if create_error is not None and not create_error.permanent:
             raise retry_later(
@@ -278,14 +278,16 @@ def _read_progress(
     return parse_progress(text) if text else None
 
 
-def _logs_kept(derived: Derived, pods: list[PodSummary], now: datetime) -> bool:
+def _logs_kept(status: TrainingJobStatus, pods: list[PodSummary], mem: ObjectMemory) -> bool:
     """The TTL waits for the failed pod's log to be kept, while the pod is there to read it from
-    (and at most LOG_GRACE_S past the run's end, in case its log can never be read)."""
-    f = derived.status.failure
+    (and at most LOG_GRACE_S after this process first saw the run finished, in case its log can
+    never be read)."""
+    f = status.failure
     if f is None or f.pod is None or f.log_tail is not None or not any(p.name == f.pod for p in pods):
         return True
-    done = parse_time(derived.status.completion_time)
-    return done is None or (now - done).total_seconds() > LOG_GRACE_S
+    if mem.final_since is None:
+        mem.final_since = time.monotonic()
+    return time.monotonic() - mem.final_since > LOG_GRACE_S
 
 
 def _cleanup(rt: Runtime, owner: Owner, view: ChildView) -> None:
