@@ -50,8 +50,9 @@ class ObjectMemory:
     spec: tuple[int, Any] | None = None
     """(generation, parsed spec): a spec is parsed once per generation."""
     seen: Any = None
-    final_since: float | None = None
     """What the last derivation looked at; the same inputs again derive the same status."""
+    final_since: float | None = None
+    """When this process first saw the run finished (monotonic): bounds the TTL's wait for logs."""
     resolved: dict[str, Any] = field(default_factory=dict)
     """ModelDeployment: each track's model reference as last resolved (ref, outcome, monotonic time)."""
 
