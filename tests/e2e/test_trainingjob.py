@@ -134,7 +134,7 @@ def test_two_node_ddp_rendezvous_and_one_registered_version(
         distributed={"nodes": 2, "gpusPerNode": 0, "backend": "ddp"},
         resources={"requests": {"cpu": "250m", "memory": "512Mi"}},
     )
-    m["spec"]["training"]["epochs"] = 4
+    m["spec"]["training"]["epochs"] = 2
     model = m["spec"]["registry"]["modelName"]
     kl.apply(m)
     t0 = time.monotonic()
@@ -286,33 +286,12 @@ def test_failure_matrix_names_each_cause_within_30_seconds(
         kl.delete(name)
 
 
-def test_a_child_the_api_server_refuses_is_a_condition_from_the_first_reconcile(
+def test_suspend_resume_and_a_refused_child_show_the_present_state(
     kl: Kl, kubeloop_operator: OperatorProcess
 ) -> None:
-    """Kubeflow's empty status when its child cannot be created (kubeflow/trainer#2351): here the
-    API server's message is in the Created condition, and the Job appears once it is allowed."""
-    kl.kubectl("create", "quota", "no-jobs", "--hard=count/jobs.batch=0")
-    kubeloop_operator.start()
-    kl.apply(kl.training_job("refused", runPolicy={"suspend": True}))
-
-    def refused() -> dict[str, Any] | None:
-        c = _cond(kl.status("refused"), "Created")
-        return c if c.get("status") == "False" and c.get("reason") not in (None, "Creating") else None
-
-    c = kl.wait("Created=False with the API server's reason", refused, 30)
-    assert "exceeded quota" in c["message"]
-    assert kl.status("refused")["phase"] == "Suspended"
-    kl.kubectl("delete", "quota", "no-jobs")
-    kl.wait(
-        "the Job once the quota is gone",
-        lambda: _cond(kl.status("refused"), "Created").get("status") == "True",
-        60,
-    )
-    assert len(kl.jobs("refused")) == 1
-
-
-def test_suspend_and_resume_show_the_present_state(kl: Kl, kubeloop_operator: OperatorProcess) -> None:
-    """Acceptance 4: no pods while suspended; phase and printer column right after resume."""
+    """Acceptance 4: no pods while suspended; phase and printer column right after resume. Then
+    Kubeflow's empty status when a child cannot be created (kubeflow/trainer#2351): here the API
+    server's message is in the Created condition, and the Job appears once it is allowed."""
     kubeloop_operator.start()
     m = kl.training_job(
         "pausable",
@@ -347,3 +326,21 @@ def test_suspend_and_resume_show_the_present_state(kl: Kl, kubeloop_operator: Op
     reasons = [e["reason"] for e in kl.events("pausable")]
     assert "Suspended" in reasons
     assert "Resumed" in reasons
+
+    kl.kubectl("create", "quota", "no-jobs", "--hard=count/jobs.batch=0")
+    kl.apply(kl.training_job("refused", runPolicy={"suspend": True}))
+
+    def refused() -> dict[str, Any] | None:
+        c = _cond(kl.status("refused"), "Created")
+        return c if c.get("status") == "False" and c.get("reason") not in (None, "Creating") else None
+
+    c = kl.wait("Created=False with the API server's reason", refused, 30)
+    assert "exceeded quota" in c["message"]
+    assert kl.status("refused")["phase"] == "Suspended"
+    kl.kubectl("delete", "quota", "no-jobs")
+    kl.wait(
+        "the Job once the quota is gone",
+        lambda: _cond(kl.status("refused"), "Created").get("status") == "True",
+        60,
+    )
+    assert len(kl.jobs("refused")) == 1
