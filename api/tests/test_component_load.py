@@ -47,5 +47,7 @@ def test_short_load_sse_clients_and_create_list_mix(api_env: ApiEnv, tenants: Te
     assert s["creates"] > 0
     assert s["api_lists"] > 10
     assert s["kube_lists"] > 10
-    # Every create reached every stream.
+    # Every create reached every stream, as an event within 2 s of the create.
     assert s["sse_events"] >= s["creates"] * 20
+    assert s["sse_deliveries"] == s["creates"] * 20
+    assert s["sse_delivery_p99_ms"] < 2000

@@ -139,7 +139,8 @@ def main() -> int:
         print(
             f"RESULT api_list_p99_ms={s['api_list_p99_ms']} kube_list_p99_ms={s['kube_list_p99_ms']} "
             f"list_p99_ratio={ratio:.2f} api_list_p50_ms={s['api_list_p50_ms']} kube_list_p50_ms={s['kube_list_p50_ms']} "
-            f"sse_clients={args.clients} sse_events={s['sse_events']} creates={s['creates']} lists={s['api_lists']} "
+            f"sse_clients={args.clients} sse_events={s['sse_events']} sse_delivery_p99_ms={s['sse_delivery_p99_ms']} "
+            f"creates={s['creates']} lists={s['api_lists']} "
             f"errors={s['errors']} seconds={s['seconds']} loadavg={load[0]:.2f}"
         )
         return 0 if not res.errors else 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import ssl
 import statistics
 import time
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+_NAME = re.compile(r'"name":"([^"]+)"')
 
 
 @dataclass
@@ -44,6 +47,8 @@ class LoadResult:
     kube_list_s: list[float] = field(default_factory=list)
     create_s: list[float] = field(default_factory=list)
     sse_open_s: list[float] = field(default_factory=list)
+    sse_delivery_s: list[float] = field(default_factory=list)
+    created_at: dict[str, float] = field(default_factory=dict)
 
     @staticmethod
     def pct(values: list[float], q: float) -> float:
@@ -71,6 +76,9 @@ class LoadResult:
             "kube_list_p99_ms": round(p(self.kube_list_s, 99) * 1000, 2),
             "create_p99_ms": round(p(self.create_s, 99) * 1000, 2),
             "sse_open_p99_ms": round(p(self.sse_open_s, 99) * 1000, 2),
+            "sse_deliveries": len(self.sse_delivery_s),
+            "sse_delivery_p50_ms": round(p(self.sse_delivery_s, 50) * 1000, 2),
+            "sse_delivery_p99_ms": round(p(self.sse_delivery_s, 99) * 1000, 2),
         }
 
 
@@ -100,8 +108,14 @@ async def _sse_client(
             if r.status_code != 200:
                 res.errors.append(f"sse: HTTP {r.status_code}")
                 return
+            kind = ""
             async for line in r.aiter_lines():
-                if line.startswith("event: "):
+                if line.startswith("data: ") and kind == "added" and res.created_at:
+                    # Delivery latency of a create: from sending it to this stream's event.
+                    name = _NAME.search(line)
+                    if name and (at := res.created_at.get(name[1])) is not None:
+                        res.sse_delivery_s.append(time.perf_counter() - at)
+                elif line.startswith("event: "):
                     kind = line[7:]
                     if kind == "synced":
                         res.sse_open_s.append(time.perf_counter() - t0)
@@ -132,12 +146,14 @@ async def _mix_worker(
         i += 1
         try:
             if i % create_every == 0:
+                name = f"bench-{worker}-{i}-{rnd.randrange(10**6)}"
                 t0 = time.perf_counter()
-                r = await api.post(
-                    list_api, json=_manifest(f"bench-{worker}-{i}-{rnd.randrange(10**6)}"), headers=headers
-                )
+                # From the start of the create: its event may reach a stream before the 201 reaches us.
+                res.created_at[name] = t0
+                r = await api.post(list_api, json=_manifest(name), headers=headers)
                 if r.status_code != 201:
                     res.errors.append(f"create: HTTP {r.status_code} {r.text[:200]}")
+                    res.created_at.pop(name, None)
                 res.create_s.append(time.perf_counter() - t0)
                 res.creates += 1
                 continue
