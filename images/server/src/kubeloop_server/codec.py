@@ -134,7 +134,7 @@ def _bad_record(rt: ModelRuntime, rec: Any, where: str, allow_missing: bool) -> 
     return InvalidInputError(f"{where}invalid record")
 
 
-def _check_numeric(arr: np.ndarray, allow_missing: bool) -> bool:
+def check_numeric(arr: np.ndarray, allow_missing: bool) -> bool:
     """True when every value is finite, or NaN (a JSON null) where missing values are allowed."""
     if math.isfinite(arr.sum()):
         return True
@@ -198,7 +198,7 @@ def records_to_feeds(
                     next(i for i, r in enumerate(rows) if not all(_fits(v, spec.dtype) for v in r))
                 ) from None
             arr = np.full((n, n_feat), np.inf, dtype=spec.dtype)
-        if spec.is_float and not _check_numeric(arr, allow_missing):
+        if spec.is_float and not check_numeric(arr, allow_missing):
             raise bad(int(np.nonzero(_bad_values(arr, allow_missing).any(axis=1))[0][0]))
         return {spec.name: arr}
     # per-feature layout
@@ -222,7 +222,7 @@ def records_to_feeds(
                 arr = np.array(col, dtype=spec.dtype)
             except (OverflowError, TypeError):
                 raise bad(next(i for i, v in enumerate(col) if not _fits(v, spec.dtype))) from None
-            if spec.is_float and not _check_numeric(arr, allow_missing):
+            if spec.is_float and not check_numeric(arr, allow_missing):
                 raise bad(int(np.nonzero(_bad_values(arr, allow_missing))[0][0]))
         else:
             for i, v in enumerate(col):
@@ -334,7 +334,7 @@ def check_header(
 def _check_floats(arr: np.ndarray, name: str, spec: TensorSpec, allow_missing: bool) -> None:
     # One reduction instead of isfinite().all(): NaN/inf propagate into the sum; if the sum itself
     # overflowed, the exact check below decides.
-    if not _check_numeric(arr, allow_missing):
+    if not check_numeric(arr, allow_missing):
         k = int(np.nonzero(_bad_values(arr.reshape(-1), allow_missing))[0][0])
         raise InvalidInputError(
             f"input {name!r}.data[{k}] is out of range for {spec.datatype}"
@@ -674,7 +674,7 @@ def _plain_request(
     if (
         arr.size != n * width
         or (arr.ndim > 1 and arr.shape != (n, width))
-        or not _check_numeric(arr, allow_missing)
+        or not check_numeric(arr, allow_missing)
     ):
         return None
     req_id = body.get("id")
@@ -825,7 +825,7 @@ def encode_infer_response(rt: ModelRuntime, req: InferRequest, outputs: Outputs)
         elif datatype == "BYTES":
             entry["data"] = [v.decode() if isinstance(v, bytes) else str(v) for v in arr.reshape(-1).tolist()]
         else:
-            entry["data"] = np.ascontiguousarray(arr).reshape(-1)
+            entry["data"] = arr.ravel()  # a view for ONNX Runtime's (contiguous) outputs
         out.append(entry)
     header = _dumps(
         {"model_name": rt.name, "model_version": rt.version, "id": req.id, "outputs": out}, option=_DUMPS_OPTS

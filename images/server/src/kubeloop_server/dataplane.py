@@ -124,13 +124,17 @@ class DataPlane:
         outputs = self.predictor.try_inline(feeds, rows)
         if outputs is None:
             outputs = await self.predictor.predict(feeds, rows)
+        self._observe(feeds, outputs, rows)
+        return outputs
+
+    def _observe(self, feeds: Feeds, outputs: Outputs, rows: int) -> None:
+        """Prediction metrics and the prediction log, for every protocol."""
         if self._task == "classification":
             self.metrics.observe_classes(outputs[self._pred_out])
         elif self._task == "regression":
             self.metrics.observe_values(outputs[self._pred_out])
         if self.predlog is not None:
             self.predlog.record(feeds, outputs, rows)
-        return outputs
 
     async def infer(
         self, name: str, version: str | None, decode: Decoder, payload: Any, extra: Any = None
@@ -139,7 +143,11 @@ class DataPlane:
         validated request; the result goes back to the protocol layer to encode."""
         self.check_model(name, version)
         req = decode(self.runtime, payload, self.max_rows, self.allow_missing, extra)
-        outputs = await self._predict(req.feeds, req.rows)
+        # _predict() spelled out: one coroutine less per request when the run is inline
+        outputs = self.predictor.try_inline(req.feeds, req.rows)
+        if outputs is None:
+            outputs = await self.predictor.predict(req.feeds, req.rows)
+        self._observe(req.feeds, outputs, req.rows)
         return req, outputs
 
     async def forward(self, body: Any) -> dict[str, Any]:

@@ -29,9 +29,11 @@ from grpc import aio
 
 from kubeloop_server.codec import (
     CONTENTS_FIELD,
+    OIP_DTYPES,
     InferRequest,
     assemble_feeds,
     check_header,
+    check_numeric,
     new_request_id,
     output_datatype,
     raw_bytes,
@@ -56,10 +58,47 @@ Msg = TypeVar("Msg")
 # --- decoding and encoding ------------------------------------------------------------------------------------
 
 
+def _plain_grpc_request(
+    rt: ModelRuntime, msg: pb.ModelInferRequest, max_rows: int, allow_missing: bool
+) -> InferRequest | None:
+    """The most common request (Triton's client), decoded with the fewest steps: one raw tensor of the
+    model's one float [N, F] input, no parameters, no output selection. None for anything else (or anything
+    wrong): the general path then decodes it or refuses it naming the problem."""
+    spec = rt.single_float_input
+    if (
+        spec is None
+        or len(msg.inputs) != 1
+        or len(msg.raw_input_contents) != 1
+        or msg.outputs
+        or msg.parameters
+    ):
+        return None
+    t = msg.inputs[0]
+    if t.name != spec.name or t.datatype != spec.datatype or t.parameters or len(t.shape) != 2:
+        return None
+    if t.HasField("contents"):
+        return None
+    n, width = t.shape
+    if not 0 < n <= max_rows or width < 0 or spec.shape[1] not in (-1, width):
+        return None
+    raw = msg.raw_input_contents[0]
+    dtype = OIP_DTYPES[spec.datatype]
+    if len(raw) != n * width * dtype.itemsize:
+        return None
+    arr = np.frombuffer(raw, dtype=dtype)
+    if not check_numeric(arr, allow_missing):
+        return None
+    return InferRequest(msg.id or new_request_id(), {spec.name: arr.reshape(n, width)}, n, None)
+
+
 def decode_grpc_request(
     rt: ModelRuntime, msg: pb.ModelInferRequest, max_rows: int, allow_missing: bool, _extra: Any = None
 ) -> InferRequest:
     """A ``ModelInferRequest``: typed ``contents`` per input, or ``raw_input_contents`` for all of them."""
+    if rt.single_float_input is not None:
+        plain = _plain_grpc_request(rt, msg, max_rows, allow_missing)
+        if plain is not None:
+            return plain
     refuse_unsupported(msg.parameters, "request")
     inputs = msg.inputs
     if not inputs:

@@ -109,7 +109,17 @@ def split_binary_request(body: bytes | None, header_length: bytes) -> tuple[Any,
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole body; 413 past ``limit`` bytes (before reading when Content-Length says so)."""
+    """The whole body; 413 past ``limit`` bytes (before reading the rest when Content-Length says so)."""
+    msg = await receive()
+    if msg["type"] != "http.request":
+        raise ClientDisconnectedError
+    body: bytes = msg.get("body", b"")
+    if not msg.get("more_body", False):  # the usual case: the body came in one piece
+        if len(body) > limit:
+            raise PayloadTooLargeError(
+                f"request body of {len(body)} bytes exceeds the limit of {limit} bytes"
+            )
+        return body
     for k, v in scope["headers"]:
         if k == b"content-length":
             if not v.isdigit():
@@ -119,14 +129,6 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
                     f"request body of {int(v)} bytes exceeds the limit of {limit} bytes"
                 )
             break
-    msg = await receive()
-    if msg["type"] != "http.request":
-        raise ClientDisconnectedError
-    body: bytes = msg.get("body", b"")
-    if not msg.get("more_body", False):
-        if len(body) > limit:
-            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
-        return body
     parts = [body]
     size = len(body)
     while True:
