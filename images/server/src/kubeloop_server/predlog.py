@@ -49,6 +49,12 @@ class _Chunk:
         self.take = take  # row indices kept, None = all
 
 
+def _dictionary_columns(table: pa.Table) -> list[str]:
+    """Dictionary-encode the string columns only: for numeric ones it costs the writer twice the CPU (and
+    the files are no smaller)."""
+    return [f.name for f in table.schema if pa.types.is_string(f.type)]
+
+
 def _kept(arr: np.ndarray, take: np.ndarray | None) -> np.ndarray:
     return arr if take is None else arr[take]
 
@@ -133,7 +139,7 @@ class PredictionLogger:
         # they hold the GIL for most of a second).
         warm = _Chunk(time.time(), self._rt.dummy_feeds(1), self._rt.run(self._rt.dummy_feeds(1)), 1, None)
         for table in self._tables([warm]).values():
-            pq.write_table(table, io.BytesIO(), compression="zstd")
+            pq.write_table(table, io.BytesIO(), compression="zstd", use_dictionary=_dictionary_columns(table))
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -247,7 +253,7 @@ class PredictionLogger:
 
     def _write(self, day: date, table: pa.Table) -> None:
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        pq.write_table(table, buf, compression="zstd", use_dictionary=_dictionary_columns(table))
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         part = f"{stamp}-{self._pod}-{os.getpid()}-{next(self._seq):06d}"
         ref = predictions_part(
