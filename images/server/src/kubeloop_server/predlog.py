@@ -49,10 +49,12 @@ class _Chunk:
         self.take = take  # row indices kept, None = all
 
 
-def _dictionary_columns(table: pa.Table) -> list[str]:
-    """Dictionary-encode the string columns only: for numeric ones it costs the writer twice the CPU (and
-    the files are no smaller)."""
-    return [f.name for f in table.schema if pa.types.is_string(f.type)]
+def _write_parquet(table: pa.Table, buf: io.BytesIO) -> None:
+    """zstd, dictionary encoding for the string columns only: for numeric ones it costs the writer twice the
+    CPU (and the files are no smaller)."""
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+    # pyarrow takes a list of column names here; pyarrow-stubs type the argument as bool only.
+    pq.write_table(table, buf, compression="zstd", use_dictionary=strings)  # type: ignore[arg-type]
 
 
 def _kept(arr: np.ndarray, take: np.ndarray | None) -> np.ndarray:
@@ -139,7 +141,7 @@ class PredictionLogger:
         # they hold the GIL for most of a second).
         warm = _Chunk(time.time(), self._rt.dummy_feeds(1), self._rt.run(self._rt.dummy_feeds(1)), 1, None)
         for table in self._tables([warm]).values():
-            pq.write_table(table, io.BytesIO(), compression="zstd", use_dictionary=_dictionary_columns(table))
+            _write_parquet(table, io.BytesIO())
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -253,7 +255,7 @@ class PredictionLogger:
 
     def _write(self, day: date, table: pa.Table) -> None:
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", use_dictionary=_dictionary_columns(table))
+        _write_parquet(table, buf)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         part = f"{stamp}-{self._pod}-{os.getpid()}-{next(self._seq):06d}"
         ref = predictions_part(
