@@ -95,6 +95,10 @@ e2e-modeldeployment-robustness: setup ## ModelDeployments in the mix, in full: k
 bench-drift-check: setup ## Drift check over 1,000,000 logged rows x 30 features in 100 Parquet parts in MinIO vs reading the same parts with pyarrow alone, peak RSS (last line: RESULT driftcheck_vs_read=…)
 	@timeout 1800 $(UV) run --frozen python bench/driftcheck/bench_driftcheck.py $(BENCH_ARGS)
 
+.PHONY: e2e-drift-guards
+e2e-drift-guards: setup ## DriftMonitor retraining guards in full: cooldown, maxPerDay, no overlap waited out, 5 random kill -9 rounds (the suite runs 1)
+	@KUBELOOP_E2E_DRIFT_FULL=1 $(UV) run --frozen pytest tests/e2e/test_driftmonitor_guards.py -s $(PYTEST_ARGS)
+
 .PHONY: bench-api
 bench-api: setup ## REST facade under load: 200 SSE clients + create/list mix for 60 s, list p99 vs the API server's (last line: RESULT api_list_p99_ms=…)
 	@timeout 900 $(UV) run --frozen python bench/api/bench_api.py $(BENCH_ARGS)
