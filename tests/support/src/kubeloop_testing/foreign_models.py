@@ -20,6 +20,7 @@ arrays the way the server serves them.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,7 @@ SKLEARN_NUMERIC = ("sepal_length", "sepal_width", "petal_length")
 SKLEARN_COLORS = ("red", "green", "blue")
 
 
+@functools.cache  # training and conversion take seconds; the bytes are immutable
 def sklearn_pipeline(seed: int = 0) -> bytes:
     """A scikit-learn pipeline converted to ONNX with skl2onnx (see the module docstring)."""
     import pandas as pd
