@@ -265,3 +265,11 @@ def test_spec_patch_changes_only_what_differs_and_removes_what_we_dropped() -> N
     assert b.merge_diff({"a": 1, "b": {"c": 1, "d": 2}}, {"a": 1, "b": {"c": 2}}) == {
         "b": {"c": 2, "d": None}
     }
+
+
+def test_max_surge_is_never_zero() -> None:
+    assert (b.max_surge("25%"), b.max_surge("100%"), b.max_surge("3")) == ("25%", "100%", 3)
+    assert (b.max_surge("0"), b.max_surge("0%")) == (1, "1%")
+    cfg = b.ServerPodConfig(image="s", image_pull_policy="Never", store=None, max_surge="100%")
+    dep = b.build_deployment(OWNER, example_spec(), "stable", V3, 2, cfg)
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": "100%"}

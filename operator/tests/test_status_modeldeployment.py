@@ -477,3 +477,55 @@ def test_invalid_spec_is_a_failure_that_keeps_the_rest() -> None:
     assert cond(d.status, "Ready") == ("False", "InvalidSpec")
     assert [e.reason for e in d.events] == ["InvalidSpec"]
     assert s.invalid_spec(d.status, 3, "spec.model: exactly one model reference", NOW).events == []
+
+
+@pytest.mark.parametrize("message", ["", LOAD_FAILED])
+def test_a_crash_loop_does_not_flap_while_the_container_runs_between_crashes(message: str) -> None:
+    """waiting (back-off) -> running for a moment -> exited -> waiting: one failure throughout."""
+    last = {
+        "terminated": {
+            "reason": "Completed" if not message else "Error",
+            "exitCode": 0 if not message else 2,
+            "message": message,
+        }
+    }
+    states = [
+        {
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}},
+            "lastState": last,
+            "restartCount": 2,
+        },
+        {"state": {"running": {"startedAt": "2026-11-26T11:59:00Z"}}, "lastState": last, "restartCount": 3},
+        {"state": last, "restartCount": 3},
+        {
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+            "lastState": last,
+            "restartCount": 3,
+        },
+    ]
+    current: ModelDeploymentStatus | None = None
+    seen = []
+    for i, container in enumerate(states):
+        d = observe(
+            {"stable": plan(replicas=1)},
+            {"stable": dep(want=1, ready=0)},
+            [pod("a", ready=False, container=container)],
+            current=current,
+            now=NOW + timedelta(seconds=10 * i),
+        )
+        current = d.status
+        seen.append(s.dump(d.status))
+    assert all(x == seen[0] for x in seen), [x.get("lastFailure") for x in seen]
+    assert current is not None
+    assert current.last_failure is not None
+    assert current.last_failure.reason == ("ModelLoadFailed" if message else "CrashLoopBackOff")
+    assert current.phase == "Failed"
+
+
+def test_a_pod_that_recovers_is_no_longer_a_failure() -> None:
+    last = {"terminated": {"reason": "Error", "exitCode": 1}}
+    running = {"state": {"running": {}}, "lastState": last, "restartCount": 1}
+    st = observe(
+        {"stable": plan(replicas=1)}, {"stable": dep(want=1)}, [pod("a", ready=True, container=running)]
+    ).status
+    assert st.phase == "Ready"

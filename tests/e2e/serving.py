@@ -147,20 +147,25 @@ class Reply:
 @dataclass
 class Load:
     """A closed-loop load generator: ``concurrency`` threads, each sending ``POST /forward`` on a new
-    connection per request (so every request is balanced by the Service on its own), until ``stop()``,
-    ``max_requests`` or ``max_seconds``, whichever comes first."""
+    connection per request (so every request is balanced by the Service on its own), at most
+    ``max_rate`` requests per second in all, until ``stop()``, ``max_requests`` or ``max_seconds``,
+    whichever comes first."""
 
     host: str
     body: bytes
     concurrency: int = 8
-    max_requests: int = 20_000
+    max_requests: int = 100_000
     max_seconds: float = 180.0
+    max_rate: float = 150.0
+    """Requests per second at most, all workers together: the load shares two cores with the servers."""
     port: int = 8080
     path: str = "/forward"
     replies: list[Reply] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _sent: int = 0
+    started_at: float = 0.0
 
     def _one(self) -> Reply:
         t0 = time.monotonic()
@@ -186,15 +191,21 @@ class Load:
 
     def _worker(self, deadline: float) -> None:
         while not self._stop.is_set() and time.monotonic() < deadline:
-            with self._lock:
-                if len(self.replies) >= self.max_requests:
+            with self._lock:  # a slot is taken before sending: never more than max_requests
+                if self._sent >= self.max_requests:
                     return
+                slot = self.started_at + self._sent / self.max_rate
+                self._sent += 1
+            wait = slot - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
             r = self._one()
             with self._lock:
                 self.replies.append(r)
 
     def start(self) -> Load:
-        deadline = time.monotonic() + self.max_seconds
+        self.started_at = time.monotonic()
+        deadline = self.started_at + self.max_seconds
         self._threads = [
             threading.Thread(target=self._worker, args=(deadline,), daemon=True)
             for _ in range(self.concurrency)
@@ -216,6 +227,12 @@ class Load:
         for t in self._threads:
             t.join(timeout=self.max_seconds + 30)
         return self
+
+    def rate(self) -> float:
+        """Requests per second so far."""
+        replies = self.snapshot()
+        span = (max(r.ended for r in replies) - self.started_at) if replies else 0.0
+        return len(replies) / span if span > 0 else 0.0
 
     def snapshot(self) -> list[Reply]:
         with self._lock:

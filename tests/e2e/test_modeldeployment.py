@@ -173,7 +173,7 @@ def test_failures_are_named_foreign_onnx_answers_oip_and_scale_hpa_suspend_work(
 
 # --- acceptance 1, 2 and 4 (Ready never lies): an alias that moves -------------------------------------
 
-QUICK = {"epochs": 4, "batchSize": 64, "learningRate": 0.003, "earlyStopping": {"enabled": False}}
+QUICK = {"epochs": 3, "batchSize": 64, "learningRate": 0.003, "earlyStopping": {"enabled": False}}
 PROMOTE = {"metric": "accuracy", "threshold": 0.5, "alias": "champion", "requireImprovement": False}
 TJ_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}}
 
@@ -271,10 +271,14 @@ def test_an_alias_moved_by_a_trainingjob_rolls_out_under_load_without_a_failed_r
     )
     tj2["spec"]["registry"]["modelName"] = model
     kl.apply(tj2)
+    # The load starts as the second run nears its end (the trainer and the load share two cores).
     kl.wait(
-        "the second TrainingJob to run",
-        lambda: kl.status("champion-2").get("phase") in ("Running", "Succeeded"),
-        120,
+        "the second TrainingJob's last epoch",
+        lambda: (
+            (st2 := kl.status("champion-2")).get("phase") == "Succeeded"
+            or (st2.get("progress") or {}).get("percent", 0) >= 60
+        ),
+        300,
     )
     load = Load(
         ip, json.dumps(records[0]).encode(), concurrency=8, max_requests=200_000, max_seconds=420
@@ -305,6 +309,7 @@ def test_an_alias_moved_by_a_trainingjob_rolls_out_under_load_without_a_failed_r
     rollout_versions = load.versions(since=t_move, until=t_ready2)
     print(
         f"RESULT md_rollout requests={len(replies)} during_rollout={len(in_window)} failed={len(failures)} "
+        f"rate_per_s={load.rate():.0f} "
         f"versions={dict(versions)} during_rollout_versions={dict(rollout_versions)} after_ready={dict(after)} "
         f"alias_move_to_pinned_s={t_pinned - t_move:.1f} alias_move_to_ready_s={t_ready2 - t_move:.1f} "
         f"train1_s={t_trained - t_start:.0f} md_ready1_s={t_ready1 - t_trained:.1f} "
@@ -371,10 +376,11 @@ def test_a_canary_gets_its_share_a_failing_canary_gets_none_and_promotion_leaves
     n = 1200
     load = Load(service_ip(kl, "split"), body, concurrency=8, max_seconds=240).run(n)
     counts = load.versions()
+    n = len(load.snapshot())
     share = counts[str(v2)] / n
     sigma = (0.25 * 0.75 / n) ** 0.5
     print(
-        f"RESULT md_canary requests={n} failed={len(load.failures)} versions={dict(counts)} "
+        f"RESULT md_canary requests={n} rate_per_s={load.rate():.0f} failed={len(load.failures)} versions={dict(counts)} "
         f"canary_share={share:.3f} expected=0.250 tolerance={4 * sigma:.3f}"
     )
     assert load.failures == []
@@ -403,6 +409,7 @@ def test_a_canary_gets_its_share_a_failing_canary_gets_none_and_promotion_leaves
     # --- promotion: the stable track rolls to the canary's version with no gap
     load = Load(service_ip(kl, "split"), body, concurrency=8, max_seconds=300).start()
     try:
+        t_patch = time.monotonic()
         gen = kl.patch_spec("split", {"model": {"version": v2}, "canary": None}, MD)["metadata"]["generation"]
         st = wait_md(kl, "split", "Ready on the promoted version", lambda s: is_ready(s, gen), 240)
         t_done = time.monotonic()
@@ -412,7 +419,8 @@ def test_a_canary_gets_its_share_a_failing_canary_gets_none_and_promotion_leaves
     counts = load.versions()
     print(
         f"RESULT md_promotion requests={len(load.snapshot())} failed={len(load.failures)} "
-        f"versions={dict(counts)} after_ready={dict(load.versions(since=t_done + 2))}"
+        f"versions={dict(counts)} after_ready={dict(load.versions(since=t_done + 2))} "
+        f"promotion_to_ready_s={t_done - t_patch:.1f}"
     )
     assert load.failures == []
     assert set(load.versions(since=t_done + 2)) == {str(v2)}

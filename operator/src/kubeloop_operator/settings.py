@@ -145,7 +145,18 @@ class OperatorSettings(BaseSettings):
         description="How often a running TrainingJob's progress is read from its rank-0 pod's log.",
     )
     alias_poll_seconds: float = Field(
-        default=30.0, gt=0, le=300, description="How often a ModelDeployment's registry alias is re-resolved."
+        default=10.0,
+        gt=0,
+        le=30,
+        description="How often a ModelDeployment's registry alias (or model URI) is resolved again; a "
+        "TrainingJob that moves an alias also triggers it at once. One small MLflow GET per ModelDeployment.",
+    )
+    rollout_max_surge: str = Field(
+        default="25%",
+        pattern=r"^([0-9]+|[0-9]{1,3}%)$",
+        description="maxSurge of the server Deployments' rolling updates (a count or a percent of the "
+        "replicas, rounded up, at least 1): extra pods started for a new version before old ones go "
+        "(maxUnavailable is always 0). 100% rolls all replicas at once, with room for twice the pods.",
     )
 
     # --- logs of failed pods ------------------------------------------------------------------------

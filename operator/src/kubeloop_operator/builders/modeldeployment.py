@@ -68,8 +68,8 @@ SERVER_SHUTDOWN_S: Final = 28
 PRE_STOP_SLEEP_S: Final = 5
 TERMINATION_GRACE_S: Final = PRE_STOP_SLEEP_S + SERVER_SHUTDOWN_S + 7
 # A model may take a while to fetch and load; the server listens only once it is loaded.
-STARTUP_PERIOD_S: Final = 2
-STARTUP_FAILURES: Final = 120
+STARTUP_PERIOD_S: Final = 1
+STARTUP_FAILURES: Final = 240
 # A rollout that has not progressed for this long is reported as stuck (ProgressDeadlineExceeded)
 # even when no pod says why; pods that do say why are reported within seconds.
 PROGRESS_DEADLINE_S: Final = 300
@@ -99,6 +99,15 @@ class ServerPodConfig:
     image: str
     image_pull_policy: str
     store: podenv.ObjectStoreAccess | None
+    max_surge: str = "25%"
+    """maxSurge of rolling updates: a count or a percent ("25%"); never 0 (maxUnavailable is 0)."""
+
+
+def max_surge(value: str) -> int | str:
+    """The Deployment's maxSurge from the setting: an int for a count (at least 1), else the percent."""
+    if value.endswith("%"):
+        return value if value.rstrip("%").lstrip("0") else "1%"
+    return max(1, int(value))
 
 
 def ref_key(ref: ModelRef) -> str:
@@ -241,7 +250,7 @@ def server_container(
         # Ready = this exact model and version is loaded and the server is not draining.
         "readinessProbe": {
             "httpGet": {**http, "path": ready_path(model)},
-            "periodSeconds": 2,
+            "periodSeconds": 1,
             "timeoutSeconds": 2,
             "successThreshold": 1,
             "failureThreshold": 2,
@@ -286,7 +295,10 @@ def build_deployment(
         pod_spec["tolerations"] = tolerations(spec.tolerations)
     dep_spec: dict[str, Any] = {
         "selector": {"matchLabels": {Labels.OWNER_UID: owner.uid, TRACK_LABEL: track}},
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": max_surge(cfg.max_surge)},
+        },
         "revisionHistoryLimit": 2,
         "progressDeadlineSeconds": PROGRESS_DEADLINE_S,
         "template": {"metadata": {"labels": pod_labels, "annotations": annotations}, "spec": pod_spec},

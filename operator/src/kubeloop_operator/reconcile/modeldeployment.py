@@ -105,7 +105,10 @@ def server_pod_config(settings: OperatorSettings) -> ServerPodConfig:
         else None
     )
     return ServerPodConfig(
-        image=settings.server_image, image_pull_policy=settings.image_pull_policy, store=store
+        image=settings.server_image,
+        image_pull_policy=settings.image_pull_policy,
+        store=store,
+        max_surge=settings.rollout_max_surge,
     )
 
 

@@ -278,21 +278,45 @@ def server_reason(text: str) -> tuple[str, str] | None:
 
 
 def pod_failure(sp: ServerPod) -> tuple[str, str] | None:
-    """What keeps a server pod from serving, named after its cause; None when nothing is wrong."""
-    problem = pod_problem(sp.pod)
-    if problem is None:
+    """What keeps a server pod from serving, named after its cause; None when nothing is wrong.
+
+    A server container that exited is restarted by the kubelet (restartPolicy Always), runs for a
+    moment, exits again: between its crashes it is *running*. Until it is Ready it is still the same
+    crash loop, so the status does not flap with every restart."""
+    if sp.pod.deleting:
         return None
     c = sp.pod.container(CONTAINER)
-    said = None
-    if c is not None and problem.reason in ("Error", "CrashLoopBackOff", "OOMKilled"):
+    problem = pod_problem(sp.pod)
+    crashed = (
+        c is not None
+        and not sp.pod.ready
+        and (
+            c.state == "terminated"
+            or (c.restart_count > 0 and (c.last_reason != "" or c.last_exit_code is not None))
+        )
+    )
+    if problem is None and not crashed:
+        return None
+    if c is not None and (
+        crashed or (problem is not None and problem.reason in ("Error", "CrashLoopBackOff"))
+    ):
         said = server_reason(c.message) or server_reason(c.last_message)
-    if said is not None:  # no restart count in the message: it would change with every restart
-        return said[0], f"pod {sp.pod.name}: {said[1]}"
-    if problem.reason == "Error":  # exited; the kubelet restarts it (restartPolicy Always) with back-off
-        code = c.exit_code if c is not None else problem.exit_code
-        detail = f": {one_line(problem.message, 2048)}" if problem.message else ""
-        return "CrashLoopBackOff", f"pod {sp.pod.name}: container {CONTAINER} exited with code {code}{detail}"
-    return problem.reason, f"pod {sp.pod.name}: {one_line(problem.message, 2048) or problem.reason}"
+        if said is not None:  # no restart count in the message: it would change with every restart
+            return said[0], f"pod {sp.pod.name}: {said[1]}"
+    if problem is not None and problem.reason not in ("Error", "CrashLoopBackOff"):
+        return problem.reason, f"pod {sp.pod.name}: {one_line(problem.message, 2048) or problem.reason}"
+    if c is not None and "OOMKilled" in (c.reason, c.last_reason):
+        return (
+            "OOMKilled",
+            f"pod {sp.pod.name}: container {CONTAINER} was killed for exceeding its memory limit",
+        )
+    # Exited (any code: a server is not meant to end) and restarted with back-off: a crash loop.
+    code = c.exit_code if c is not None and c.state == "terminated" else (c.last_exit_code if c else None)
+    why = (c.reason if c is not None and c.state == "terminated" else (c.last_reason if c else "")) or "Error"
+    return (
+        "CrashLoopBackOff",
+        f"pod {sp.pod.name}: container {CONTAINER} keeps exiting (exit code {code}, {why})",
+    )
 
 
 # --- derivation --------------------------------------------------------------------------------------
