@@ -177,12 +177,13 @@ def server_env(model: Path, port: int, **env: str) -> dict[str, str]:
 
 def start_ours(name: str, model: Path, work: Path, **env: str) -> Server:
     port = free_port()
-    grpc_port = free_port()
+    grpc_port = int(env.get("GRPC_PORT", free_port()))  # GRPC_PORT="0": gRPC off
+    env = {**env, "GRPC_PORT": str(grpc_port)}
     cmd = [sys.executable, "-m", "kubeloop_server"]
     server = spawn(
         name,
         cmd,
-        server_env(model, port, GRPC_PORT=str(grpc_port), **env),
+        server_env(model, port, **env),
         work,
         port,
         "/v2/models/{model}/infer",
