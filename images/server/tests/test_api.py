@@ -51,7 +51,12 @@ def test_model_metadata_and_ready(make_client, packed_clf) -> None:
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 30]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]}],
-        "parameters": {"model_kind": "kubeloop", "record_api": True},
+        "parameters": {
+            "model_kind": "kubeloop",
+            "record_api": True,
+            "prediction_log_unlogged_inputs": "",
+            "prediction_log_prediction": True,
+        },
     }
     assert c.get("/v2/models/iris-like").json() == expected
     assert c.get("/v2/models/iris-like/versions/3").json() == expected

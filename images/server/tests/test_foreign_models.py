@@ -42,7 +42,12 @@ def test_packed_mlp_record_api_answers_every_output(make_client) -> None:  # typ
     assert md["record_api"] == {"available": True, "reason": None}
     assert "no output reads as class probabilities" in md["task_source"]
     meta = c.get("/v2/models/model").json()
-    assert meta["parameters"] == {"model_kind": "onnx", "record_api": True}
+    assert meta["parameters"] == {
+        "model_kind": "onnx",
+        "record_api": True,
+        "prediction_log_unlogged_inputs": "",
+        "prediction_log_prediction": False,
+    }
     r = c.post("/forward", json={**records[0], "input_8": 1.0})
     assert r.status_code == 400
     assert "unknown feature 'input_8'" in r.json()["error"]
@@ -81,9 +86,15 @@ def test_graph_without_named_features_refuses_the_record_api_by_name(make_client
         assert r.status_code == 422, r.text
         assert "do not read as named features" in r.json()["error"]
         assert "dense FP32 [-1, 4], category_id INT64 [-1]" in r.json()["error"]
-    md = c.get("/metadata").json()
-    assert md["record_api"]["available"] is False
-    assert (md["task"], md["prediction_output"]) == ("regression", "score")
+    r = c.get("/metadata")
+    assert r.status_code == 422
+    assert "do not read as named features" in r.json()["error"]
+    assert c.get("/v2/models/model").json()["parameters"] == {
+        "model_kind": "onnx",
+        "record_api": False,
+        "prediction_log_unlogged_inputs": "",
+        "prediction_log_prediction": True,
+    }
     # OIP JSON with int64 data: whole numbers in, onnxruntime's answer out; 1.5 refused, not truncated.
     feeds = fm.multi_io_inputs(2, seed=5)
     doc = {
@@ -147,12 +158,12 @@ def test_prediction_log_of_foreign_models(make_client, memory_store) -> None:  #
 
 def test_what_is_not_logged_is_said_in_metadata_and_metrics(make_client, memory_store) -> None:  # type: ignore[no-untyped-def]
     c = make_client(fm.image_graph(), store=memory_store, **LOGGING)
-    md = c.get("/metadata").json()
-    assert md["prediction_logging"]["columns"] == []
-    (unlogged,) = md["prediction_logging"]["not_logged"]
-    assert unlogged["input"] == "pixels"
-    assert "shape [-1, 3, 4, 4] FP32 does not read as columns" in unlogged["reason"]
-    assert md["record_api"]["available"] is False
+    params = c.get("/v2/models/model").json()["parameters"]
+    assert params["prediction_log_unlogged_inputs"].startswith(
+        "pixels: shape [-1, 3, 4, 4] FP32 does not read as columns"
+    )
+    assert params["record_api"] is False
+    assert c.get("/metadata").status_code == 422
     text = c.get("/metrics").text
     assert "kubeloop_server_prediction_log_unlogged_inputs 1.0" in text
     assert 'kind="onnx"' in text

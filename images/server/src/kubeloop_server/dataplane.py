@@ -93,9 +93,17 @@ class DataPlane:
             "platform": PLATFORM,
             "inputs": [i.as_oip() for i in rt.inputs],
             "outputs": [o.as_oip() for o in rt.outputs],
-            # Which kind of model this is (a Kubeloop-trained one, or any ONNX graph) and whether the record
-            # API (/forward) fits it; gRPC's ModelMetadataResponse has no field for these.
-            "parameters": {"model_kind": rt.kind, "record_api": rt.record_api_error is None},
+            # Which kind of model this is (a Kubeloop-trained one, or any ONNX graph), whether the record API
+            # (/forward, /metadata) fits it and what the prediction log leaves out; scalar values, as OIP
+            # parameters are. gRPC's ModelMetadataResponse has no field for these.
+            "parameters": {
+                "model_kind": rt.kind,
+                "record_api": rt.record_api_error is None,
+                "prediction_log_unlogged_inputs": "; ".join(
+                    f"{k}: {v}" for k, v in rt.unlogged_inputs.items()
+                ),
+                "prediction_log_prediction": rt.prediction_output is not None,
+            },
         }
 
     def model_ready(self, name: str, version: str | None) -> tuple[bool, dict[str, Any]]:
@@ -104,8 +112,10 @@ class DataPlane:
         return ready, {"name": name, "ready": ready}
 
     def metadata(self) -> dict[str, Any]:
-        """The record API's GET /metadata: kind, features, types, classes, task, version, what is logged."""
+        """The record API's GET /metadata: kind, features, types, classes, task, version, what is logged.
+        A graph whose inputs do not read as features has no record API: 422 saying why."""
         rt = self.runtime
+        rt.record_api_check()
         d = rt.describe()
         d["batching"] = isinstance(self.predictor, AdaptiveBatcher)
         d["prediction_logging"] = {

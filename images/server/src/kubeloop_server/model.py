@@ -332,7 +332,8 @@ class ModelRuntime:
             [],
             f"the graph's inputs ({desc}) do not read as named features: the record API needs one [N, 1] "
             "(or [N]) numeric or string input per feature, or a single numeric [N, F] input with F fixed by "
-            f"the graph; use OIP inference (/v2/models/{self.name}/infer or gRPC ModelInfer) instead",
+            f"the graph; use OIP (/v2/models/{self.name} for its inputs, outputs and what the prediction log holds, "
+            f"/v2/models/{self.name}/infer or gRPC ModelInfer for inference)",
         )
 
     def _resolve_prediction_output(self) -> int:
