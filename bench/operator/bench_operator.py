@@ -293,22 +293,34 @@ def main() -> int:
     finally:
         for w in watchers:
             w.stop()
-        if op is not None:
-            # The TrainingJobs go first, while the operator can release its finalizer on them.
-            kubectl("delete", "trainingjobs", "--all", "-n", ns, "--wait=false", check=False)
-            deadline = time.monotonic() + 300
-            while (
-                op.running
-                and time.monotonic() < deadline
-                and kubectl("get", "trainingjobs", "-n", ns, "-o", "name", check=False).strip()
-            ):
-                time.sleep(2)
-            op.stop()
-        kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+        _cleanup(kubectl, ns, op)
         if agent_started:
             agent_cli("down")
         for g, token in reversed(leases):
             cluster.release(g, token)
+
+
+def _cleanup(kubectl: lp.Kubectl, ns: str, op: lp.LocalOperator | None) -> None:
+    """The TrainingJobs go first (one delete-collection request), while the operator still runs to
+    release its finalizer on them; then the operator, then the namespace."""
+    try:
+        admin = k8s.Kube.connect(str(kubectl.kubeconfig))
+        admin.request(
+            "DELETE",
+            k8s.TRAININGJOB.path(ns),
+            body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+        )
+        deadline = time.monotonic() + 300
+        while (
+            op is not None and op.running and time.monotonic() < deadline and admin.list(k8s.TRAININGJOB, ns)
+        ):
+            time.sleep(2)
+    except Exception as e:
+        say(f"cleanup: {e}")
+    finally:
+        if op is not None:
+            op.stop()
+        kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
 
 
 if __name__ == "__main__":
