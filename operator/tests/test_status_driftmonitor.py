@@ -193,22 +193,38 @@ def test_overlap_is_allowed_only_when_asked() -> None:
 
 
 def test_a_crash_between_decision_and_create_is_finished_by_the_next_reconcile() -> None:
-    op = Operator(spec())
+    op = Operator(spec(cooldown="0s", maxPerDay=10, skipWhileRunning=False))
     op.status = check(op.status, T0)
     d = op.reconcile(T0 + timedelta(seconds=1), crash_before_create=True)
     assert d.create_retrain is not None
     assert not op.created
-    # meanwhile the next check comes in (also drifted): the pending retrain blocks a second one
+    # meanwhile the next check comes in (also drifted): it waits, it must not replace the pending record
     op.status = check(op.status, T0 + timedelta(minutes=1))
     d = op.reconcile(T0 + timedelta(minutes=1, seconds=1))
+    first = retrain_name("watch", T0)
     assert d.create_retrain is not None
-    assert d.create_retrain.training_job == retrain_name("watch", T0)
+    assert d.create_retrain.training_job == first
+    assert list(op.created) == [first]
+    # once the first exists, the waiting check is decided: a second retrain, named after it
+    op.reconcile(T0 + timedelta(minutes=1, seconds=2))
+    second = retrain_name("watch", T0 + timedelta(minutes=1))
+    assert op.status.last_decision is not None
+    assert op.status.last_decision.check_time == rfc3339(T0 + timedelta(minutes=1))
+    assert list(op.created) == [first, second]
+    op.reconcile(T0 + timedelta(minutes=1, seconds=3))
+    assert op.creates == 2
+
+
+def test_a_pending_retrain_blocks_a_second_one_while_it_runs() -> None:
+    op = Operator(spec())  # skipWhileRunning: the check after the crash is skipped, not stacked
+    op.status = check(op.status, T0)
+    op.reconcile(T0 + timedelta(seconds=1), crash_before_create=True)
+    op.status = check(op.status, T0 + timedelta(minutes=1))
+    op.reconcile(T0 + timedelta(minutes=1, seconds=1))
+    op.reconcile(T0 + timedelta(minutes=1, seconds=2))
+    assert list(op.created) == [retrain_name("watch", T0)]
     assert op.status.last_decision is not None
     assert op.status.last_decision.reason == "RetrainRunning"
-    d = op.reconcile(T0 + timedelta(minutes=1, seconds=2))
-    assert list(op.created) == [retrain_name("watch", T0)]
-    assert d.create_retrain is None
-    assert op.creates == 1
 
 
 def test_a_lost_status_cannot_let_a_second_retrain_through() -> None:

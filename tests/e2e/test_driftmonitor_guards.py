@@ -152,12 +152,12 @@ def test_guards_give_exactly_the_retrains_allowed_through_restarts(
     assert reasons["overlap"][0] == "RetrainCreated"
     assert "RetrainRunning" in reasons["overlap"]
     created = reasons["overlap"].count("RetrainCreated")
-    assert len(retrains(kl, "overlap")) == created
+    kl.wait("the overlap retrains", lambda: len(retrains(kl, "overlap")) == created, 30)
     if FULL:  # once the running retrain has ended, the next drifted check may start one again
         kl.wait("the overlap monitor's retrain ended", lambda: running(kl, "overlap") == 0, 120, interval=1)
         assert checks.decided("overlap", checks.drifted("overlap"))["reason"] == "RetrainCreated"
         created += 1
-        assert len(retrains(kl, "overlap")) == created
+        kl.wait("the next overlap retrain", lambda: len(retrains(kl, "overlap")) == created, 30)
     # no overlap, to the second: each retrain was created after the one before it had completed
     ordered = sorted(retrains(kl, "overlap"), key=lambda tj: tj["metadata"]["creationTimestamp"])
     for before, after in itertools.pairwise(ordered):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -50,12 +50,12 @@ from kubeloop_operator.status.driftmonitor import (
     Derived,
     Observed,
     RetrainView,
-    decide,
     derive,
     dump,
     invalid,
     parse_status,
     status_patch,
+    with_retraining,
 )
 
 log = logging.getLogger("kubeloop_operator.driftmonitor")
@@ -123,24 +123,26 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: MonitorView) -> None:
         retrains = _with_hints(view.retrains, mem, owner.uid)
         current_body: Mapping[str, Any] = body
         for attempt in range(CONFLICT_ATTEMPTS):
-            now = datetime.now(UTC)
-            current = parse_status(current_body.get("status"))
-            source, source_problem = _retrain_source(rt, owner, spec, current, retrains, now)
-            derived = derive(
-                Observed(
-                    now=now,
-                    name=owner.name,
-                    generation=owner.generation,
-                    spec=spec,
-                    current=current,
-                    cronjob_ready=cron_ready,
-                    child_problem=problem,
-                    deployment=view.deployment,
-                    deployment_known=view.deployment_known,
-                    retrains=retrains,
-                    retrain_source_problem=source_problem,
-                )
+            observed = Observed(
+                now=datetime.now(UTC),
+                name=owner.name,
+                generation=owner.generation,
+                spec=spec,
+                current=parse_status(current_body.get("status")),
+                cronjob_ready=cron_ready,
+                child_problem=problem,
+                deployment=view.deployment,
+                deployment_known=view.deployment_known,
+                retrains=retrains,
             )
+            derived = derive(observed)
+            source: dict[str, Any] | None = None
+            if derived.create_retrain is not None:
+                # The retrain's spec is read only when one is to be created: the template, or
+                # trainingJobRef's spec as it is now. Missing for a decision made now: a skip, said why.
+                source, source_problem = _retrain_source(rt, owner, spec)
+                if source_problem is not None and derived.decided:
+                    derived = derive(replace(observed, retrain_source_problem=source_problem))
             try:
                 written = _write(rt, owner, current_body, derived, mem)
             except KubeError as e:
@@ -265,19 +267,9 @@ def _with_hints(views: Sequence[RetrainView], mem: ObjectMemory, owner_uid: str)
 
 
 def _retrain_source(
-    rt: Runtime,
-    owner: Owner,
-    spec: DriftMonitorSpec,
-    current: Any,
-    retrains: Sequence[RetrainView],
-    now: datetime,
+    rt: Runtime, owner: Owner, spec: DriftMonitorSpec
 ) -> tuple[dict[str, Any] | None, CheckProblem | None]:
-    """The spec a retrain would be created with, read only when one is about to be (decided now, or
-    decided before a crash and not created): the template, or trainingJobRef's spec as it is now."""
-    pending = current.last_retrain is not None and current.last_retrain.state == "Pending"
-    decision = decide(owner.name, spec, current, retrains, now)
-    if not pending and (decision is None or decision[1] is None):
-        return None, None
+    """The spec a retrain is created with: the template, or trainingJobRef's spec as it is now."""
     if spec.retrain is None:
         return None, None
     template = b.retrain_spec_from_template(spec)
@@ -309,11 +301,27 @@ def _create_retrain(
     hint = mem.children.get(f"retrain:{record.training_job}")
     if hint is not None and time.monotonic() - hint[0] <= CREATED_HINT_S:
         return
-    if source is None:
-        log.warning(
-            "retrain %s/%s is pending but its spec cannot be had now; retrying",
-            owner.namespace,
-            record.training_job,
+    if not derived.decided:
+        # Decided earlier (a restart, a replay): the body may be an old watch event, so the record is
+        # read back before anything is created from it.
+        fresh = rt.kube.get(DRIFTMONITOR, owner.namespace, owner.name)
+        last = parse_status((fresh or {}).get("status")).last_retrain
+        if (
+            fresh is None
+            or last is None
+            or (last.training_job, last.state) != (record.training_job, "Pending")
+        ):
+            return
+        body = fresh
+    if source is None:  # decided, but its source TrainingJob is gone since: it cannot be made
+        _retrain_failed(
+            rt,
+            owner,
+            body,
+            derived,
+            "RetrainSourceNotFound",
+            f"retrain TrainingJob {record.training_job} cannot be created: its spec's source is gone",
+            mem,
         )
         return
     status = derived.status
@@ -326,7 +334,8 @@ def _create_retrain(
             raise retry_later(
                 f"cannot create retrain TrainingJob {owner.namespace}/{record.training_job}: {e.message}"
             ) from e
-        _retrain_refused(rt, owner, body, derived, e, mem)
+        message = f"the API server refused retrain TrainingJob {record.training_job}: {e.message}"
+        _retrain_failed(rt, owner, body, derived, "RetrainRefused", message, mem)
         return
     uid = str((obj.get("metadata") or {}).get("uid"))
     mem.children[f"retrain:{record.training_job}"] = (time.monotonic(), uid)
@@ -336,23 +345,31 @@ def _create_retrain(
         log.info("retrain TrainingJob %s/%s existed already: adopted", owner.namespace, record.training_job)
 
 
-def _retrain_refused(
-    rt: Runtime, owner: Owner, body: Mapping[str, Any], derived: Derived, e: KubeError, mem: ObjectMemory
+def _retrain_failed(
+    rt: Runtime,
+    owner: Owner,
+    body: Mapping[str, Any],
+    derived: Derived,
+    reason: str,
+    message: str,
+    mem: ObjectMemory,
 ) -> None:
-    """The API server refuses the retrain for good (e.g. the copied spec is invalid): the retrain is
-    recorded as failed with the server's message, so it is neither retried forever nor hidden."""
+    """A decided retrain that cannot be created for good (the API server refuses the copied spec, or
+    its source is gone) is recorded as failed with why: neither retried forever, nor blocking the
+    decisions after it, nor hidden."""
     status = derived.status
     last = status.last_retrain
     if last is None:
         return
-    message = f"the API server refused retrain TrainingJob {last.training_job}: {e.message}"
     decision = status.last_decision
     update: dict[str, Any] = {"last_retrain": last.model_copy(update={"state": "Failed"})}
-    if decision is not None:
+    if decision is not None and decision.check_time == last.check_time:
         update["last_decision"] = decision.model_copy(
-            update={"action": "Skip", "reason": "RetrainRefused", "message": message[:1024]}
+            update={"action": "Skip", "reason": reason, "message": message[:1024]}
         )
-    failed = Derived(status=status.model_copy(update=update), events=[])
+    spec = mem.spec[1] if mem.spec is not None else None
+    changed = with_retraining(status.model_copy(update=update), spec, owner.generation, datetime.now(UTC))
+    failed = Derived(status=changed, events=[])
     log.warning("%s/%s: %s", owner.namespace, owner.name, message)
     _write(rt, owner, body, failed, mem)
 

@@ -297,12 +297,17 @@ def decide(
     now: datetime,
 ) -> tuple[RetrainDecision, LastRetrain | None] | None:
     """The decision about the last check, or None when there is nothing to decide (no drift, or this
-    check was decided already). Guards, in order: retraining configured and enabled, monitor not
-    suspended, enough drifted checks in a row, no retrain running, cooldown over, maxPerDay."""
+    check was decided already, or a retrain decided before is still being created). Guards, in order:
+    retraining configured and enabled, monitor not suspended, enough drifted checks in a row, no
+    retrain running, cooldown over, maxPerDay."""
     result = status.last_result
     if result is None or not result.drifted or result.time is None:
         return None
     if status.last_decision is not None and status.last_decision.check_time == result.time:
+        return None
+    if status.last_retrain is not None and status.last_retrain.state == "Pending":
+        # The retrain decided before is written but not created yet: deciding now would replace its
+        # record and lose it. The latest check is decided once it exists.
         return None
     check_time = parse_time(result.time) or now
 
@@ -417,6 +422,16 @@ def _retraining_want(status: DriftMonitorStatus, spec: DriftMonitorSpec | None) 
     if spec is None or spec.retrain is None or not spec.retrain.enabled:
         return Want(RETRAINING, False, "RetrainDisabled", "spec.retrain is not set or not enabled")
     return Want(RETRAINING, False, "NoDrift", "no drift has called for a retrain")
+
+
+def with_retraining(
+    status: DriftMonitorStatus, spec: DriftMonitorSpec | None, generation: int, now: datetime
+) -> DriftMonitorStatus:
+    """``status`` with its Retraining condition re-derived (after the retrain's record changed)."""
+    wanted = [_retraining_want(status, spec)]
+    return status.model_copy(
+        update={"conditions": merge_conditions(status.conditions, wanted, generation=generation, now=now)}
+    )
 
 
 def _phase(
