@@ -227,8 +227,12 @@ def test_an_alias_that_moved_rolls_the_template_once(world: tuple[Runtime, FakeK
     rec.reconcile(rt, body(SPEC, status=last_status(rt)), view(kube))  # no resolve: still version 1
     assert not [w for w in kube.writes if w[0] == "patch"]
     stale = view(kube)
+    n = len(kube.writes)
     rec.reconcile(rt, body(SPEC, status=last_status(rt)), stale, resolve=True)
     assert [w for w in kube.writes if w[0] == "patch"] == [("patch", "deployments", "md-stable")]
+    # Ready went False before the Deployment changed: never a moment of Ready over a new template
+    assert kube.writes[n] == ("status", "modeldeployments", "md")
+    assert kube.writes[n + 1] == ("patch", "deployments", "md-stable")
     dep = kube.deployment("stable")
     assert dep is not None
     env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -272,8 +276,15 @@ def test_scale_and_suspend_patch_only_replicas(world: tuple[Runtime, FakeKube, F
     rt, kube, _ = world
     rec.reconcile(rt, body(SPEC), rec.MdView())
     kube.roll_out("stable")
+    rec.reconcile(rt, body(SPEC, status=last_status(rt)), view(kube))
+    assert last_status(rt)["phase"] == "Ready"
     before = copy.deepcopy(kube.deployment("stable"))
+    n = len(kube.writes)
     rec.reconcile(rt, body({**SPEC, "replicas": 5}, generation=2, status=last_status(rt)), view(kube))
+    assert kube.writes[n : n + 2] == [
+        ("status", "modeldeployments", "md"),
+        ("patch", "deployments", "md-stable"),
+    ]
     dep = kube.deployment("stable")
     assert dep is not None
     assert before is not None

@@ -251,14 +251,15 @@ class Load:
 
 @dataclass
 class Sampler:
-    """Samples the ModelDeployment's status every ``period`` s and, whenever Ready is True, the pods
-    right after: every desired replica of each track must be a live pod that is Ready and runs the
-    track's desired template (its config hash) and pinned version; nothing else may be left.
+    """Every ``period`` s reads the server pods and Deployments, then the ModelDeployment's status;
+    whenever that status says Ready, every desired replica of each track must be a live pod that is
+    Ready and runs the track's desired template (its config hash) and pinned version, and nothing
+    else may be left.
 
-    A sample that reads Ready True while the pods disagree is a *mismatch*; a status write can
-    trail a pod change by a watch round trip, so one mismatch alone may be that lag. A *lie* is
-    Ready staying True over two consecutive samples (``period`` apart) that both disagree with the
-    pods; tests require no lie and report the mismatches."""
+    A sample whose Ready disagrees with the pods read just before is a *mismatch*: the operator
+    learns of a pod change through a watch, so a status can trail it by a round trip (and Ready may
+    turn True between the two reads). A *lie* is Ready staying True over two consecutive samples
+    (``period`` apart) that both disagree with the pods; tests require no lie and report mismatches."""
 
     kl: Kl
     name: str
@@ -270,13 +271,19 @@ class Sampler:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def check(self, status: dict[str, Any]) -> str | None:
-        """What is wrong with Ready=True given the pods now, or None."""
+    def observe(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         pods = [p for p in server_pods(self.kl, self.name) if not p["metadata"].get("deletionTimestamp")]
         deps = {
             d["metadata"]["labels"].get(TRACK): d
             for d in self.kl.objects(k8s.DEPLOYMENT, f"kubeloop.io/owner-name={self.name}")
         }
+        return pods, deps
+
+    @staticmethod
+    def check(
+        status: dict[str, Any], pods: list[dict[str, Any]], deps: dict[str, dict[str, Any]]
+    ) -> str | None:
+        """What is wrong with Ready=True given the pods and Deployments, or None."""
         problems = []
         for track in ("stable", "canary"):
             ts = status.get(track) or {}
@@ -296,7 +303,8 @@ class Sampler:
             ]
             if len(mine) != want or len(ok) != want:
                 problems.append(
-                    f"{track}: {len(ok)} of {want} desired ready on version {ts.get('modelVersion')}, {len(mine)} live pods"
+                    f"{track}: {len(ok)} of {want} desired ready on version {ts.get('modelVersion')}, "
+                    f"{len(mine)} live pods"
                 )
         return "; ".join(problems) or None
 
@@ -305,16 +313,18 @@ class Sampler:
         while not self._stop.wait(self.period):
             self.samples += 1
             try:
+                # Pods first, then the status: a Ready status read after the pods must cover them.
+                pods, deps = self.observe()
                 status = md_status(self.kl, self.name)
-                if not is_ready(status):
-                    previous = None
-                    continue
-                self.ready_samples += 1
-                problem = self.check(status)
             except Exception as e:  # the API server busy for a moment: not a verdict
                 previous = None
                 print(f"sampler: {e}")
                 continue
+            if not is_ready(status):
+                previous = None
+                continue
+            self.ready_samples += 1
+            problem = self.check(status, pods, deps)
             if problem is not None:
                 self.mismatches.append(problem)
                 if previous is not None:

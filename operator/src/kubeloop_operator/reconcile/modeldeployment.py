@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -165,14 +165,45 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: MdView, *, resolve: bo
                         "deleted HorizontalPodAutoscaler %s/%s (no autoscaling)", owner.namespace, h.name
                     )
 
+        url, grpc_url = urls(owner)
+        pods = [p for p in view.pods if p.pod.owner_uid == owner.uid]
+
+        def derive_with(deps: Mapping[str, DeploymentSummary], cur: ModelDeploymentStatus) -> Derived:
+            return derive(
+                Observed(
+                    now=now,
+                    generation=owner.generation,
+                    spec=spec,
+                    current=cur,
+                    plans=plans,
+                    deployments=deps,
+                    pods=pods,
+                    url=url,
+                    grpc_url=grpc_url,
+                    selector=selector(owner),
+                    child_errors=errors,
+                    requested_canary_percent=spec.canary.traffic_percent if spec.canary else None,
+                )
+            )
+
+        lives = {t: _deployment(view, mem, deployment_name(owner.name, t)) for t in TRACKS}
+        coming = {t: _coming(plans[t], manifests.get(t), lives[t]) for t in plans}
+        if _is_ready(current) and any(c is not None for c in coming.values()):
+            # Ready goes False *before* a Deployment changes, never after: no window in which the
+            # status says Ready while a new template or replica count is already on its way.
+            ahead: dict[str, DeploymentSummary] = {t: d for t, d in lives.items() if d is not None}
+            ahead.update({t: d for t, c in coming.items() if c is not None for d in c})
+            pre = derive_with(ahead, current)
+            if not _is_ready(pre.status):
+                _publish(rt, body, current, Derived(pre.status, [], pre.complete), mem)
+                current = pre.status
         deployments: dict[str, DeploymentSummary] = {}
         for t in TRACKS:
-            live = _deployment(view, mem, deployment_name(owner.name, t))
+            live = lives[t]
             if t in plans:
                 live = _ensure_deployment(rt, mem, owner, plans[t], manifests.get(t), live, errors, events)
             if live is not None:
                 deployments[t] = live
-        pods = [p for p in view.pods if p.pod.owner_uid == owner.uid]
         if spec.canary is None and "canary" in deployments:
             canary = deployments["canary"]
             stable_done = TrackState(
@@ -186,29 +217,35 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: MdView, *, resolve: bo
                 del deployments["canary"]
             else:  # keep it serving, unchanged, until then
                 plans["canary"] = TrackPlan("canary", canary.name, canary.spec_replicas, None, None)
-        url, grpc_url = urls(owner)
-        derived = derive(
-            Observed(
-                now=now,
-                generation=owner.generation,
-                spec=spec,
-                current=current,
-                plans=plans,
-                deployments=deployments,
-                pods=pods,
-                url=url,
-                grpc_url=grpc_url,
-                selector=selector(owner),
-                child_errors=errors,
-                requested_canary_percent=spec.canary.traffic_percent if spec.canary else None,
-            )
-        )
+        derived = derive_with(deployments, current)
         derived.events[:0] = events
         _publish(rt, body, current, derived, mem)
         if errors:
             raise retry_later(
                 f"cannot create the children of {owner.namespace}/{owner.name}: {errors[0].message}"
             )
+
+
+def _is_ready(status: ModelDeploymentStatus) -> bool:
+    return any(c.type == "Ready" and str(c.status) == "True" for c in status.conditions)
+
+
+def _coming(
+    plan: TrackPlan, manifest: dict[str, Any] | None, live: DeploymentSummary | None
+) -> tuple[DeploymentSummary, ...] | None:
+    """What the track's Deployment is about to become (a new template or replica count not yet seen by
+    its controller), or None when nothing is about to change. A Deployment still to be created is
+    absent: ``()``."""
+    if live is None:
+        return () if manifest is not None else None
+    new_hash = plan.config_hash if manifest is not None else live.config_hash
+    if new_hash == live.config_hash and plan.replicas == live.spec_replicas:
+        return None
+    return (
+        replace(
+            live, config_hash=new_hash or "", spec_replicas=plan.replicas, generation=live.generation + 1
+        ),
+    )
 
 
 def _publish(
