@@ -217,7 +217,10 @@ def test_an_alias_moved_by_a_trainingjob_rolls_out_under_load_without_a_failed_r
     from .conftest import ROOT
     from .serving import Load, Sampler, alias_version, get_object
 
-    kubeloop_operator.start()
+    # Both replicas of the new version start at once (maxSurge 100 %; the default, 25 %, rolls them
+    # one by one: about 30 s for two on a busy 2-core machine). No request may fail either way: old
+    # pods go only after new ones are Ready (maxUnavailable 0).
+    kubeloop_operator.start(rollout_max_surge="100%")
     t_start = time.monotonic()
     tj1 = kl.training_job(
         "champion-1", training={**QUICK, "seed": 7}, promotion=PROMOTE, resources=TJ_RESOURCES
