@@ -239,6 +239,8 @@ class ServerEnv:
     MODEL_URI: Final = "KUBELOOP_SERVER_MODEL_URI"
     MODEL_NAME: Final = "KUBELOOP_SERVER_MODEL_NAME"
     MODEL_VERSION: Final = "KUBELOOP_SERVER_MODEL_VERSION"
+    # sha256:<hex> of the file at MODEL_URI as the operator pinned it (for audit; the server ignores it).
+    MODEL_DIGEST: Final = "KUBELOOP_SERVER_MODEL_DIGEST"
     NAMESPACE: Final = "KUBELOOP_SERVER_NAMESPACE"
     DEPLOYMENT: Final = "KUBELOOP_SERVER_DEPLOYMENT"
     PORT: Final = "KUBELOOP_SERVER_PORT"

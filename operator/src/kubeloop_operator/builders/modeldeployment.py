@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from kubeloop import podenv
-from kubeloop.contracts import Labels
+from kubeloop.contracts import Labels, ServerEnv
 from kubeloop.resources import GROUP, VERSION, ModelDeploymentSpec, ModelRef
 from kubeloop_operator.builders.common import (
     Owner,
@@ -56,8 +56,7 @@ MODEL_VERSION_LABEL: Final = "kubeloop.io/model-version"
 CONFIG_HASH: Final = "kubeloop.io/config-hash"
 MODEL_URI_ANNOTATION: Final = "kubeloop.io/model-uri"
 MODEL_DIGEST_ANNOTATION: Final = "kubeloop.io/model-digest"
-# The pinned digest, for whoever audits a pod (the server itself does not read it).
-MODEL_DIGEST_ENV: Final = "KUBELOOP_SERVER_MODEL_DIGEST"
+MODEL_DIGEST_ENV: Final = ServerEnv.MODEL_DIGEST
 
 HTTP_PORT: Final = 8080
 GRPC_PORT: Final = 8081
