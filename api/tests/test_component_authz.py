@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -39,7 +40,7 @@ DM_SPEC = {
 
 
 @pytest.fixture(scope="module")
-def victim(api_env: ApiEnv, tenants: Tenants) -> dict[str, Any]:
+def victim(api_env: ApiEnv, tenants: Tenants) -> Iterator[dict[str, Any]]:
     """Namespace B's objects, dataset, kept log and model, each carrying the marker."""
     ns = tenants.b.namespace
     labels = {"marker": MARKER}
@@ -58,7 +59,9 @@ def victim(api_env: ApiEnv, tenants: Tenants) -> dict[str, Any]:
         expect(
             c.put(f"/api/v1/namespaces/{ns}/models/{model}/aliases/champion", json={"version": version}), 200
         )
-    return {"ns": ns, "model": model, "version": version}
+    yield {"ns": ns, "model": model, "version": version}
+    for prefix in (f"datasets/{ns}/", f"logs/{ns}/"):
+        api_env.minio.delete_prefix(prefix)
 
 
 def cases(ns: str, model: str, version: int) -> list[tuple[str, str, str, Any]]:
