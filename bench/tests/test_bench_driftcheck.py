@@ -51,4 +51,3 @@ def test_tiny_bench_drift_check_compares_both_sides_and_ends_with_the_result(
     assert 50 < float(values["driftcheck_rss_mib"]) < 2048
     assert (values["rows"], values["parts"]) == ("20000", "4")
     assert re.search(r"load average", proc.stdout)
-
