@@ -345,3 +345,38 @@ def test_a_removed_canary_goes_only_after_the_stable_track_has_rolled(
     rec.reconcile(rt, body(promoted, generation=2, status=last_status(rt)), view(kube))
     assert kube.deployment("canary") is None
     assert ("delete", "deployments", "md-canary") in kube.writes
+
+
+def test_a_slow_registry_does_not_hold_up_the_other_reconciles(
+    world: tuple[Runtime, FakeKube, FakeResolver],
+) -> None:
+    import threading
+    import time
+
+    rt, kube, resolver = world
+    rec.reconcile(rt, body(SPEC), rec.MdView())
+    kube.roll_out("stable")
+    gate = threading.Event()
+    entered = threading.Event()
+    real = resolver.resolve
+
+    def slow(ref: ModelRef, served_as: str, pinned: ResolvedModel | None = None) -> ResolvedModel:
+        entered.set()
+        gate.wait(10)
+        return real(ref, served_as, pinned)
+
+    resolver.resolve = slow  # type: ignore[method-assign]
+    timer = threading.Thread(
+        target=rec.reconcile,
+        args=(rt, body(SPEC, status=last_status(rt)), view(kube)),
+        kwargs={"resolve": True},
+    )
+    timer.start()
+    assert entered.wait(5)
+    t0 = time.monotonic()
+    rec.reconcile(rt, body(SPEC, status=last_status(rt)), view(kube))  # a pod event meanwhile
+    assert time.monotonic() - t0 < 2
+    assert last_status(rt)["phase"] == "Ready"
+    gate.set()
+    timer.join(10)
+    assert not timer.is_alive()

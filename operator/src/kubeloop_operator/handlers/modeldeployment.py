@@ -30,7 +30,7 @@ import kopf
 from kubeloop.contracts import MANAGED_BY_OPERATOR, Labels
 from kubeloop.resources import GROUP, VERSION
 from kubeloop_operator.builders.modeldeployment import COMPONENT
-from kubeloop_operator.reconcile.modeldeployment import KIND, MdView, reconcile
+from kubeloop_operator.reconcile.modeldeployment import KIND, MdView, forget, reconcile
 from kubeloop_operator.registry import open_resolver
 from kubeloop_operator.runtime import Runtime
 from kubeloop_operator.status.modeldeployment import (
@@ -154,6 +154,7 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         if type == "DELETED":
             uid = str(body.metadata.uid)
             rt.memory.forget(uid)
+            forget(uid)
             m.set_phase(KIND, uid, None)
             return
         run("event", body, kwargs)

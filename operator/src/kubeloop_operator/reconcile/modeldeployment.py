@@ -11,6 +11,7 @@ other reconcile (resync, child events) reads no registry and writes nothing unle
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -119,18 +120,28 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: MdView, *, resolve: bo
     owner = Owner.from_body(body)
     if (body.get("metadata") or {}).get("deletionTimestamp"):
         return  # garbage collection takes the children
-    with rt.exclusive(owner.uid) as mem:
-        now = datetime.now(UTC)
-        current = parse_status(body.get("status"))
-        if mem.spec is None or mem.spec[0] != owner.generation:
-            try:
-                mem.spec = (owner.generation, ModelDeploymentSpec.model_validate(body.get("spec") or {}))
-            except ValidationError as e:
+    mem = rt.memory.of(owner.uid)
+    parsed = mem.spec
+    if parsed is None or parsed[0] != owner.generation:
+        try:
+            parsed = (owner.generation, ModelDeploymentSpec.model_validate(body.get("spec") or {}))
+        except ValidationError as e:
+            with rt.exclusive(owner.uid) as mem:
+                now, current = datetime.now(UTC), parse_status(body.get("status"))
                 message = format_validation_error(e, "spec")
                 _publish(rt, body, current, invalid_spec(current, owner.generation, message, now), mem)
-                return
-        spec: ModelDeploymentSpec = mem.spec[1]
-        models = _resolve_all(rt, mem, owner, spec, current, force=resolve)
+            return
+    spec: ModelDeploymentSpec = parsed[1]
+    # The registry and the store are asked outside the object's lock: a slow MLflow never holds up
+    # the reconciles that pod events bring meanwhile (they use what is resolved already).
+    _resolve_all(rt, mem, owner, spec, parse_status(body.get("status")), force=resolve)
+    with rt.exclusive(owner.uid) as mem:
+        if mem.spec is not None and mem.spec[0] > owner.generation:
+            return  # a newer generation has been reconciled: this event is history
+        mem.spec = parsed
+        now = datetime.now(UTC)
+        current = parse_status(body.get("status"))
+        models = _cached(mem, spec)
         replicas = desired_replicas(spec)
         cfg = server_pod_config(rt.settings)
         events: list[EventSpec] = []
@@ -283,6 +294,47 @@ def _pinned(
     )
 
 
+_RESOLVING: dict[str, threading.Lock] = {}
+_RESOLVING_LOCK = threading.Lock()
+
+
+def _resolve_lock(uid: str) -> threading.Lock:
+    with _RESOLVING_LOCK:
+        lock = _RESOLVING.get(uid)
+        if lock is None:
+            lock = _RESOLVING[uid] = threading.Lock()
+        return lock
+
+
+def forget(uid: str) -> None:
+    """A deleted ModelDeployment: drop what this module keeps for it."""
+    with _RESOLVING_LOCK:
+        _RESOLVING.pop(uid, None)
+
+
+def _due(mem: ObjectMemory, refs: Mapping[Track, ModelRef]) -> bool:
+    """Whether some reference has no usable resolution: never resolved, or failed a while ago."""
+    for t, ref in refs.items():
+        entry = mem.resolved.get(t)
+        if entry is None or entry[0] != ref_key(ref):
+            return True
+        if not isinstance(entry[1], ResolvedModel) and time.monotonic() - entry[2] >= RESOLVE_RETRY_S:
+            return True
+    return False
+
+
+def _cached(mem: ObjectMemory, spec: ModelDeploymentSpec) -> dict[Track, ResolvedModel | ResolveFailure]:
+    out: dict[Track, ResolvedModel | ResolveFailure] = {}
+    for t, ref in _refs(spec).items():
+        key = ref_key(ref)
+        entry = mem.resolved.get(t)
+        if entry is not None and entry[0] == key:
+            out[t] = entry[1]
+        else:  # another reconcile is resolving it right now
+            out[t] = ResolveFailure(key, "Resolving", f"{key} is being resolved")
+    return out
+
+
 def _resolve_all(
     rt: Runtime,
     mem: ObjectMemory,
@@ -291,51 +343,61 @@ def _resolve_all(
     current: ModelDeploymentStatus,
     *,
     force: bool,
-) -> dict[Track, ResolvedModel | ResolveFailure]:
-    out: dict[Track, ResolvedModel | ResolveFailure] = {}
+) -> None:
+    """Resolve what is due (or everything, with ``force``) into the object's memory. One resolution
+    per object at a time; a reconcile with nothing due does not wait for another's."""
     refs = _refs(spec)
-    for t in list(mem.resolved):
-        if t not in refs:
-            del mem.resolved[t]
-    resolver = rt.resolver
-    for t, ref in refs.items():
-        key = ref_key(ref)
-        entry = mem.resolved.get(t)
-        same = entry is not None and entry[0] == key
-        if same and not force:
-            assert entry is not None
-            if isinstance(entry[1], ResolvedModel) or time.monotonic() - entry[2] < RESOLVE_RETRY_S:
-                out[t] = entry[1]
-                continue
-        before = entry[1] if same and entry is not None and isinstance(entry[1], ResolvedModel) else None
-        if resolver is None:
-            outcome: ResolvedModel | ResolveFailure = ResolveFailure(
-                key, "RegistryNotConfigured", "no resolver"
-            )
-        else:
-            try:
-                outcome = resolver.resolve(ref, owner.name, before or _pinned(current, t, ref, owner.name))
-            except ResolveError as e:
-                if before is not None and e.reason in TRANSIENT:
-                    log.warning(
-                        "%s/%s %s: %s; keeping version %s", owner.namespace, owner.name, t, e, before.version
+    needed = force or _due(mem, refs)
+    if not needed:
+        return
+    lock = _resolve_lock(owner.uid)
+    with lock:
+        for t in [t for t in mem.resolved if t not in refs]:
+            mem.resolved.pop(t, None)
+        if not force and not _due(mem, refs):  # resolved by the reconcile we waited for
+            return
+        resolver = rt.resolver
+        for t, ref in refs.items():
+            key = ref_key(ref)
+            entry = mem.resolved.get(t)
+            same = entry is not None and entry[0] == key
+            if same and not force:
+                assert entry is not None
+                if isinstance(entry[1], ResolvedModel) or time.monotonic() - entry[2] < RESOLVE_RETRY_S:
+                    continue
+            before = entry[1] if same and entry is not None and isinstance(entry[1], ResolvedModel) else None
+            outcome: ResolvedModel | ResolveFailure
+            if resolver is None:
+                outcome = ResolveFailure(key, "RegistryNotConfigured", "no resolver")
+            else:
+                try:
+                    outcome = resolver.resolve(
+                        ref, owner.name, before or _pinned(current, t, ref, owner.name)
                     )
-                    outcome = before
-                else:
-                    outcome = ResolveFailure(key, e.reason, e.message)
-        if before is not None and isinstance(outcome, ResolvedModel) and outcome != before:
-            log.info(
-                "%s/%s %s: %s now resolves to version %s (was %s)",
-                owner.namespace,
-                owner.name,
-                t,
-                key,
-                outcome.version,
-                before.version,
-            )
-        mem.resolved[t] = (key, outcome, time.monotonic())
-        out[t] = outcome
-    return out
+                except ResolveError as e:
+                    if before is not None and e.reason in TRANSIENT:
+                        log.warning(
+                            "%s/%s %s: %s; keeping version %s",
+                            owner.namespace,
+                            owner.name,
+                            t,
+                            e,
+                            before.version,
+                        )
+                        outcome = before
+                    else:
+                        outcome = ResolveFailure(key, e.reason, e.message)
+            if before is not None and isinstance(outcome, ResolvedModel) and outcome != before:
+                log.info(
+                    "%s/%s %s: %s now resolves to version %s (was %s)",
+                    owner.namespace,
+                    owner.name,
+                    t,
+                    key,
+                    outcome.version,
+                    before.version,
+                )
+            mem.resolved[t] = (key, outcome, time.monotonic())
 
 
 # --- children ---------------------------------------------------------------------------------------------
