@@ -155,8 +155,6 @@ class Metrics:
         finally:
             self.reconcile_seconds.labels(kind, handler).observe(time.perf_counter() - t0)
 
-        self.drift = DriftGauges()
-        r.register(self.drift)
     # --- API -------------------------------------------------------------------------------------------
 
     def observe_api(self, verb: str, path: str, status: int, seconds: float) -> None:
