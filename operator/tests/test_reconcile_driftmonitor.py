@@ -19,6 +19,7 @@ from kubeloop_operator.reconcile.driftmonitor import MonitorView, reconcile
 from kubeloop_operator.runtime import Runtime
 from kubeloop_operator.settings import OperatorSettings
 from kubeloop_operator.status.driftmonitor import CronJobView, DeploymentView, RetrainView, retrain_name
+from prometheus_client import generate_latest
 
 NS = "team-a"
 TEMPLATE = {
@@ -316,3 +317,35 @@ def test_a_missing_reference_is_a_skip_and_a_refused_spec_a_failed_retrain(
     assert "field not declared" in st["lastDecision"]["message"]
     cond = {c["type"]: c for c in st["conditions"]}
     assert cond["Retraining"]["reason"] == "RetrainRefused"
+
+
+def test_the_gauges_hold_the_latest_scores_with_a_bounded_set_of_features(
+    world: tuple[Runtime, FakeKube],
+) -> None:
+    rt, kube = world
+    monitor(kube)
+    reconcile(rt, body(kube), view(kube))
+    obj = kube.objects[("driftmonitors", "watch")]
+    obj["status"]["lastResult"] = {
+        "drifted": True,
+        "share": 0.5,
+        "samples": 1234,
+        "time": "2025-03-04T12:00:00Z",
+        "features": [
+            {"name": f"f{i:02d}", "psi": i / 100, "jensenShannon": i / 200, "drifted": i % 2 == 0}
+            for i in range(40)
+        ],
+    }
+    obj["status"]["lastCheckTime"] = "2025-03-04T12:00:00Z"
+    reconcile(rt, body(kube), view(kube))
+    text = generate_latest(rt.metrics.registry).decode()
+    assert 'kubeloop_operator_drift_samples{monitor="watch",namespace="team-a"} 1234.0' in text
+    assert 'kubeloop_operator_drift_drifted{monitor="watch",namespace="team-a"} 1.0' in text
+    psi = [ln for ln in text.splitlines() if ln.startswith("kubeloop_operator_drift_feature_psi{")]
+    assert len(psi) == 16
+    assert 'feature="f38"' in "".join(psi)  # drifted and highest first
+    assert 'feature="f39"' not in "".join(psi)
+    reconcile(
+        rt, {**body(kube), "metadata": {**body(kube)["metadata"], "deletionTimestamp": "x"}}, view(kube)
+    )
+    assert "kubeloop_operator_drift_samples{" not in generate_latest(rt.metrics.registry).decode()

@@ -337,6 +337,8 @@ def test_deployment_missing_suspend_and_invalid_spec_are_conditions_and_phases()
     )
     assert d.status.phase == "Failed"
     assert any(e.reason == "ModelDeploymentNotFound" for e in d.events)
+    again = derive(observe(d.status, T0 + timedelta(seconds=10), spec(), deployment=None))
+    assert again.events == []  # said once, not on every resync
     d = derive(observe(status, T0, spec(suspend=True)))
     cond = {c.type: c for c in d.status.conditions}
     assert (cond["Scheduled"].status, cond["Scheduled"].reason) == ("False", "Suspended")

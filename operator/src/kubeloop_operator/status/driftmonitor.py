@@ -483,14 +483,16 @@ def derive(o: Observed) -> Derived:
                     "no result until it does",
                 )
             )
-            events.append(
-                EventSpec(
-                    "Warning",
-                    "ModelDeploymentNotFound",
-                    f"ModelDeployment {o.spec.deployment} does not exist",
-                    f"{o.generation}/{o.spec.deployment}",
+            before = condition(cur, DEPLOYMENT_FOUND)
+            if before is None or before.status != "False":  # on the transition only: no request per resync
+                events.append(
+                    EventSpec(
+                        "Warning",
+                        "ModelDeploymentNotFound",
+                        f"ModelDeployment {o.spec.deployment} does not exist",
+                        f"{o.generation}/{o.spec.deployment}",
+                    )
                 )
-            )
         else:
             version = o.deployment.model_version
             wants.append(
