@@ -75,6 +75,10 @@ bench-drift: uv ## Drift check vs Evidently DataDriftPreset, 100k rows x 50 feat
 bench-trainer: setup ## Trainer loop vs a plain torch loop with the same fused AdamW, samples/s, plus measured validation/checkpoint costs (RESULT trainer_vs_plain_torch=…)
 	@$(UV) run --frozen python bench/trainer/bench_trainer.py
 
+.PHONY: bench-trainer-gpu
+bench-trainer-gpu: setup ## DeepSpeed ZeRO-1 bf16 step time vs a plain torch bf16 loop on one CUDA GPU (last line: RESULT ds_vs_plain_example=…)
+	@$(UV) run --frozen python bench/trainer/bench_gpu.py $(BENCH_ARGS)
+
 .PHONY: bench-operator
 bench-operator: setup ## Operator under load on the local cluster: 500 TrainingJobs, steady 5/s latencies, RSS 500 vs 10 (last line: RESULT operator_crs_per_s=…)
 	@timeout 2400 $(UV) run --frozen python bench/operator/bench_operator.py $(BENCH_ARGS)

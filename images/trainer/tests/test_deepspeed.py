@@ -24,7 +24,8 @@ def test_config_splits_the_global_batch_over_ranks() -> None:
     assert cfg["train_micro_batch_size_per_gpu"] == 16
     assert cfg["gradient_accumulation_steps"] == 1
     assert cfg["zero_optimization"] == {"stage": 2}
-    assert cfg["bf16"] == {"enabled": True}
+    assert cfg["gradient_clipping"] == 0.0  # DeepSpeed's default (1.0) would make it learn differently
+    assert cfg["bf16"] == {"enabled": True, "check_grad_overflow": False}
     assert cfg["fp16"]["enabled"] is False
     assert "optimizer" not in cfg  # a torch AdamW is handed over: no fused op to build
 
@@ -49,6 +50,7 @@ def test_config_is_accepted_by_deepspeed() -> None:
     assert parsed.zero_optimization_stage == 1
     assert parsed.bfloat16_config.enabled
     assert parsed.train_batch_size == 64
+    assert parsed.gradient_clipping == 0.0
 
 
 def _ds_spec(make_spec: Callable[..., dict[str, Any]], uri: str, name: str, precision: str, gpus: int) -> str:

@@ -104,8 +104,13 @@ def deepspeed_config(spec: DeepSpeedSpec, global_batch: int, world_size: int, on
         "train_batch_size": micro * world_size,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": 1,
+        # DeepSpeed clips the gradient norm at 1.0 unless told otherwise; the torch/DDP path never
+        # clips, and the backend must not change what is learnt.
+        "gradient_clipping": 0.0,
         "zero_optimization": {"stage": spec.zero_stage},
-        "bf16": {"enabled": precision == "bf16"},
+        # bf16 has float32's exponent range, so it does not overflow where fp16 does; DeepSpeed's check
+        # costs a device sync per step, and the loop already stops on a non-finite loss.
+        "bf16": {"enabled": precision == "bf16", "check_grad_overflow": False},
         "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
         "steps_per_print": 1_000_000_000,
         "wall_clock_breakdown": False,

@@ -1,0 +1,252 @@
+"""DeepSpeed ZeRO-1 bf16 step time against a plain torch loop on the same GPU (``make bench-trainer-gpu``).
+
+Like for like by default:
+
+* the same model (the trainer's ``TabularMLP``, same layers) with the same initial weights, the same
+  data already on the GPU, the same batch size and the same batch gathering (a seeded permutation,
+  rows taken with ``index_select``, as ``Loop.run_epoch`` does);
+* the same optimizer: torch's AdamW with the same learning rate and default implementation -- the
+  optimizer the trainer hands to ``deepspeed.initialize``;
+* the same precision regime: bf16 compute over fp32 master weights. DeepSpeed's ``bf16`` mode keeps
+  bf16 parameters and fp32 master copies in its optimizer; the plain loop uses ``torch.autocast`` over
+  fp32 parameters, the usual way to train in bf16 without DeepSpeed;
+* the same number of steps, timed between two CUDA synchronisations, in alternating (ABBA) rounds.
+
+Ours is the trainer's own engine (``kubeloop_trainer.ds_engine.DeepSpeedEngine``, ZeRO stage 1 with
+bf16, built by the trainer's ``deepspeed_config``) driven exactly as ``Loop.run_epoch`` drives an
+engine in a single process (mean loss, ``engine.step``).
+
+Two shapes: ``example`` is examples/trainingjob.yaml on the breast-cancer table (30 features,
+hidden [64, 32], batch 64): a tiny model where per-step framework overhead dominates. ``wide``
+(256 features, hidden [2048, 2048, 2048], batch 8192) is compute-bound.
+
+``--variants`` also times DeepSpeed configurations other than the trainer's (DeepSpeed options merged
+over the trainer's ``deepspeed_config``), to find where DeepSpeed's per-step cost goes; the headline
+ratios are always the trainer's own configuration.
+
+Last line: ``RESULT ds_vs_plain_example=<r> ds_vs_plain_wide=<r> ...`` (step-time ratios, lower is
+better for us; 1.0 means DeepSpeed costs nothing over plain torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import kubeloop_trainer.ds_engine as ds_engine
+import torch
+from kubeloop_trainer.distributed import DistContext, deepspeed_config, init_process_group
+from kubeloop_trainer.ds_engine import DeepSpeedEngine
+from kubeloop_trainer.loop import loss_sum
+from kubeloop_trainer.model import TabularMLP
+
+from kubeloop.resources import DeepSpeedSpec
+
+LR = 1e-3
+
+# DeepSpeed options merged over the trainer's configuration (``--variants``); "trainer" is the trainer's own.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "trainer": {},
+    # DeepSpeed's default for bf16 (the trainer turns it off: one device sync per step for nothing).
+    "overflow_check": {"bf16": {"check_grad_overflow": True}},
+    "immediate_grad_update": {"bf16": {"immediate_grad_update": True}},
+    # bf16 gradient accumulation (harmless with one micro-batch per step on one rank, but reductions across
+    # ranks would then be in bf16) lets ZeRO-1 skip the gradient norm, unused when nothing is clipped.
+    "bf16_grads_no_norm": {
+        "data_types": {"grad_accum_dtype": "bf16"},
+        "zero_optimization": {"compute_grad_norm": False},
+    },
+}
+
+
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = merged(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    features: int
+    hidden: tuple[int, ...]
+    batch: int
+    steps: int
+    warmup: int
+
+
+SHAPES = (
+    Shape("example", 30, (64, 32), 64, 400, 50),
+    Shape("wide", 256, (2048, 2048, 2048), 8192, 60, 10),
+)
+
+
+def make_model(shape: Shape, seed: int) -> TabularMLP:
+    torch.manual_seed(seed)
+    return TabularMLP(shape.features, shape.features, shape.hidden, n_outputs=2, dropout=0.0)
+
+
+def make_data(shape: Shape, device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(rows, shape.features, generator=g)
+    y = (x[:, :3].sum(dim=1) > 0).long()
+    return x.to(device), y.to(device)
+
+
+def batches(n: int, batch: int, device: torch.device, seed: int) -> Callable[[int], torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g).to(device)
+    n_full = n // batch
+
+    def nth(i: int) -> torch.Tensor:
+        start = (i % n_full) * batch
+        return perm[start : start + batch]
+
+    return nth
+
+
+def time_steps(step: Callable[[int], None], steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per step, warm-up excluded, between two device synchronisations."""
+    for i in range(warmup):
+        step(i)
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def make_engine(shape: Shape, device: torch.device, ctx: DistContext, variant: str) -> DeepSpeedEngine:
+    extra = VARIANTS[variant]
+
+    def config(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return merged(deepspeed_config(*args, **kwargs), extra)
+
+    ds_engine.deepspeed_config = config  # type: ignore[assignment]
+    try:
+        return DeepSpeedEngine(
+            make_model(shape, seed=0),
+            LR,
+            DeepSpeedSpec(zero_stage=1, precision="bf16"),
+            shape.batch,
+            ctx,
+            device,
+        )
+    finally:
+        ds_engine.deepspeed_config = deepspeed_config
+
+
+def bench_shape(
+    shape: Shape, device: torch.device, ctx: DistContext, rounds: int, variants: list[str]
+) -> dict[str, float]:
+    rows = shape.batch * 16
+    x, y = make_data(shape, device, rows)
+    nth = batches(rows, shape.batch, device, seed=2)
+
+    plain = make_model(shape, seed=0).to(device)
+    plain.train(True)
+    opt = torch.optim.AdamW(plain.parameters(), lr=LR)
+
+    def plain_step(i: int) -> None:
+        idx = nth(i)
+        xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            out = plain(xb)
+        loss = loss_sum(out, yb, "classification", mean=True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+
+    results: dict[str, float] = {}
+    for variant in variants:
+        ours = make_engine(shape, device, ctx, variant)
+        ours.train(True)
+        # Like for like: the plain loop's optimizer has the settings of the one DeepSpeed received.
+        ds_defaults = {k: v for k, v in ours.engine.basic_optimizer.defaults.items() if k != "lr"}
+        plain_defaults = {k: v for k, v in opt.defaults.items() if k != "lr"}
+        if ds_defaults != plain_defaults:
+            raise SystemExit(f"optimizers differ: deepspeed {ds_defaults} vs plain {plain_defaults}")
+
+        def ours_step(i: int, engine: DeepSpeedEngine = ours) -> None:
+            idx = nth(i)
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+            loss = loss_sum(engine.forward(xb), yb, "classification", mean=True)
+            engine.step(loss)
+
+        ours_s: list[float] = []
+        plain_s: list[float] = []
+        for r in range(rounds):
+            order = ((ours_step, ours_s), (plain_step, plain_s))
+            for fn, acc in order if r % 2 == 0 else tuple(reversed(order)):
+                acc.append(time_steps(fn, shape.steps, shape.warmup, device))
+        with torch.no_grad():
+            xb, yb = x[: shape.batch], y[: shape.batch]
+            final_ours = float(loss_sum(ours.forward(xb), yb, "classification", True))
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                final_plain = float(loss_sum(plain(xb), yb, "classification", True))
+        o, p = statistics.median(ours_s), statistics.median(plain_s)
+        print(
+            f"{shape.name} [{variant}, {type(ours.engine.optimizer).__name__}]: features={shape.features} "
+            f"hidden={list(shape.hidden)} batch={shape.batch} steps={shape.steps}x{rounds} | deepspeed zero1 "
+            f"bf16 {o * 1e3:.3f} ms/step (rounds {[round(s * 1e3, 3) for s in ours_s]}) | plain torch "
+            f"autocast bf16 {p * 1e3:.3f} ms/step (rounds {[round(s * 1e3, 3) for s in plain_s]}) | ratio "
+            f"{o / p:.3f} | loss after training: deepspeed {final_ours:.4f}, plain {final_plain:.4f}",
+            flush=True,
+        )
+        suffix = shape.name if variant == "trainer" else f"{shape.name}_{variant}"
+        results.update(
+            {f"ds_vs_plain_{suffix}": o / p, f"ds_ms_{suffix}": o * 1e3, f"plain_ms_{suffix}": p * 1e3}
+        )
+        del ours
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=4, help="alternating rounds per shape (default 4)")
+    ap.add_argument("--shapes", default="example,wide", help="comma-separated subset of: example, wide")
+    ap.add_argument("--variants", default="trainer", help=f"comma-separated subset of: {', '.join(VARIANTS)}")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of the script")
+    ap.add_argument("--steps", type=int, default=0, help="override every shape's timed steps (dry runs)")
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench-trainer-gpu needs a CUDA GPU; none on this machine", file=sys.stderr)
+        return 2
+    device = torch.device(args.device, 0) if args.device == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        print(f"GPU: {torch.cuda.get_device_name(device)}; torch {torch.__version__}", flush=True)
+    ctx = DistContext()
+    init_process_group(ctx, device, always=True)
+    wanted = set(args.shapes.split(","))
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if "trainer" not in variants:
+        variants.insert(0, "trainer")
+    results: dict[str, float] = {}
+    for shape in SHAPES:
+        if shape.name in wanted:
+            if args.steps:
+                shape = Shape(shape.name, shape.features, shape.hidden, shape.batch, args.steps, 2)
+            results.update(bench_shape(shape, device, ctx, args.rounds, variants))
+    print("RESULT " + " ".join(f"{k}={v:.3f}" for k, v in results.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
