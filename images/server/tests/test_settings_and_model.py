@@ -155,6 +155,24 @@ def test_device_cuda_without_provider_fails(packed_clf, monkeypatch: pytest.Monk
         ModelRuntime(packed_clf, device="cuda")
 
 
+def test_cuda_provider_is_asked_for_full_fp32(packed_clf, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TF32 would make GPU answers differ from the CPU's by ~1e-3: the CUDA provider is told not to use it."""
+    seen: list[object] = []
+    real = model_mod.ort.InferenceSession
+
+    def session(model: bytes, sess_options: object = None, providers: list[object] | None = None) -> object:
+        seen.append(providers)
+        return real(model, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(
+        model_mod.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    monkeypatch.setattr(model_mod.ort, "InferenceSession", session)
+    with pytest.raises(ModelLoadError, match="CUDA execution provider failed to initialise"):
+        ModelRuntime(packed_clf, device="cuda")
+    assert seen == [[("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]]
+
+
 @pytest.mark.gpu
 def test_cuda_provider_on_a_gpu(packed_clf) -> None:
     if not model_mod.gpu_present():
