@@ -1,0 +1,411 @@
+"""Where one OIP infer request's time goes: a reproducible per-request breakdown (bench code, never shipped).
+
+    uv run --frozen python bench/server/profile_hot_path.py [--n 2000] [--rounds 5] [--cprofile]
+
+Everything runs in this process, no sockets: the 30-feature MLP of ``make bench-server``, prediction logging
+on (every row, to an in-memory store, the Parquet flush counted per row) and metrics on, as the benchmark
+runs the server.
+
+REST: uvicorn's own HTTP protocol (httptools, on uvloop, the server's settings) is fed the raw request
+bytes through an in-memory transport, once with the benchmark's floor app (reads the body, answers a fixed
+JSON) and once with our app: the difference is our cost over the HTTP floor. That cost is then broken down
+by *ablation*: the whole ASGI request is timed again with one step replaced by its precomputed result
+(session.run, decode, JSON parse, encode, metrics, prediction log), so each step is priced in place,
+with the caches and allocator state of a real request, not alone in a tight loop.
+
+gRPC: ``ModelInfer`` at batch 1 (``raw_input_contents``, as Triton's client sends it) through the servicer
+with an in-memory context, plus the protobuf parse and serialise grpc does around it, with the same
+ablations; grpc.aio's own per-call cost (HTTP/2, its poller thread) is outside what this measures.
+
+CPU microseconds per request of this thread (``time.thread_time``), best of ``--rounds`` runs of ``--n``
+requests; the load average is printed, since the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import os
+import pstats
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import orjson
+import uvloop
+from kubeloop_server import codec, grpcapi, rest
+from kubeloop_server.oip import grpc_predict_v2_pb2 as pb
+from kubeloop_server.rest import ServerApp
+from kubeloop_server.settings import ServerSettings
+from kubeloop_testing.onnx_models import mlp_model, random_records
+from kubeloop_testing.storage import MemoryStore
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+FLOOR_ANSWER = b'{"model_name":"tabular","model_version":"1","id":"x","outputs":[]}'
+
+
+class MemoryTransport:
+    """What uvicorn's protocol needs of a transport; counts the response writes of each request."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.last = b""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        if self.writes == 1:
+            self.last = data
+        elif self.waiter is not None and not self.waiter.done():  # start + body: the answer is out
+            self.waiter.set_result(None)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def make_app() -> tuple[ServerApp, bytes]:
+    model = mlp_model(n_numeric=30, hidden=(64, 32), name="tabular", version="1")
+    with tempfile.NamedTemporaryFile(suffix=".onnx") as f:
+        f.write(model)
+        f.flush()
+        settings = ServerSettings(
+            model_uri=f.name, grpc_port=0, log_level="warning", prediction_logging_enabled=True,
+            s3_endpoint="in-memory:1", prediction_log_flush_rows=10**9, prediction_log_max_buffer_rows=10**9,
+            prediction_log_flush_interval_s=3600,
+        )  # fmt: skip
+        app = ServerApp(settings, store=MemoryStore())
+    rt = app.runtime
+    rec = random_records(1, seed=7)[0]
+    row = [rec[f] for f in rt.feature_names]
+    body = orjson.dumps(
+        {"inputs": [{"name": rt.inputs[0].name, "shape": [1, len(row)], "datatype": "FP32", "data": row}]}
+    )
+    return app, body
+
+
+async def floor_app(scope: Any, receive: Any, send: Any) -> None:
+    """bench/server/floor_app.py's no-op."""
+    more = True
+    while more:
+        more = bool((await receive()).get("more_body", False))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(FLOOR_ANSWER)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": FLOOR_ANSWER})
+
+
+def uvicorn_runner(app: Any, raw: bytes, n: int) -> Callable[[], None]:
+    """n keep-alive requests through uvicorn's httptools protocol on uvloop, in memory."""
+    config = Config(
+        app, lifespan="off", access_log=False, server_header=False, proxy_headers=False, log_level="warning"
+    )
+    config.load()
+
+    def go() -> None:
+        loop = uvloop.new_event_loop()
+        try:
+            proto = HttpToolsProtocol(config, ServerState(), {}, _loop=loop)
+            transport = MemoryTransport()
+            proto.connection_made(transport)  # type: ignore[arg-type]
+
+            async def drive() -> None:
+                for _ in range(n):
+                    transport.writes = 0
+                    transport.waiter = loop.create_future()
+                    proto.data_received(raw)
+                    await transport.waiter
+                    if not transport.last.startswith(b"HTTP/1.1 200"):
+                        raise RuntimeError(f"unexpected answer: {transport.last[:200]!r}")
+
+            loop.run_until_complete(drive())
+            proto.connection_lost(None)
+            loop.run_until_complete(asyncio.sleep(0))
+        finally:
+            loop.close()
+
+    return go
+
+
+def asgi_runner(app: Any, body: bytes, n: int) -> Callable[[], None]:
+    """n requests straight into an ASGI app (no HTTP parsing), on uvloop."""
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+    ]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v2/models/tabular/infer",
+        "headers": headers,
+        "query_string": b"",
+    }
+    message = {"type": "http.request", "body": body, "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return message
+
+    async def send(_msg: Any) -> None:
+        return None
+
+    async def go() -> None:
+        for _ in range(n):
+            await app(dict(scope), receive, send)
+
+    return lambda: uvloop.run(go())
+
+
+@contextmanager
+def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Each variant once per round, the order rotating every round (the machine's load drifts); the best
+    (lowest) figure of each."""
+    names = list(variants)
+    best_of: dict[str, float] = {}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            t = variants[name]()
+            best_of[name] = min(t, best_of.get(name, t))
+    return best_of
+
+
+def rest_breakdown(app: ServerApp, body: bytes, n: int, rounds: int) -> list[tuple[str, float]]:
+    rt, dp, m = app.runtime, app.dataplane, app.metrics
+    predlog = app.predlog
+    assert predlog is not None
+    raw = (
+        b"POST /v2/models/tabular/infer HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    doc = orjson.loads(body)
+    req = codec.decode_infer_request(rt, doc, 10_000)
+    outs = rt.run(req.feeds)
+    answer = codec.encode_infer_response(rt, req, outs)
+
+    def timed(fn: Callable[[], None], *patches: tuple[Any, str, Any]) -> Callable[[], float]:
+        """One timed run of n requests; the prediction log's Parquet flush of its rows added per row."""
+
+        def go() -> float:
+            with contextlib_stack(patches):
+                predlog.flush()
+                t0 = time.thread_time()
+                fn()
+                t = time.thread_time() - t0
+                rows = predlog._buffered
+                t0 = time.thread_time()
+                predlog.flush()
+                t += (time.thread_time() - t0) if rows else 0.0
+            return t / n * 1e6
+
+        return go
+
+    run_stub = lambda *_a: list(outs)  # noqa: E731
+    ablations: dict[str, tuple[tuple[Any, str, Any], ...]] = {
+        "session.run (ONNX Runtime, 1 row)": ((rt, "_run", run_stub),),
+        "JSON parse (orjson) + binary-header check": ((rest, "parse_infer_json", lambda _b: doc),),
+        "decode + validate (codec)": ((rest, "decode_infer_request", lambda *_a: req),),
+        "encode + orjson.dumps": ((rest, "encode_infer_response", lambda *_a: answer),),
+        "request metrics (count, latency)": ((m, "observe_request", lambda *_a: None),),
+        "run metrics (batch size, run time)": ((m, "observe_run", lambda *_a: None),),
+        "prediction metrics (class counts)": ((m, "observe_classes", lambda *_a: None),),
+        "prediction log: record + Parquet flush per row": ((dp, "predlog", None),),
+    }
+    everything = tuple(p for ps in ablations.values() for p in ps)
+    ours = asgi_runner(app.app, body, n)
+    variants = {
+        "uv_floor": timed(uvicorn_runner(floor_app, raw, n)),
+        "uv_ours": timed(uvicorn_runner(app.app, raw, n)),
+        "asgi_floor": timed(asgi_runner(floor_app, body, n)),
+        "whole": timed(ours),
+        "stubbed": timed(ours, *everything),
+        **{k: timed(ours, *ps) for k, ps in ablations.items()},
+    }
+    b = interleaved(variants, rounds)
+    out: list[tuple[str, float]] = [
+        ("uvicorn + floor app (HTTP parse, ASGI, response write): the floor", b["uv_floor"]),
+        ("uvicorn + our app (logging + metrics on, Parquet flush per row)", b["uv_ours"]),
+        ("  = ours over the floor", b["uv_ours"] - b["uv_floor"]),
+        ("ASGI only: floor app", b["asgi_floor"]),
+        ("ASGI only: our app, whole request", b["whole"]),
+        ("  = ours over the floor app, shared out below (each step: whole - whole without it)",
+         b["whole"] - b["asgi_floor"]),
+    ]  # fmt: skip
+    out += [(f"    {k}", b["whole"] - b[k]) for k in ablations]
+    out.append(
+        (
+            "    routing, body read, data-plane calls, response (all the above stubbed)",
+            b["stubbed"] - b["asgi_floor"],
+        )
+    )
+    out.append(
+        (
+            "    steps' sum vs the whole: interleaving",
+            b["whole"] - b["stubbed"] - sum(b["whole"] - b[k] for k in ablations),
+        )
+    )
+    return out
+
+
+@contextmanager
+def contextlib_stack(patches: tuple[tuple[Any, str, Any], ...]) -> Iterator[None]:
+    if not patches:
+        yield
+        return
+    (obj, name, value), rest_ = patches[0], patches[1:]
+    with patched(obj, name, value), contextlib_stack(rest_):
+        yield
+
+
+class MemoryContext:
+    """The parts of grpc.aio's ServicerContext the servicer uses."""
+
+    def __init__(self) -> None:
+        self.code: Any = None
+
+    def set_code(self, code: Any) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        if self.code is not None:
+            raise RuntimeError(f"unexpected gRPC error: {self.code} {details}")
+
+
+def grpc_breakdown(app: ServerApp, body: bytes, n: int, rounds: int) -> list[tuple[str, float]]:
+    rt, m, dp = app.runtime, app.metrics, app.dataplane
+    predlog = app.predlog
+    assert predlog is not None
+    servicer = grpcapi.InferenceServicer(dp, m)
+    data = orjson.loads(body)["inputs"][0]["data"]
+    msg = pb.ModelInferRequest(model_name="tabular")
+    msg.inputs.add(name=rt.inputs[0].name, datatype="FP32", shape=[1, len(data)])
+    msg.raw_input_contents.append(np.asarray(data, dtype="<f4").tobytes())
+    wire = msg.SerializeToString()
+    ctx = MemoryContext()
+    req = grpcapi.decode_grpc_request(rt, msg, 10_000, True)
+    outs = rt.run(req.feeds)
+    reply = grpcapi.encode_grpc_response(rt, req, outs)
+    parse = pb.ModelInferRequest.FromString
+
+    async def calls() -> None:
+        call = servicer.ModelInfer
+        for _ in range(n):
+            r = await call(parse(wire), ctx)  # type: ignore[arg-type]
+            r.SerializeToString()
+
+    def timed(*patches: tuple[Any, str, Any]) -> Callable[[], float]:
+        def go() -> float:
+            with contextlib_stack(patches):
+                predlog.flush()
+                t0 = time.thread_time()
+                uvloop.run(calls())
+                t = time.thread_time() - t0
+                t0 = time.thread_time()
+                predlog.flush()
+                t += time.thread_time() - t0
+            return t / n * 1e6
+
+        return go
+
+    def alone(fn: Callable[[], object]) -> Callable[[], float]:
+        def go() -> float:
+            t0 = time.thread_time()
+            for _ in range(n):
+                fn()
+            return (time.thread_time() - t0) / n * 1e6
+
+        return go
+
+    ablations: dict[str, tuple[tuple[Any, str, Any], ...]] = {
+        "session.run (ONNX Runtime, 1 row)": ((rt, "_run", lambda *_a: list(outs)),),
+        "decode + validate": ((grpcapi, "decode_grpc_request", lambda *_a: req),),
+        "encode (response message)": ((grpcapi, "encode_grpc_response", lambda *_a: reply),),
+        "request metrics": ((m, "observe_request", lambda *_a: None),),
+        "run + prediction metrics": (
+            (m, "observe_run", lambda *_a: None),
+            (m, "observe_classes", lambda *_a: None),
+        ),
+        "prediction log: record + Parquet flush per row": ((dp, "predlog", None),),
+    }
+    variants = {
+        "whole": timed(),
+        **{k: timed(*ps) for k, ps in ablations.items()},
+        "parse": alone(lambda: parse(wire)),
+        "serialise": alone(reply.SerializeToString),
+    }
+    b = interleaved(variants, rounds)
+    out = [("gRPC ModelInfer in-process (parse, servicer, serialise; logging + metrics on)", b["whole"])]
+    out += [(f"    {k}", b["whole"] - b[k]) for k in ablations]
+    out.append(("    protobuf parse of the request (alone)", b["parse"]))
+    out.append(("    protobuf serialise of the answer (alone)", b["serialise"]))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1000, help="requests per timed run")
+    p.add_argument("--rounds", type=int, default=9, help="timed runs per figure (the best is kept)")
+    p.add_argument("--cprofile", action="store_true", help="also print cProfile's top functions (REST, ASGI)")
+    a = p.parse_args()
+    app, body = make_app()
+    uvloop.run(app.predictor.start())
+    assert app.predlog is not None
+    app.predlog.start()  # as the lifespan does: Parquet's first-use costs paid now
+    gc.collect()
+    gc.freeze()  # as the lifespan does
+    print(f"load average {os.getloadavg()[0]:.2f}; CPU us per request, best of {a.rounds} x {a.n}")
+    print("REST POST /v2/models/tabular/infer, 1 row, 30 features:")
+    for k, v in rest_breakdown(app, body, a.n, a.rounds):
+        print(f"  {k:78s} {v:7.1f}")
+    print("gRPC ModelInfer, batch 1, raw_input_contents:")
+    for k, v in grpc_breakdown(app, body, a.n, a.rounds):
+        print(f"  {k:78s} {v:7.1f}")
+    if a.cprofile:
+        prof = cProfile.Profile()
+        prof.enable()
+        asgi_runner(app.app, body, a.n)()
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(20)
+    app.predlog.stop(30)
+    print(f"load average {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

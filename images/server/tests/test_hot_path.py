@@ -1,0 +1,146 @@
+"""The short path of the common OIP request (one float [N, F] input as a flat JSON list): values are checked
+in C over the list (min, max, sum) instead of a numpy reduction. It must decide exactly as the array check
+does: every payload below is decoded with the short check and with it forced off, and both give the same
+array or the same error; bad values through it get a 4xx naming the input, never a 5xx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from kubeloop_server import codec
+from kubeloop_server.errors import ServerError
+from kubeloop_server.model import ModelRuntime
+from onnx import TensorProto, helper
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def identity_model(elem: int, width: int = 4) -> bytes:
+    """A foreign graph with one float [N, width] input of the given element type."""
+    x = helper.make_tensor_value_info("x", elem, [None, width])
+    y = helper.make_tensor_value_info("y", elem, [None, width])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def payloads(width: int) -> list[Any]:
+    ok = [0.5 + k for k in range(width)]
+    return [
+        ok,
+        list(range(width)),  # ints
+        [True, *ok[1:]],  # a boolean among numbers (numpy takes it as 1.0)
+        [None, *ok[1:]],  # null: missing
+        ["1.0", *ok[1:]],  # a string
+        [[v] for v in ok],  # nested wrongly
+        [ok],  # nested as [1, width] rows
+        [1e39, *ok[1:]],
+        [-1e39, *ok[1:]],
+        [FLT_MAX, *ok[1:]],
+        [-FLT_MAX, *ok[1:]],
+        [3.4028235e38, *ok[1:]],  # past FLT_MAX, rounds to it in float32
+        [70000.0, *ok[1:]],  # past float16's range
+        [65504.0, *ok[1:]],  # float16's largest
+        [10**40, *ok[1:]],
+        [10**400, *ok[1:]],
+        [float("nan"), *ok[1:]],  # not from JSON, but from Python callers
+        [*ok[:-1], float("inf")],
+        [*ok[:-1], float("-inf")],
+        [{"v": 1}, *ok[1:]],
+        ok[:-1],  # too short
+        [*ok, 1.0],  # too long
+        [],
+    ]
+
+
+def outcome(rt: ModelRuntime, body: dict[str, Any], allow_missing: bool) -> tuple[str, Any]:
+    try:
+        req = codec.decode_infer_request(rt, body, 100, allow_missing)
+    except ServerError as e:
+        return type(e).__name__, e.message
+    (arr,) = req.feeds.values()
+    return "ok", (arr.dtype.str, arr.shape, arr.tobytes())
+
+
+@pytest.mark.parametrize("elem", [TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE])
+@pytest.mark.parametrize("allow_missing", [True, False])
+def test_short_check_decides_as_the_array_check(monkeypatch, elem: int, allow_missing: bool) -> None:  # type: ignore[no-untyped-def]
+    rt = ModelRuntime(identity_model(elem))
+    assert rt.single_float_input is not None
+    datatype = rt.single_float_input.datatype
+    seen_ok = 0
+    for data in payloads(4):
+        body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": datatype, "data": data}]}
+        fast = outcome(rt, body, allow_missing)
+        with monkeypatch.context() as m:
+            m.setattr(codec, "_finite_numbers", lambda *_a: False)
+            slow = outcome(rt, body, allow_missing)
+        assert fast == slow, f"{datatype} data {data!r}: short path {fast[:2]} vs array check {slow[:2]}"
+        seen_ok += fast[0] == "ok"
+    assert 0 < seen_ok < len(payloads(4))  # both kinds of outcome were compared
+
+
+def test_short_check_accepts_only_finite_numbers_in_range() -> None:
+    assert codec._finite_numbers([0.0, 1, True, -FLT_MAX, FLT_MAX], FLT_MAX)
+    for bad in ([None], ["a"], [[1.0]], [1e39], [float("nan")], [float("inf")], [10**400], []):
+        assert not codec._finite_numbers(bad, FLT_MAX), bad
+
+
+@pytest.mark.parametrize(
+    ("data", "needles"),
+    [
+        ([1e39] + [0.0] * 29, ("input 'input'", "out of range")),
+        (["x"] + [0.0] * 29, ("input 'input'", "numbers")),
+        ([[0.0] * 30], None),  # nested as one row: served
+        ([0.0] * 29, ("input 'input'", "29 elements", "needs 30")),
+        ([None] + [0.0] * 29, ("input 'input'", "missing values")),
+    ],
+)
+def test_bad_values_through_the_short_path_are_4xx_naming_the_input(  # type: ignore[no-untyped-def]
+    make_client, packed_clf, data: list[Any], needles: tuple[str, ...] | None
+) -> None:
+    client = make_client(packed_clf, allow_missing=False)
+    body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": data}]}
+    r = client.post("/v2/models/iris-like/infer", json=body)
+    if needles is None:
+        assert r.status_code == 200, r.text
+        return
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in {err!r}"
+
+
+def test_float16_value_past_its_range_is_refused(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(identity_model(TensorProto.FLOAT16))
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP16", "data": [70000.0, 1, 2, 3]}]}
+    r = client.post("/v2/models/model/infer", json=body)
+    assert r.status_code == 400, r.text
+    assert "input 'x'" in r.json()["error"]
+    assert "out of range" in r.json()["error"]
+    body["inputs"][0]["data"] = [65504.0, 1, 2, 3]
+    r = client.post("/v2/models/model/infer", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["data"] == [65504.0, 1.0, 2.0, 3.0]
+
+
+def test_runs_share_one_run_options() -> None:
+    """Every session.run gets the runtime's one RunOptions (not None: a default built per call)."""
+    rt = ModelRuntime(identity_model(TensorProto.FLOAT))
+    seen: list[Any] = []
+    inner = rt._run
+
+    def spy(names: Any, feeds: Any, options: Any) -> Any:
+        seen.append(options)
+        return inner(names, feeds, options)
+
+    rt._run = spy
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    (y,) = rt.run({"x": x})
+    rt.run({"x": x})
+    assert np.array_equal(y, x)
+    assert len(seen) == 2
+    assert seen[0] is seen[1] is not None
