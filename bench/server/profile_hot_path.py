@@ -40,6 +40,7 @@ import orjson
 import uvloop
 from kubeloop_server import codec, grpcapi, rest
 from kubeloop_server.oip import grpc_predict_v2_pb2 as pb
+from kubeloop_server.predlog import PredictionLogger
 from kubeloop_server.rest import ServerApp
 from kubeloop_server.settings import ServerSettings
 from kubeloop_testing.onnx_models import mlp_model, random_records
@@ -85,7 +86,7 @@ class MemoryTransport:
         return 0
 
 
-def make_app() -> tuple[ServerApp, bytes]:
+def make_app(**overrides: Any) -> tuple[ServerApp, bytes]:
     model = mlp_model(n_numeric=30, hidden=(64, 32), name="tabular", version="1")
     with tempfile.NamedTemporaryFile(suffix=".onnx") as f:
         f.write(model)
@@ -93,7 +94,7 @@ def make_app() -> tuple[ServerApp, bytes]:
         settings = ServerSettings(
             model_uri=f.name, grpc_port=0, log_level="warning", prediction_logging_enabled=True,
             s3_endpoint="in-memory:1", prediction_log_flush_rows=10**9, prediction_log_max_buffer_rows=10**9,
-            prediction_log_flush_interval_s=3600,
+            prediction_log_flush_interval_s=3600, **overrides,
         )  # fmt: skip
         app = ServerApp(settings, store=MemoryStore())
     rt = app.runtime
@@ -155,8 +156,10 @@ def uvicorn_runner(app: Any, raw: bytes, n: int) -> Callable[[], None]:
     return go
 
 
-def asgi_runner(app: Any, body: bytes, n: int) -> Callable[[], None]:
-    """n requests straight into an ASGI app (no HTTP parsing), on uvloop."""
+def asgi_runner(app: Any, body: bytes, n: int, wave: int = 1, predictor: Any = None) -> Callable[[], None]:
+    """n requests straight into an ASGI app (no HTTP parsing), on uvloop; ``wave`` > 1: that many at once
+    (each its own task, started in the same loop turn, as uvicorn starts the requests whose bytes arrived
+    together)."""
     headers = [
         (b"host", b"127.0.0.1"),
         (b"content-type", b"application/json"),
@@ -178,8 +181,22 @@ def asgi_runner(app: Any, body: bytes, n: int) -> Callable[[], None]:
         return None
 
     async def go() -> None:
-        for _ in range(n):
-            await app(dict(scope), receive, send)
+        if predictor is not None:  # a batcher's task lives in the loop that serves the requests
+            await predictor.start()
+            try:
+                await requests()
+            finally:
+                await predictor.stop()
+        else:
+            await requests()
+
+    async def requests() -> None:
+        if wave == 1:
+            for _ in range(n):
+                await app(dict(scope), receive, send)
+            return
+        for _ in range(n // wave):
+            await asyncio.gather(*(app(dict(scope), receive, send) for _ in range(wave)))
 
     return lambda: uvloop.run(go())
 
@@ -294,6 +311,32 @@ def contextlib_stack(patches: tuple[tuple[Any, str, Any], ...]) -> Iterator[None
         yield
 
 
+def concurrency_breakdown(n: int, rounds: int) -> list[tuple[str, float]]:
+    """Whole ASGI requests in waves of 1 and 16 at once, one session.run per request (batching off, the
+    default) against the adaptive batcher merging what is already waiting (max_latency_ms 0)."""
+    apps = {
+        "batching off": make_app(),
+        "batching on, max_latency_ms 0": make_app(batching_enabled=True, max_latency_ms=0.0),
+    }
+    variants: dict[str, Callable[[], float]] = {}
+    for label, (app, body) in apps.items():
+        predlog = app.predlog
+        assert predlog is not None
+        for wave in (1, 16):
+            fn = asgi_runner(app.app, body, n, wave, app.predictor)
+
+            def go(fn: Callable[[], None] = fn, predlog: PredictionLogger = predlog) -> float:
+                predlog.flush()
+                t0 = time.thread_time()
+                fn()
+                predlog.flush()
+                return (time.thread_time() - t0) / n * 1e6
+
+            variants[f"{label}, {wave} at once"] = go
+    b = interleaved(variants, rounds)
+    return [(k, v) for k, v in b.items()]
+
+
 class MemoryContext:
     """The parts of grpc.aio's ServicerContext the servicer uses."""
 
@@ -393,6 +436,9 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f}; CPU us per request, best of {a.rounds} x {a.n}")
     print("REST POST /v2/models/tabular/infer, 1 row, 30 features:")
     for k, v in rest_breakdown(app, body, a.n, a.rounds):
+        print(f"  {k:78s} {v:7.1f}")
+    print("ASGI, whole requests (logging + metrics on), one at a time or 16 started in one loop turn:")
+    for k, v in concurrency_breakdown(a.n, a.rounds):
         print(f"  {k:78s} {v:7.1f}")
     print("gRPC ModelInfer, batch 1, raw_input_contents:")
     for k, v in grpc_breakdown(app, body, a.n, a.rounds):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import numpy as np
 import pytest
-from kubeloop_server.batching import AdaptiveBatcher, DirectPredictor, make_predictor
-from kubeloop_server.metrics import ServerMetrics
+from kubeloop_server.batching import LONELY_BATCHES, AdaptiveBatcher, DirectPredictor, make_predictor
+from kubeloop_server.errors import ServerError
+from kubeloop_server.metrics import BATCH_BUCKETS, ServerMetrics
 from kubeloop_server.model import ModelRuntime
 
 
@@ -108,3 +110,108 @@ def test_batching_through_http(make_client, packed_clf) -> None:
     r = c.post("/forward", json=rec)
     assert r.status_code == 200
     assert r.json()["label"] in ("setosa", "versicolor", "virginica")
+
+
+# --- merging only what is already waiting (max_latency 0, runs on the event loop) ----------------------------
+
+
+async def _request(batcher: AdaptiveBatcher, x: np.ndarray) -> list[np.ndarray]:
+    """What the data plane does: inline when the predictor runs it now, else through the queue."""
+    out = batcher.try_inline({"input": x}, len(x))
+    if out is None:
+        out = await batcher.predict({"input": x}, len(x))
+    return out
+
+
+def test_waiting_requests_merge_and_lone_ones_run_inline(runtime: ModelRuntime) -> None:
+    metrics = ServerMetrics()
+    batcher = AdaptiveBatcher(runtime, metrics, max_batch_size=32, max_latency_s=0.0, in_thread=False)
+    assert batcher.coalesce_only
+    waves = [[_rows(1, 100 * w + k) for k in range(16)] for w in range(3)]
+
+    async def go() -> tuple[list[list[list[np.ndarray]]], list[bool]]:
+        await batcher.start()
+        modes: list[bool] = []
+        try:
+            assert batcher._executor is None  # a fast model's runs stay on the loop
+            # one at a time: inline, no queue, no batch
+            for k in range(5):
+                modes.append(batcher.inline)
+                await _request(batcher, _rows(1, k))
+                await asyncio.sleep(0)  # the next request comes in a later loop turn, as over a socket
+            results: list[list[list[np.ndarray]]] = []
+            for wave in waves:  # 16 requests started in one loop turn, as uvicorn starts them
+                modes.append(batcher.inline)
+                results.append(await asyncio.gather(*(_request(batcher, x) for x in wave)))
+            # lone requests again: after LONELY_BATCHES batches of one, inline again
+            for k in range(LONELY_BATCHES + 2):
+                modes.append(batcher.inline)
+                await _request(batcher, _rows(1, 50 + k))
+                await asyncio.sleep(0)
+            modes.append(batcher.inline)
+            return results, modes
+        finally:
+            await batcher.stop()
+
+    results, modes = asyncio.run(go())
+    for wave, outs in zip(waves, results, strict=True):
+        for x, out in zip(wave, outs, strict=True):  # every request got its own rows back
+            np.testing.assert_array_equal(out[0], runtime.run({"input": x})[0])
+    assert modes[:6] == [True] * 6  # lone requests, then the first wave's turn runs inline
+    assert modes[6:8] == [False, False]  # that turn had 16 requests: later waves queue
+    assert modes[-1] is True  # lone requests brought inline back
+    runs = metrics.batch_size.series[()]
+    total = 5 + 3 * 16 + LONELY_BATCHES + 2
+    assert runs.sum == total
+    # waves 2 and 3 went out as one run of 16 rows each (the 16-row bucket holds them)
+    assert runs.buckets[BATCH_BUCKETS.index(16)] == 2
+    assert runs.count == total - 2 * 15
+
+
+def test_inline_run_errors_reach_the_caller(runtime: ModelRuntime) -> None:
+    """A run that fails inline raises to its own request, as the queued path does (here: a bad feed)."""
+    batcher = AdaptiveBatcher(runtime, ServerMetrics(), max_batch_size=8, max_latency_s=0.0, in_thread=False)
+
+    async def go() -> None:
+        await batcher.start()
+        try:
+            with pytest.raises(ServerError):
+                await _request(batcher, np.zeros((1, 7), dtype=np.float32))  # 7 columns, the graph wants 30
+            out = await _request(batcher, _rows(1, 1))  # and the batcher still serves
+            np.testing.assert_array_equal(out[0], runtime.run({"input": _rows(1, 1)})[0])
+        finally:
+            await batcher.stop()
+
+    asyncio.run(go())
+
+
+def test_batcher_thread_follows_run_in_thread(runtime: ModelRuntime) -> None:
+    m = ServerMetrics()
+    kw: dict[str, Any] = {"max_batch_size": 8, "max_latency_ms": 0.0, "inline_run_max_ms": 0.3}
+    fast = make_predictor(runtime, m, batching=True, run_in_thread="auto", **kw)
+    assert isinstance(fast, AdaptiveBatcher)
+    assert fast.in_thread is False  # the small model runs in well under 0.3 ms
+    assert fast.coalesce_only
+    threaded = make_predictor(runtime, m, batching=True, run_in_thread="always", **kw)
+    assert isinstance(threaded, AdaptiveBatcher)
+    assert threaded.in_thread is True
+    assert not threaded.coalesce_only  # merging in a worker thread always queues
+    waiting = make_predictor(
+        runtime, m, batching=True, run_in_thread="never", **{**kw, "max_latency_ms": 1.0}
+    )
+    assert isinstance(waiting, AdaptiveBatcher)
+    assert not waiting.coalesce_only  # a batch that waits for others never runs a request inline
+
+
+def test_coalescing_through_http_serves_and_refuses_by_name(make_client, packed_clf) -> None:  # type: ignore[no-untyped-def]
+    c = make_client(packed_clf, batching_enabled=True, max_latency_ms=0)
+    row = [float(i) / 10 for i in range(30)]
+    body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": row}]}
+    r = c.post("/v2/models/iris-like/infer", json=body)
+    assert r.status_code == 200, r.text
+    want = ModelRuntime(packed_clf).run({"input": np.asarray([row], dtype=np.float32)})
+    np.testing.assert_allclose(r.json()["outputs"][0]["data"], want[0].reshape(-1), rtol=1e-6)
+    body["inputs"][0]["data"] = ["x", *row[1:]]
+    r = c.post("/v2/models/iris-like/infer", json=body)
+    assert r.status_code == 400, r.text
+    assert "input 'input'" in r.json()["error"]

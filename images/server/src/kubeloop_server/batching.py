@@ -7,7 +7,18 @@ pattern of MLServer's adaptive batching).
 The batcher merges concurrently waiting requests into one run of at most ``max_batch_size`` rows. A
 request waits at most ``max_latency`` *from its arrival* for others to join: requests that queued while
 the previous batch was running go out at once, so batching costs no added latency under load, and a
-lone request waits only ``max_latency``.
+lone request waits only ``max_latency``. With ``max_latency`` 0 it merges only what is already waiting:
+the requests whose tasks ran in the same event-loop turn (those whose bytes arrived together).
+
+Runs leave the event loop for a worker thread only when the model is slow (``in_thread``): for a small
+model a thread hop costs more than the run, and a run in the loop's turn right after the requests
+queued keeps Python and ONNX Runtime code warm in the caches once per batch instead of once per request.
+
+Merging only what is already waiting (``max_latency`` 0, runs on the loop) has nothing to merge while
+requests come one at a time, and queueing would then cost a future and two task switches per request.
+So the batcher watches the loop's turns: while no turn has seen two requests, requests run inline
+(:meth:`AdaptiveBatcher.try_inline`, as the direct predictor runs them); a turn with two switches to
+queueing, and :data:`LONELY_BATCHES` batches of one request in a row switch back.
 """
 
 from __future__ import annotations
@@ -25,6 +36,9 @@ from kubeloop_server.metrics import ServerMetrics
 from kubeloop_server.model import Feeds, ModelRuntime, Outputs
 
 log = logging.getLogger("kubeloop_server.batching")
+
+# Merging only what is waiting: this many batches of a single request in a row and requests run inline.
+LONELY_BATCHES = 8
 
 
 class Predictor(Protocol):
@@ -96,22 +110,37 @@ class AdaptiveBatcher:
     """Merges concurrent requests into one ``session.run`` (see the module docstring)."""
 
     def __init__(
-        self, runtime: ModelRuntime, metrics: ServerMetrics, max_batch_size: int, max_latency_s: float
+        self,
+        runtime: ModelRuntime,
+        metrics: ServerMetrics,
+        max_batch_size: int,
+        max_latency_s: float,
+        in_thread: bool = True,
     ) -> None:
         self._rt = runtime
         self._metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_latency_s = max_latency_s
+        self.in_thread = in_thread
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stopping = False
+        # Merging only what is already waiting, on the loop: requests may run inline (module docstring).
+        self.coalesce_only = max_latency_s == 0 and not in_thread
+        self.inline = self.coalesce_only
+        self._turn_requests = 0  # inline requests in this loop turn
+        self._lonely = 0  # batches of one request in a row
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
+        self._stopping = False  # a batcher may be started again after a stop
+        self._loop_ref = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-batch")
+        if self.in_thread:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-batch")
         self._task = asyncio.create_task(self._loop(), name="adaptive-batcher")
 
     async def stop(self) -> None:
@@ -127,13 +156,28 @@ class AdaptiveBatcher:
             self._executor = None
 
     def try_inline(self, feeds: Feeds, rows: int) -> Outputs | None:
-        return None
+        if not self.inline or self._task is None or self._queue:
+            return None
+        if self._turn_requests == 0:
+            assert self._loop_ref is not None
+            self._loop_ref.call_soon(self._end_turn)
+        self._turn_requests += 1
+        t0 = time.perf_counter()
+        out = self._rt.run(feeds)
+        self._metrics.observe_run(rows, time.perf_counter() - t0)
+        return out
+
+    def _end_turn(self) -> None:
+        """After a loop turn with inline requests: two or more in one turn could have been merged."""
+        if self._turn_requests > 1:
+            self.inline = False
+            self._lonely = 0
+        self._turn_requests = 0
 
     async def predict(self, feeds: Feeds, rows: int) -> Outputs:
         if rows >= self.max_batch_size or self._task is None:
             # Already a full batch (or the batcher is not running): run it on its own.
-            loop = asyncio.get_running_loop()
-            out, seconds = await loop.run_in_executor(self._executor, self._run_batch, [feeds])
+            out, seconds = await self._execute([feeds])
             self._metrics.observe_run(rows, seconds)
             return out
         loop = asyncio.get_running_loop()
@@ -143,6 +187,12 @@ class AdaptiveBatcher:
         assert self._wakeup is not None
         self._wakeup.set()
         return await fut
+
+    async def _execute(self, feeds_list: list[Feeds]) -> tuple[Outputs, float]:
+        if not self.in_thread:  # a fast model: on the loop, no thread hop
+            return self._run_batch(feeds_list)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run_batch, feeds_list)
 
     def _run_batch(self, feeds_list: list[Feeds]) -> tuple[Outputs, float]:
         t0 = time.perf_counter()
@@ -184,10 +234,12 @@ class AdaptiveBatcher:
                 batch.append(p)
                 rows += p.rows
             self._queued_rows -= rows
+            if self.coalesce_only:
+                self._lonely = self._lonely + 1 if len(batch) == 1 else 0
+                if self._lonely >= LONELY_BATCHES:
+                    self.inline = True
             try:
-                outputs, seconds = await loop.run_in_executor(
-                    self._executor, self._run_batch, [p.feeds for p in batch]
-                )
+                outputs, seconds = await self._execute([p.feeds for p in batch])
                 self._metrics.observe_run(rows, seconds)
             except Exception as e:
                 for p in batch:
@@ -216,12 +268,12 @@ def make_predictor(
     run_in_thread: str,
     inline_run_max_ms: float,
 ) -> Predictor:
-    if batching and runtime.batchable and max_batch_size > 1:
-        return AdaptiveBatcher(runtime, metrics, max_batch_size, max_latency_ms / 1e3)
-    if batching:
-        log.warning("batching requested but disabled: not every model output is batched along axis 0")
     if run_in_thread == "auto":
         in_thread = runtime.single_row_s * 1e3 > inline_run_max_ms
     else:
         in_thread = run_in_thread == "always"
+    if batching and runtime.batchable and max_batch_size > 1:
+        return AdaptiveBatcher(runtime, metrics, max_batch_size, max_latency_ms / 1e3, in_thread)
+    if batching:
+        log.warning("batching requested but disabled: not every model output is batched along axis 0")
     return DirectPredictor(runtime, metrics, in_thread)

@@ -57,8 +57,8 @@ class ServerSettings(BaseSettings):
     )
     run_in_thread: Literal["auto", "always", "never"] = Field(
         default="auto",
-        description="Whether unbatched session.run calls leave the event loop for a worker thread. 'auto' "
-        "measures the model at start-up and offloads only when a single-row run is slower than "
+        description="Whether session.run calls (merged batches too) leave the event loop for a worker thread. "
+        "'auto' measures the model at start-up and offloads only when a single-row run is slower than "
         "inline_run_max_ms.",
     )
     inline_run_max_ms: float = Field(
@@ -115,7 +115,9 @@ class ServerSettings(BaseSettings):
     max_latency_ms: float = Field(
         default=2.0,
         ge=0,
-        description="Longest a request waits, from its arrival, for others to join its batch.",
+        description="Longest a request waits, from its arrival, for others to join its batch. 0 merges only "
+        "requests already waiting (those that arrived together), adding no wait; with a model fast enough to "
+        "run on the event loop, requests that come one at a time then run at once, without queueing.",
     )
 
     # --- prediction logging -----------------------------------------------------------------------------
