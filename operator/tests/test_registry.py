@@ -19,7 +19,7 @@ from kubeloop_operator.metrics import Metrics
 from kubeloop_operator.settings import OperatorSettings
 from kubeloop_testing.storage import MemoryStore
 
-from kubeloop.contracts import ObjectRef
+from kubeloop.contracts import MlflowTags, ObjectRef
 from kubeloop.resources import ModelRef
 
 ONNX = b"\x08\x07pretend-onnx" * 100
@@ -106,8 +106,8 @@ def test_an_alias_resolves_to_its_version_file_digest_and_baseline(
         "m",
         3,
         **{
-            r.TAG_MODEL_URI: "s3://kubeloop/models/m/3/model.onnx",
-            r.TAG_BASELINE_URI: "s3://kubeloop/models/m/3/baseline.json",
+            MlflowTags.MODEL_URI: "s3://kubeloop/models/m/3/model.onnx",
+            MlflowTags.BASELINE_URI: "s3://kubeloop/models/m/3/baseline.json",
         },
     )
     mlflow.aliases[("m", "champion")] = 3

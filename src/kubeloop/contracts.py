@@ -340,6 +340,17 @@ class Labels:
     KUEUE_QUEUE_NAME: Final = "kueue.x-k8s.io/queue-name"
 
 
+class MlflowTags:
+    """Tags the trainer puts on its MLflow run and on the model version it registers; the operator
+    (ONNX and baseline URIs of a version) and the REST facade (which namespace owns a model) read them."""
+
+    NAMESPACE: Final = "kubeloop.io/namespace"
+    TRAININGJOB: Final = "kubeloop.io/trainingjob"
+    UID: Final = "kubeloop.io/uid"
+    MODEL_URI: Final = "kubeloop.io/model-uri"
+    BASELINE_URI: Final = "kubeloop.io/baseline-uri"
+
+
 MANAGED_BY_OPERATOR: Final = "kubeloop-operator"
 PART_OF_KUBELOOP: Final = "kubeloop"
 

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import httpx
 
+from kubeloop.contracts import MlflowTags
 from kubeloop_api.errors import (
     ApiError,
     InvalidError,
@@ -27,13 +28,6 @@ from kubeloop_api.errors import (
 )
 from kubeloop_api.metrics import ApiMetrics
 from kubeloop_api.settings import ApiSettings
-
-# The trainer's MLflow tags (kubeloop_trainer.tracking writes them; TODO(lead): move to kubeloop.contracts).
-TAG_NAMESPACE: Final = "kubeloop.io/namespace"
-TAG_TRAININGJOB: Final = "kubeloop.io/trainingjob"
-TAG_UID: Final = "kubeloop.io/uid"
-TAG_MODEL_URI: Final = "kubeloop.io/model-uri"
-TAG_BASELINE_URI: Final = "kubeloop.io/baseline-uri"
 
 _PAGE: Final = 1000
 _CACHE_MAX: Final = 10000
@@ -115,21 +109,21 @@ class Registry:
             run = (await self._call("GET", "/runs/get", params={"run_id": run_id})).get("run") or {}
         except NotFoundError:
             run = {}
-        ns = _tags(run.get("data") or {}).get(TAG_NAMESPACE)
+        ns = _tags(run.get("data") or {}).get(MlflowTags.NAMESPACE)
         self._run_ns[run_id] = ns
         while len(self._run_ns) > _CACHE_MAX:
             self._run_ns.popitem(last=False)
         return ns
 
     async def version_namespace(self, version: dict[str, Any]) -> str | None:
-        ns = _tags(version).get(TAG_NAMESPACE)
+        ns = _tags(version).get(MlflowTags.NAMESPACE)
         if ns:
             return ns
         run_id = version.get("run_id")
         return await self._run_namespace(str(run_id)) if run_id else None
 
     async def model_namespace(self, model: dict[str, Any]) -> str | None:
-        ns = _tags(model).get(TAG_NAMESPACE)
+        ns = _tags(model).get(MlflowTags.NAMESPACE)
         if ns:
             return ns
         name = str(model.get("name", ""))
@@ -272,7 +266,7 @@ class Registry:
                     metrics[str(m["key"])] = float(m["value"])
                 except (KeyError, TypeError, ValueError):
                     continue
-        tj = tags.get(TAG_TRAININGJOB)
+        tj = tags.get(MlflowTags.TRAININGJOB)
         return {
             "model": v.get("name"),
             "version": int(v.get("version", 0)),
@@ -284,10 +278,12 @@ class Registry:
             "source": v.get("source"),
             "metrics": metrics,
             "lineage": {
-                "trainingJob": {"namespace": namespace, "name": tj, "uid": tags.get(TAG_UID)} if tj else None,
+                "trainingJob": {"namespace": namespace, "name": tj, "uid": tags.get(MlflowTags.UID)}
+                if tj
+                else None,
                 "runId": run_id or None,
-                "onnxUri": tags.get(TAG_MODEL_URI),
-                "baselineUri": tags.get(TAG_BASELINE_URI),
+                "onnxUri": tags.get(MlflowTags.MODEL_URI),
+                "baselineUri": tags.get(MlflowTags.BASELINE_URI),
             },
             "tags": tags,
         }

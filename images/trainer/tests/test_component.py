@@ -156,6 +156,9 @@ def test_train_register_export(
     mv = client.get_model_version(name, str(version))
     assert mv.run_id == run.info.run_id
     assert mv.tags["kubeloop.io/model-uri"] == summary["modelUri"]
+    # the version names its namespace itself: the REST facade's ownership check needs no run lookup
+    assert mv.tags["kubeloop.io/namespace"] == env.namespace
+    assert mv.tags["kubeloop.io/trainingjob"] == "job-" + case
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert {"model/model.onnx", "model/baseline.json", f"model/{TORCH_ARTIFACT}"} <= artifacts
     expected = (

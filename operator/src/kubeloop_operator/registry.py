@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from kubeloop.contracts import ObjectRef, model_onnx
+from kubeloop.contracts import MlflowTags, ObjectRef, model_onnx
 from kubeloop.resources import ModelRef
 from kubeloop.storage import ObjectNotFoundError, ObjectStore, StorageError
 from kubeloop_operator.builders.modeldeployment import ResolvedModel, ref_key
@@ -42,9 +42,6 @@ from kubeloop_operator.settings import OperatorSettings
 
 log = logging.getLogger("kubeloop_operator.registry")
 
-# MLflow tags the trainer sets on every registered version (kubeloop_trainer.tracking).
-TAG_MODEL_URI: Final = "kubeloop.io/model-uri"
-TAG_BASELINE_URI: Final = "kubeloop.io/baseline-uri"
 _DIGEST_CACHE_MAX: Final = 1024
 _CHUNK: Final = 1 << 20
 
@@ -182,7 +179,7 @@ class Resolver:
                 raise
         if mv.status not in ("READY", ""):
             raise ResolveError("ModelNotReady", f"{name} version {mv.version} is {mv.status} in MLflow")
-        uri = mv.tags.get(TAG_MODEL_URI) or model_onnx(name, mv.version, self.bucket).uri
+        uri = mv.tags.get(MlflowTags.MODEL_URI) or model_onnx(name, mv.version, self.bucket).uri
         version = str(mv.version)
         if (
             pinned is not None
@@ -198,7 +195,7 @@ class Resolver:
             version=version,
             uri=uri,
             digest=file_digest,
-            baseline_uri=mv.tags.get(TAG_BASELINE_URI) or None,
+            baseline_uri=mv.tags.get(MlflowTags.BASELINE_URI) or None,
             alias=ref.alias,
         )
 

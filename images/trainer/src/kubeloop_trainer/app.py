@@ -16,6 +16,7 @@ import torch
 
 from kubeloop.contracts import (
     PROGRESS_EVENT_EPOCH,
+    MlflowTags,
     ModelMetadata,
     TrainingSummary,
     checkpoint_prefix,
@@ -37,15 +38,7 @@ from kubeloop_trainer.metrics import classification_metrics, regression_metrics
 from kubeloop_trainer.model import InferenceHead, TabularMLP, build_model
 from kubeloop_trainer.settings import TrainerSettings
 from kubeloop_trainer.storage import make_store, read_dataset_parts
-from kubeloop_trainer.tracking import (
-    TAG_BASELINE_URI,
-    TAG_MODEL_URI,
-    TAG_NAME,
-    TAG_NAMESPACE,
-    TAG_UID,
-    Tracker,
-    flatten,
-)
+from kubeloop_trainer.tracking import Tracker, flatten
 
 log = logging.getLogger("kubeloop_trainer")
 
@@ -220,7 +213,11 @@ def run(settings: TrainerSettings, ctx: DistContext | None = None) -> TrainingSu
         run_id = tracker.start(
             spec.mlflow.experiment or settings.namespace,
             settings.name,
-            {TAG_NAMESPACE: settings.namespace, TAG_NAME: settings.name, TAG_UID: settings.uid},
+            {
+                MlflowTags.NAMESPACE: settings.namespace,
+                MlflowTags.TRAININGJOB: settings.name,
+                MlflowTags.UID: settings.uid,
+            },
             params,
             run_id,
         )
@@ -321,7 +318,14 @@ def _finish(
     log.info("ONNX export matches torch (max abs diff %.2g); registering %s", diff, model_name)
 
     bucket = settings.bucket
-    version = tracker.register(model_name, {TAG_UID: settings.uid, TAG_NAME: settings.name})
+    version = tracker.register(
+        model_name,
+        {
+            MlflowTags.NAMESPACE: settings.namespace,
+            MlflowTags.TRAININGJOB: settings.name,
+            MlflowTags.UID: settings.uid,
+        },
+    )
     onnx_ref = model_onnx(model_name, version, bucket)
     baseline_ref = model_baseline(model_name, version, bucket)
     uploaded = []
@@ -343,7 +347,9 @@ def _finish(
         )
         tracker.log_metrics({"onnx_max_abs_diff": max_diff})
         tracker.tag_version(
-            model_name, version, {TAG_MODEL_URI: onnx_ref.uri, TAG_BASELINE_URI: baseline_ref.uri}
+            model_name,
+            version,
+            {MlflowTags.MODEL_URI: onnx_ref.uri, MlflowTags.BASELINE_URI: baseline_ref.uri},
         )
     except BaseException:
         tracker.delete_version(model_name, version)

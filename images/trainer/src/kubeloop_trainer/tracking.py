@@ -16,11 +16,6 @@ from kubeloop_trainer.metrics import better, clears
 
 log = logging.getLogger(__name__)
 
-TAG_NAMESPACE = "kubeloop.io/namespace"
-TAG_NAME = "kubeloop.io/trainingjob"
-TAG_UID = "kubeloop.io/uid"
-TAG_MODEL_URI = "kubeloop.io/model-uri"
-TAG_BASELINE_URI = "kubeloop.io/baseline-uri"
 ARTIFACT_DIR = "model"
 
 
