@@ -12,6 +12,8 @@ upload costs are paid as in a pod).
     - the floor: a raw ASGI app served by kubeloop-server's own start-up code with the server's uvicorn
       settings (bench/server/floor_app.py): what any Python HTTP server on these settings costs;
     - a FastAPI no-op endpoint (FastAPI routing and middleware, uvicorn, uvloop+httptools);
+    and the same server with adaptive batching merging only requests already waiting (``MAX_LATENCY_MS=0``:
+    no added wait, lone requests inline), reported beside it (``merging_vs_floor``; at c=1 too);
 (c) adaptive batching on a compute-heavy wide MLP: single-row requests at concurrency 64, rows/s with
     batching on against off;
 (d) p50 latency at concurrency 1 against in-process ``session.run`` p50 on the small model and against the
@@ -22,9 +24,11 @@ upload costs are paid as in a pod).
 (f) one 1,000-row request with the binary tensor data extension (in and out) against the same request
     as JSON (in and out), our server, the same Python load generator.
 
-Before the runs, a profile of the hot path: our ASGI app and the floor's driven in-process (CPU time per
-request), and each step of ours alone (HTTP layer, parse, validation, session.run, metrics, prediction
-log record and flush, encoding), so the cost over the floor is broken down.
+Before the runs, a profile of the hot path (bench/server/profile_hot_path.py): uvicorn's HTTP protocol fed
+in memory with the floor's app and with ours, then each step of ours priced in place by ablation (the
+whole request again with that step replaced by its result: session.run, parse, validation, encoding,
+metrics, prediction log), requests one at a time and 16 in one loop turn (batching off and merging), and
+gRPC ModelInfer; CPU time per request.
 
 Every 2xx answer of every run (warm-ups included, by wrk's Lua ``response()`` hook or the Python load
 generators) is compared with the in-process onnxruntime output for that request; a second pass sends 64
@@ -34,7 +38,8 @@ reported per server; any of them from our server or the no-ops (any wrong answer
 benchmark (exit 1, after the RESULT line).
 
 Last line: ``RESULT server_vs_mlserver=<r> server_vs_noop=<r> server_vs_floor=<r> batching_gain=<r>
-p50_vs_inprocess=<r> p50_vs_floor=<r>`` followed by the per-side figures behind them, ``grpc_vs_mlserver``,
+p50_vs_inprocess=<r> p50_vs_floor=<r>`` followed by the per-side figures behind them, the merging
+server's ``merging_vs_floor`` and ``merging_p50_vs_floor``, ``grpc_vs_mlserver``,
 ``binary_vs_json_1000rows``, the prediction log's written/dropped rows, the load average at start and end,
 and the check counts (``checked=<n> wrong=<n> failed=<n>``).
 """
@@ -745,130 +750,6 @@ def spinning_check(small: bytes, heavy: bytes, feeds: dict[str, np.ndarray]) -> 
     return "; ".join(out)
 
 
-def hot_path_profile(model: bytes, body: bytes, rounds: int = 7, n: int = 2000) -> list[tuple[str, float]]:
-    """Where a request's time goes over the floor: our ASGI app driven in-process (no sockets, no uvicorn:
-    the part the floor does not share), prediction logging on (in-memory store, the Parquet flush counted
-    per row) and metrics on, against the floor's ASGI app the same way; then each step alone.
-
-    CPU microseconds per request (thread CPU time, best of ``rounds`` runs of ``n``). The steps alone add
-    up to less than the whole: interleaving Python and ONNX Runtime per request costs cache and branch
-    misses that a step repeated alone does not pay (the ``interleaving`` line)."""
-    import gc
-    import tempfile as _tempfile
-
-    from kubeloop_server.rest import ServerApp, parse_infer_json
-    from kubeloop_server.settings import ServerSettings
-    from kubeloop_testing.storage import MemoryStore
-
-    with _tempfile.NamedTemporaryFile(suffix=".onnx") as f:
-        f.write(model)
-        f.flush()
-        settings = ServerSettings(
-            model_uri=f.name, grpc_port=0, log_level="warning", prediction_logging_enabled=True,
-            s3_endpoint="in-memory:1", prediction_log_flush_rows=10**9, prediction_log_max_buffer_rows=10**9,
-            prediction_log_flush_interval_s=3600,
-        )  # fmt: skip
-        app = ServerApp(settings, store=MemoryStore())
-    rt, dp, m, predlog = app.runtime, app.dataplane, app.metrics, app.predlog
-    assert predlog is not None
-    headers = [
-        (b"host", b"127.0.0.1"),
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v2/models/tabular/infer",
-        "headers": headers,
-        "query_string": b"",
-    }
-    message = {"type": "http.request", "body": body, "more_body": False}
-    answer = b'{"x":1}'
-    answer_headers = [(b"content-type", b"application/json"), (b"content-length", b"7")]
-
-    async def receive() -> dict[str, Any]:
-        return message
-
-    async def send(_msg: Any) -> None:
-        return None
-
-    async def floor(scope: Any, receive: Any, send: Any) -> None:  # bench/server/floor_app.py's no-op
-        more = True
-        while more:
-            more = bool((await receive()).get("more_body", False))
-        await send({"type": "http.response.start", "status": 200, "headers": answer_headers})
-        await send({"type": "http.response.body", "body": answer})
-
-    doc = orjson.loads(body)
-    req = codec.decode_infer_request(rt, doc, 10_000)
-    outs = rt.run(req.feeds)
-
-    async def stub_infer(*_a: Any, **_k: Any) -> Any:
-        return req, outs
-
-    def best(fn: Any) -> float:
-        times = []
-        for _ in range(rounds):
-            t0 = time.thread_time()
-            fn()
-            times.append((time.thread_time() - t0) / n * 1e6)
-        return min(times)
-
-    def loop_async(app_: Any) -> Any:
-        async def go() -> None:
-            for _ in range(n):
-                await app_(dict(scope), receive, send)
-
-        return lambda: asyncio.run(go())
-
-    def sync(fn: Any) -> Any:
-        def go() -> None:
-            for _ in range(n):
-                fn()
-
-        return go
-
-    async def start() -> None:
-        await app.predictor.start()
-
-    asyncio.run(start())
-    predlog.start()  # as the lifespan does: pays Parquet's first-use costs now
-    gc.collect()
-    gc.freeze()  # as the server's lifespan does
-    out: list[tuple[str, float]] = []
-    whole = best(loop_async(app.app))
-    flush_rows = predlog._buffered
-    t0 = time.thread_time()
-    predlog.flush()
-    flush = (time.thread_time() - t0) / max(1, flush_rows) * 1e6
-    floor_us = best(loop_async(floor))
-    out.append(("our ASGI app, whole request (logging + metrics on)", whole + flush))
-    out.append(("the floor's ASGI app, whole request", floor_us))
-    out.append(("  = over the floor", whole + flush - floor_us))
-    real_infer = dp.infer
-    dp.infer = stub_infer  # type: ignore[method-assign]
-    http = best(loop_async(app.app))
-    dp.infer = real_infer  # type: ignore[method-assign]
-    steps = [
-        ("HTTP layer: routing, body, headers, response, request metrics", http - floor_us),
-        ("JSON parse (orjson)", best(sync(lambda: parse_infer_json(body)))),
-        ("decode + validate", best(sync(lambda: codec.decode_infer_request(rt, doc, 10_000)))),
-        ("session.run (ONNX Runtime, 1 row)", best(sync(lambda: rt.run(req.feeds)))),
-        ("run + class metrics", best(sync(lambda: (m.observe_run(1, 1e-5), m.observe_classes(outs[0]))))),
-        ("prediction log: record", best(sync(lambda: predlog.record(req.feeds, outs, 1)))),
-        ("prediction log: Parquet flush, per row", flush),
-        ("encode + orjson.dumps", best(sync(lambda: codec.encode_infer_response(rt, req, outs)))),
-    ]
-    predlog.stop(30)
-    out += [(f"  {k}", v) for k, v in steps]
-    out.append(
-        ("  interleaving (whole - floor - steps)", whole + flush - floor_us - sum(v for _, v in steps))
-    )
-    gc.unfreeze()
-    return out
-
-
 def oip_body(rt: ModelRuntime, record: dict[str, Any]) -> bytes:
     row = [record[f] for f in rt.feature_names]
     return orjson.dumps(
@@ -960,9 +841,12 @@ def main() -> None:
         "profile of the hot path (OIP infer, 1 row, small model), in-process, CPU us per request "
         f"(load average {os.getloadavg()[0]:.2f}):"
     )
-    profile = hot_path_profile(small.read_bytes(), body)
-    for k, v in profile:
-        log(f"  {k:64s} {v:7.1f}")
+    from profile_hot_path import breakdown  # bench/server/profile_hot_path.py (here: loaded only to run it)
+
+    for title, rows in breakdown(n=1000, rounds=5):
+        log(f"  {title}")
+        for k, v in rows:
+            log(f"    {k:78s} {v:7.1f}")
     del rt_heavy
     log(
         f"ORT thread-pool spinning (in-process p50): {spinning_check(small.read_bytes(), heavy.read_bytes(), feeds)}"
@@ -1025,6 +909,15 @@ def main_runs(
     log("\n-- (a)/(b): OIP infer, batch 1, small model, concurrency 16, 1 server process each --")
     ours = start_ours("kubeloop-server", small, work, **logging_env("small"))
     srv = [ours]
+    # The same server with adaptive batching merging only what is already waiting (max_latency_ms 0: no added
+    # wait; lone requests run inline): reported beside the default (batching off), which the ratios keep.
+    merging = start_ours(
+        "kubeloop-server-merging", small, work, BATCHING_ENABLED="true", MAX_LATENCY_MS="0",
+        **logging_env("small-merging"),
+    )  # fmt: skip
+    srv.append(merging)
+    r_merge_floor_rounds: list[float] = []
+    r_merge_p50_floor_rounds: list[float] = []
     r_ml_rounds: list[float] = []
     r_noop_rounds: list[float] = []
     r_floor_rounds: list[float] = []
@@ -1054,10 +947,12 @@ def main_runs(
                 rps.setdefault(s.name, []).append(m.rps)
                 cpu.setdefault(s.name, []).append(c)
             r_floor_rounds.append(got[ours.name] / got[floor.name])
+            r_merge_floor_rounds.append(got[merging.name] / got[floor.name])
             r_noop_rounds.append(got[ours.name] / got[noop.name])
             if mls:
                 r_ml_rounds.append(got[ours.name] / max(got[x.name] for x in mls))
-            log(f"round {r + 1} ratios: vs floor {r_floor_rounds[-1]:.2f}x, vs FastAPI no-op {r_noop_rounds[-1]:.2f}x"
+            log(f"round {r + 1} ratios: vs floor {r_floor_rounds[-1]:.2f}x (merging: {r_merge_floor_rounds[-1]:.2f}x), "
+                f"vs FastAPI no-op {r_noop_rounds[-1]:.2f}x"
                 + (f", vs best MLServer {r_ml_rounds[-1]:.2f}x" if mls else ""))  # fmt: skip
         # (d): concurrency 1, ours and the no-ops interleaved
         log("\n-- (d): latency at concurrency 1, small model --")
@@ -1067,13 +962,15 @@ def main_runs(
         r_p50_floor_rounds: list[float] = []
         for r in range(max(2, a.rounds // 2)):
             lat: dict[str, float] = {}
-            for s in (ours, floor, noop) if r % 2 == 0 else (noop, floor, ours):
+            for s in (ours, floor, merging, noop) if r % 2 == 0 else (noop, merging, floor, ours):
                 lat[s.name] = measure(s, 1, f"c=1 round {r + 1}")[0].p50_ms / 1e3
             p50s.append(lat[ours.name])
             p50s_floor.append(lat[floor.name])
             p50s_noop.append(lat[noop.name])
             r_p50_floor_rounds.append(p50s[-1] / p50s_floor[-1])
+            r_merge_p50_floor_rounds.append(lat[merging.name] / p50s_floor[-1])
         mixed(ours, mixed_small, 16)
+        mixed(merging, mixed_small, 16)
 
         # (e): gRPC, the same model, every server through the same generator and request bytes
         log("\n-- (e): OIP gRPC ModelInfer, batch 1, small model, concurrency 16 over 2 HTTP/2 connections; the same "
@@ -1189,6 +1086,8 @@ def main_runs(
     p50 = med(p50s)
     r_p50 = p50 / inproc_small
     r_p50_floor = med(r_p50_floor_rounds)
+    r_merge_floor = med(r_merge_floor_rounds)
+    r_merge_p50_floor = med(r_merge_p50_floor_rounds)
     best_ml = max(mls, key=lambda x: med(rps[x.name])) if mls else None
     log("\n== summary (medians over rounds; ratios are medians of per-round ratios) ==")
     for name in rps:
@@ -1198,6 +1097,10 @@ def main_runs(
     log(f"(b) kubeloop-server vs the raw-ASGI floor on our uvicorn settings, per round: "
         f"{', '.join(f'{x:.2f}' for x in r_floor_rounds)} -> {r_floor:.2f}x "
         f"({med(rps[ours.name]):.0f} vs {med(rps[floor.name]):.0f} req/s)")  # fmt: skip
+    log(f"(b) kubeloop-server with batching merging what is waiting (max_latency_ms 0) vs the floor, per round: "
+        f"{', '.join(f'{x:.2f}' for x in r_merge_floor_rounds)} -> {r_merge_floor:.2f}x "
+        f"({med(rps[merging.name]):.0f} req/s); its p50 at c=1 vs the floor's, per round: "
+        f"{', '.join(f'{x:.2f}' for x in r_merge_p50_floor_rounds)} -> {r_merge_p50_floor:.2f}x")  # fmt: skip
     log(f"(b) kubeloop-server vs no-op FastAPI, per round: {', '.join(f'{x:.2f}' for x in r_noop_rounds)} "
         f"-> {r_noop:.2f}x ({med(rps[ours.name]):.0f} vs {med(rps[noop.name]):.0f} req/s; goal >= 0.7)")  # fmt: skip
     log(f"(c) batching on {med(rows['on']):.0f} rows/s vs off {med(rows['off']):.0f} rows/s, per round: "
@@ -1234,6 +1137,8 @@ def main_runs(
         f"batching_gain={r_batch:.2f} p50_vs_inprocess={r_p50:.2f} p50_vs_floor={r_p50_floor:.2f} "
         f"server_rps={med(rps[ours.name]):.0f} floor_rps={med(rps[floor.name]):.0f} "
         f"noop_rps={med(rps[noop.name]):.0f} "
+        f"merging_vs_floor={r_merge_floor:.2f} merging_p50_vs_floor={r_merge_p50_floor:.2f} "
+        f"merging_rps={med(rps[merging.name]):.0f} "
         f"mlserver_rps={med(rps[best_ml.name]) if best_ml else float('nan'):.0f} "
         f"server_p50_us={p50 * 1e6:.0f} floor_p50_us={med(p50s_floor) * 1e6:.0f} "
         f"inprocess_p50_us={inproc_small * 1e6:.1f} "

@@ -361,7 +361,7 @@ def grpc_breakdown(app: ServerApp, body: bytes, n: int, rounds: int) -> list[tup
     msg.inputs.add(name=rt.inputs[0].name, datatype="FP32", shape=[1, len(data)])
     msg.raw_input_contents.append(np.asarray(data, dtype="<f4").tobytes())
     wire = msg.SerializeToString()
-    ctx = MemoryContext()
+    ctx: Any = MemoryContext()  # the servicer takes it for a grpc.aio ServicerContext
     req = grpcapi.decode_grpc_request(rt, msg, 10_000, True)
     outs = rt.run(req.feeds)
     reply = grpcapi.encode_grpc_response(rt, req, outs)
@@ -370,7 +370,7 @@ def grpc_breakdown(app: ServerApp, body: bytes, n: int, rounds: int) -> list[tup
     async def calls() -> None:
         call = servicer.ModelInfer
         for _ in range(n):
-            r = await call(parse(wire), ctx)  # type: ignore[arg-type]
+            r = await call(parse(wire), ctx)
             r.SerializeToString()
 
     def timed(*patches: tuple[Any, str, Any]) -> Callable[[], float]:
@@ -421,35 +421,46 @@ def grpc_breakdown(app: ServerApp, body: bytes, n: int, rounds: int) -> list[tup
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=1000, help="requests per timed run")
-    p.add_argument("--rounds", type=int, default=9, help="timed runs per figure (the best is kept)")
-    p.add_argument("--cprofile", action="store_true", help="also print cProfile's top functions (REST, ASGI)")
-    a = p.parse_args()
+def breakdown(n: int, rounds: int, cprofile: bool = False) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Every section's figures (make bench-server prints the same), titled."""
     app, body = make_app()
     uvloop.run(app.predictor.start())
     assert app.predlog is not None
     app.predlog.start()  # as the lifespan does: Parquet's first-use costs paid now
     gc.collect()
     gc.freeze()  # as the lifespan does
+    try:
+        sections = [
+            ("REST POST /v2/models/tabular/infer, 1 row, 30 features:", rest_breakdown(app, body, n, rounds)),
+            (
+                "ASGI, whole requests (logging + metrics on), one at a time or 16 started in one loop turn:",
+                concurrency_breakdown(n, rounds),
+            ),
+            ("gRPC ModelInfer, batch 1, raw_input_contents:", grpc_breakdown(app, body, n, rounds)),
+        ]
+        if cprofile:
+            prof = cProfile.Profile()
+            prof.enable()
+            asgi_runner(app.app, body, n)()
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(20)
+    finally:
+        app.predlog.stop(30)
+        gc.unfreeze()
+    return sections
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1000, help="requests per timed run")
+    p.add_argument("--rounds", type=int, default=9, help="timed runs per figure (the best is kept)")
+    p.add_argument("--cprofile", action="store_true", help="also print cProfile's top functions (REST, ASGI)")
+    a = p.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}; CPU us per request, best of {a.rounds} x {a.n}")
-    print("REST POST /v2/models/tabular/infer, 1 row, 30 features:")
-    for k, v in rest_breakdown(app, body, a.n, a.rounds):
-        print(f"  {k:78s} {v:7.1f}")
-    print("ASGI, whole requests (logging + metrics on), one at a time or 16 started in one loop turn:")
-    for k, v in concurrency_breakdown(a.n, a.rounds):
-        print(f"  {k:78s} {v:7.1f}")
-    print("gRPC ModelInfer, batch 1, raw_input_contents:")
-    for k, v in grpc_breakdown(app, body, a.n, a.rounds):
-        print(f"  {k:78s} {v:7.1f}")
-    if a.cprofile:
-        prof = cProfile.Profile()
-        prof.enable()
-        asgi_runner(app.app, body, a.n)()
-        prof.disable()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(20)
-    app.predlog.stop(30)
+    for title, rows in breakdown(a.n, a.rounds, a.cprofile):
+        print(title)
+        for k, v in rows:
+            print(f"  {k:78s} {v:7.1f}")
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 
