@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -71,10 +72,27 @@ def wait_md(
         ) from None
 
 
-def service_ip(kl: Kl, name: str) -> str:
+def service_ip(kl: Kl, name: str, timeout: float = 30) -> str:
+    """The Service's ClusterIP, once it accepts connections on each of its ports.
+
+    Ready replicas reach the node's service proxy only after the EndpointSlice controller and the
+    proxy have both caught up (the same lag kube-proxy has), so the first connection right after
+    Ready can be refused; a client retries, and so does this (bounded)."""
     svc = kl.get(name, k8s.SERVICE)
     assert svc is not None, f"no Service {name}"
-    return str(svc["spec"]["clusterIP"])
+    ip = str(svc["spec"]["clusterIP"])
+    ports = [int(p["port"]) for p in svc["spec"].get("ports") or []]
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            try:
+                with socket.create_connection((ip, port), timeout=2):
+                    break
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"Service {name} ({ip}:{port}) refuses connections: {e}") from e
+                time.sleep(0.2)
+    return ip
 
 
 def server_pods(kl: Kl, md_name: str) -> list[dict[str, Any]]:
