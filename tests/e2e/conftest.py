@@ -28,10 +28,11 @@ Services); against another cluster (KUBELOOP_TEST_KUBECONFIG) they are skipped w
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -272,6 +273,34 @@ def drain(kl: Kl, op: OperatorProcess | None, timeout: float = 60) -> None:
                 body={"metadata": {"finalizers": None}},
                 content_type=k8s.MERGE_PATCH,
             )
+
+
+def owner_uid(obj: dict[str, Any]) -> str | None:
+    """The UID of the object's controlling owner."""
+    return next((r["uid"] for r in obj["metadata"].get("ownerReferences", []) if r.get("controller")), None)
+
+
+def kill_once_during(
+    op: OperatorProcess,
+    rng: random.Random,
+    kill_at: float,
+    batch: Sequence[tuple[str, str]],
+    act: Callable[[str, str], object],
+) -> None:
+    """One chaos round: ``act(action, name)`` for each of ``batch`` with short random pauses, and
+    SIGKILL to the operator once, at ``kill_at`` (monotonic) while they run or after them; then the
+    operator is started again."""
+    killed = False
+    for action, name in batch:
+        act(action, name)
+        if not killed and time.monotonic() >= kill_at:
+            op.kill()
+            killed = True
+        time.sleep(rng.uniform(0.0, 0.3))
+    if not killed:
+        time.sleep(max(0.0, kill_at - time.monotonic()))
+        op.kill()
+    op.start()
 
 
 @pytest.fixture

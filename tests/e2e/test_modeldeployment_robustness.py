@@ -27,7 +27,7 @@ from kubeloop_testing.onnx_models import mlp_model
 
 from kubeloop.contracts import Labels
 
-from .conftest import OPERATOR_SA, Kl, OperatorProcess, audit_writes
+from .conftest import OPERATOR_SA, Kl, OperatorProcess, audit_writes, kill_once_during, owner_uid
 from .serving import cond, md_status, model_deployment, put_object, register_version, wait_md
 
 pytestmark = pytest.mark.e2e
@@ -36,10 +36,6 @@ UNPULLABLE = "kubeloop-test/never-pulled:1"
 # No server image at all: a container that exits at once, over and over (CrashLoopBackOff).
 CRASHING_SERVER = "busybox:1.36"
 MANAGED = f"{Labels.MANAGED_BY}=kubeloop-operator"
-
-
-def _owner_uid(obj: dict[str, Any]) -> str | None:
-    return next((r["uid"] for r in obj["metadata"].get("ownerReferences", []) if r.get("controller")), None)
 
 
 def _reconciles(metrics: str, kind: str) -> float:
@@ -87,9 +83,50 @@ def test_kill_9_with_modeldeployments_in_the_mix_converges_and_then_writes_nothi
     per_round_md = -(-total_md // rounds)
     per_round_tj = -(-total_tj // rounds)
     t0 = time.monotonic()
+
+    def act(action: str, name: str) -> None:
+        nonlocal created_md, created_tj
+        if action == "create-md" and name not in mds:
+            want = {"maxBatchSize": rng.randint(1, 64), "suspend": rng.random() < 0.3}
+            spec: dict[str, Any] = {
+                "replicas": 0,
+                "batching": {"maxBatchSize": want["maxBatchSize"]},
+                "suspend": want["suspend"],
+            }
+            if rng.random() < 0.3:
+                spec["canary"] = {"model": {"uri": uri}, "trafficPercent": 25}
+            kl.apply(model_deployment(name, {"uri": uri}, **spec))
+            mds[name] = want
+            created_md += 1
+        elif action == "create-tj" and name not in tjs:
+            s = rng.random() < 0.5
+            kl.apply(
+                kl.training_job(
+                    name,
+                    model={"image": UNPULLABLE, "command": ["train"]},
+                    runPolicy={"suspend": s, "backoffLimit": 1},
+                    resources={"requests": {"cpu": "10m", "memory": "16Mi"}},
+                )
+            )
+            tjs[name] = s
+            created_tj += 1
+        elif action == "update-md" and name not in deleted:
+            want = {"maxBatchSize": rng.randint(1, 64), "suspend": rng.random() < 0.3}
+            kl.patch_spec(
+                name,
+                {"batching": {"maxBatchSize": want["maxBatchSize"]}, "suspend": want["suspend"]},
+                k8s.MODELDEPLOYMENT,
+            )
+            mds[name] = want
+        elif action == "update-tj" and name not in deleted:
+            tjs[name] = not tjs[name]
+            kl.patch_spec(name, {"runPolicy": {"suspend": tjs[name]}})
+        elif action == "delete-md" and name not in deleted:
+            kl.delete(name, k8s.MODELDEPLOYMENT)
+            deleted.add(name)
+
     for _ in range(rounds):
         kill_at = time.monotonic() + rng.uniform(0.1, 2.5)
-        killed = False
         batch: list[tuple[str, str]] = [
             ("create-md", f"md{created_md + i}") for i in range(min(per_round_md, total_md - created_md))
         ]
@@ -104,55 +141,9 @@ def test_kill_9_with_modeldeployments_in_the_mix_converges_and_then_writes_nothi
         batch += [("update-tj", n) for n in rng.sample(live_tj, k=min(len(live_tj), 1))]
         batch += [("delete-md", n) for n in rng.sample(live_md, k=min(len(live_md) // 3, 1))]
         rng.shuffle(batch)
-        for action, name in batch:
-            if action == "create-md" and name not in mds:
-                want = {"maxBatchSize": rng.randint(1, 64), "suspend": rng.random() < 0.3}
-                spec: dict[str, Any] = {
-                    "replicas": 0,
-                    "batching": {"maxBatchSize": want["maxBatchSize"]},
-                    "suspend": want["suspend"],
-                }
-                if rng.random() < 0.3:
-                    spec["canary"] = {"model": {"uri": uri}, "trafficPercent": 25}
-                kl.apply(model_deployment(name, {"uri": uri}, **spec))
-                mds[name] = want
-                created_md += 1
-            elif action == "create-tj" and name not in tjs:
-                s = rng.random() < 0.5
-                kl.apply(
-                    kl.training_job(
-                        name,
-                        model={"image": UNPULLABLE, "command": ["train"]},
-                        runPolicy={"suspend": s, "backoffLimit": 1},
-                        resources={"requests": {"cpu": "10m", "memory": "16Mi"}},
-                    )
-                )
-                tjs[name] = s
-                created_tj += 1
-            elif action == "update-md" and name not in deleted:
-                want = {"maxBatchSize": rng.randint(1, 64), "suspend": rng.random() < 0.3}
-                kl.patch_spec(
-                    name,
-                    {"batching": {"maxBatchSize": want["maxBatchSize"]}, "suspend": want["suspend"]},
-                    k8s.MODELDEPLOYMENT,
-                )
-                mds[name] = want
-            elif action == "update-tj" and name not in deleted:
-                tjs[name] = not tjs[name]
-                kl.patch_spec(name, {"runPolicy": {"suspend": tjs[name]}})
-            elif action == "delete-md" and name not in deleted:
-                kl.delete(name, k8s.MODELDEPLOYMENT)
-                deleted.add(name)
-            ops += 1
-            if not killed and time.monotonic() >= kill_at:
-                op.kill()
-                killed, kills = True, kills + 1
-            time.sleep(rng.uniform(0.0, 0.3))
-        if not killed:
-            time.sleep(max(0.0, kill_at - time.monotonic()))
-            op.kill()
-            kills += 1
-        op.start()
+        kill_once_during(op, rng, kill_at, batch, act)
+        ops += len(batch)
+        kills += 1
     alive = {n: w for n, w in mds.items() if n not in deleted}
 
     def verdict() -> dict[str, Any]:
@@ -161,18 +152,18 @@ def test_kill_9_with_modeldeployments_in_the_mix_converges_and_then_writes_nothi
             t["metadata"]["uid"] for t in kl.objects(k8s.TRAININGJOB)
         }
         deps = kl.objects(k8s.DEPLOYMENT, MANAGED)
-        per_track = Counter((_owner_uid(d), d["metadata"]["labels"].get("kubeloop.io/track")) for d in deps)
+        per_track = Counter((owner_uid(d), d["metadata"]["labels"].get("kubeloop.io/track")) for d in deps)
         services = kl.objects(k8s.SERVICE, f"{MANAGED},{Labels.COMPONENT}=serving")
-        per_svc = Counter(_owner_uid(s) for s in services)
+        per_svc = Counter(owner_uid(s) for s in services)
         jobs = kl.objects(k8s.JOB, MANAGED)
-        per_job = Counter(_owner_uid(j) for j in jobs)
+        per_job = Counter(owner_uid(j) for j in jobs)
         converged = 0
         for name, want in alive.items():
             m = objs.get(name)
             if m is None:
                 continue
             st = m.get("status") or {}
-            mine = [d for d in deps if _owner_uid(d) == m["metadata"]["uid"]]
+            mine = [d for d in deps if owner_uid(d) == m["metadata"]["uid"]]
             stable = next(
                 (d for d in mine if d["metadata"]["labels"].get("kubeloop.io/track") == "stable"), None
             )
@@ -191,7 +182,7 @@ def test_kill_9_with_modeldeployments_in_the_mix_converges_and_then_writes_nothi
             if t is None:
                 continue
             st = t.get("status") or {}
-            mine = [j for j in jobs if _owner_uid(j) == t["metadata"]["uid"]]
+            mine = [j for j in jobs if owner_uid(j) == t["metadata"]["uid"]]
             tj_ok += (
                 st.get("observedGeneration") == t["metadata"]["generation"]
                 and (st.get("phase") == "Suspended") == s

@@ -26,7 +26,16 @@ from kubeloop_operator import k8s
 
 from kubeloop.contracts import Labels
 
-from .conftest import OPERATOR_SA, Kl, OperatorProcess, audit_writes, drain, operator_for
+from .conftest import (
+    OPERATOR_SA,
+    Kl,
+    OperatorProcess,
+    audit_writes,
+    drain,
+    kill_once_during,
+    operator_for,
+    owner_uid,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -39,10 +48,6 @@ def _tj(kl: Kl, name: str, *, image: str, command: list[str], **run_policy: Any)
     return kl.training_job(
         name, model={"image": image, "command": command}, runPolicy=run_policy, resources=SMALL
     )
-
-
-def _owner_uid(obj: dict[str, Any]) -> str | None:
-    return next((r["uid"] for r in obj["metadata"].get("ownerReferences", []) if r.get("controller")), None)
 
 
 def _peering(kl: Kl, name: str) -> None:
@@ -73,9 +78,26 @@ def test_kill_9_at_random_while_trainingjobs_change_converges_without_duplicates
     created = kills = ops = 0
     per_round = -(-total // rounds)
     t0 = time.monotonic()
+
+    def act(action: str, name: str) -> None:
+        nonlocal created
+        if action == "create" and name not in suspend:
+            s = rng.random() < 0.5
+            kl.apply(_tj(kl, name, image=UNPULLABLE, command=["train"], suspend=s, backoffLimit=1))
+            suspend[name] = s
+            created += 1
+        elif action == "update" and name not in deleted:
+            s = not suspend[name]
+            kl.patch_spec(
+                name, {"runPolicy": {"suspend": s, "activeDeadlineSeconds": rng.randint(600, 9000)}}
+            )
+            suspend[name] = s
+        elif action == "delete" and name not in deleted:
+            kl.delete(name)
+            deleted.add(name)
+
     for _ in range(rounds):
         kill_at = time.monotonic() + rng.uniform(0.1, 3.0)
-        killed = False
         batch: list[tuple[str, str]] = [
             ("create", f"c{created + i}") for i in range(min(per_round, total - created))
         ]
@@ -83,44 +105,22 @@ def test_kill_9_at_random_while_trainingjobs_change_converges_without_duplicates
         batch += [("update", n) for n in rng.sample(live, k=min(len(live), max(1, per_round // 2)))]
         batch += [("delete", n) for n in rng.sample(live, k=min(len(live) // 3, max(1, per_round // 3)))]
         rng.shuffle(batch)
-        for action, name in batch:
-            if action == "create" and name not in suspend:
-                s = rng.random() < 0.5
-                kl.apply(_tj(kl, name, image=UNPULLABLE, command=["train"], suspend=s, backoffLimit=1))
-                suspend[name] = s
-                created += 1
-            elif action == "update" and name not in deleted:
-                s = not suspend[name]
-                kl.patch_spec(
-                    name, {"runPolicy": {"suspend": s, "activeDeadlineSeconds": rng.randint(600, 9000)}}
-                )
-                suspend[name] = s
-            elif action == "delete" and name not in deleted:
-                kl.delete(name)
-                deleted.add(name)
-            ops += 1
-            if not killed and time.monotonic() >= kill_at:
-                op.kill()
-                killed, kills = True, kills + 1
-            time.sleep(rng.uniform(0.0, 0.3))
-        if not killed:
-            time.sleep(max(0.0, kill_at - time.monotonic()))
-            op.kill()
-            kills += 1
-        op.start()
+        kill_once_during(op, rng, kill_at, batch, act)
+        ops += len(batch)
+        kills += 1
     alive = {n: s for n, s in suspend.items() if n not in deleted}
 
     def verdict() -> dict[str, Any]:
         tjs = {t["metadata"]["name"]: t for t in kl.objects(k8s.TRAININGJOB)}
         jobs = kl.jobs()
-        per_owner = Counter(_owner_uid(j) for j in jobs)
+        per_owner = Counter(owner_uid(j) for j in jobs)
         converged = 0
         for name, s in alive.items():
             t = tjs.get(name)
             if t is None:
                 continue
             st = t.get("status") or {}
-            mine = [j for j in jobs if _owner_uid(j) == t["metadata"]["uid"]]
+            mine = [j for j in jobs if owner_uid(j) == t["metadata"]["uid"]]
             ok = (
                 st.get("observedGeneration") == t["metadata"]["generation"]
                 and next((c["status"] for c in st.get("conditions", []) if c["type"] == "Created"), None)
