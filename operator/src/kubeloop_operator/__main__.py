@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         standalone=settings.standalone,
         priority=settings.effective_priority(),
         peering_name=settings.peering_name,
+        # the sweepers' peering gate looks for this identity in the peering object (kopf's type is a
+        # private NewType of str)
+        identity=cast(Any, rt.identity),
         liveness_endpoint=liveness,
         clusterwide=not namespaces,
         namespaces=namespaces,

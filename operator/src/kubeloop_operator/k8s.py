@@ -75,6 +75,7 @@ ROLE_BINDING: Final = Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "roleb
 TRAININGJOB: Final = Kind(f"{GROUP}/v1alpha1", "TrainingJob", "trainingjobs")
 MODELDEPLOYMENT: Final = Kind(f"{GROUP}/v1alpha1", "ModelDeployment", "modeldeployments")
 DRIFTMONITOR: Final = Kind(f"{GROUP}/v1alpha1", "DriftMonitor", "driftmonitors")
+CLUSTER_PEERING: Final = Kind("kopf.dev/v1", "ClusterKopfPeering", "clusterkopfpeerings", namespaced=False)
 
 KINDS: Final[dict[tuple[str, str], Kind]] = {
     (k.api_version, k.kind): k

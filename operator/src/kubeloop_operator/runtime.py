@@ -8,6 +8,9 @@ One :class:`Runtime` exists per operator process; handler modules receive it at 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,8 +24,16 @@ from kubeloop_operator.metrics import Metrics
 from kubeloop_operator.registry import Resolver
 from kubeloop_operator.settings import OperatorSettings
 from kubeloop_operator.status.conditions import EventSpec
+from kubeloop_operator.sweeper import Sweeper
 
 log = logging.getLogger("kubeloop_operator")
+
+
+def own_identity() -> str:
+    """A peering identity like kopf's own: the pod (or host) and something unique to this process."""
+    who = os.environ.get("POD_ID") or socket.gethostname()
+    return f"{who}/{os.getpid()}-{secrets.token_hex(3)}"
+
 
 IN_FLIGHT_S: Final = 10.0
 """How long a status we wrote may take to come back through the watch before we write it again."""
@@ -48,7 +59,7 @@ class ObjectMemory:
     kept_logs: dict[str, Any] = field(default_factory=dict)
     last_progress_read: float = 0.0
     spec: tuple[int, Any] | None = None
-    """(generation, parsed spec): a spec is parsed once per generation."""
+    """ModelDeployment, DriftMonitor: (generation, parsed spec), parsed once per generation."""
     seen: Any = None
     """What the last derivation looked at; the same inputs again derive the same status."""
     final_since: float | None = None
@@ -86,6 +97,10 @@ class Runtime:
     memory: Memory = field(default_factory=Memory)
     resolver: Resolver | None = None
     """Model references -> pinned files (MLflow + object store); set when ModelDeployments register."""
+    identity: str = field(default_factory=own_identity)
+    """This process in kopf's peering object (kopf is given the same)."""
+    sweepers: list[Sweeper] = field(default_factory=list)
+    """One periodic-resync loop per kind that registers one; started by the lifecycle handlers."""
 
     @contextmanager
     def exclusive(self, uid: str) -> Iterator[ObjectMemory]:

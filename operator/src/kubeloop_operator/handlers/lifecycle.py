@@ -4,10 +4,13 @@
 * Kopf's own Events only for warnings and errors: the reconcilers post the Events users read.
 * Peering: replicas share one cluster-wide KopfPeering; the highest priority runs, others pause.
 * Only children labelled ``app.kubernetes.io/managed-by=kubeloop-operator`` are watched.
+* The kinds' periodic resyncs (:mod:`kubeloop_operator.sweeper`) start with the operator, act only
+  while kopf's peering lets this process act, and stop with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any, Final
@@ -16,11 +19,14 @@ import kopf
 
 from kubeloop.contracts import MANAGED_BY_OPERATOR, Labels
 from kubeloop_operator.handlers.children import WATCHED
+from kubeloop_operator.k8s import CLUSTER_PEERING
 from kubeloop_operator.runtime import Runtime
+from kubeloop_operator.sweeper import PeeringGate
 
 FINALIZER: Final = "kubeloop.io/operator"
 ANNOTATION_PREFIX: Final = "kubeloop.io"
 LAST_HANDLED: Final = "last-handled-configuration"
+WORKER_IDLE_S: Final = 0.5
 
 
 def configure(settings: kopf.OperatorSettings, rt: Runtime) -> None:
@@ -35,6 +41,10 @@ def configure(settings: kopf.OperatorSettings, rt: Runtime) -> None:
     settings.posting.reporting_component = MANAGED_BY_OPERATOR
     settings.posting.event_name_prefix = "kubeloop-operator-"
     settings.execution.max_workers = s.max_workers
+    # kopf keeps a worker task (and its queue and last event) per object for this long after the
+    # object's last event; at the default 5 s a burst of creations keeps thousands alive at once, and the
+    # memory of that peak stays with the process after the burst (the allocator keeps its arenas).
+    settings.batching.idle_timeout = WORKER_IDLE_S
     settings.networking.request_timeout = max(30.0, s.kube_timeout_s)
     settings.peering.name = s.peering_name
     settings.peering.priority = s.effective_priority()
@@ -59,6 +69,22 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
             settings.peering.priority,
         )
 
+    tasks: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup(id="sweepers", registry=registry)
+    async def start_sweepers(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+        s = rt.settings
+        gate = PeeringGate(
+            read=None if s.standalone else lambda: rt.kube.get(CLUSTER_PEERING, None, s.peering_name),
+            identity=rt.identity,
+            priority=s.effective_priority(),
+        )
+        # kwargs holds kopf's in-memory indexes (live views), as handlers get them
+        for sweeper in rt.sweepers:
+            tasks.append(
+                asyncio.create_task(sweeper.run(settings.execution.executor, gate, kwargs), name=sweeper.kind)
+            )
+
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # The same credentials the reconcilers use (k8s.Kube.connect): the pod's ServiceAccount in a
@@ -73,6 +99,9 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         return len(rt.memory)
 
     @kopf.on.cleanup(registry=registry)
-    def cleanup(logger: kopf.Logger, **_: Any) -> None:
-        rt.kube.close()
+    async def cleanup(logger: kopf.Logger, **_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(rt.kube.close)
         logger.info("kubeloop-operator stopped")
