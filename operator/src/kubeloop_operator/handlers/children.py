@@ -4,6 +4,11 @@ The reconcilers read Jobs, pods and Services from here instead of asking the API
 of an unchanged resource costs no request at all. Only objects labelled
 ``app.kubernetes.io/managed-by=kubeloop-operator`` are watched (a server-side label selector, set at
 start-up by :mod:`.lifecycle`); each is stored as a small summary, not its whole body.
+
+Index functions here and in the other handler modules are ``async``: they are pure and take
+microseconds, and kopf runs a synchronous one in its thread pool, where each pod and Job event would
+wait behind the reconcilers' API calls (in a burst of creations, thousands of queued events and their
+bodies at once).
 """
 
 from __future__ import annotations
@@ -37,17 +42,17 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     del rt  # the indexes need nothing but the bodies
 
     @kopf.index("batch", "v1", "jobs", labels=MANAGED, id=JOBS, registry=registry)
-    def kubeloop_jobs(body: kopf.Body, **_: Any) -> dict[str, JobSummary] | None:
+    async def kubeloop_jobs(body: kopf.Body, **_: Any) -> dict[str, JobSummary] | None:
         s = summarize_job(body, SPEC_GENERATION_ANNOTATION)
         return {s.owner_uid: s} if s.owner_uid else None
 
     @kopf.index("", "v1", "pods", labels=MANAGED, id=PODS, registry=registry)
-    def kubeloop_pods(body: kopf.Body, **_: Any) -> dict[str, PodSummary] | None:
+    async def kubeloop_pods(body: kopf.Body, **_: Any) -> dict[str, PodSummary] | None:
         owner = _owner(body)
         return {owner: summarize_pod(body)} if owner else None
 
     @kopf.index("", "v1", "services", labels=MANAGED, id=SERVICES, registry=registry)
-    def kubeloop_services(body: kopf.Body, **_: Any) -> dict[str, ServiceSummary] | None:
+    async def kubeloop_services(body: kopf.Body, **_: Any) -> dict[str, ServiceSummary] | None:
         owner = _owner(body)
         if owner is None:
             return None

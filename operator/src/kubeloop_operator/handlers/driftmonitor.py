@@ -112,17 +112,17 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         settings.watching.label_selectors[("batch", "v1", "cronjobs")] = f"{Labels.OWNER_KIND}=driftmonitor"
 
     @kopf.index("batch", "v1", "cronjobs", labels=OWNED, id=CRONJOBS, registry=registry)
-    def kubeloop_drift_cronjobs(body: kopf.Body, **_: Any) -> dict[str, CronJobView] | None:
+    async def kubeloop_drift_cronjobs(body: kopf.Body, **_: Any) -> dict[str, CronJobView] | None:
         v = summarize_cronjob(body)
         return {v.owner_uid: v} if v is not None else None
 
     @kopf.index(GROUP, VERSION, "trainingjobs", labels=OWNED, id=RETRAINS, registry=registry)
-    def kubeloop_drift_retrains(body: kopf.Body, **_: Any) -> dict[str, RetrainView] | None:
+    async def kubeloop_drift_retrains(body: kopf.Body, **_: Any) -> dict[str, RetrainView] | None:
         v = summarize_retrain(body)
         return {v.owner_uid: v} if v is not None else None
 
     @kopf.index(GROUP, VERSION, "modeldeployments", id=DEPLOYMENTS, registry=registry)
-    def kubeloop_drift_deployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], DeploymentView]:
+    async def kubeloop_drift_deployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], DeploymentView]:
         meta = body.get("metadata") or {}
         version = (body.get("status") or {}).get("modelVersion")
         view = DeploymentView(name=str(meta.get("name")), model_version=str(version) if version else None)

@@ -123,27 +123,27 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     # --- indexes ---------------------------------------------------------------------------------------
 
     @kopf.index(GROUP, VERSION, PLURAL, id=MDS, registry=registry)
-    def kubeloop_modeldeployments(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    async def kubeloop_modeldeployments(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
         # Each watch event brings a new object: keeping its parts keeps a consistent snapshot.
         return {str(body.metadata.uid): dict(body)}
 
     @kopf.index("apps", "v1", "deployments", labels=SERVING, id=DEPLOYMENTS, registry=registry)
-    def kubeloop_serving_deployments(body: kopf.Body, **_: Any) -> dict[str, DeploymentSummary] | None:
+    async def kubeloop_serving_deployments(body: kopf.Body, **_: Any) -> dict[str, DeploymentSummary] | None:
         d = summarize_deployment(body)
         return {d.owner_uid: d} if d.owner_uid else None
 
     @kopf.index("", "v1", "pods", labels=SERVING, id=PODS, registry=registry)
-    def kubeloop_serving_pods(body: kopf.Body, **_: Any) -> dict[str, ServerPod] | None:
+    async def kubeloop_serving_pods(body: kopf.Body, **_: Any) -> dict[str, ServerPod] | None:
         p = summarize_server_pod(body)
         return {p.pod.owner_uid: p} if p.pod.owner_uid else None
 
     @kopf.index("", "v1", "services", labels=SERVING, id=SERVICES, registry=registry)
-    def kubeloop_serving_services(body: kopf.Body, **_: Any) -> dict[str, ChildSummary] | None:
+    async def kubeloop_serving_services(body: kopf.Body, **_: Any) -> dict[str, ChildSummary] | None:
         c = summarize_child(body)
         return {c.owner_uid: c} if c.owner_uid else None
 
     @kopf.index("autoscaling", "v2", "horizontalpodautoscalers", labels=SERVING, id=HPAS, registry=registry)
-    def kubeloop_serving_hpas(body: kopf.Body, **_: Any) -> dict[str, ChildSummary] | None:
+    async def kubeloop_serving_hpas(body: kopf.Body, **_: Any) -> dict[str, ChildSummary] | None:
         c = summarize_child(body)
         return {c.owner_uid: c} if c.owner_uid else None
 

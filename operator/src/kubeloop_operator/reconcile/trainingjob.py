@@ -85,14 +85,14 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: ChildView, *, progress
     with rt.exclusive(owner.uid) as mem:
         now = datetime.now(UTC)
         current = parse_status(body.get("status"))
-        if mem.spec is None or mem.spec[0] != owner.generation:
-            try:
-                mem.spec = (owner.generation, TrainingJobSpec.model_validate(body.get("spec") or {}))
-            except ValidationError as e:
-                message = format_validation_error(e, "spec")
-                _publish(rt, body, dump(current), invalid_spec(current, owner.generation, message, now), mem)
-                return
-        spec: TrainingJobSpec = mem.spec[1]
+        # Parsed on every run (~45 us) rather than kept per object: at 500 TrainingJobs the parsed
+        # models would be a few MiB of the operator's memory.
+        try:
+            spec = TrainingJobSpec.model_validate(body.get("spec") or {})
+        except ValidationError as e:
+            message = format_validation_error(e, "spec")
+            _publish(rt, body, dump(current), invalid_spec(current, owner.generation, message, now), mem)
+            return
         jname = job_name(owner.name)
         job = view.job(jname) or _hint(mem, jname)
         create_error: ChildError | None = None
