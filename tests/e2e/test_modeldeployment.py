@@ -283,8 +283,14 @@ def test_an_alias_moved_by_a_trainingjob_rolls_out_under_load_without_a_failed_r
         ),
         300,
     )
+    # 300/s: a rollout can finish within 4-5 s of the alias move, and at least 1,000 requests must fall in it
     load = Load(
-        ip, json.dumps(records[0]).encode(), concurrency=8, max_requests=200_000, max_seconds=420
+        ip,
+        json.dumps(records[0]).encode(),
+        concurrency=8,
+        max_requests=200_000,
+        max_seconds=420,
+        max_rate=300.0,
     ).start()
     try:
         kl.wait("the alias to move", lambda: alias_version(kl, model, "champion") == 2, 300, 0.25)
@@ -299,7 +305,7 @@ def test_an_alias_moved_by_a_trainingjob_rolls_out_under_load_without_a_failed_r
             180,
         )
         t_ready2 = time.monotonic()
-        # at least 1,000 requests during the rollout (the alias move to Ready); wait for more if needed
+        # at least 1,000 requests during the rollout (the alias move to Ready)
         in_window = [r for r in load.snapshot() if t_move <= r.started <= t_ready2]
         time.sleep(3)
     finally:
