@@ -16,8 +16,11 @@ TrainingJobs that was ~60 MiB of the operator's memory for work that is the same
 * after a restart the first resyncs are spread over the period (the event handler reconciles every
   object on the initial listing anyway); a failed run is retried after the error's delay
   (:class:`kopf.TemporaryError`) or :data:`RETRY_S`;
-* while kopf has paused this process in favour of a peer (:class:`PeeringGate`), nothing runs and the
-  kept bodies are dropped: kopf re-lists every object when it resumes, which refills them fresh.
+* while kopf has paused this process in favour of a peer (:class:`PeeringGate`), nothing runs, and the
+  kept bodies are marked stale: kopf re-lists every object when it resumes, which refreshes them; a
+  body still stale a period after the resume is of an object deleted meanwhile, and is dropped. (The
+  gate reads the peering object every few seconds, so it may see the resume after kopf's re-list has
+  come: the bodies are not dropped at the pause, only marked.)
 
 Everything here but :meth:`Sweeper.run` is synchronous and pure enough to unit-test with a fake clock.
 """
@@ -71,6 +74,7 @@ class _Entry:
     resync_at: float
     fast: bool = False
     fast_at: float | None = None
+    stale: bool = False
 
 
 @dataclass
@@ -92,6 +96,7 @@ class Sweeper:
     _indexes: Mapping[str, Any] = field(default_factory=dict)
     # remember()/forget() come from kopf's handler threads, due()/done() from the event loop
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _resumed_at: float | None = None
 
     # --- what the event handler tells it -------------------------------------------------------------
 
@@ -114,6 +119,7 @@ class Sweeper:
             heapq.heappush(self._heap, (entry.resync_at, uid))
         else:
             entry.body = text
+        entry.stale = False
         entry.fast = fast
         if fast and entry.fast_at is None:
             assert self.fast_interval is not None
@@ -136,10 +142,16 @@ class Sweeper:
         with self._lock:
             self._entries.pop(uid, None)  # its heap items are skipped when they come up
 
-    def clear(self) -> None:
+    def pause(self) -> None:
+        """kopf paused this process: every kept body may go stale (see the module's docstring)."""
         with self._lock:
-            self._entries.clear()
-            self._heap.clear()
+            for entry in self._entries.values():
+                entry.stale = True
+            self._resumed_at = None
+
+    def resume(self) -> None:
+        with self._lock:
+            self._resumed_at = self.clock()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -160,6 +172,15 @@ class Sweeper:
             entry = self._entries.get(uid)
             if entry is None or uid in self._running:
                 continue  # forgotten; or running now, and done() schedules its next run
+            if entry.stale:  # not re-listed since the resume (yet)
+                entry.fast_at = None  # remember() schedules it again with the fresh body
+                resumed = self._resumed_at if self._resumed_at is not None else now
+                if now - resumed >= self.interval:
+                    del self._entries[uid]  # deleted while this process was paused
+                elif at == entry.resync_at:
+                    entry.resync_at = resumed + self.interval
+                    heapq.heappush(self._heap, (entry.resync_at, uid))
+                continue
             if at == entry.resync_at:
                 picked[uid] = False
             elif at == entry.fast_at and uid not in picked:
@@ -232,13 +253,19 @@ class Sweeper:
                 limit.release()
             self.done(uid, fast, retry_in)
 
+        was_paused = False
         while True:
             await asyncio.sleep(self.tick)
             if await loop.run_in_executor(executor, paused):
-                if self._entries:
-                    log.info("%s: paused in favour of a peer; %d objects left to it", self.kind, len(self))
-                    self.clear()
+                if not was_paused:
+                    log.info("%s: paused in favour of a peer (%d objects kept, stale)", self.kind, len(self))
+                    self.pause()
+                    was_paused = True
                 continue
+            if was_paused:
+                log.info("%s: resumed", self.kind)
+                self.resume()
+                was_paused = False
             for uid, body, fast in self.due():
                 await limit.acquire()
                 task = loop.create_task(one(uid, body, fast))
