@@ -20,7 +20,10 @@ upload costs are paid as in a pod).
     floor's p50;
 (e) OIP gRPC ``ModelInfer`` at batch 1, concurrency 16, against MLServer's gRPC on the same model: both
     through the same Python grpc.aio generator (bench/server/grpc_loadgen.py) and the same request bytes
-    (``raw_input_contents``, as Triton's client sends them);
+    (``raw_input_contents``, as Triton's client sends them); and against the gRPC floor: the floor's process
+    (kubeloop-server's own gRPC server, settings and event loop) answering ModelInfer with the fixed message
+    our server gives to that request, so ``grpc_floor_vs_mlserver`` is the most any server on this gRPC
+    stack could show against MLServer here;
 (f) one 1,000-row request with the binary tensor data extension (in and out) against the same request
     as JSON (in and out), our server, the same Python load generator.
 
@@ -39,7 +42,8 @@ benchmark (exit 1, after the RESULT line).
 
 Last line: ``RESULT server_vs_mlserver=<r> server_vs_noop=<r> server_vs_floor=<r> batching_gain=<r>
 p50_vs_inprocess=<r> p50_vs_floor=<r>`` followed by the per-side figures behind them, the merging
-server's ``merging_vs_floor`` and ``merging_p50_vs_floor``, ``grpc_vs_mlserver``,
+server's ``merging_vs_floor`` and ``merging_p50_vs_floor``, ``grpc_vs_mlserver``, ``grpc_vs_floor`` and
+``grpc_floor_vs_mlserver``,
 ``binary_vs_json_1000rows``, the prediction log's written/dropped rows, the load average at start and end,
 and the check counts (``checked=<n> wrong=<n> failed=<n>``).
 """
@@ -72,7 +76,7 @@ import orjson
 from grpc_loadgen import (
     run_grpc_load,
 )  # bench/server/grpc_loadgen.py (this script's directory is on sys.path)
-from kubeloop_server import codec
+from kubeloop_server import codec, grpcapi
 from kubeloop_server.model import ModelRuntime, cpu_limit
 from kubeloop_server.oip import grpc_predict_v2_pb2 as pb
 from kubeloop_testing.onnx_models import mlp_model, random_records
@@ -210,19 +214,27 @@ def start_noop(work: Path, answer: Path) -> Server:
     return spawn("noop-fastapi", cmd, env, work, port, "/v2/models/{model}/infer", "/v2/health/ready")
 
 
-def start_floor(model: Path, work: Path, answer: Path) -> Server:
-    """The raw ASGI no-op on kubeloop-server's own uvicorn set-up (bench/server/floor_app.py)."""
+def start_floor(model: Path, work: Path, answer: Path, grpc_answer: Path) -> Server:
+    """The raw ASGI no-op on kubeloop-server's own uvicorn set-up, and a fixed-answer ModelInfer on its own
+    gRPC server (bench/server/floor_app.py)."""
     port = free_port()
-    env = {**server_env(model, port), "BENCH_FLOOR_RESPONSE": str(answer)}
+    grpc_port = free_port()
+    env = {
+        **server_env(model, port, GRPC_PORT=str(grpc_port)),
+        "BENCH_FLOOR_RESPONSE": str(answer),
+        "BENCH_FLOOR_GRPC_RESPONSE": str(grpc_answer),
+    }
     cmd = [sys.executable, str(HERE / "floor_app.py")]
     server = spawn("floor-raw-asgi", cmd, env, work, port, "/v2/models/{model}/infer", "/v2/health/ready")
+    server.grpc_port = grpc_port
     settings = [x for x in server.log_path.read_text().splitlines() if x.startswith("floor:")]
-    if not settings:
+    if len(settings) < 2:
         server.stop()
         raise RuntimeError(
-            f"the floor did not report its uvicorn settings; log:\n{server.log_path.read_text()}"
+            f"the floor did not report its uvicorn and gRPC settings; log:\n{server.log_path.read_text()}"
         )
-    log(settings[0])
+    for line in settings:
+        log(line)
     return server
 
 
@@ -869,6 +881,16 @@ def main_runs(
 ) -> None:  # fmt: skip
     mlpy = a.mlserver_python
     every: list[Server] = []
+    # the gRPC floor's fixed answer: what our server answers to the gRPC benchmark request
+    first_row = np.asarray([orjson.loads(body)["inputs"][0]["data"]], dtype=np.float32)
+    greq = grpc_request(rt_small, first_row)
+    greq_msg = grpcapi.decode_grpc_request(rt_small, pb.ModelInferRequest.FromString(greq), 10, True)
+    grpc_answer = work / "answer.grpc"
+    grpc_answer.write_bytes(
+        grpcapi.encode_grpc_response(rt_small, greq_msg, rt_small.run(greq_msg.feeds)).SerializeToString()
+    )
+    if not exp_small.check_grpc(grpc_answer.read_bytes()):
+        raise SystemExit("the in-process gRPC answer does not match onnxruntime's")
     logging_env = minio.server_env
     log(f"prediction logging: on for every kubeloop-server below, every row, to a private MinIO ({minio.endpoint}, "
         "the local cluster's binary) through the server's S3 adapter; metrics on")  # fmt: skip
@@ -924,11 +946,13 @@ def main_runs(
     rps: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     r_grpc_rounds: list[float] = []
+    r_grpc_floor_rounds: list[float] = []
+    r_grpc_floor_ml_rounds: list[float] = []
     batch_rps: dict[str, list[float]] = {}
     batch_cpu: dict[str, list[float]] = {}
     predlog_rows = predlog_dropped = dropped_f = float("nan")
     with servers_stopped(srv):
-        floor = start_floor(small, work, answer)
+        floor = start_floor(small, work, answer, grpc_answer)
         srv.append(floor)
         noop = start_noop(work, answer)
         srv.append(noop)
@@ -976,9 +1000,7 @@ def main_runs(
         log("\n-- (e): OIP gRPC ModelInfer, batch 1, small model, concurrency 16 over 2 HTTP/2 connections; the same "
             "Python grpc.aio generator (bench/server/grpc_loadgen.py) and the same request bytes (raw_input_contents, "
             "as Triton's client sends) for every server; every answer checked --")  # fmt: skip
-        first_row = np.asarray([orjson.loads(body)["inputs"][0]["data"]], dtype=np.float32)
-        greq = grpc_request(rt_small, first_row)
-        gsrv = [ours, *mls]
+        gsrv = [ours, floor, *mls]
         grps: dict[str, list[float]] = {}
         gcpu: dict[str, list[float]] = {}
         for r in range(max(2, a.rounds // 2)):
@@ -998,9 +1020,13 @@ def main_runs(
                 got[s.name] = m.rps
                 grps.setdefault(s.name, []).append(m.rps)
                 gcpu.setdefault(s.name, []).append(c)
+            r_grpc_floor_rounds.append(got[ours.name] / got[floor.name])
             if mls:
-                r_grpc_rounds.append(got[ours.name] / max(got[x.name] for x in mls))
-                log(f"gRPC round {r + 1} ratio: vs best MLServer {r_grpc_rounds[-1]:.2f}x")
+                best = max(got[x.name] for x in mls)
+                r_grpc_rounds.append(got[ours.name] / best)
+                r_grpc_floor_ml_rounds.append(got[floor.name] / best)
+                log(f"gRPC round {r + 1} ratio: vs best MLServer {r_grpc_rounds[-1]:.2f}x; vs the gRPC floor "
+                    f"{r_grpc_floor_rounds[-1]:.2f}x; the floor vs best MLServer {r_grpc_floor_ml_rounds[-1]:.2f}x")  # fmt: skip
 
         before_f = scrape(ours)
         predlog_rows = before_f.get("kubeloop_server_prediction_log_written_rows_total", 0.0)
@@ -1110,10 +1136,16 @@ def main_runs(
         f"{', '.join(f'{x:.2f}' for x in r_p50_floor_rounds)} -> {r_p50_floor:.2f}x; the FastAPI no-op: "
         f"p50 {med(p50s_noop) * 1e6:.0f} us")  # fmt: skip
     r_grpc = med(r_grpc_rounds) if r_grpc_rounds else float("nan")
+    r_grpc_floor = med(r_grpc_floor_rounds)
+    r_grpc_floor_ml = med(r_grpc_floor_ml_rounds) if r_grpc_floor_ml_rounds else float("nan")
     best_gml = max(mls, key=lambda x: med(grps[x.name])) if mls else None
     log(f"(e) gRPC: kubeloop-server {med(grps[ours.name]):.0f} req/s (server CPU {med(gcpu[ours.name]):.0f} us/req)"
-        + "".join(f", {x.name} {med(grps[x.name]):.0f} req/s (server CPU {med(gcpu[x.name]):.0f} us/req)" for x in mls)
+        + "".join(f", {x.name} {med(grps[x.name]):.0f} req/s (server CPU {med(gcpu[x.name]):.0f} us/req)" for x in [floor, *mls])
         + f"; vs best MLServer, per round: {', '.join(f'{x:.2f}' for x in r_grpc_rounds)} -> {r_grpc:.2f}x (goal >= 3)")  # fmt: skip
+    log(f"(e) gRPC: kubeloop-server vs the gRPC floor (our grpc.aio server answering a fixed message), per round: "
+        f"{', '.join(f'{x:.2f}' for x in r_grpc_floor_rounds)} -> {r_grpc_floor:.2f}x; the floor itself vs best "
+        f"MLServer, per round: {', '.join(f'{x:.2f}' for x in r_grpc_floor_ml_rounds)} -> {r_grpc_floor_ml:.2f}x "
+        "(the most any server on this gRPC stack and generator could show)")  # fmt: skip
     r_binary = med(batch_rps["binary"]) / med(batch_rps["json"])
     log(f"(f) one 1,000-row request: binary extension {med(batch_rps['binary']):.1f} req/s (server CPU "
         f"{med(batch_cpu['binary']):.0f} us/req) vs JSON {med(batch_rps['json']):.1f} req/s (server CPU "
@@ -1144,6 +1176,8 @@ def main_runs(
         f"inprocess_p50_us={inproc_small * 1e6:.1f} "
         f"grpc_vs_mlserver={r_grpc:.2f} grpc_rps={med(grps[ours.name]):.0f} "
         f"mlserver_grpc_rps={med(grps[best_gml.name]) if best_gml else float('nan'):.0f} "
+        f"grpc_vs_floor={r_grpc_floor:.2f} grpc_floor_rps={med(grps[floor.name]):.0f} "
+        f"grpc_floor_vs_mlserver={r_grpc_floor_ml:.2f} "
         f"binary_vs_json_1000rows={r_binary:.2f} binary_1000rows_rps={med(batch_rps['binary']):.1f} "
         f"json_1000rows_rps={med(batch_rps['json']):.1f} "
         f"predlog_rows={predlog_rows:.0f} predlog_dropped={predlog_dropped:.0f} predlog_dropped_1000rows={dropped_f:.0f} "

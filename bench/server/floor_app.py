@@ -5,11 +5,17 @@ Run it as ``python floor_app.py`` with the server's environment (``KUBELOOP_SERV
 plus ``BENCH_FLOOR_RESPONSE``, a file holding the fixed answer. It starts kubeloop-server's own entry point
 with ``uvicorn.Config`` patched so that whatever configuration the server builds (event loop, HTTP parser,
 lifespan, keep-alive, headers, its uvicorn.Server subclass, ...) serves this app instead of the server's.
-The server's start-up still loads the model, but no request ever reaches it. The settings used are
+The server's start-up still loads the model and its lifespan still runs (gRPC server, gc.freeze), but no
+HTTP request ever reaches it. The settings used are
 printed to stderr (the bench shows them), so a reader can see that both sides run on the same ones.
 
 Whatever time a request to kubeloop-server takes beyond a request to this app is ours: routing, parsing,
 validation, session.run, encoding, metrics and logging.
+
+The gRPC floor: with ``BENCH_FLOOR_GRPC_RESPONSE`` (a file holding a serialised ModelInferResponse, the one
+kubeloop-server gives to the benchmark's request), the server's own gRPC server (same grpc.aio server,
+options, servicer registration and event loop) answers ``ModelInfer`` with that message and does nothing
+else: what the gRPC stack alone costs per call on these settings.
 """
 
 from __future__ import annotations
@@ -42,14 +48,12 @@ async def floor(
             more = bool(msg.get("more_body", False))
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         await send({"type": "http.response.body", "body": RESPONSE})
-    elif scope["type"] == "lifespan":
-        while True:
-            msg = await receive()
-            if msg["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif msg["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    elif scope["type"] == "lifespan" and _server_app is not None:
+        # The server's own start-up and shut-down: its gRPC server, gc.freeze(), readiness.
+        await _server_app(scope, receive, send)
+
+
+_server_app: Any = None
 
 
 _config_init = uvicorn.Config.__init__
@@ -63,11 +67,33 @@ def _floor_config_init(self: uvicorn.Config, app: Any, *args: Any, **kwargs: Any
         file=sys.stderr,
         flush=True,
     )
+    global _server_app
+    _server_app = app
     _config_init(self, floor, *args, **kwargs)
+
+
+def _patch_grpc(path: str) -> None:
+    from kubeloop_server import grpcapi
+    from kubeloop_server.oip import grpc_predict_v2_pb2 as pb
+
+    answer = pb.ModelInferResponse.FromString(Path(path).read_bytes())
+
+    async def model_infer(self: Any, request: Any, context: Any) -> Any:
+        return answer  # grpc serialises it per call, as it does kubeloop-server's answer
+
+    grpcapi.InferenceServicer.ModelInfer = model_infer  # type: ignore[method-assign]
+    print(
+        f"floor: gRPC ModelInfer answers a fixed {answer.ByteSize()}-byte message",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def main() -> None:
     uvicorn.Config.__init__ = _floor_config_init  # type: ignore[method-assign]
+    grpc_answer = os.environ.get("BENCH_FLOOR_GRPC_RESPONSE")
+    if grpc_answer:
+        _patch_grpc(grpc_answer)
     from kubeloop_server.__main__ import main as server_main
 
     server_main()

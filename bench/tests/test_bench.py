@@ -2,7 +2,7 @@
 
 * the server benchmark's answer check can fail: a wrong prediction is counted by wrk's Lua hook and by
   the Python load generator, a right one is not, and the floor starts on kubeloop-server's own uvicorn
-  settings;
+  settings; the same for the gRPC generator against the floor's fixed gRPC answer;
 * the trainer benchmark, on a tiny configuration, compares like with like (same optimizer settings) and
   ends with a RESULT line holding every key.
 """
@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import orjson
 import pytest
 from kubeloop_testing.onnx_models import mlp_model
@@ -41,6 +42,15 @@ def server_bench() -> Iterator[ModuleType]:
         load_module("loadgen", BENCH / "server" / "loadgen.py", mp)
         load_module("grpc_loadgen", BENCH / "server" / "grpc_loadgen.py", mp)
         yield load_module("kubeloop_bench_server", BENCH / "server" / "bench.py", mp)
+
+
+def grpc_answer(values: list[float]) -> bytes:
+    from kubeloop_server.oip import grpc_predict_v2_pb2 as pb
+
+    msg = pb.ModelInferResponse(model_name="tabular", model_version="1", id="x")
+    msg.outputs.add(name="probabilities", datatype="FP32", shape=[1, len(values)])
+    msg.raw_output_contents.append(np.asarray(values, dtype="<f4").tobytes())
+    return bytes(msg.SerializeToString())
 
 
 def answer(values: list[float], name: str = "probabilities", **extra: object) -> bytes:
@@ -71,14 +81,15 @@ def floors(server_bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -
     work = tmp_path_factory.mktemp("floor")
     model = work / "model.onnx"
     model.write_bytes(mlp_model(n_numeric=4, hidden=(8,), name="tabular", version="1"))
-    right, wrong = work / "right.json", work / "wrong.json"
-    right.write_bytes(answer([0.25, 0.5, 0.25]))
-    wrong.write_bytes(answer([0.5, 0.25, 0.25]))
     servers: dict[str, object] = {}
     try:
-        for name, path in (("right", right), ("wrong", wrong)):
+        for name, values in (("right", [0.25, 0.5, 0.25]), ("wrong", [0.5, 0.25, 0.25])):
             (work / name).mkdir()
-            servers[name] = server_bench.start_floor(model, work / name, path)
+            (work / f"{name}.json").write_bytes(answer(values))
+            (work / f"{name}.grpc").write_bytes(grpc_answer(values))
+            servers[name] = server_bench.start_floor(
+                model, work / name, work / f"{name}.json", work / f"{name}.grpc"
+            )
         servers["expected"] = server_bench.Expected(("probabilities",), ((0.25, 0.5, 0.25),))
         servers["work"] = work
         yield servers
@@ -114,9 +125,31 @@ def test_load_counts_wrong_answers(server_bench: ModuleType, floors: dict[str, o
 
 def test_floor_reports_the_servers_uvicorn_settings(floors: dict[str, object]) -> None:
     log = floors["right"].log_path.read_text()  # type: ignore[attr-defined]
-    line = next(x for x in log.splitlines() if x.startswith("floor:"))
+    line = next(x for x in log.splitlines() if x.startswith("floor:") and "uvicorn.Config" in x)
     assert '"loop": "uvloop"' in line, line
     assert '"http": "httptools"' in line, line
+    assert any(x.startswith("floor: gRPC ModelInfer answers a fixed") for x in log.splitlines()), log
+
+
+def test_grpc_load_counts_wrong_answers_from_the_grpc_floor(
+    server_bench: ModuleType, floors: dict[str, object]
+) -> None:
+    """The gRPC floor is kubeloop-server's own gRPC server answering its fixed message; the generator checks
+    every answer, so the floor with the wrong prediction gets all of its answers counted wrong."""
+    from kubeloop_server.oip import grpc_predict_v2_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name="tabular")
+    req.inputs.add(name="input", datatype="FP32", shape=[1, 4])
+    req.raw_input_contents.append(np.asarray([1, 2, 3, 4], dtype="<f4").tobytes())
+    results = {}
+    for name in ("right", "wrong"):
+        s = floors[name]
+        results[name] = server_bench.grpc_measure(s, req.SerializeToString(), floors["expected"], 2, 1.0)
+    right, wrong = results["right"], results["wrong"]
+    assert right.checked > 0, right
+    assert (right.wrong, right.failed) == (0, 0), right
+    assert wrong.checked > 0, wrong
+    assert (wrong.wrong, wrong.failed) == (wrong.checked, 0), wrong
 
 
 def test_trainer_bench_tiny_run_is_like_for_like_and_ends_with_every_key(
