@@ -9,9 +9,12 @@ runs the server.
 REST: uvicorn's own HTTP protocol (httptools, on uvloop, the server's settings) is fed the raw request
 bytes through an in-memory transport, once with the benchmark's floor app (reads the body, answers a fixed
 JSON) and once with our app: the difference is our cost over the HTTP floor. That cost is then broken down
-by *ablation*: the whole ASGI request is timed again with one step replaced by its precomputed result
+by *ablation*: the whole request is timed again with one step replaced by its precomputed result
 (session.run, decode, JSON parse, encode, metrics, prediction log), so each step is priced in place,
-with the caches and allocator state of a real request, not alone in a tight loop.
+with the caches and allocator state of a real request, not alone in a tight loop; once through uvicorn
+(what a served request costs), once straight into the ASGI app (without uvicorn's code between requests,
+every step costs less: the difference is what running among uvicorn's code, uvloop and the kernel's
+takes from the caches).
 
 gRPC: ``ModelInfer`` at batch 1 (``raw_input_contents``, as Triton's client sends it) through the servicer
 with an in-memory context, plus the protobuf parse and serialise grpc does around it, with the same
@@ -267,9 +270,12 @@ def rest_breakdown(app: ServerApp, body: bytes, n: int, rounds: int) -> list[tup
     }
     everything = tuple(p for ps in ablations.values() for p in ps)
     ours = asgi_runner(app.app, body, n)
+    uv_ours = uvicorn_runner(app.app, raw, n)
     variants = {
         "uv_floor": timed(uvicorn_runner(floor_app, raw, n)),
-        "uv_ours": timed(uvicorn_runner(app.app, raw, n)),
+        "uv_ours": timed(uv_ours),
+        "uv_stubbed": timed(uv_ours, *everything),
+        **{f"uv {k}": timed(uv_ours, *ps) for k, ps in ablations.items()},
         "asgi_floor": timed(asgi_runner(floor_app, body, n)),
         "whole": timed(ours),
         "stubbed": timed(ours, *everything),
@@ -279,7 +285,13 @@ def rest_breakdown(app: ServerApp, body: bytes, n: int, rounds: int) -> list[tup
     out: list[tuple[str, float]] = [
         ("uvicorn + floor app (HTTP parse, ASGI, response write): the floor", b["uv_floor"]),
         ("uvicorn + our app (logging + metrics on, Parquet flush per row)", b["uv_ours"]),
-        ("  = ours over the floor", b["uv_ours"] - b["uv_floor"]),
+        ("  = ours over the floor, shared out below (each step: whole - whole without it)",
+         b["uv_ours"] - b["uv_floor"]),
+        *((f"    {k}", b["uv_ours"] - b[f"uv {k}"]) for k in ablations),
+        ("    routing, body read, data-plane calls, response (all the above stubbed)",
+         b["uv_stubbed"] - b["uv_floor"]),
+        ("    steps' sum vs the whole: interleaving",
+         b["uv_ours"] - b["uv_stubbed"] - sum(b["uv_ours"] - b[f"uv {k}"] for k in ablations)),
         ("ASGI only: floor app", b["asgi_floor"]),
         ("ASGI only: our app, whole request", b["whole"]),
         ("  = ours over the floor app, shared out below (each step: whole - whole without it)",
