@@ -297,3 +297,29 @@ def test_a_failed_event_run_brings_the_resync_forward() -> None:
     sw.retry("unknown", 1.0)  # forgotten or never seen: nothing
     clock.t += 1.0
     assert drain(sw) == []
+
+
+def test_an_event_remembers_the_body_and_a_temporary_error_brings_the_resync_forward() -> None:
+    clock = Clock()
+    runs: list[tuple[str, bool]] = []
+    sw = make(clock, runs, interval=60.0)
+    sw.event(body("a"), lambda: None)
+    assert len(sw) == 1
+    clock.t += 60.0
+    assert drain(sw) == [("a", False)]
+
+    def refused() -> None:
+        raise kopf.TemporaryError("quota", delay=4)
+
+    with pytest.raises(kopf.TemporaryError):  # kopf still sees it (and logs it)
+        sw.event(body("b"), refused)
+    clock.t += 4.0
+    assert drain(sw) == [("b", False)]  # 4 s, not 30-60 s after the event
+
+    def broken() -> None:
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError):  # not a retry signal: the next resync comes a period later
+        sw.event(body("c"), broken)
+    clock.t += 10.0
+    assert drain(sw) == []

@@ -108,6 +108,9 @@ def test_failures_are_named_foreign_onnx_answers_oip_and_scale_hpa_suspend_work(
     assert corrupt["lastFailure"]["pod"]
     reasons = {e["reason"] for e in kl.events("corrupt", "ModelDeployment")}
     assert "ModelLoadFailed" in reasons, reasons
+    # Its resync and alias poll are the operator's own loop, not kopf timers: no finalizer (kopf puts one
+    # on every object it runs timers for).
+    assert not ((kl.get("corrupt", k8s.MODELDEPLOYMENT) or {}).get("metadata") or {}).get("finalizers")
     print(f"RESULT md_failure_seconds bad_uri={seconds['bad-uri']:.1f} corrupt_onnx={seconds['corrupt']:.1f}")
 
     # --- a foreign ONNX file answers OIP, REST and gRPC, as onnxruntime does

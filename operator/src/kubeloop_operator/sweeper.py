@@ -3,7 +3,8 @@
 A kopf timer is a daemon per object: an asyncio task, its stopper and logger, and kopf's own copy of the
 object's latest body (``managedFields`` and all), kept for as long as the object exists. At 500
 TrainingJobs that was ~60 MiB of the operator's memory for work that is the same for every object:
-"every ``interval`` seconds, reconcile it". One :class:`Sweeper` per kind does that work instead:
+"every ``interval`` seconds, reconcile it". One :class:`Sweeper` per kind (TrainingJobs,
+ModelDeployments, DriftMonitors) does that work instead:
 
 * the kind's watch-event handler hands it each object's latest body (:meth:`Sweeper.remember`), which it
   keeps as compact JSON text without ``managedFields`` and the ``last-applied-configuration`` annotation
@@ -137,6 +138,17 @@ class Sweeper:
             if entry is not None and at < entry.resync_at:
                 entry.resync_at = at
                 heapq.heappush(self._heap, (at, uid))
+
+    def event(self, body: Mapping[str, Any], run: Callable[[], None]) -> None:
+        """A watch event's reconcile (``run``): the body is remembered first; a kopf.TemporaryError (which
+        kopf does not retry for event handlers) brings the resync forward to its delay, and goes on to kopf,
+        which logs it."""
+        self.remember(body)
+        try:
+            run()
+        except kopf.TemporaryError as e:
+            self.retry(str((body.get("metadata") or {}).get("uid")), e.delay)
+            raise
 
     def forget(self, uid: str) -> None:
         with self._lock:

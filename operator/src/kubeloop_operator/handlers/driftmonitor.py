@@ -2,8 +2,9 @@
 
 * ``event``: every watch event of a DriftMonitor — its creation, a spec change, and above all a check
   job's status write, which is how a drifted result reaches the retraining decision within moments;
-* ``resync`` timer, every ``resync_seconds``: follows the retrain's TrainingJob, the ModelDeployment
-  and the CronJob, retries what failed, and writes nothing when nothing changed.
+* ``resync`` every ``resync_seconds``, from the kind's :class:`~kubeloop_operator.sweeper.Sweeper` (one
+  loop for all DriftMonitors, not a kopf timer per object): follows the retrain's TrainingJob, the
+  ModelDeployment and the CronJob, retries what failed, and writes nothing when nothing changed.
 
 Three in-memory indexes feed it without API requests: the monitors' CronJobs and retraining
 TrainingJobs (by owner UID; both carry ``kubeloop.io/owner-kind=driftmonitor``) and every
@@ -12,7 +13,6 @@ ModelDeployment's resolved version (by namespace and name).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -25,6 +25,7 @@ from kubeloop_operator.reconcile.driftmonitor import KIND, MonitorView, forget, 
 from kubeloop_operator.runtime import Runtime
 from kubeloop_operator.status.conditions import parse_time
 from kubeloop_operator.status.driftmonitor import CronJobView, DeploymentView, RetrainView
+from kubeloop_operator.sweeper import Sweeper
 
 PLURAL: Final = "driftmonitors"
 CRONJOBS: Final = "kubeloop_drift_cronjobs"
@@ -128,25 +129,23 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         view = DeploymentView(name=str(meta.get("name")), model_version=str(version) if version else None)
         return {(str(meta.get("namespace")), str(meta.get("name"))): view}
 
-    def run(handler: str, body: kopf.Body, kwargs: dict[str, Any]) -> None:
+    def run(handler: str, body: Mapping[str, Any], kwargs: Mapping[str, Any]) -> None:
         with m.handler(KIND, handler):
             reconcile(rt, body, view_of(kwargs, body))
+
+    sweeper = Sweeper(
+        KIND,
+        lambda body, _fast, indexes: run("resync", body, indexes),
+        interval=s.resync_seconds,
+        concurrency=max(1, s.max_workers // 4),
+    )
+    rt.sweepers.append(sweeper)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="event", registry=registry)
     def on_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
         if type == "DELETED":
-            forget(rt, str(body.metadata.uid))
+            uid = str(body.metadata.uid)
+            sweeper.forget(uid)
+            forget(rt, uid)
             return
-        run("event", body, kwargs)
-
-    @kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        id="resync",
-        interval=s.resync_seconds,
-        initial_delay=lambda **_: random.uniform(0.5, 1.0) * s.resync_seconds,
-        registry=registry,
-    )
-    def resync(body: kopf.Body, **kwargs: Any) -> None:
-        run("resync", body, kwargs)
+        sweeper.event(body, lambda: run("event", body, kwargs))

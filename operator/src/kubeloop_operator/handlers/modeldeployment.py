@@ -5,12 +5,12 @@
 * child events: every change of one of its Deployments or server pods (a pod turning Ready, a
   container crashing) reconciles the owner at once, so ``Ready`` follows the pods within a watch
   round trip rather than a resync period;
-* ``resync`` timer, every ``resync_seconds``: retries, convergence after a crash; writes nothing when
-  nothing changed;
-* ``alias`` timer, every ``alias_poll_seconds`` for references that can move (an alias, a URI whose
-  file may be replaced): resolves them again and rolls out what changed;
+* the kind's :class:`~kubeloop_operator.sweeper.Sweeper` (one loop for all ModelDeployments, not a kopf
+  timer per object): ``resync`` every ``resync_seconds`` — retries, convergence after a crash; writes
+  nothing when nothing changed — and ``alias`` every ``alias_poll_seconds`` for references that can
+  move (an alias, a URI whose file may be replaced): resolves them again and rolls out what changed;
 * a TrainingJob whose run moved an alias (``status.promoted``) resolves the ModelDeployments that
-  follow that alias at once, without waiting for the timer.
+  follow that alias at once, without waiting for the poll.
 
 Children are read from indexes of their own (Deployments, server pods, Services, HPAs labelled
 ``app.kubernetes.io/component=serving``); the ModelDeployments themselves are indexed too, so a child
@@ -20,7 +20,6 @@ event or a TrainingJob can reach its ModelDeployment without a request.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -41,6 +40,7 @@ from kubeloop_operator.status.modeldeployment import (
     summarize_deployment,
     summarize_server_pod,
 )
+from kubeloop_operator.sweeper import Sweeper
 
 log = logging.getLogger("kubeloop_operator.modeldeployment")
 
@@ -82,8 +82,9 @@ def _modeldeployments(kwargs: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
         yield from _values(index, key)
 
 
-def _movable(spec: kopf.Spec, **_: Any) -> bool:
-    """References the alias timer re-resolves: aliases, and URIs (the file may be replaced in place)."""
+def _movable(body: Mapping[str, Any]) -> bool:
+    """References the alias poll re-resolves: aliases, and URIs (the file may be replaced in place)."""
+    spec = body.get("spec") or {}
     refs = [spec.get("model") or {}, (spec.get("canary") or {}).get("model") or {}]
     return any(r.get("alias") or r.get("uri") for r in refs)
 
@@ -106,6 +107,21 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         uid = str((body.get("metadata") or {}).get("uid"))
         with m.handler(KIND, handler):
             reconcile(rt, body, view_of(kwargs, uid), resolve=resolve)
+
+    def periodic(body: Mapping[str, Any], fast: bool, indexes: Mapping[str, Any]) -> None:
+        # A resync that comes due with the alias poll takes its place (Sweeper.due): it resolves too.
+        run("alias" if fast else "resync", body, indexes, resolve=fast or _movable(body))
+
+    sweeper = Sweeper(
+        KIND,
+        periodic,
+        interval=s.resync_seconds,
+        fast_interval=s.alias_poll_seconds,
+        fast_when=_movable,
+        concurrency=max(1, s.max_workers // 4),
+        tick=min(0.5, s.alias_poll_seconds / 2),
+    )
+    rt.sweepers.append(sweeper)
 
     def run_owner(handler: str, child: Mapping[str, Any], kwargs: Mapping[str, Any]) -> None:
         uid = _owner(child)
@@ -153,36 +169,12 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     def on_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
         if type == "DELETED":
             uid = str(body.metadata.uid)
+            sweeper.forget(uid)
             rt.memory.forget(uid)
             forget(uid)
             m.set_phase(KIND, uid, None)
             return
-        run("event", body, kwargs)
-
-    @kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        id="resync",
-        interval=s.resync_seconds,
-        initial_delay=lambda **_: random.uniform(0.5, 1.0) * s.resync_seconds,
-        registry=registry,
-    )
-    def resync(body: kopf.Body, **kwargs: Any) -> None:
-        run("resync", body, kwargs)
-
-    @kopf.timer(
-        GROUP,
-        VERSION,
-        PLURAL,
-        id="alias",
-        interval=s.alias_poll_seconds,
-        initial_delay=lambda **_: random.uniform(0.5, 1.0) * s.alias_poll_seconds,
-        when=_movable,
-        registry=registry,
-    )
-    def alias(body: kopf.Body, **kwargs: Any) -> None:
-        run("alias", body, kwargs, resolve=True)
+        sweeper.event(body, lambda: run("event", body, kwargs))
 
     # --- its children -------------------------------------------------------------------------------------
 

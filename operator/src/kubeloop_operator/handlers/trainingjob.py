@@ -65,9 +65,4 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         if type == "DELETED":
             forget(body)
             return
-        sweeper.remember(body)
-        try:
-            run("event", body, kwargs)
-        except kopf.TemporaryError as e:  # kopf does not retry event handlers: the sweeper does
-            sweeper.retry(str(body.metadata.uid), e.delay)
-            raise
+        sweeper.event(body, lambda: run("event", body, kwargs))
