@@ -223,7 +223,7 @@ def test_stale_bodies_wait_for_the_relist_and_are_dropped_a_period_after_the_res
     clock.t += 2.0
     assert drain(sw) == [("a", True)]
     clock.t += 8.0
-    assert ("a", False) in drain(sw)
+    assert ("a", True) in drain(sw)  # its resync came due with a fast run, which is a resync too
     assert len(sw) == 1  # b dropped
     assert "b" not in sw._entries
 
@@ -323,3 +323,20 @@ def test_an_event_remembers_the_body_and_a_temporary_error_brings_the_resync_for
         sw.event(body("c"), broken)
     clock.t += 10.0
     assert drain(sw) == []
+
+
+def test_when_a_resync_and_a_fast_run_are_both_due_the_fast_run_goes_and_counts_as_the_resync() -> None:
+    """A ModelDeployment's alias poll is its resync plus a lookup of its aliases: a resync that comes due
+    with it must not take its place (the poll would wait a period more)."""
+    clock = Clock()
+    runs: list[tuple[str, bool]] = []
+    sw = make(clock, runs, interval=10.0, fast_interval=10.0, fast_when=running)
+    sw.remember(body("a", "Running"))
+    entry = sw._entries["a"]
+    clock.t = max(entry.resync_at, entry.fast_at or 0.0)  # both due in the same tick
+    assert drain(sw) == [("a", True)]
+    sw.remember(body("a", "Succeeded"))  # out of the fast state: resyncs only, a period after that run
+    clock.t += 9.9
+    assert drain(sw) == []
+    clock.t += 0.1
+    assert drain(sw) == [("a", False)]

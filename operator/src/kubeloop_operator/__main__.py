@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, settings.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Kopf logs every successful handler run at INFO; with a timer per object that is most of the log.
+    # Kopf logs every successful handler run at INFO; with an event per status write that is most of the log.
     # Same for liveness probes (kopf's probe activity and aiohttp's access log): one line per probe.
     for noisy in ("kopf.objects", "kopf.activities.probe", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

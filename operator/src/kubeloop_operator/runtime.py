@@ -104,7 +104,7 @@ class Runtime:
 
     @contextmanager
     def exclusive(self, uid: str) -> Iterator[ObjectMemory]:
-        """One reconcile per object at a time (kopf runs timers beside change handlers)."""
+        """One reconcile per object at a time (the resync loops and kopf's handler threads run side by side)."""
         mem = self.memory.of(uid)
         with mem.lock:
             yield mem

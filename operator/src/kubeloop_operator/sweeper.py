@@ -172,7 +172,9 @@ class Sweeper:
 
     def due(self) -> list[tuple[str, dict[str, Any], bool]]:
         """(uid, body, fast) of every object whose run is due and not running, marked as running.
-        A resync that is due covers a fast run due at the same time (a resync reads progress too)."""
+        When an object's resync and fast run are both due, the fast run goes: it is a resync too (for a
+        ModelDeployment, a resync that also resolves its aliases), and done() starts the next resync
+        period from its end."""
         with self._lock:
             return self._due()
 
@@ -194,8 +196,8 @@ class Sweeper:
                     heapq.heappush(self._heap, (entry.resync_at, uid))
                 continue
             if at == entry.resync_at:
-                picked[uid] = False
-            elif at == entry.fast_at and uid not in picked:
+                picked[uid] = picked.get(uid, False) or (entry.fast_at is not None and entry.fast_at <= now)
+            elif at == entry.fast_at:
                 picked[uid] = True
         out = []
         for uid, fast in picked.items():

@@ -109,8 +109,7 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
             reconcile(rt, body, view_of(kwargs, uid), resolve=resolve)
 
     def periodic(body: Mapping[str, Any], fast: bool, indexes: Mapping[str, Any]) -> None:
-        # A resync that comes due with the alias poll takes its place (Sweeper.due): it resolves too.
-        run("alias" if fast else "resync", body, indexes, resolve=fast or _movable(body))
+        run("alias" if fast else "resync", body, indexes, resolve=fast)
 
     sweeper = Sweeper(
         KIND,

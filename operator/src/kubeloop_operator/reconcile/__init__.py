@@ -1,7 +1,7 @@
 """One reconciler per kind: reads what the indexes know, asks the pure builders what should exist,
 creates or fixes it through :mod:`kubeloop_operator.k8s`, asks the pure status module what the
 status is, and writes it when it changed. Every reconcile is level-based and idempotent, so the
-change handlers, the resync timer and a restarted operator all run the same function.
+change handlers, the periodic resync and a restarted operator all run the same function.
 
 ``ChildView`` is how a reconciler sees the children the indexes hold for one owner.
 """

@@ -3,7 +3,7 @@ Deployment per track in line with the spec, a removed canary taken away once the
 fully rolled, status derived and written when it changed.
 
 Resolution is cached per track in the object's memory: a spec change resolves at once, the alias
-timer (and a TrainingJob moving the alias) resolves again, a failed resolution is retried at most
+poll (and a TrainingJob moving the alias) resolves again, a failed resolution is retried at most
 every ``RESOLVE_RETRY_S``, and a registry or store that is unreachable keeps what is pinned. Every
 other reconcile (resync, child events) reads no registry and writes nothing unless something changed.
 """
@@ -115,7 +115,7 @@ def server_pod_config(settings: OperatorSettings) -> ServerPodConfig:
 
 def reconcile(rt: Runtime, body: Mapping[str, Any], view: MdView, *, resolve: bool = False) -> None:
     """Bring one ModelDeployment's children and status up to date. ``resolve``: look its model
-    references up again now (alias timer, an alias moved). Raises kopf.TemporaryError when the API
+    references up again now (alias poll, an alias moved). Raises kopf.TemporaryError when the API
     server refused a child for now (after the status says so)."""
     owner = Owner.from_body(body)
     if (body.get("metadata") or {}).get("deletionTimestamp"):
