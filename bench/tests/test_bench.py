@@ -184,6 +184,42 @@ def test_trainer_bench_tiny_run_is_like_for_like_and_ends_with_every_key(
         assert 0 < float(result[key]) < 1, (key, result)
 
 
+def test_trainer_gpu_bench_dry_run_on_the_cpu_ends_with_every_key() -> None:
+    """bench-trainer-gpu's dry run (``--device cpu``): the trainer's DeepSpeed config and a variant against
+    the plain loop, the optimizers checked equal, the profile, and a RESULT line with every key. In a
+    subprocess: it initialises a process group."""
+    import subprocess
+
+    args = ["--device", "cpu", "--shapes", "example", "--steps", "3", "--rounds", "1"]
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "trainer" / "bench_gpu.py"),
+            *args,
+            "--variants",
+            "session3_config",
+            "--profile",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    assert any(x.startswith("example [trainer, DeepSpeedZeroOptimizer]") for x in lines), r.stdout
+    assert any(x.startswith("example [session3_config, DeepSpeedZeroOptimizer]") for x in lines), r.stdout
+    assert any(x.startswith("example deepspeed: host us/step") for x in lines), r.stdout
+    assert any(x.startswith("example plain: host us/step") for x in lines), r.stdout
+    assert lines[-1].startswith("RESULT ")
+    result = {k: float(v) for k, v in (kv.split("=") for kv in lines[-1].split()[1:])}
+    assert set(result) == {
+        f"{key}_example{suffix}"
+        for key in ("ds_vs_plain", "ds_ms", "plain_ms")
+        for suffix in ("", "_session3_config")
+    }
+    assert all(v > 0 for v in result.values()), result
+
+
 def test_grpc_and_batch_answer_checks_can_fail(server_bench: ModuleType) -> None:
     """The gRPC answer check (raw or typed contents) and the 1,000-row checks (JSON, binary) refuse wrong
     predictions and accept right ones."""

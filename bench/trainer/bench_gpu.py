@@ -16,9 +16,11 @@ Ours is the trainer's own engine (``kubeloop_trainer.ds_engine.DeepSpeedEngine``
 bf16, built by the trainer's ``deepspeed_config``) driven exactly as ``Loop.run_epoch`` drives an
 engine in a single process (mean loss, ``engine.step``).
 
-Two shapes: ``example`` is examples/trainingjob.yaml on the breast-cancer table (30 features,
+Three shapes: ``example`` is examples/trainingjob.yaml on the breast-cancer table (30 features,
 hidden [64, 32], batch 64): a tiny model where per-step framework overhead dominates. ``wide``
-(256 features, hidden [2048, 2048, 2048], batch 8192) is compute-bound.
+(256 features, hidden [2048, 2048, 2048], batch 8192) still is launch-bound on an H200 (~0.6 ms of
+matrix work in a ~2 ms step). ``large`` (1024 features, hidden [8192, 8192, 8192], batch 8192, 143M
+parameters, ~6.7 TFLOP per step) keeps the GPU busy, so host-side overhead hides behind it.
 
 ``--variants`` also times DeepSpeed configurations other than the trainer's (DeepSpeed options merged
 over the trainer's ``deepspeed_config``), to find where DeepSpeed's per-step cost goes; the headline
@@ -32,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import cProfile
+import pstats
 import statistics
 import sys
 import time
@@ -53,15 +57,33 @@ LR = 1e-3
 # DeepSpeed options merged over the trainer's configuration (``--variants``); "trainer" is the trainer's own.
 VARIANTS: dict[str, dict[str, Any]] = {
     "trainer": {},
-    # DeepSpeed's default for bf16 (the trainer turns it off: one device sync per step for nothing).
-    "overflow_check": {"bf16": {"check_grad_overflow": True}},
-    "immediate_grad_update": {"bf16": {"immediate_grad_update": True}},
-    # bf16 gradient accumulation (harmless with one micro-batch per step on one rank, but reductions across
-    # ranks would then be in bf16) lets ZeRO-1 skip the gradient norm, unused when nothing is clipped.
-    "bf16_grads_no_norm": {
-        "data_types": {"grad_accum_dtype": "bf16"},
-        "zero_optimization": {"compute_grad_norm": False},
+    # The trainer's configuration before it turned these off (DeepSpeed's defaults), all together and
+    # one at a time.
+    "session3_config": {
+        "zero_optimization": {
+            "compute_grad_norm": True,
+            "contiguous_gradients": True,
+            "reduce_scatter": True,
+        },
+        "timers": {"throughput": {"enabled": True, "synchronized": True}},
     },
+    "grad_norm": {"zero_optimization": {"compute_grad_norm": True}},
+    "contiguous_grads": {"zero_optimization": {"contiguous_gradients": True}},
+    "reduce_scatter": {"zero_optimization": {"reduce_scatter": True}},
+    "tput_timer": {"timers": {"throughput": {"enabled": True, "synchronized": True}}},
+    # DeepSpeed's default for bf16 (one device sync per step for nothing).
+    "overflow_check": {"bf16": {"check_grad_overflow": True}},
+    # Knobs still at DeepSpeed's defaults, to see what else a step pays for on one rank.
+    "no_multi_rank_bucket": {"zero_optimization": {"use_multi_rank_bucket_allreduce": False}},
+    "overlap_comm": {"zero_optimization": {"overlap_comm": True}},
+    # fp32 gradient accumulation: DeepSpeed's BF16_Optimizer instead of the ZeRO optimizer (it always
+    # computes the norm).
+    "fp32_grad_accum": {
+        "data_types": {"grad_accum_dtype": "fp32"},
+        "zero_optimization": {"compute_grad_norm": True},
+    },
+    # No ZeRO at all (DeepSpeed's bf16 optimizer): what ZeRO-1 itself costs on one rank.
+    "no_zero": {"zero_optimization": {"stage": 0, "compute_grad_norm": True}},
 }
 
 
@@ -90,6 +112,7 @@ class Shape:
 SHAPES = (
     Shape("example", 30, (64, 32), 64, 400, 50),
     Shape("wide", 256, (2048, 2048, 2048), 8192, 60, 10),
+    Shape("large", 1024, (8192, 8192, 8192), 8192, 30, 5),
 )
 
 
@@ -214,13 +237,89 @@ def bench_shape(
     return results
 
 
+def profile_shape(shape: Shape, device: torch.device, ctx: DistContext, steps: int = 200) -> None:
+    """Where a step's time goes, for the trainer's engine and the plain loop (``--profile``).
+
+    Per phase, the host time spent issuing it (no synchronisation between phases: in a launch-bound
+    step that is what the step costs); then torch.profiler's busiest host-side operators.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    rows = shape.batch * 16
+    x, y = make_data(shape, device, rows)
+    nth = batches(rows, shape.batch, device, seed=2)
+    engine = make_engine(shape, device, ctx, "trainer")
+    engine.train(True)
+    plain = make_model(shape, seed=0).to(device)
+    opt = torch.optim.AdamW(plain.parameters(), lr=LR)
+
+    def ds_phases(i: int) -> list[Callable[[], Any]]:
+        idx = nth(i)
+        box: dict[str, Any] = {}
+        return [
+            lambda: box.update(loss=loss_sum(engine.forward(x[idx]), y[idx], "classification", mean=True)),
+            lambda: engine.engine.backward(box["loss"]),
+            lambda: engine.engine.step(),
+        ]
+
+    def plain_phases(i: int) -> list[Callable[[], Any]]:
+        idx = nth(i)
+        box: dict[str, Any] = {}
+
+        def fwd() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                out = plain(x[idx])
+            box["loss"] = loss_sum(out, y[idx], "classification", mean=True)
+
+        def bwd() -> None:
+            opt.zero_grad(set_to_none=True)
+            box["loss"].backward()
+
+        return [fwd, bwd, lambda: opt.step()]
+
+    for name, phases in (("deepspeed", ds_phases), ("plain", plain_phases)):
+        spent = [0.0, 0.0, 0.0]
+        for i in range(steps + 20):
+            for k, fn in enumerate(phases(i)):
+                t0 = time.perf_counter()
+                fn()
+                if i >= 20:
+                    spent[k] += time.perf_counter() - t0
+        sync(device)
+        us = [round(v / steps * 1e6, 1) for v in spent]
+        print(f"{shape.name} {name}: host us/step forward {us[0]} backward {us[1]} step {us[2]}", flush=True)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for i in range(50):
+                for fn in phases(i):
+                    fn()
+            sync(device)
+        if name == "deepspeed":
+            pr = cProfile.Profile()
+            pr.enable()
+            for i in range(100):
+                for fn in phases(i):
+                    fn()
+            pr.disable()
+            sync(device)
+            print(f"{shape.name} deepspeed: cProfile over 100 steps (host time by function)", flush=True)
+            pstats.Stats(pr, stream=sys.stdout).sort_stats("tottime").print_stats(30)
+        table = prof.key_averages().table(
+            sort_by="self_cpu_time_total", row_limit=22, max_name_column_width=60
+        )
+        print(f"{shape.name} {name}: torch.profiler over 50 steps\n{table}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4, help="alternating rounds per shape (default 4)")
-    ap.add_argument("--shapes", default="example,wide", help="comma-separated subset of: example, wide")
+    ap.add_argument(
+        "--shapes", default="example,wide,large", help="comma-separated subset of: example, wide, large"
+    )
     ap.add_argument("--variants", default="trainer", help=f"comma-separated subset of: {', '.join(VARIANTS)}")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of the script")
     ap.add_argument("--steps", type=int, default=0, help="override every shape's timed steps (dry runs)")
+    ap.add_argument("--profile", action="store_true", help="then print where each step's time goes")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench-trainer-gpu needs a CUDA GPU; none on this machine", file=sys.stderr)
@@ -244,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.steps:
                 shape = Shape(shape.name, shape.features, shape.hidden, shape.batch, args.steps, 2)
             results.update(bench_shape(shape, device, ctx, args.rounds, variants))
+    if args.profile:
+        for shape in SHAPES:
+            if shape.name in wanted:
+                profile_shape(shape, device, ctx)
     print("RESULT " + " ".join(f"{k}={v:.3f}" for k, v in results.items()), flush=True)
     return 0
 

@@ -23,7 +23,9 @@ def test_config_splits_the_global_batch_over_ranks() -> None:
     assert cfg["train_batch_size"] == 64
     assert cfg["train_micro_batch_size_per_gpu"] == 16
     assert cfg["gradient_accumulation_steps"] == 1
-    assert cfg["zero_optimization"] == {"stage": 2}
+    # nothing clips and bf16 has no overflow check, so the gradient norm would be computed for nothing
+    assert cfg["zero_optimization"] == {"stage": 2, "compute_grad_norm": False}
+    assert cfg["timers"] == {"throughput": {"enabled": False}}  # two device syncs per step otherwise
     assert cfg["gradient_clipping"] == 0.0  # DeepSpeed's default (1.0) would make it learn differently
     assert cfg["bf16"] == {"enabled": True, "check_grad_overflow": False}
     assert cfg["fp16"]["enabled"] is False
@@ -34,6 +36,17 @@ def test_config_precisions() -> None:
     fp16 = deepspeed_config(DeepSpeedSpec(zero_stage=1, precision="fp16"), 32, 1, on_gpu=True)
     assert fp16["fp16"]["enabled"]
     assert not fp16["bf16"]["enabled"]
+    # fp16 finds overflows through the norm; one rank has nothing to reduce-scatter
+    assert fp16["zero_optimization"] == {"stage": 1, "contiguous_gradients": False, "reduce_scatter": False}
+    one = deepspeed_config(DeepSpeedSpec(zero_stage=1, precision="bf16"), 32, 1, on_gpu=True)
+    assert one["zero_optimization"] == {
+        "stage": 1,
+        "compute_grad_norm": False,
+        "contiguous_gradients": False,
+        "reduce_scatter": False,
+    }
+    zero3 = deepspeed_config(DeepSpeedSpec(zero_stage=3, precision="bf16"), 32, 1, on_gpu=True)
+    assert zero3["zero_optimization"] == {"stage": 3}  # DeepSpeed refuses the switch at stage 3
     fp32 = deepspeed_config(DeepSpeedSpec(zero_stage=0, precision="fp32"), 32, 1, on_gpu=False)
     assert not fp32["fp16"]["enabled"]
     assert not fp32["bf16"]["enabled"]
@@ -51,6 +64,13 @@ def test_config_is_accepted_by_deepspeed() -> None:
     assert parsed.bfloat16_config.enabled
     assert parsed.train_batch_size == 64
     assert parsed.gradient_clipping == 0.0
+    assert parsed.zero_config.compute_grad_norm is False
+    assert parsed.zero_config.contiguous_gradients is False
+    assert parsed.zero_config.reduce_scatter is False
+    assert parsed.timers_config.enabled is False
+    for stage in (0, 2, 3):
+        other = deepspeed_config(DeepSpeedSpec(zero_stage=stage, precision="bf16"), 64, 1, on_gpu=False)
+        assert DeepSpeedConfig(json.loads(json.dumps(other))).zero_optimization_stage == stage
 
 
 def _ds_spec(make_spec: Callable[..., dict[str, Any]], uri: str, name: str, precision: str, gpus: int) -> str:
