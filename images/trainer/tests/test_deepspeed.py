@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,29 @@ def test_deepspeed_zero1_bf16_on_the_cpu_accelerator(
     assert r.rc == 0, r.stderr[-3000:]
     assert r.events("resumed") == [{"event": "resumed", "epoch": 2, "epochs": 3}]
     assert [e["epoch"] for e in r.events()] == [3]
+    assert r.termination is not None
+    assert r.termination["modelVersion"] == 1
+    assert r.termination["metrics"]["r2"] > 0.2
+
+
+@pytest.mark.slow
+def test_deepspeed_zero1_bf16_two_ranks_on_the_cpu_accelerator(
+    diabetes: pd.DataFrame,
+    local_env: dict[str, str],
+    tmp_path: Path,
+    make_spec: Callable[..., dict[str, Any]],
+    run_cli: Callable[..., Any],
+) -> None:
+    """Two ranks under torchrun: ZeRO's gradient reduction with DeepSpeed's multi-rank defaults, no global
+    gradient norm; one registered version, and rank 1 partitions and steps its share of the optimizer."""
+    data = tmp_path / "diabetes.csv"
+    diabetes.to_csv(data, index=False)
+    env = {**local_env, "KUBELOOP_TRAINER_SPEC": _ds_spec(make_spec, str(data), "diab-ds2", "bf16", 0)}
+    r = run_cli(
+        env, launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    )
+    assert r.rc == 0, r.stderr[-3000:]
+    assert [e["epoch"] for e in r.events()] == [1, 2, 3]  # rank 0 alone reports
     assert r.termination is not None
     assert r.termination["modelVersion"] == 1
     assert r.termination["metrics"]["r2"] > 0.2
