@@ -26,6 +26,11 @@ parameters, ~6.7 TFLOP per step) keeps the GPU busy, so host-side overhead hides
 over the trainer's ``deepspeed_config``), to find where DeepSpeed's per-step cost goes; the headline
 ratios are always the trainer's own configuration.
 
+``--profile`` then shows where a step's time goes, for the trainer's engine and the plain loop: host
+time per phase (forward, backward, optimizer step), torch.profiler's busiest operators, a cProfile of the
+DeepSpeed steps, and on a GPU every operation that makes the host wait for the device (torch's sync
+debug mode), with where it was called from.
+
 Last line: ``RESULT ds_vs_plain_example=<r> ds_vs_plain_wide=<r> ...`` (step-time ratios, lower is
 better for us; 1.0 means DeepSpeed costs nothing over plain torch).
 """
@@ -41,6 +46,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kubeloop_trainer.ds_engine as ds_engine
@@ -308,6 +314,40 @@ def profile_shape(shape: Shape, device: torch.device, ctx: DistContext, steps: i
             sort_by="self_cpu_time_total", row_limit=22, max_name_column_width=60
         )
         print(f"{shape.name} {name}: torch.profiler over 50 steps\n{table}", flush=True)
+        if device.type == "cuda":
+            report_syncs(f"{shape.name} {name}", phases)
+
+
+def report_syncs(label: str, phases: Callable[[int], list[Callable[[], Any]]], steps: int = 5) -> None:
+    """Every operation that makes the host wait for the GPU during a few steps, with where it came from
+    (torch's sync debug mode): each one drains the launch queue of a launch-bound step."""
+    import traceback
+    import warnings
+
+    seen: dict[str, int] = {}
+
+    def record(message: Warning | str, *_: Any, **__: Any) -> None:
+        if "debug mode is a prototype" in str(message):  # torch's notice on switching the mode on
+            return
+        frames = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename]
+        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}({f.name})" for f in reversed(frames[-6:]))
+        key = f"{str(message).splitlines()[0][:60]} @ {where}"
+        seen[key] = seen.get(key, 0) + 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for i in range(steps):
+                for fn in phases(i):
+                    fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    total = sum(seen.values())
+    print(f"{label}: {total / steps:.1f} synchronising operations per step", flush=True)
+    for key, n in sorted(seen.items(), key=lambda kv: -kv[1]):
+        print(f"  {n / steps:.1f}/step {key}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
