@@ -340,3 +340,13 @@ def test_when_a_resync_and_a_fast_run_are_both_due_the_fast_run_goes_and_counts_
     assert drain(sw) == []
     clock.t += 0.1
     assert drain(sw) == [("a", False)]
+
+
+def test_the_loop_wakes_at_least_twice_per_fast_period() -> None:
+    def run(b: Mapping[str, Any], fast: bool, indexes: Mapping[str, Any]) -> None:
+        return None
+
+    assert Sweeper("TrainingJob", run, interval=60.0).tick == 0.5
+    assert Sweeper("TrainingJob", run, interval=60.0, fast_interval=10.0).tick == 0.5
+    assert Sweeper("TrainingJob", run, interval=60.0, fast_interval=0.4).tick == 0.2
+    assert Sweeper("TrainingJob", run, interval=60.0, fast_interval=0.4, tick=0.1).tick == 0.1

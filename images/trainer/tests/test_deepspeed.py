@@ -92,19 +92,30 @@ def _ds_spec(make_spec: Callable[..., dict[str, Any]], uri: str, name: str, prec
     return json.dumps(spec)
 
 
-@pytest.mark.slow
-def test_deepspeed_zero1_bf16_on_the_cpu_accelerator(
+@pytest.fixture
+def ds_env(
     diabetes: pd.DataFrame,
     local_env: dict[str, str],
     tmp_path: Path,
     make_spec: Callable[..., dict[str, Any]],
-    run_cli: Callable[..., Any],
+) -> Callable[[str, int], dict[str, str]]:
+    """``ds_env(model_name, gpus)``: a trainer environment for a ZeRO-1 bf16 run on the diabetes table."""
+    data = tmp_path / "diabetes.csv"
+    diabetes.to_csv(data, index=False)
+
+    def env(name: str, gpus: int) -> dict[str, str]:
+        return {**local_env, "KUBELOOP_TRAINER_SPEC": _ds_spec(make_spec, str(data), name, "bf16", gpus)}
+
+    return env
+
+
+@pytest.mark.slow
+def test_deepspeed_zero1_bf16_on_the_cpu_accelerator(
+    ds_env: Callable[[str, int], dict[str, str]], run_cli: Callable[..., Any]
 ) -> None:
     """A real deepspeed.initialize run (ZeRO-1, bf16) over gloo: killed after epoch 2, resumed from its
     DeepSpeed checkpoint in the object store, registered and exported."""
-    data = tmp_path / "diabetes.csv"
-    diabetes.to_csv(data, index=False)
-    env = {**local_env, "KUBELOOP_TRAINER_SPEC": _ds_spec(make_spec, str(data), "diab-ds", "bf16", 0)}
+    env = ds_env("diab-ds", 0)
     first = run_cli({**env, "KUBELOOP_TRAINER_CRASH_AFTER_EPOCH": "2"})
     assert first.rc == -9, first.stderr[-3000:]
     assert [e["epoch"] for e in first.events()] == [1, 2]
@@ -119,17 +130,11 @@ def test_deepspeed_zero1_bf16_on_the_cpu_accelerator(
 
 @pytest.mark.slow
 def test_deepspeed_zero1_bf16_two_ranks_on_the_cpu_accelerator(
-    diabetes: pd.DataFrame,
-    local_env: dict[str, str],
-    tmp_path: Path,
-    make_spec: Callable[..., dict[str, Any]],
-    run_cli: Callable[..., Any],
+    ds_env: Callable[[str, int], dict[str, str]], run_cli: Callable[..., Any]
 ) -> None:
     """Two ranks under torchrun: ZeRO's gradient reduction with DeepSpeed's multi-rank defaults, no global
     gradient norm; one registered version, and rank 1 partitions and steps its share of the optimizer."""
-    data = tmp_path / "diabetes.csv"
-    diabetes.to_csv(data, index=False)
-    env = {**local_env, "KUBELOOP_TRAINER_SPEC": _ds_spec(make_spec, str(data), "diab-ds2", "bf16", 0)}
+    env = ds_env("diab-ds2", 0)
     r = run_cli(
         env, launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     )
@@ -143,15 +148,9 @@ def test_deepspeed_zero1_bf16_two_ranks_on_the_cpu_accelerator(
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_deepspeed_zero1_bf16_on_gpu(
-    diabetes: pd.DataFrame,
-    local_env: dict[str, str],
-    tmp_path: Path,
-    make_spec: Callable[..., dict[str, Any]],
-    run_cli: Callable[..., Any],
+    ds_env: Callable[[str, int], dict[str, str]], run_cli: Callable[..., Any]
 ) -> None:
-    data = tmp_path / "diabetes.csv"
-    diabetes.to_csv(data, index=False)
-    env = {**local_env, "KUBELOOP_TRAINER_SPEC": _ds_spec(make_spec, str(data), "diab-ds-gpu", "bf16", 1)}
+    env = ds_env("diab-ds-gpu", 1)
     r = run_cli(env)
     assert r.rc == 0, r.stderr[-3000:]
     assert r.termination is not None

@@ -99,6 +99,11 @@ class Sweeper:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _resumed_at: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.fast_interval is not None:
+            # a fast run must not wait most of its own period for the loop to wake up
+            self.tick = min(self.tick, self.fast_interval / 2)
+
     # --- what the event handler tells it -------------------------------------------------------------
 
     def remember(self, body: Mapping[str, Any]) -> None:

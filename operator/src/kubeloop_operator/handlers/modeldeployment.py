@@ -118,7 +118,6 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         fast_interval=s.alias_poll_seconds,
         fast_when=_movable,
         concurrency=max(1, s.max_workers // 4),
-        tick=min(0.5, s.alias_poll_seconds / 2),
     )
     rt.sweepers.append(sweeper)
 

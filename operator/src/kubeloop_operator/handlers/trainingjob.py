@@ -50,7 +50,6 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         fast_interval=s.progress_seconds,
         fast_when=_running,
         concurrency=max(1, s.max_workers // 2),
-        tick=min(0.5, s.progress_seconds / 2),
     )
     rt.sweepers.append(sweeper)
 
