@@ -90,6 +90,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     # No ZeRO at all (DeepSpeed's bf16 optimizer): what ZeRO-1 itself costs on one rank.
     "no_zero": {"zero_optimization": {"stage": 0, "compute_grad_norm": True}},
+    # bf16 through torch.autocast over fp32 parameters (the plain loop's own regime) instead of DeepSpeed's
+    # bf16 parameters with fp32 master copies.
+    "torch_autocast": {"bf16": {"enabled": False}, "torch_autocast": {"enabled": True, "dtype": "bfloat16"}},
 }
 
 
