@@ -252,3 +252,42 @@ def test_the_command_line_refuses_bad_settings(
     assert "KUBELOOP_OPERATOR_RESYNC_SECONDS" in capsys.readouterr().err
     monkeypatch.delenv("KUBELOOP_OPERATOR_RESYNC_SECONDS")
     assert load(["--namespaces", "a,b", "--standalone"]).namespaces == "a,b"
+
+
+def _apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies a merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _apply_merge_patch(out.get(k), v)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # a failure with an exit code and pod replaced by one without them (e.g. DeadlineExceeded)
+        (
+            {"phase": "Pending", "failure": {"reason": "ImagePullBackOff", "pod": "p-0", "container": "t"}},
+            {"phase": "Failed", "failure": {"reason": "DeadlineExceeded", "message": "m"}},
+        ),
+        # a track whose digest is no longer known; a lastFailure without a pod
+        (
+            {
+                "stable": {"modelVersion": "1", "modelDigest": "sha256:a"},
+                "lastFailure": {"reason": "X", "pod": "p"},
+            },
+            {"stable": {"modelVersion": "2"}, "lastFailure": {"reason": "ModelNotFound", "track": "stable"}},
+        ),
+        ({"progress": {"epoch": 1, "etaSeconds": 9}}, {"progress": {"epoch": 2}}),
+        ({"a": {"b": {"c": 1, "d": 2}}, "l": [1, 2]}, {"a": {"b": {"c": 1}}, "l": [1]}),
+    ],
+)
+def test_a_status_patch_turns_the_stored_status_into_the_new_one(old: Any, new: Any) -> None:
+    # A merge patch merges nested objects: a key the new status lacks must be sent as null, at any
+    # depth, or the stale value stays (and the next reconcile, seeing a difference, writes again).
+    assert _apply_merge_patch(old, merge_patch(old, new)) == new

@@ -395,3 +395,29 @@ def test_history_is_bounded_and_unreadable_status_counts_as_empty() -> None:
     assert status.history[-1].time == rfc3339(T0 + timedelta(minutes=29))
     assert parse_status({"consecutiveDrifts": -4}) == DriftMonitorStatus()
     assert len(retrain_name("m" * 63, T0)) <= 56
+
+
+def test_a_new_retrain_record_does_not_inherit_the_old_ones_version() -> None:
+    # lastRetrain is replaced by a new record (no version yet): a merge patch must null what the old
+    # record had, or the API server keeps the previous retrain's version and promotion on it.
+    old = dump(
+        DriftMonitorStatus.model_validate(
+            {
+                "lastRetrain": {
+                    "trainingJob": "m-retrain-1",
+                    "time": rfc3339(T0),
+                    "state": "Succeeded",
+                    "modelVersion": 3,
+                    "promoted": True,
+                }
+            }
+        )
+    )
+    new = dump(
+        DriftMonitorStatus.model_validate(
+            {"lastRetrain": {"trainingJob": "m-retrain-2", "time": rfc3339(T0), "state": "Pending"}}
+        )
+    )
+    patch = status_patch(old, new, OPERATOR_FIELDS)
+    assert patch["lastRetrain"]["modelVersion"] is None
+    assert patch["lastRetrain"]["promoted"] is None

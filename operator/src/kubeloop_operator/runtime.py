@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from kubeloop.storage import ObjectStore
+from kubeloop_operator.builders.common import merge_diff
 from kubeloop_operator.k8s import Kind, Kube
 from kubeloop_operator.metrics import Metrics
 from kubeloop_operator.registry import Resolver
@@ -40,9 +41,10 @@ IN_FLIGHT_S: Final = 10.0
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new`` (top level; lists replace)."""
-    patch: dict[str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
-    patch.update({k: None for k in old if k not in new})
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``. Recursive: the API server
+    merges nested objects, so a key a nested object lost (``failure.pod``, ``stable.modelDigest``)
+    must be sent as null, or the stale value stays and every later reconcile sees a difference."""
+    patch: dict[str, Any] = merge_diff(old, new)
     return patch
 
 

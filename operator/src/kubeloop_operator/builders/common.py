@@ -129,3 +129,20 @@ def tolerations(items: list[Toleration]) -> list[dict[str, Any]]:
 def service_env_prefix(service: str) -> str:
     """How the kubelet names a Service's link variables: ``my-svc`` -> ``MY_SVC`` (``MY_SVC_SERVICE_HOST``)."""
     return service.upper().replace("-", "_").replace(".", "_")
+
+
+def merge_diff(live: Any, desired: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns ``live`` into ``desired``: keys the live object has
+    and the desired one lacks become null, lists are replaced whole. ``{}`` when they are equal."""
+    if not isinstance(live, Mapping) or not isinstance(desired, Mapping):
+        return desired
+    patch: dict[str, Any] = {}
+    for k, v in desired.items():
+        if k not in live:
+            patch[k] = v
+        elif live[k] != v:
+            patch[k] = merge_diff(live[k], v) if isinstance(v, Mapping) else v
+    for k in live:
+        if k not in desired:
+            patch[k] = None
+    return patch

@@ -41,6 +41,7 @@ from kubeloop_operator.builders.common import (
     container_resources,
     label_value,
     labels,
+    merge_diff,
     metadata,
     tolerations,
 )
@@ -377,23 +378,6 @@ def manifest_hash(manifest: Mapping[str, Any]) -> str:
 
 
 # --- patches -----------------------------------------------------------------------------------------
-
-
-def merge_diff(live: Any, desired: Any) -> Any:
-    """The JSON merge patch (RFC 7386) that turns ``live`` into ``desired``: keys the live object has
-    and the desired one lacks become null, lists are replaced whole. ``{}`` when they are equal."""
-    if not isinstance(live, Mapping) or not isinstance(desired, Mapping):
-        return desired
-    patch: dict[str, Any] = {}
-    for k, v in desired.items():
-        if k not in live:
-            patch[k] = v
-        elif live[k] != v:
-            patch[k] = merge_diff(live[k], v) if isinstance(v, Mapping) else v
-    for k in live:
-        if k not in desired:
-            patch[k] = None
-    return patch
 
 
 def spec_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:

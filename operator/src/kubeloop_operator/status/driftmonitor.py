@@ -36,7 +36,7 @@ from kubeloop.resources import (
     RetrainSpec,
     parse_duration,
 )
-from kubeloop_operator.builders.common import child_name
+from kubeloop_operator.builders.common import child_name, merge_diff
 from kubeloop_operator.status.conditions import EventSpec, Want, merge, one_line, parse_time, rfc3339
 
 # --- conditions and their owners ---------------------------------------------------------------------
@@ -590,5 +590,8 @@ def status_patch(old: dict[str, Any], new: dict[str, Any], fields: Sequence[str]
     """The merge patch of one writer: its ``fields`` that changed, and the conditions list when it
     changed (the other writer's conditions in it are as read; the resourceVersion precondition makes
     sure they still are). Empty when nothing changed."""
-    patch = {k: new.get(k) for k in (*fields, "conditions") if old.get(k) != new.get(k)}
-    return patch
+    # Per field, the recursive diff: a nested key the new value lacks (lastRetrain.modelVersion of
+    # the retrain before) must go as null, or the API server's merge keeps it.
+    return {
+        k: merge_diff(old.get(k), new.get(k)) for k in (*fields, "conditions") if old.get(k) != new.get(k)
+    }
