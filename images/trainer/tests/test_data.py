@@ -171,3 +171,12 @@ def test_split_is_deterministic() -> None:
     assert not np.array_equal(a[1], c[1])
     assert len(np.intersect1d(a[0], a[1])) == 0
     assert len(a[0]) + len(a[1]) == 100
+
+
+def test_empty_string_class_labels_are_missing_target_values() -> None:
+    # "" is the missing category everywhere else (features, the ONNX graph); a Parquet string
+    # target can carry it where a CSV reader would have given NaN.
+    df = good_frame().astype({"y": str})
+    df.loc[[3, 7], "y"] = ""
+    with pytest.raises(errors.MissingTargetValuesError, match="2 missing"):
+        check(parquet_bytes(df), uri="/d.parquet")

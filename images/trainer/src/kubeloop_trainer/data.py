@@ -273,6 +273,8 @@ def prepare(
 
     y_col = df[target]
     n_missing = int(y_col.isna().sum())
+    if task == "classification":  # "" is the missing category, not a class (as for the features)
+        n_missing = sum(k is None for k in _categorical_column(y_col).tolist())
     if n_missing:
         raise errors.MissingTargetValuesError(f"target column {target!r} has {n_missing} missing value(s)")
 
