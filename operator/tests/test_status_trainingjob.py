@@ -409,3 +409,12 @@ def test_tail_is_bounded() -> None:
     assert t.rstrip().endswith("x")
     assert "line 999" in t
     assert st.tail("a\nb\nc\n", 2) == "b\nc"
+
+
+def test_a_ttl_the_calendar_cannot_hold_never_expires_and_never_raises() -> None:
+    # The CRD bounds ttlSecondsAfterFinished by int64 only; completion + ttl past year 9999 must not
+    # crash every reconcile of the finished run.
+    done = TrainingJobStatus(phase="Succeeded", completion_time=st.rfc3339(NOW))
+    for ttl in (10**12, 2**63 - 1):
+        assert not st.ttl_expired(spec(ttlSecondsAfterFinished=ttl), done, NOW + timedelta(days=3650))
+    assert st.ttl_expired(spec(ttlSecondsAfterFinished=0), done, NOW)

@@ -23,7 +23,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 from pydantic import ValidationError
@@ -189,8 +189,9 @@ def tail(text: str, lines: int, limit: int = LOG_TAIL_MAX_BYTES) -> str:
 def ttl_expired(spec: TrainingJobSpec, status: TrainingJobStatus, now: datetime) -> bool:
     ttl = spec.run_policy.ttl_seconds_after_finished
     done = parse_time(status.completion_time)
+    # Compared in seconds, not as done + ttl: the CRD allows any int64, far past what a datetime holds.
     return (
-        ttl is not None and is_terminal(status) and done is not None and now >= done + timedelta(seconds=ttl)
+        ttl is not None and is_terminal(status) and done is not None and (now - done).total_seconds() >= ttl
     )
 
 
