@@ -418,3 +418,19 @@ def test_a_ttl_the_calendar_cannot_hold_never_expires_and_never_raises() -> None
     for ttl in (10**12, 2**63 - 1):
         assert not st.ttl_expired(spec(ttlSecondsAfterFinished=ttl), done, NOW + timedelta(days=3650))
     assert st.ttl_expired(spec(ttlSecondsAfterFinished=0), done, NOW)
+
+
+def test_progress_ignores_epoch_durations_that_are_not_finite_or_negative() -> None:
+    # A bring-your-own image prints what it likes; json reads Infinity/NaN, and a clock step can make
+    # a duration negative: none may crash the reconcile or yield a negative ETA.
+    for bad in ("Infinity", "NaN", "-3"):
+        line = f'{{"event": "epoch", "epoch": 1, "epochs": 5, "seconds": {bad}}}'
+        assert st.parse_progress(line) == st.ProgressReading(1, 5, None)
+    good = json.dumps({"event": "epoch", "epoch": 1, "epochs": 5, "seconds": 2.0})
+    assert st.parse_progress(good + '\n{"event": "epoch", "epoch": 2, "epochs": 5, "seconds": NaN}') == (
+        st.ProgressReading(2, 5, 6)
+    )
+    # durations and counts whose product or value no status integer (int64) holds
+    huge = json.dumps({"event": "epoch", "epoch": 0, "epochs": 2**40, "seconds": 1e300})
+    assert st.parse_progress(huge) == st.ProgressReading(0, 2**40, None)
+    assert st.parse_progress(json.dumps({"event": "epoch", "epoch": 1, "epochs": 2**64})) is None

@@ -46,6 +46,7 @@ CONTAINER: Final = "trainer"
 TERMINAL: Final = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
 CONDITION_TYPES: Final = ("Created", "Running", "Succeeded", "Failed", "Suspended")
 PROGRESS_EVENTS: Final = frozenset({"epoch", "resumed"})
+_STATUS_INT_MAX: Final = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,18 +161,23 @@ def parse_progress(log_text: str) -> ProgressReading | None:
             continue
         if not isinstance(doc, dict) or doc.get("event") not in PROGRESS_EVENTS:
             continue
-        if not isinstance(doc.get("epoch"), int) or not isinstance(doc.get("epochs"), int):
-            continue
+        if not all(
+            isinstance(doc.get(k), int) and 0 <= doc[k] <= _STATUS_INT_MAX for k in ("epoch", "epochs")
+        ):
+            continue  # not an epoch count the status (int64) can hold
         last = doc
-        if doc["event"] == "epoch" and isinstance(doc.get("seconds"), int | float):
-            seconds.append(float(doc["seconds"]))
+        took = doc.get("seconds")
+        # json reads Infinity and NaN; a log line is not trusted to give a usable duration.
+        if doc["event"] == "epoch" and isinstance(took, int | float) and math.isfinite(took) and took >= 0:
+            seconds.append(float(took))
     if last is None:
         return None
     epoch, epochs = max(0, int(last["epoch"])), max(0, int(last["epochs"]))
     eta = None
     if seconds and epochs >= epoch:
         recent = seconds[-5:]
-        eta = math.ceil((epochs - epoch) * sum(recent) / len(recent))
+        estimate = (epochs - epoch) * (sum(recent) / len(recent))
+        eta = math.ceil(estimate) if estimate <= _STATUS_INT_MAX else None
     return ProgressReading(epoch=min(epoch, epochs) if epochs else epoch, epochs=epochs, eta_seconds=eta)
 
 
