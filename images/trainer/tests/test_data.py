@@ -180,3 +180,14 @@ def test_empty_string_class_labels_are_missing_target_values() -> None:
     df.loc[[3, 7], "y"] = ""
     with pytest.raises(errors.MissingTargetValuesError, match="2 missing"):
         check(parquet_bytes(df), uri="/d.parquet")
+
+
+@pytest.mark.parametrize("column", ["a", "y"])
+def test_values_beyond_the_float32_range_are_refused(column: str) -> None:
+    # finite in float64 but infinite as the model's float32 input (or target): refused naming the
+    # column, instead of NaN statistics and a TrainingDiverged failure after the first epoch
+    df = good_frame()
+    df["y"] = df["y"].astype(float) + np.arange(len(df))
+    df.loc[4, column] = 1e39
+    with pytest.raises(errors.NonFiniteValuesError, match=f"'{column}'.*float32"):
+        check(df, task="regression")

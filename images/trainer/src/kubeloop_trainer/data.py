@@ -43,6 +43,8 @@ def task_name(task: Task) -> TaskName:
 # numeric column with bad values (NonNumericValuesError) rather than a categorical one.
 NUMERIC_SHARE = 0.9
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def _format(uri: str, fmt: str, data: bytes) -> str:
     if fmt != "auto":
@@ -221,6 +223,12 @@ def _numeric_column(name: str, col: pd.Series, what: str) -> npt.NDArray[np.floa
     if np.isinf(values).any():
         raise errors.NonFiniteValuesError(
             f"{what} {name!r} has {int(np.isinf(values).sum())} infinite value(s)"
+        )
+    beyond = np.abs(values) > FLOAT32_MAX  # the model's inputs and target are float32; NaN is False
+    if beyond.any():
+        raise errors.NonFiniteValuesError(
+            f"{what} {name!r} has {int(beyond.sum())} value(s) beyond the float32 range "
+            f"(|v| > {FLOAT32_MAX:.4g}), e.g. {float(values[beyond][0]):g}"
         )
     return values
 
