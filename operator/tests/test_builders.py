@@ -216,3 +216,31 @@ def test_label_values_and_service_links_follow_kubernetes_rules() -> None:
     assert long[0].isalnum()
     assert long[-1].isalnum()
     assert common.service_env_prefix("breast-cancer-rdzv") == "BREAST_CANCER_RDZV"
+
+
+_DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+@pytest.mark.parametrize("name", ["my.tj", "7-layers", "v1.2.3", "9" * 253, "a" * 60 + ".b"])
+def test_any_valid_trainingjob_name_gives_children_the_api_server_accepts(name: str) -> None:
+    # A TrainingJob's name is a DNS subdomain (dots, a leading digit, 253 characters). The Indexed
+    # Job's name must make pod hostnames <job>-<index> (DNS-1123 labels) and a Service's name must be
+    # a DNS-1035 label (a letter first, no dots).
+    import re
+
+    jn = b.job_name(name)
+    assert re.fullmatch(_DNS1123_LABEL, jn)
+    assert len(f"{jn}-255") <= 63
+    svc = b.rendezvous_service_name(name)
+    assert re.fullmatch(_DNS1035_LABEL, svc)
+    assert len(svc) <= 63
+    assert svc.endswith("-rdzv")
+    # distinct owners keep distinct children ("my.tj" and "my-tj" may both exist)
+    twin = name.replace(".", "-") if "." in name else None
+    if twin is not None:
+        assert b.job_name(twin) != jn
+        assert b.rendezvous_service_name(twin) != svc
+    # names that were valid keep their children's names (a restarted operator adopts them)
+    assert b.job_name("breast-cancer") == "breast-cancer"
+    assert b.rendezvous_service_name("breast-cancer") == "breast-cancer-rdzv"

@@ -273,3 +273,18 @@ def test_max_surge_is_never_zero() -> None:
     cfg = b.ServerPodConfig(image="s", image_pull_policy="Never", store=None, max_surge="100%")
     dep = b.build_deployment(OWNER, example_spec(), "stable", V3, 2, cfg)
     assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": "100%"}
+
+
+@pytest.mark.parametrize("name", ["iris.v2", "1st-model", "a.b", "9" * 253])
+def test_the_service_name_is_a_dns_1035_label_for_any_valid_name(name: str) -> None:
+    # A ModelDeployment's name is a DNS subdomain; a Service's must be a DNS-1035 label.
+    import re
+
+    svc = b.service_name(name)
+    assert re.fullmatch(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", svc)
+    assert len(svc) <= 63
+    assert svc != b.service_name(name.replace(".", "-")) or "." not in name
+    owner = common.Owner("kubeloop.io/v1alpha1", "ModelDeployment", "ns", name, "uid-1")
+    assert b.build_service(owner)["metadata"]["name"] == svc
+    assert b.urls(owner)[0] == f"http://{svc}.ns.svc:{b.HTTP_PORT}"
+    assert b.service_name("breast-cancer") == "breast-cancer"

@@ -56,6 +56,28 @@ def child_name(base: str, suffix: str = "", *, max_len: int = 63) -> str:
     return f"{base[:keep].rstrip('-.')}-{_hash(full)}{tail}"
 
 
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def dns_label_name(base: str, suffix: str = "", *, max_len: int = 63, letter_first: bool = False) -> str:
+    """:func:`child_name` for a child whose name must be a DNS label: a Service (DNS-1035,
+    ``letter_first``) or an Indexed Job (its pods' hostnames are ``<job>-<index>``). An owner's name
+    is a DNS subdomain (dots, a leading digit): when ``child_name`` gives no valid label, dots become
+    dashes, a leading digit gets an ``x`` before it, and a hash of the whole name keeps owners such
+    as ``a.b`` and ``a-b`` apart. Names that are valid labels stay as ``child_name`` makes them."""
+    name = child_name(base, suffix, max_len=max_len)
+    if (_DNS1035_LABEL if letter_first else _DNS1123_LABEL).match(name):
+        return name
+    cleaned = base.replace(".", "-")
+    if letter_first and not cleaned[:1].isalpha():
+        cleaned = "x" + cleaned
+    tail = f"-{suffix}" if suffix else ""
+    keep = max_len - len(tail) - 9
+    full = f"{base}-{suffix}" if suffix else base
+    return f"{cleaned[:keep].rstrip('-')}-{_hash(full)}{tail}"
+
+
 def label_value(text: str) -> str:
     """A valid label value for ``text`` (at most 63 characters; a hash keeps long values distinct)."""
     if len(text) <= 63 and _LABEL_VALUE.match(text):

@@ -39,6 +39,7 @@ from kubeloop_operator.builders.common import (
     Owner,
     child_name,
     container_resources,
+    dns_label_name,
     label_value,
     labels,
     merge_diff,
@@ -124,7 +125,7 @@ def deployment_name(md_name: str, track: Track) -> str:
 
 
 def service_name(md_name: str) -> str:
-    return child_name(md_name)
+    return dns_label_name(md_name, letter_first=True)
 
 
 def hpa_name(md_name: str) -> str:

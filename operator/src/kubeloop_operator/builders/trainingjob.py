@@ -23,8 +23,8 @@ from kubeloop.contracts import (
 from kubeloop.resources import TrainingJobSpec
 from kubeloop_operator.builders.common import (
     Owner,
-    child_name,
     container_resources,
+    dns_label_name,
     label_value,
     labels,
     metadata,
@@ -51,11 +51,11 @@ class TrainerPodConfig:
 
 
 def job_name(tj_name: str) -> str:
-    return child_name(tj_name, max_len=JOB_NAME_MAX)
+    return dns_label_name(tj_name, max_len=JOB_NAME_MAX)
 
 
 def rendezvous_service_name(tj_name: str) -> str:
-    return child_name(job_name(tj_name), "rdzv")
+    return dns_label_name(job_name(tj_name), "rdzv", letter_first=True)
 
 
 def uses_torchrun(spec: TrainingJobSpec) -> bool:
