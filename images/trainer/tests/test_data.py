@@ -7,8 +7,10 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from kubeloop_trainer import errors
 from kubeloop_trainer.data import prepare, read_table, split_indices
+from kubeloop_trainer.model import build_model
 
 from kubeloop.resources import DatasetSpec
 
@@ -191,3 +193,21 @@ def test_values_beyond_the_float32_range_are_refused(column: str) -> None:
     df.loc[4, column] = 1e39
     with pytest.raises(errors.NonFiniteValuesError, match=f"'{column}'.*float32"):
         check(df, task="regression")
+
+
+@pytest.mark.parametrize("scale", [1e-13, 1e20])
+def test_scaling_statistics_fit_tiny_and_huge_values(scale: float) -> None:
+    # what the model sees after its (exported) imputation and scaling: standardised numerics, and a
+    # standardised regression target; neither all zeros (silently ignored) nor inf/NaN
+    rng = np.random.default_rng(4)
+    n = 200
+    df = pd.DataFrame({"a": rng.normal(3.0, 1.0, n) * scale, "b": rng.normal(size=n)})
+    df["y"] = df["a"] + rng.normal(0.0, 0.1, n) * scale
+    ds = check(df, task="regression")
+    with torch.no_grad():
+        x = build_model(ds, [4], 0.0).preprocess(torch.from_numpy(ds.x_train)).numpy()
+    assert np.all(np.isfinite(x))
+    np.testing.assert_allclose(x.std(axis=0), [1.0, 1.0], rtol=1e-3)
+    z = (ds.y_train - ds.target_mean) / ds.target_std
+    assert np.all(np.isfinite(z))
+    assert abs(float(z.std()) - 1.0) < 1e-3

@@ -345,8 +345,8 @@ def prepare(
             present = v[~np.isnan(v)]
             median = float(np.median(present)) if len(present) else 0.0
             filled = np.where(np.isnan(v), median, v).astype(np.float32)
-            std = float(filled.std())
-            nums.append(NumericStats(f.name, median, float(filled.mean()), std if std > 1e-12 else 1.0))
+            mean, std = _scale(filled)
+            nums.append(NumericStats(f.name, median, mean, std))
         else:
             present_keys = [k for k in v.tolist() if k is not None]
             uniq, counts = np.unique(np.array(present_keys, dtype=object).astype(str), return_counts=True)
@@ -369,10 +369,20 @@ def prepare(
         classes=classes,
     )
     if task == "regression":
-        ds.target_mean = float(ds.y_train.mean())
-        std = float(ds.y_train.std())
-        ds.target_std = std if std > 1e-12 else 1.0
+        ds.target_mean, ds.target_std = _scale(ds.y_train)
     return ds
+
+
+def _scale(values: npt.NDArray[np.float32]) -> tuple[float, float]:
+    """Mean and standard deviation to standardise float32 ``values`` with (std 1 when constant).
+
+    In float64: float32 sums of squares overflow from |v| ~ 1e19 (std inf: the column scaled to
+    zeros). Constant means equal as the model sees them (float32), not std below an absolute floor,
+    which took columns of small values (~1e-13) for constants and left them unscaled (~zeros)."""
+    x = values.astype(np.float64)
+    if x.size == 0 or float(x.max()) == float(x.min()):
+        return (float(x[0]) if x.size else 0.0), 1.0
+    return float(x.mean()), float(x.std())
 
 
 def split_indices(
