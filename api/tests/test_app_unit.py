@@ -4,6 +4,7 @@ server is in test_component_*.py."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -351,3 +352,45 @@ def test_requests_the_api_server_sheds_are_sent_again(fake: FakeKube) -> None:
         r = c.get("/api/v1/namespaces/a/trainingjobs", headers=A)
         assert r.status_code == 429
         assert shed["n"] == -98
+
+
+def test_bodies_json_cannot_carry_are_refused_naming_the_field(client: TestClient, fake: FakeKube) -> None:
+    # What the decoders accept but JSON (and so the API server) cannot carry: an integer past int64, a
+    # number too large for a double (json reads it as inf), YAML's .nan and non-string map keys.
+    md = '{"metadata": {"name": "m"}, "spec": {"model": {"name": "m", "version": %s}}}'
+    for number in ("100000000000000000000000", "1e400"):
+        r = client.post("/api/v1/namespaces/a/modeldeployments", content=md % number, headers=A)
+        assert r.status_code == 422, r.text
+        assert r.json()["details"]["causes"][0]["field"] == "spec.model.version"
+    y = {**A, "Content-Type": "application/yaml"}
+    base = yaml.safe_dump(TJ)
+    for number in (".nan", "-.inf"):
+        # orjson would send null: the object would be created without the threshold the caller gave.
+        promotion = f"task: classification\n  promotion: {{metric: accuracy, threshold: {number}}}"
+        r = client.post(
+            "/api/v1/namespaces/a/trainingjobs", content=base.replace("task: classification", promotion),
+            headers=y,
+        )  # fmt: skip
+        assert r.status_code == 422, r.text
+        assert r.json()["details"]["causes"][0]["field"] == "spec.promotion.threshold"
+    for keys, field in (("{~: a}", "metadata.labels"), ("{1.5: a}", "metadata.labels")):
+        r = client.post(
+            "/api/v1/namespaces/a/trainingjobs", content=base.replace("name: tj1", f"name: tj1\n  labels: {keys}"),
+            headers=y,
+        )  # fmt: skip
+        assert r.status_code == 422, r.text
+        assert r.json()["details"]["causes"][0]["field"] == field
+    r = client.patch("/api/v1/namespaces/a/trainingjobs/tj1", content="metadata: {1: a, b: c}", headers=y)
+    assert r.status_code == 422, r.text
+    deep = json.dumps({**TJ, "metadata": {"name": "tj1", "generateName": "DEEP"}})
+    r = client.post(  # orjson refuses to encode more than 254 levels
+        "/api/v1/namespaces/a/trainingjobs", content=deep.replace('"DEEP"', "[" * 300 + "]" * 300), headers=A
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["details"]["causes"][0]["field"].startswith("metadata.generateName[0]")
+    assert not [q for q in fake.requests if q.method in ("POST", "PATCH") and "kubeloop.io/" in q.url.path]
+    # Integer and boolean keys are names, as kubectl's YAML reader makes them (sigs.k8s.io/yaml).
+    labelled = base.replace("name: tj1", "name: tj1\n  labels: {2: a, yes: b}")
+    r = client.post("/api/v1/namespaces/a/trainingjobs", content=labelled, headers=y)
+    assert r.status_code == 201, r.text
+    assert fake.objects[("a", "trainingjobs", "tj1")]["metadata"]["labels"] == {"2": "a", "true": "b"}

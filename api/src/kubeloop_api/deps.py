@@ -4,6 +4,7 @@ reading with a size limit."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Final
@@ -14,7 +15,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import ClientDisconnect
 
 from kubeloop.resources import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
-from kubeloop_api.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from kubeloop_api.errors import (
+    BadRequestError,
+    InvalidError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
 from kubeloop_api.identity import Principal
 
 if TYPE_CHECKING:
@@ -129,8 +135,8 @@ async def read_document(request: Request, limit: int) -> Any:
         raise BadRequestError("body: empty; expected a JSON object")
     try:
         if ctype in YAML_TYPES:
-            return yaml.safe_load(raw)
-        return json.loads(raw, parse_constant=_no_constant)
+            return json_data(yaml.safe_load(raw))
+        return json_data(json.loads(raw, parse_constant=_no_constant))
     except (ValueError, RecursionError, yaml.YAMLError) as e:
         kind = "YAML" if ctype in YAML_TYPES else "JSON"
         raise BadRequestError(f"body: not valid {kind}: {str(e).splitlines()[0][:200]}") from None
@@ -138,3 +144,36 @@ async def read_document(request: Request, limit: int) -> Any:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+_MAX_DEPTH: Final = 200  # orjson, which encodes what is sent on, stops at 254 levels
+
+
+def json_data(value: Any, path: str = "", depth: int = 0) -> Any:
+    """``value`` as JSON carries it, or 422 naming the field JSON cannot carry: an integer outside int64
+    or a float that is not finite (orjson would refuse the one and write ``null`` for the other), a
+    YAML-only type, a map key that is not a name. Integer and boolean map keys become names, as
+    kubectl's YAML reader (sigs.k8s.io/yaml) makes them."""
+    field = path or "body"
+    if depth > _MAX_DEPTH:
+        raise InvalidError(f"nested more than {_MAX_DEPTH} levels deep", field=field)
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if isinstance(k, bool):
+                key = "true" if k else "false"
+            elif isinstance(k, int | str):
+                key = str(k)
+            else:
+                raise InvalidError(f"map key {k!r} is not a name; quote it", field=field)
+            out[key] = json_data(v, f"{path}.{key}" if path else key, depth + 1)
+        return out
+    if isinstance(value, list):
+        return [json_data(v, f"{field}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise InvalidError("integer out of range (64 bits)", field=field)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidError(f"{value} is not a JSON number", field=field)
+    if value is None or isinstance(value, str | int | float):
+        return value
+    raise InvalidError(f"a YAML {type(value).__name__} has no JSON form", field=field)
