@@ -291,3 +291,14 @@ def test_a_status_patch_turns_the_stored_status_into_the_new_one(old: Any, new: 
     # A merge patch merges nested objects: a key the new status lacks must be sent as null, at any
     # depth, or the stale value stays (and the next reconcile, seeing a difference, writes again).
     assert _apply_merge_patch(old, merge_patch(old, new)) == new
+
+
+@pytest.mark.parametrize("owner", ["tj", "a" * 199 + "-b" * 20, "a" * 199 + ".b" * 20, "x" * 253])
+def test_event_names_are_dns_subdomains_for_any_owner_name(owner: str) -> None:
+    # The owner's name is cut to leave room for the digest; a cut that ends in '-' or '.' would make
+    # the API server refuse the Event (each dot-separated part must end alphanumeric).
+    import re
+
+    name = EventSpec("Warning", "OOMKilled", "m", "k").name(owner, "uid-1")
+    assert len(name) <= 253
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", name)

@@ -95,4 +95,5 @@ class EventSpec:
 
     def name(self, owner_name: str, owner_uid: str) -> str:
         digest = hashlib.sha256(f"{owner_uid}/{self.reason}/{self.key}".encode()).hexdigest()[:16]
-        return f"{owner_name[:200]}.{digest}"
+        # The cut must not end in '-' or '.': each part of a DNS subdomain ends alphanumeric.
+        return f"{owner_name[:200].rstrip('-.')}.{digest}"
