@@ -288,3 +288,13 @@ def test_the_service_name_is_a_dns_1035_label_for_any_valid_name(name: str) -> N
     assert b.build_service(owner)["metadata"]["name"] == svc
     assert b.urls(owner)[0] == f"http://{svc}.ns.svc:{b.HTTP_PORT}"
     assert b.service_name("breast-cancer") == "breast-cancer"
+
+
+def test_a_gpu_asked_for_in_requests_only_gets_the_limit_kubernetes_requires() -> None:
+    # Extended resources cannot be overcommitted: the API server refuses a container that requests
+    # nvidia.com/gpu without the same limit. spec.resources.requests alone passes the CRD.
+    from kubeloop.resources import ResourceRequirements
+
+    res = common.container_resources(ResourceRequirements(requests={"nvidia.com/gpu": 1, "cpu": "1"}))
+    assert res["limits"] == {"nvidia.com/gpu": "1"}
+    assert res["requests"] == {"nvidia.com/gpu": "1", "cpu": "1"}

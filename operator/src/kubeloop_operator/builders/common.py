@@ -136,6 +136,8 @@ def container_resources(res: ResourceRequirements, gpus: int = 0) -> dict[str, A
     if gpus > 0:
         limits.setdefault(GPU_RESOURCE, str(gpus))
         requests.setdefault(GPU_RESOURCE, limits[GPU_RESOURCE])
+    elif GPU_RESOURCE in requests:  # the API server refuses a GPU request without the same limit
+        limits.setdefault(GPU_RESOURCE, requests[GPU_RESOURCE])
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
