@@ -394,3 +394,17 @@ def test_bodies_json_cannot_carry_are_refused_naming_the_field(client: TestClien
     r = client.post("/api/v1/namespaces/a/trainingjobs", content=labelled, headers=y)
     assert r.status_code == 201, r.text
     assert fake.objects[("a", "trainingjobs", "tj1")]["metadata"]["labels"] == {"2": "a", "true": "b"}
+
+
+def test_yaml_timestamps_stay_the_strings_written(client: TestClient, fake: FakeKube) -> None:
+    # kubectl's YAML reader (sigs.k8s.io/yaml, go-yaml v2) keeps an unquoted date as the string written;
+    # so must the facade, or the same file kubectl applies is refused here (or changed).
+    text = yaml.safe_dump(TJ).replace("name: tj1", "name: tj1\n  annotations: {released: 2024-01-01}")
+    text = text.replace("target: y", "target: 2024-01-01 10:00:00")
+    r = client.post(
+        "/api/v1/namespaces/a/trainingjobs", content=text, headers={**A, "Content-Type": "application/yaml"}
+    )
+    assert r.status_code == 201, r.text
+    stored = fake.objects[("a", "trainingjobs", "tj1")]
+    assert stored["metadata"]["annotations"] == {"released": "2024-01-01"}
+    assert stored["spec"]["dataset"]["target"] == "2024-01-01 10:00:00"

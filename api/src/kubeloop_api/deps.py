@@ -90,6 +90,18 @@ Name = Annotated[
     ),
 ]
 
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but an unquoted date or time stays the string written, as kubectl's YAML
+    reader (sigs.k8s.io/yaml, go-yaml v2) keeps it: the same file gives the same object either way."""
+
+
+def _as_written(loader: _YamlLoader, node: yaml.Node) -> Any:
+    return loader.construct_yaml_str(node)
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:timestamp", _as_written)
+
 JSON_TYPES: Final = ("application/json", "application/merge-patch+json", "")
 YAML_TYPES: Final = ("application/yaml", "application/x-yaml", "text/yaml")
 
@@ -135,7 +147,7 @@ async def read_document(request: Request, limit: int) -> Any:
         raise BadRequestError("body: empty; expected a JSON object")
     try:
         if ctype in YAML_TYPES:
-            return json_data(yaml.safe_load(raw))
+            return json_data(yaml.load(raw, Loader=_YamlLoader))
         return json_data(json.loads(raw, parse_constant=_no_constant))
     except (ValueError, RecursionError, yaml.YAMLError) as e:
         kind = "YAML" if ctype in YAML_TYPES else "JSON"
