@@ -408,3 +408,13 @@ def test_yaml_timestamps_stay_the_strings_written(client: TestClient, fake: Fake
     stored = fake.objects[("a", "trainingjobs", "tj1")]
     assert stored["metadata"]["annotations"] == {"released": "2024-01-01"}
     assert stored["spec"]["dataset"]["target"] == "2024-01-01 10:00:00"
+
+
+def test_non_ascii_user_and_group_names_are_impersonated_as_utf8(client: TestClient, fake: FakeKube) -> None:
+    # OIDC names are Unicode; the API server (Go) reads header values as the UTF-8 bytes client-go sends.
+    fake.users["tok-jose"] = {"username": "josé", "groups": ["équipe-ü", "system:authenticated"]}
+    r = client.get("/api/v1/namespaces/a/trainingjobs", headers={"Authorization": "Bearer tok-jose"})
+    assert r.status_code == 200, r.text
+    raw = dict(fake.requests[-1].headers.raw)
+    assert raw[b"Impersonate-User"] == "josé".encode()
+    assert raw[b"Impersonate-Group"] == "équipe-ü".encode()

@@ -140,7 +140,9 @@ class Kube:
     async def close(self) -> None:
         await self._client.aclose()
 
-    def _headers(self, as_user: Principal | None, content_type: str | None = None) -> list[tuple[str, str]]:
+    def _headers(
+        self, as_user: Principal | None, content_type: str | None = None
+    ) -> list[tuple[bytes, bytes]]:
         headers: list[tuple[str, str]] = [("Accept", JSON)]
         if self._creds is not None and (auth := self._creds.authorization()):
             headers.append(("Authorization", auth))
@@ -148,7 +150,9 @@ class Kube:
             headers += as_user.impersonation_headers()
         if content_type:
             headers.append(("Content-Type", content_type))
-        return headers
+        # UTF-8 bytes, as client-go sends them: httpx encodes a str as ASCII, and fails on the Unicode
+        # user and group names OIDC providers give.
+        return [(k.encode(), v.encode()) for k, v in headers]
 
     async def request(
         self,
