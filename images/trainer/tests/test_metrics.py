@@ -1,11 +1,22 @@
-"""Final metrics agree with scikit-learn."""
+"""Final metrics agree with scikit-learn; metrics that cannot be computed; promotion decisions."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import numpy as np
+import pandas as pd
 import pytest
+from kubeloop_trainer.app import final_metrics
+from kubeloop_trainer.data import prepare
 from kubeloop_trainer.metrics import better, classification_metrics, clears, regression_metrics
+from kubeloop_trainer.model import InferenceHead, build_model
+from kubeloop_trainer.tracking import Tracker
 from sklearn import metrics as skm
+
+from kubeloop.contracts import TrainingSummary
+from kubeloop.resources import DatasetSpec
 
 
 @pytest.mark.parametrize("n_classes", [2, 4])
@@ -50,3 +61,67 @@ def test_direction_of_metrics() -> None:
     assert not clears("r2", 0.5, 0.6)
     assert clears("mse", 10.0, 12.0)
     assert not clears("mse", 13.0, 12.0)
+
+
+def test_metrics_of_a_one_class_validation_split_fit_the_summary() -> None:
+    # a class with one row stays in the training split, so ROC-AUC has no negatives to rank: the
+    # summary (JSON, which has no NaN) must still carry the run's result, for the operator and for
+    # a restarted pod that re-reports it
+    df = pd.DataFrame({"a": np.arange(40.0), "y": ["no"] * 39 + ["yes"]})
+    ds = prepare(df, DatasetSpec(uri="/d.csv", target="y"), "classification", 1)
+    assert set(ds.y_val.tolist()) == {0}
+    head = InferenceHead(build_model(ds, [4], 0.0).eval(), ds.task)
+    metrics = final_metrics(head, ds)
+    assert "accuracy" in metrics
+    summary = TrainingSummary(
+        metrics=metrics, mlflow_run_id="r", model_uri="s3://b/m", baseline_uri="s3://b/b"
+    )
+    assert TrainingSummary.model_validate_json(summary.model_dump_json(by_alias=True)) == summary
+
+
+class _Run:
+    def __init__(self, metrics: dict[str, float]) -> None:
+        self.data = SimpleNamespace(metrics=metrics)
+
+
+class _Registry:
+    """The few MlflowClient calls Tracker.promote makes, with one alias holder (or none)."""
+
+    def __init__(self, holder_metrics: dict[str, float] | None) -> None:
+        self.holder_metrics = holder_metrics
+        self.aliases: dict[str, str] = {}
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> Any:
+        if self.holder_metrics is None:
+            raise LookupError(alias)
+        return SimpleNamespace(run_id="old-run", version="1")
+
+    def get_run(self, run_id: str) -> _Run:
+        return _Run(self.holder_metrics or {})
+
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+        self.aliases[alias] = version
+
+
+def _tracker(holder_metrics: dict[str, float] | None) -> tuple[Tracker, _Registry]:
+    tracker = Tracker.__new__(Tracker)
+    registry = _Registry(holder_metrics)
+    tracker.client = registry  # type: ignore[assignment]
+    tracker.run_id = "new-run"
+    return tracker, registry
+
+
+def test_a_metric_that_could_not_be_computed_does_not_promote() -> None:
+    tracker, registry = _tracker(None)
+    promoted, why = tracker.promote("m", 2, "champion", "roc_auc", float("nan"), None, True)
+    assert not promoted
+    assert "roc_auc" in why
+    assert registry.aliases == {}
+
+
+def test_a_holder_without_the_metric_value_is_beaten() -> None:
+    # a holder whose roc_auc is NaN (no value) must not keep the alias against every later version
+    tracker, registry = _tracker({"roc_auc": float("nan")})
+    promoted, _ = tracker.promote("m", 2, "champion", "roc_auc", 0.9, None, True)
+    assert promoted
+    assert registry.aliases == {"champion": "2"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -112,11 +113,15 @@ def train_targets(ds: Dataset, y: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 def final_metrics(head: InferenceHead, ds: Dataset) -> dict[str, float]:
+    """The validation metrics that have a value: ROC-AUC of a validation split with one class is NaN,
+    which the summary's JSON cannot carry (it became null, and the operator dropped the summary)."""
     with torch.no_grad():
         out = head.eval()(torch.from_numpy(ds.x_val)).numpy()
     if ds.task == "classification":
-        return classification_metrics(ds.y_val, out)
-    return regression_metrics(ds.y_val, out)
+        metrics = classification_metrics(ds.y_val, out)
+    else:
+        metrics = regression_metrics(ds.y_val, out)
+    return {k: v for k, v in metrics.items() if math.isfinite(v)}
 
 
 def run(settings: TrainerSettings, ctx: DistContext | None = None) -> TrainingSummary | None:
@@ -364,7 +369,13 @@ def _finish(
     p = spec.promotion
     if p is not None:
         promoted, why = tracker.promote(
-            model_name, version, p.alias, p.metric, metrics[p.metric], p.threshold, p.require_improvement
+            model_name,
+            version,
+            p.alias,
+            p.metric,
+            metrics.get(p.metric, math.nan),
+            p.threshold,
+            p.require_improvement,
         )
         emit({"event": "promotion", "promoted": promoted, "alias": p.alias, "reason": why})
     return TrainingSummary(

@@ -6,6 +6,7 @@ Only rank 0 talks to MLflow. The tracking URI comes from ``MLFLOW_TRACKING_URI``
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -180,7 +181,10 @@ class Tracker:
         threshold: float | None,
         require_improvement: bool,
     ) -> tuple[bool, str]:
-        """Move ``alias`` to ``version`` if it clears ``threshold`` and, if required, beats the holder."""
+        """Move ``alias`` to ``version`` if it clears ``threshold`` and, if required, beats the holder
+        (a holder without a value of ``metric``, or with NaN, is beaten)."""
+        if not math.isfinite(value):
+            return False, f"{metric} has no value for this version"
         if threshold is not None and not clears(metric, value, threshold):
             return False, f"{metric}={value:.4g} does not reach the threshold {threshold:g}"
         if require_improvement:
@@ -191,7 +195,7 @@ class Tracker:
             if holder is not None and holder.run_id:
                 run = self._call("read the alias holder's run", self.client.get_run, holder.run_id)
                 old = run.data.metrics.get(metric)
-                if old is not None and not better(metric, value, float(old)):
+                if old is not None and not math.isnan(float(old)) and not better(metric, value, float(old)):
                     return False, f"{metric}={value:.4g} does not beat version {holder.version} ({old:.4g})"
         self._call("set the alias", self.client.set_registered_model_alias, name, alias, str(version))
         return True, f"alias {alias!r} now points at version {version}"
