@@ -11,7 +11,7 @@ import torch
 from kubeloop_testing.storage import MemoryStore
 from kubeloop_trainer.app import train_targets
 from kubeloop_trainer.checkpoint import Checkpointer
-from kubeloop_trainer.data import Dataset, prepare
+from kubeloop_trainer.data import Dataset, data_fingerprint, prepare
 from kubeloop_trainer.distributed import DistContext
 from kubeloop_trainer.loop import Loop, LoopConfig, LoopState, TorchEngine, best_model
 from kubeloop_trainer.model import build_model
@@ -121,3 +121,23 @@ def test_threads_follow_the_pod_cpu_limit(monkeypatch: pytest.MonkeyPatch) -> No
         assert app.configure_threads(TrainerSettings(spec="{}", threads=3), ONE) == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_checkpoint_of_other_data_is_not_resumed(breast_cancer: pd.DataFrame, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # a dataset prefix read again after a restart may have grown a column or a category: the model
+    # no longer has the checkpoint's shape (load_state_dict failed on every retry) or its scaling
+    ds = _dataset(breast_cancer)
+    assert data_fingerprint(ds) == data_fingerprint(_dataset(breast_cancer.copy()))
+    grown = _dataset(breast_cancer.assign(site=np.where(breast_cancer.index % 2 == 0, "a", "b")))
+    assert data_fingerprint(grown) != data_fingerprint(ds)
+
+    store = MemoryStore(buckets=("b",))
+    ckpt = Checkpointer(store, ObjectRef("b", "checkpoints/ns/job"), "uid-1", ONE, tmp_path)
+    first = _loop(ds, epochs=1)
+    extra = {"mlflow_run_id": "r1", "data": data_fingerprint(ds)}
+    first.fit(LoopState(), lambda r, st: ckpt.save_torch(first.engine, st, extra))  # type: ignore[arg-type]
+
+    assert ckpt.load(data_fingerprint(grown)) is None
+    meta = ckpt.load(data_fingerprint(ds))
+    assert meta is not None
+    Checkpointer.restore_torch(meta, _loop(ds).engine)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from kubeloop.storage import ObjectStore, StorageError
 from kubeloop_trainer import distributed
 from kubeloop_trainer.baseline import baseline_json
 from kubeloop_trainer.checkpoint import Checkpointer
-from kubeloop_trainer.data import Dataset, prepare, read_tables, task_name
+from kubeloop_trainer.data import Dataset, data_fingerprint, prepare, read_tables, task_name
 from kubeloop_trainer.distributed import DistContext
 from kubeloop_trainer.errors import ConfigError
 from kubeloop_trainer.export import export_onnx, onnx_feed, set_metadata, verify
@@ -189,7 +189,8 @@ def run(settings: TrainerSettings, ctx: DistContext | None = None) -> TrainingSu
 
     state = LoopState()
     run_id = ""
-    meta = ckpt.load() if settings.checkpoint else None
+    data_id = data_fingerprint(ds)
+    meta = ckpt.load(data_id) if settings.checkpoint else None
     if meta is not None and meta.get("backend") == ("deepspeed" if deepspeed else "torch"):
         state = ckpt.restore_deepspeed(engine) if deepspeed else ckpt.restore_torch(meta, engine)
         run_id = str(meta.get("extra", {}).get("mlflow_run_id", ""))
@@ -229,7 +230,7 @@ def run(settings: TrainerSettings, ctx: DistContext | None = None) -> TrainingSu
 
     def on_epoch(r: EpochResult, st: LoopState) -> None:
         if settings.checkpoint:
-            extra = {"mlflow_run_id": run_id}
+            extra = {"mlflow_run_id": run_id, "data": data_id}
             if deepspeed:
                 ckpt.save_deepspeed(engine, st, extra)
             else:

@@ -65,15 +65,22 @@ class Checkpointer:
 
     # --- checkpoints -------------------------------------------------------------------------------
 
-    def load(self) -> dict[str, Any] | None:
-        """The checkpoint of this UID, or None (no checkpoint, or one of another UID)."""
+    def load(self, data: str | None = None) -> dict[str, Any] | None:
+        """The checkpoint of this UID, or None (no checkpoint, or one of another UID). With ``data``
+        (:func:`kubeloop_trainer.data.data_fingerprint`), also None for a checkpoint saved with
+        another ``extra["data"]``: a dataset prefix read again after a restart may have changed."""
         try:
-            data = self.store.get(self.prefix.child(CHECKPOINT))
+            raw = self.store.get(self.prefix.child(CHECKPOINT))
         except ObjectNotFoundError:
             return None
-        ckpt: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        ckpt: dict[str, Any] = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         if ckpt.get("uid") != self.uid:
             log.info("ignoring the checkpoint of another TrainingJob uid %s", ckpt.get("uid"))
+            return None
+        if data is not None and ckpt.get("extra", {}).get("data") != data:
+            log.warning(
+                "ignoring the checkpoint of epoch %s: the dataset has changed since", ckpt.get("epoch")
+            )
             return None
         return ckpt
 

@@ -14,6 +14,7 @@ uses the same form).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections import Counter
 from collections.abc import Sequence
@@ -383,6 +384,13 @@ def _scale(values: npt.NDArray[np.float32]) -> tuple[float, float]:
     if x.size == 0 or float(x.max()) == float(x.min()):
         return (float(x[0]) if x.size else 0.0), 1.0
     return float(x.mean()), float(x.std())
+
+
+def data_fingerprint(ds: Dataset) -> str:
+    """Identity of what a model trained on ``ds`` is shaped and scaled by (features, encoding, scaling
+    statistics, classes, target scaling): a checkpoint resumes only on the same."""
+    doc = repr((ds.task, ds.target, ds.encoder, ds.classes, ds.target_mean, ds.target_std))
+    return hashlib.sha256(doc.encode()).hexdigest()
 
 
 def split_indices(
