@@ -51,3 +51,43 @@ def test_bad_file_refused_naming_the_field(bad: object, tmp_path: Path) -> None:
     assert exc.value.message.startswith(f"{bad.field}: "), exc.value.message
     assert bad.words.lower() in exc.value.message.lower(), exc.value.message
     assert exc.value.causes[0]["field"] == bad.field
+
+
+def test_a_column_whose_type_changes_after_the_first_block_is_widened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reader infers types from its first block (8 MiB); a consistent table whose integers turn into
+    # decimals or words later (pandas, which the trainer reads with, takes it) must not be refused.
+    import kubeloop_api.datasets as ds
+
+    monkeypatch.setattr(ds, "_CSV_BLOCK", 64 * 1024)
+    rows = [f"{i},{i},{i % 2},{i}" for i in range(20000)] + ["2.5,x,0,", "3.5,7,1,"]
+    p = tmp_path / "wide.csv"
+    p.write_text("ints_then_floats,ints_then_words,y,ints_then_empty\n" + "\n".join(rows) + "\n")
+    report = validate_file(p, "wide.csv", "y", LIMITS)
+    assert report.rows == 20002
+    assert {c.name: (c.type, c.empty_cells) for c in report.columns} == {
+        "ints_then_floats": ("float", 0), "ints_then_words": ("string", 0), "y": ("integer", 0),
+        "ints_then_empty": ("integer", 2),
+    }  # fmt: skip
+    # A ragged row is still refused, wherever it is.
+    p.write_text("a,b\n" + "1,2\n" * 20000 + "3\n")
+    with pytest.raises(InvalidError, match=r"^file: "):
+        validate_file(p, "wide.csv", None, LIMITS)
+
+
+def test_widening_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each widening is another pass over the file; past a few, every column is read as text at once.
+    import kubeloop_api.datasets as ds
+
+    monkeypatch.setattr(ds, "_CSV_BLOCK", 64 * 1024)
+    opened: list[object] = []
+    real_open = ds._open_csv
+    monkeypatch.setattr(ds, "_open_csv", lambda *a: opened.append(1) or real_open(*a))
+    names = [f"c{i}" for i in range(30)]
+    p = tmp_path / "many.csv"
+    p.write_text(",".join(names) + "\n" + ("1," * 29 + "1\n") * 10000 + ("x," * 29 + "x\n"))
+    report = validate_file(p, "many.csv", None, LIMITS)
+    assert report.rows == 10001
+    assert {c.type for c in report.columns} == {"string"}
+    assert len(opened) == ds._MAX_WIDENED + 2

@@ -11,6 +11,7 @@ wrong (``file``, ``header``, ``rows``, ``columns``, ``cells``, ``target``).
 from __future__ import annotations
 
 import codecs
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ Format = Literal["csv", "parquet"]
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.(csv|parquet)$"
 _CSV_BLOCK: Final = 8 * 1024 * 1024
 _SNIFF: Final = 64 * 1024
+_MAX_WIDENED: Final = 8
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -140,36 +142,56 @@ def _conversion_column(message: str, names: list[str]) -> str:
 
 def _scan_csv(path: Path) -> tuple[list[ColumnReport], int]:
     import pyarrow as pa
-    import pyarrow.csv as pacsv
 
     with path.open("rb") as f:
         first = f.read(_SNIFF).split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    # Types are inferred from the first block; a column whose later values do not fit (integers that
+    # turn into decimals or words) is widened (integer -> float -> string) and the file read again.
+    column_types: dict[str, Any] = {}
+    for passes in itertools.count(1):
+        reader = _open_csv(path, column_types)
+        names = [str(n) for n in reader.schema.names]
+        if not column_types:
+            _check_header(names, first)
+        cols = [ColumnReport(n, _type_name(t)) for n, t in zip(names, reader.schema.types, strict=True)]
+        rows = 0
+        try:
+            for batch in reader:
+                rows += batch.num_rows
+                for c, arr in zip(cols, batch.columns, strict=True):
+                    c.empty_cells += arr.null_count
+        except pa.ArrowInvalid as e:
+            msg = str(e).splitlines()[0][:300]
+            m = re.search(r"column #(\d+): CSV conversion error", msg)
+            if m and int(m[1]) < len(names):
+                t = reader.schema.types[int(m[1])]
+                if not pa.types.is_string(t):
+                    column_types[names[int(m[1])]] = pa.float64() if pa.types.is_integer(t) else pa.string()
+                    if passes > _MAX_WIDENED:  # each widening is a pass over the file: bounded
+                        column_types = {n: pa.string() for n in names}
+                    continue
+            where = _conversion_column(msg, names)
+            raise _refuse("file", f"not a consistent CSV table: {where}{msg}") from None
+        return cols, rows
+    raise AssertionError("unreachable")
+
+
+def _open_csv(path: Path, column_types: dict[str, Any]) -> Any:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     try:
-        reader = pacsv.open_csv(
+        return pacsv.open_csv(
             str(path),
             read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK),
             parse_options=pacsv.ParseOptions(delimiter=","),
-            convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+            convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types),
         )
     except pa.ArrowInvalid as e:
         msg = str(e)
         if "Empty CSV file" in msg:
             raise _refuse("file", "empty: no header and no rows") from None
         raise _refuse("file", f"not a valid CSV file: {msg.splitlines()[0][:300]}") from None
-    names = [str(n) for n in reader.schema.names]
-    _check_header(names, first)
-    cols = [ColumnReport(n, _type_name(t)) for n, t in zip(names, reader.schema.types, strict=True)]
-    rows = 0
-    try:
-        for batch in reader:
-            rows += batch.num_rows
-            for c, arr in zip(cols, batch.columns, strict=True):
-                c.empty_cells += arr.null_count
-    except pa.ArrowInvalid as e:
-        msg = str(e).splitlines()[0][:300]
-        where = _conversion_column(msg, names)
-        raise _refuse("file", f"not a consistent CSV table: {where}{msg}") from None
-    return cols, rows
 
 
 def _scan_parquet(path: Path) -> tuple[list[ColumnReport], int]:
