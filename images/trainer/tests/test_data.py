@@ -51,6 +51,12 @@ BAD = {
     "empty file": (b"", errors.EmptyDatasetError, "empty"),
     "header only": (b"a,b,y\n", errors.EmptyDatasetError, "no rows"),
     "duplicate columns": (b"a,a,y\n1,2,0\n", errors.DuplicateColumnsError, "duplicate column names: a"),
+    # pandas drops the byte-order mark and would rename the second "a" to "a.1"
+    "duplicate columns after a BOM": (
+        "\ufeffa,a,y\n1,2,0\n".encode(),
+        errors.DuplicateColumnsError,
+        "duplicate column names: a",
+    ),
     "garbage parquet": (b"PAR1 not really", errors.UnreadableDatasetError, "Parquet"),
 }
 

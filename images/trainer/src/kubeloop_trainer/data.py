@@ -74,7 +74,7 @@ def read_table(data: bytes, uri: str, fmt: str = "auto") -> pd.DataFrame:
         df = table.to_pandas()
     else:
         try:
-            header = next(csv.reader(io.StringIO(data[:65536].decode("utf-8", "replace"))), [])
+            header = next(csv.reader(io.StringIO(data[:65536].decode("utf-8-sig", "replace"))), [])
         except csv.Error as e:
             raise errors.UnreadableDatasetError(f"dataset {uri} is not a readable CSV file: {e}") from e
         _check_unique([h.strip() for h in header], uri)
