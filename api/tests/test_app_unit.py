@@ -418,3 +418,20 @@ def test_non_ascii_user_and_group_names_are_impersonated_as_utf8(client: TestCli
     raw = dict(fake.requests[-1].headers.raw)
     assert raw[b"Impersonate-User"] == "josé".encode()
     assert raw[b"Impersonate-Group"] == "équipe-ü".encode()
+
+
+def test_token_user_and_group_names_with_control_characters_are_refused(
+    client: TestClient, fake: FakeKube
+) -> None:
+    # Such a name cannot be sent as an impersonation header: the token would be minted and then fail on
+    # every use.
+    fake.allow = lambda spec: True
+    for body, field in (
+        ({"name": "x", "user": "carol\r\nX-Evil: 1"}, "user"),
+        ({"name": "x", "groups": ["team-a", "a\nb"]}, "groups.1"),
+        ({"name": "x", "groups": [" team-a"]}, "groups.0"),
+    ):
+        r = client.post("/api/v1/tokens", json=body, headers=A)
+        assert r.status_code == 422, r.text
+        assert r.json()["details"]["causes"][0]["field"] == field
+    assert not [k for k in fake.objects if k[1] == "secrets"]

@@ -13,7 +13,7 @@ import re
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from kubeloop_api.auth import Access
 from kubeloop_api.deps import Caller, Services, Svc
@@ -27,6 +27,16 @@ _IMPERSONATE_USER: Final = Access("impersonate", "users", group="")
 _IMPERSONATE_GROUP: Final = Access("impersonate", "groups", group="")
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9 ._-]{0,61}[A-Za-z0-9])?$")
 
+
+def _identity_name(v: str) -> str:
+    # Sent as an impersonation header on every use of the token, where these cannot go.
+    if v != v.strip() or any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError("must not contain control characters or surrounding spaces")
+    return v
+
+
+IdentityName = Annotated[str, Field(min_length=1, max_length=253), AfterValidator(_identity_name)]
+
 TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="Token id (12 hex digits).")]
 
 
@@ -34,10 +44,8 @@ class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: str = Field(min_length=1, max_length=63, description="What the token is for (shown in lists).")
-    user: str | None = Field(
-        default=None, min_length=1, max_length=253, description="User the token acts as; default: you."
-    )
-    groups: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = Field(
+    user: IdentityName | None = Field(default=None, description="User the token acts as; default: you.")
+    groups: list[IdentityName] | None = Field(
         default=None, max_length=64, description="Groups the token acts with; default: your groups."
     )
     expires_in_seconds: int | None = Field(
@@ -52,13 +60,6 @@ class TokenRequest(BaseModel):
             raise ValueError(
                 "letters, digits, space, '.', '_' and '-' only, starting and ending alphanumeric"
             )
-        return v
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: str | None) -> str | None:
-        if v is not None and (v != v.strip() or any(ord(c) < 32 for c in v)):
-            raise ValueError("must not contain control characters or surrounding spaces")
         return v
 
 
