@@ -163,3 +163,16 @@ def test_canary_and_alias_helpers() -> None:
     md["spec"]["model"] = {"uri": "s3://kubeloop/models/m/1/model.onnx"}
     with pytest.raises(InvalidError, match=r"^spec\.model\.alias:"):
         alias_patch(md, "champion")
+
+
+def test_null_labels_and_annotations_are_absent_as_for_the_api_server() -> None:
+    # `labels:` with nothing under it (a template whose entries are commented out) is null in YAML; the
+    # API server takes it as no labels, so kubectl applies the file: the facade must too.
+    doc = yaml.safe_load(
+        "apiVersion: kubeloop.io/v1alpha1\nkind: TrainingJob\nmetadata:\n  name: a\n  labels:\n"
+        "  annotations:\nspec:\n  dataset: {uri: s3://kubeloop/datasets/a.csv, target: y}\n"
+        "  task: classification\n"
+    )
+    out = validate(Kind.trainingjobs, doc, "ns")
+    assert "labels" not in out["metadata"]
+    assert "annotations" not in out["metadata"]

@@ -87,6 +87,8 @@ def validate(kind: Kind, manifest: Any, namespace: str, *, require_name: bool = 
     if require_name and not meta.get("name") and not meta.get("generateName"):
         raise InvalidError("Required value: name or generateName is required", field="metadata.name")
     for key in ("labels", "annotations"):
+        if key in meta and meta[key] is None:
+            del meta[key]  # as the API server reads it: no labels (a YAML `labels:` with nothing under it)
         if key in meta and not (
             isinstance(meta[key], dict) and all(isinstance(v, str) for v in meta[key].values())
         ):
