@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from kubeloop_trainer import errors
-from kubeloop_trainer.data import prepare, read_table, split_indices
+from kubeloop_trainer.data import _class_sort_key, prepare, read_table, split_indices
 from kubeloop_trainer.model import build_model
 
 from kubeloop.resources import DatasetSpec
@@ -217,3 +218,11 @@ def test_scaling_statistics_fit_tiny_and_huge_values(scale: float) -> None:
     z = (ds.y_train - ds.target_mean) / ds.target_std
     assert np.all(np.isfinite(z))
     assert abs(float(z.std()) - 1.0) < 1e-3
+
+
+def test_class_order_is_total_with_a_nan_label() -> None:
+    # classes come from a set, whose order follows the process's hash seed: the sort must not depend
+    # on it, or DDP ranks (and reruns) give the same label different class indices
+    labels = ["NaN", "b", "10", "2", "a", "1", "inf"]
+    orders = {tuple(sorted(p, key=_class_sort_key)) for p in itertools.permutations(labels)}
+    assert orders == {("1", "2", "10", "inf", "NaN", "a", "b")}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -411,11 +412,13 @@ def split_indices(
 
 
 def _class_sort_key(label: str) -> tuple[int, float, str]:
-    """Numeric labels in numeric order (2 < 10), then text labels alphabetically."""
+    """Numeric labels in numeric order (2 < 10), then text labels alphabetically. "NaN" is text: it
+    compares with nothing, and the order would follow the set's, i.e. the process's hash seed."""
     try:
-        return (0, float(label), label)
+        value = float(label)
     except ValueError:
         return (1, 0.0, label)
+    return (1, 0.0, label) if math.isnan(value) else (0, value, label)
 
 
 def _names(cols: Any) -> str:
