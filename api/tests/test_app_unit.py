@@ -435,3 +435,18 @@ def test_token_user_and_group_names_with_control_characters_are_refused(
         assert r.status_code == 422, r.text
         assert r.json()["details"]["causes"][0]["field"] == field
     assert not [k for k in fake.objects if k[1] == "secrets"]
+
+
+def test_api_token_user_prefix_marks_api_token_users_for_rbac(fake: FakeKube) -> None:
+    # KUBELOOP_API_API_TOKEN_USER_PREFIX: RBAC sees an API token's user under the prefix, so a cluster
+    # admin can give API tokens less than their users' own credentials.
+    with TestClient(_app(fake, api_token_user_prefix="kubeloop:")) as c:
+        rec = c.post("/api/v1/tokens", json={"name": "ci"}, headers=A).json()
+        assert rec["user"] == "alice"
+        hdr = {"Authorization": f"Bearer {rec['token']}"}
+        assert c.get("/api/v1/namespaces/a/trainingjobs", headers=hdr).status_code == 200
+        assert fake.requests[-1].headers["impersonate-user"] == "kubeloop:alice"
+        assert fake.requests[-1].headers.get_list("impersonate-group") == ["team-a"]
+        # The token's own caller still sees and may revoke the tokens that act as it.
+        assert [t["id"] for t in c.get("/api/v1/tokens", headers=hdr).json()["items"]] == [rec["id"]]
+        assert c.delete(f"/api/v1/tokens/{rec['id']}", headers=hdr).status_code == 200

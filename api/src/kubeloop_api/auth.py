@@ -107,7 +107,7 @@ class Authenticator:
                 )
                 self.metrics.auth_failures.labels(reason).inc()
                 raise
-            principal, expires_at = rec.principal(), rec.expires_at
+            principal, expires_at = rec.principal(self.settings.api_token_user_prefix), rec.expires_at
         else:
             status = await self.kube.token_review(token, self.settings.token_audiences)
             user = status.get("user") or {}

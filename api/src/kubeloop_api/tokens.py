@@ -56,8 +56,12 @@ class TokenRecord(BaseModel):
     def public(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude={"sha256"})
 
-    def principal(self) -> Principal:
-        return Principal(username=self.user, groups=tuple(self.groups), source="api-token", token_id=self.id)
+    def principal(self, user_prefix: str = "") -> Principal:
+        """Who the token authenticates as: its user under ``user_prefix`` (the api_token_user_prefix
+        setting), so RBAC can tell API-token users from cluster users."""
+        return Principal(
+            username=user_prefix + self.user, groups=tuple(self.groups), source="api-token", token_id=self.id
+        )
 
 
 def digest(token: str) -> str:

@@ -73,9 +73,16 @@ async def _may_impersonate(svc: Services, caller: Principal, user: str, groups: 
         await svc.authz.require_access(caller, _IMPERSONATE_GROUP, None, g)
 
 
+def _owns_or_is(svc: Services, caller: Principal, rec: TokenRecord) -> bool:
+    """Whether the caller created the token or is who it acts as (as a cluster user, or through an API
+    token, whose name then carries the prefix)."""
+    acting = rec.principal(svc.settings.api_token_user_prefix).username
+    return caller.username in (rec.owner, rec.user, acting)
+
+
 async def _visible(svc: Services, caller: Principal, token_id: str) -> TokenRecord:
     rec = await svc.tokens.get(token_id)
-    if caller.username in (rec.owner, rec.user):
+    if _owns_or_is(svc, caller, rec):
         return rec
     if await svc.authz.allowed(caller, _IMPERSONATE_USER, None, rec.user):
         return rec
@@ -103,7 +110,7 @@ async def create_token(svc: Svc, caller: Caller, req: TokenRequest) -> dict[str,
 
 @router.get("", summary="API tokens you own or that act as you")
 async def list_tokens(svc: Svc, caller: Caller) -> dict[str, Any]:
-    items = [r.public() for r in await svc.tokens.list() if caller.username in (r.owner, r.user)]
+    items = [r.public() for r in await svc.tokens.list() if _owns_or_is(svc, caller, r)]
     return {"items": items}
 
 
