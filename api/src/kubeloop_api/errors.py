@@ -243,6 +243,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def request_validation(_req: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        for e in exc.errors():
+            if e.get("type") == "json_invalid":  # a typed body FastAPI could not parse: loc is an offset
+                why = str((e.get("ctx") or {}).get("error") or e.get("msg") or "")
+                at = f" at character {e['loc'][-1]}" if len(e.get("loc", ())) > 1 else ""
+                return _response(BadRequestError(f"body: not valid JSON: {why[:200]}{at}"))
         causes = validation_causes(exc.errors())
         message = "; ".join(f"{c['field']}: {c['message']}" if c["field"] else c["message"] for c in causes)
         return _response(InvalidError(message or "invalid request", causes=causes))
