@@ -176,3 +176,9 @@ def test_null_labels_and_annotations_are_absent_as_for_the_api_server() -> None:
     out = validate(Kind.trainingjobs, doc, "ns")
     assert "labels" not in out["metadata"]
     assert "annotations" not in out["metadata"]
+
+
+def test_an_empty_namespace_is_the_namespace_of_the_request() -> None:
+    # kubectl reads `namespace: ""` (a template with an empty value) as unset and uses its namespace.
+    doc = {**EXAMPLES[Kind.trainingjobs], "metadata": {"name": "a", "namespace": ""}}
+    assert validate(Kind.trainingjobs, doc, "team-a")["metadata"]["namespace"] == "team-a"

@@ -79,7 +79,7 @@ def validate(kind: Kind, manifest: Any, namespace: str, *, require_name: bool = 
     if unknown:
         raise InvalidError(f"cannot be set: {', '.join(unknown)}", field=f"metadata.{unknown[0]}")
     ns = meta.get("namespace")
-    if ns is not None and ns != namespace:
+    if ns not in (None, "") and ns != namespace:  # empty is unset, as kubectl reads it
         raise InvalidError(
             f"{ns!r} does not match the namespace of the request ({namespace!r})", field="metadata.namespace"
         )
