@@ -8,6 +8,7 @@ import json
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -461,3 +462,33 @@ def test_malformed_json_is_a_400_naming_the_body_on_every_route(client: TestClie
         )
         assert r.status_code == 400, (path, r.text)
         assert r.json()["message"].startswith("body: not valid JSON"), r.text
+
+
+def test_dataset_upload_without_overwrite_never_replaces_one_stored_meanwhile(
+    fake: FakeKube, tmp_path: Path
+) -> None:
+    # The name is checked before the body is read; an upload of the same name that completes while this
+    # one streams (minutes for a large file) must not be replaced by it without overwrite=true.
+    from kubeloop_api.objects import Objects
+
+    from kubeloop.storage.local import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    store.ensure_bucket("kubeloop")
+    objects = Objects(store, "kubeloop", ApiMetrics())
+    s = ApiSettings()
+    m = ApiMetrics()
+    app = create_app(s, kube=Kube(s, m, transport=fake.transport()), metrics=m, objects=objects)
+    first = b"a,b\n1,2\n3,4\n"
+
+    def body() -> Iterator[bytes]:
+        yield b"a,b\n"
+        store.put(objects.ref("datasets/a/d.csv"), first, "text/csv")  # the other upload lands
+        yield b"5,6\n7,8\n"
+
+    with TestClient(app) as c:
+        r = c.put(
+            "/api/v1/namespaces/a/datasets/d.csv", content=body(), headers={**A, "Content-Type": "text/csv"}
+        )
+        assert r.status_code == 409, r.text
+        assert store.get(objects.ref("datasets/a/d.csv")) == first

@@ -127,8 +127,14 @@ async def upload(
             f"Content-Type: {ctype!r}; send the file itself as the body (text/csv or application/octet-stream)"
         )
     key = _key(namespace, dataset)
-    if not overwrite and await objects.stat(key) is not None:
-        raise ConflictError(f'dataset "{dataset}" exists; pass overwrite=true to replace it', field="dataset")
+
+    async def refuse_if_exists() -> None:
+        if not overwrite and await objects.stat(key) is not None:
+            raise ConflictError(
+                f'dataset "{dataset}" exists; pass overwrite=true to replace it', field="dataset"
+            )
+
+    await refuse_if_exists()
     path = await _spool(request, svc)
     try:
         s = svc.settings
@@ -138,6 +144,9 @@ async def upload(
         except InvalidError:
             svc.metrics.dataset_refusals.inc()
             raise
+        # Again: another upload of the name may have landed while this one streamed. (The store has no
+        # conditional put; what is left is the time of one stat.)
+        await refuse_if_exists()
         await objects.put_file(key, path, _MIME[report.format])
     finally:
         path.unlink(missing_ok=True)
