@@ -492,3 +492,18 @@ def test_dataset_upload_without_overwrite_never_replaces_one_stored_meanwhile(
         )
         assert r.status_code == 409, r.text
         assert store.get(objects.ref("datasets/a/d.csv")) == first
+
+
+def test_a_bug_is_counted_as_a_5xx_in_the_metrics(fake: FakeKube) -> None:
+    # The 500 of an unhandled exception is sent outside the route stack (Starlette's outermost
+    # middleware): the request metrics must count it all the same, a 500 being always a bug.
+    app = _app(fake)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("bug")
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert c.get("/boom").status_code == 500
+        text = c.get("/metrics").text
+    assert 'kubeloop_api_requests_total{method="GET",route="/boom",status="5xx"} 1.0' in text

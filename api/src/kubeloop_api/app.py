@@ -66,19 +66,26 @@ class _RequestMetrics:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        status = [500]
         observed = [False]
+
+        def observe(status: int) -> None:
+            observed[0] = True
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(path, scope["method"], status, time.perf_counter() - t0)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start" and not observed[0]:
-                status[0] = int(message["status"])
-                observed[0] = True
-                route = scope.get("route")
-                path = getattr(route, "path", None) or "unmatched"
-                self.metrics.observe_request(path, scope["method"], status[0], time.perf_counter() - t0)
+                observe(int(message["status"]))
             await send(message)
 
-        await self.app(scope, receive, send_wrapper)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # A bug: Starlette's outermost middleware answers it with a 500, outside this one.
+            if not observed[0]:
+                observe(500)
+            raise
 
 
 def build_services(settings: ApiSettings, **overrides: Any) -> Services:
