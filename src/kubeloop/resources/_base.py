@@ -50,6 +50,12 @@ DURATION_PATTERN: Final = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"
 QUANTITY_PATTERN: Final = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 RESOURCE_NAME_PATTERN: Final = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 CONDITION_REASON_PATTERN: Final = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+# The extended resource a training pod asks for per GPU (the NVIDIA device plugin's name).
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+# Label keys (a name of at most 63 characters after an optional DNS-subdomain prefix and '/') and label
+# values (at most 63, or empty), as the API server checks nodeSelector entries and tolerations.
+LABEL_KEY_PATTERN: Final = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LABEL_VALUE_PATTERN: Final = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
 
 _DURATION_UNITS_NS: Final = {
     "ns": 1,
@@ -87,6 +93,8 @@ def _check_alias(value: str) -> str:
 
 
 DnsLabel = Annotated[str, Field(pattern=DNS_LABEL_PATTERN, min_length=1, max_length=63)]
+LabelKey = Annotated[str, Field(pattern=LABEL_KEY_PATTERN, max_length=317)]
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=64), AfterValidator(_check_duration)]
 
 
@@ -95,6 +103,10 @@ def _check_quantity(value: Any) -> int | str:
         raise ValueError(f"must be a Kubernetes quantity such as 500m, 2 or 1Gi, got {value!r}")
     if isinstance(value, str) and not re.fullmatch(QUANTITY_PATTERN, value):
         raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 1Gi)")
+    # A pod's requests and limits cannot be negative: the API server would refuse the child instead.
+    negative = value < 0 if isinstance(value, int) else value.startswith("-") and re.search("[1-9]", value)
+    if negative:
+        raise ValueError(f"{value!r} is negative; resource quantities are 0 or more")
     return value
 
 
@@ -111,7 +123,11 @@ Quantity = Annotated[
                 {
                     "rule": "type(self) == int || isQuantity(self)",
                     "message": "must be a Kubernetes quantity such as 500m, 2 or 1Gi",
-                }
+                },
+                {
+                    "rule": "type(self) == int ? self >= 0 : !isQuantity(self) || quantity(self).sign() >= 0",
+                    "message": "must not be negative",
+                },
             ],
         }
     ),
@@ -195,9 +211,15 @@ class ResourceRequirements(KubeloopModel):
 class Toleration(KubeloopModel):
     """A pod toleration (core/v1 Toleration)."""
 
-    key: str | None = Field(default=None, max_length=317, description="Taint key the toleration applies to.")
+    # An empty key (with Exists) tolerates every taint, as in core/v1.
+    key: str | None = Field(
+        default=None,
+        pattern="^$|" + LABEL_KEY_PATTERN,
+        max_length=317,
+        description="Taint key the toleration applies to.",
+    )
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(default=None, max_length=63, description="Taint value matched with Equal.")
+    value: LabelValue | None = Field(default=None, description="Taint value matched with Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -12,6 +12,8 @@ from kubeloop.resources._base import (
     Alias,
     Condition,
     KubeloopModel,
+    LabelKey,
+    LabelValue,
     ModelName,
     ResourceRequirements,
     Toleration,
@@ -114,8 +116,8 @@ class ModelDeploymentSpec(KubeloopModel):
     prediction_logging: PredictionLoggingSpec = Field(
         default_factory=PredictionLoggingSpec, description="Prediction logging for drift monitoring."
     )
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        default_factory=dict, description="Node labels the server pods must run on."
+    node_selector: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, max_length=64, description="Node labels the server pods must run on."
     )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=64, description="Tolerations.")
     suspend: bool = Field(default=False, description="Scale to zero and stop reconciling rollouts.")

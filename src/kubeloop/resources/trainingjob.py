@@ -11,10 +11,13 @@ from kubeloop.resources._base import (
     _CONDITIONS_EXTRA,
     DATASET_URI_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
+    GPU_RESOURCE,
     Alias,
     Condition,
     DnsLabel,
     KubeloopModel,
+    LabelKey,
+    LabelValue,
     ModelName,
     ResourceRequirements,
     Toleration,
@@ -275,8 +278,8 @@ class TrainingJobSpec(KubeloopModel):
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description="Resources of each training pod."
     )
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        default_factory=dict, description="Node labels the training pods must run on."
+    node_selector: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, max_length=64, description="Node labels the training pods must run on."
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=64, description="Tolerations of the training pods."
@@ -312,10 +315,31 @@ class TrainingJobSpec(KubeloopModel):
             "promotion.threshold must be within 0..1 for a classification metric",
             ".promotion.threshold",
         ),
+        *(
+            _cel(
+                f"!has(self.distributed) || !has(self.distributed.gpusPerNode) || self.distributed.gpusPerNode == 0"
+                f" || !has(self.resources) || !has(self.resources.{part})"
+                f" || !('{GPU_RESOURCE}' in self.resources.{part})"
+                f" || string(self.resources.{part}['{GPU_RESOURCE}']) == string(self.distributed.gpusPerNode)",
+                f"{GPU_RESOURCE} must equal distributed.gpusPerNode, which sets it (or be left out)",
+                f".resources.{part}",
+            )
+            for part in ("requests", "limits")
+        ),
     )
 
     @model_validator(mode="after")
     def _task_rules(self) -> Self:
+        gpus = self.distributed.gpus_per_node
+        for part in ("requests", "limits"):
+            given = getattr(self.resources, part).get(GPU_RESOURCE)
+            # torchrun starts gpusPerNode processes, one per GPU: a pod given another count contradicts it.
+            if gpus and given is not None and str(given) != str(gpus):
+                raise _fail(
+                    f"resources.{part}",
+                    f"{GPU_RESOURCE} {given} contradicts distributed.gpusPerNode {gpus}, which sets it; "
+                    "leave it out or make them equal",
+                )
         if self.promotion is not None:
             allowed = CLASSIFICATION_METRICS if self.task == Task.CLASSIFICATION else REGRESSION_METRICS
             if self.promotion.metric not in allowed:

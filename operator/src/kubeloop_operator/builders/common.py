@@ -6,12 +6,11 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from kubeloop.contracts import MANAGED_BY_OPERATOR, PART_OF_KUBELOOP, Labels
-from kubeloop.resources import ResourceRequirements, Toleration
+from kubeloop.resources import GPU_RESOURCE, ResourceRequirements, Toleration
 
-GPU_RESOURCE: Final = "nvidia.com/gpu"
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
