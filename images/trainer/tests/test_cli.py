@@ -60,6 +60,17 @@ def test_invalid_spec_names_the_field(
     assert message in json.loads(term.read_text())["message"]
 
 
+def test_a_spec_file_that_is_not_utf8_is_a_configuration_error(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_bytes(b'{"task": "\xff"}')
+    term = tmp_path / "term"
+    assert main(["--spec", f"@{spec}", "--termination-log", str(term)]) == 2
+    doc = json.loads(term.read_text())
+    assert doc["reason"] == "InvalidConfiguration"
+    assert "not UTF-8 text" in doc["message"], doc
+    assert "byte 10" in doc["message"], doc
+
+
 def test_no_object_store_configured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_spec: Callable[..., dict[str, Any]]
 ) -> None:

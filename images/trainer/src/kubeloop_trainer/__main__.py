@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
             overrides["spec"] = Path(args.spec[1:]).read_text() if args.spec.startswith("@") else args.spec
     except OSError as e:
         return _fail(ConfigError(f"--spec {args.spec}: {e.strerror}"), args.termination_log)
+    except UnicodeDecodeError as e:
+        return _fail(
+            ConfigError(f"--spec {args.spec}: not UTF-8 text ({e.reason} at byte {e.start})"),
+            args.termination_log,
+        )
     for key in ("namespace", "name", "uid", "termination_log"):
         value = getattr(args, key)
         if value:
