@@ -133,3 +133,16 @@ def test_read_uri(tmp_path: Path) -> None:
     assert read_uri("s3://kubeloop/datasets/x.csv", store) == b"1,2\n"
     with pytest.raises(ObjectNotFoundError):
         read_uri("s3://kubeloop/datasets/y.csv", store)
+
+
+def test_local_store_listing_stays_inside_the_bucket(tmp_path: Path) -> None:
+    """A prefix with '..' or a leading '/' names no key the store can hold (S3 lists nothing for it);
+    the walk must neither leave the bucket (other buckets, files beside the root) nor crash."""
+    store = LocalStore(tmp_path / "root")
+    store.ensure_bucket("b")
+    store.ensure_bucket("other")
+    store.put(ObjectRef("other", "secret/x.csv"), b"s")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "f.txt").write_bytes(b"o")
+    for prefix in ("../other/", "../../outside/", "a/../../other/", "/etc/", "/", "./", "a//"):
+        assert list(store.list(ObjectRef("b", prefix))) == [], prefix

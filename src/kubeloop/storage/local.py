@@ -139,6 +139,10 @@ class LocalStore:
             raise ObjectNotFoundError(f"{prefix.uri} does not exist (NoSuchBucket)", prefix.uri)
         # Walk only the deepest directory the prefix names, then filter by the full string prefix.
         head, _, _ = prefix.key.rpartition("/")
+        if prefix.key.startswith("/") or (head and any(p in ("", ".", "..") for p in head.split("/"))):
+            # No key this store accepts starts so (S3 would list nothing); joined as a path, it would
+            # walk outside the bucket (another bucket, or anything beside the root).
+            return iter(())
         base = bucket / head if head else bucket
         if not base.is_dir():
             return iter(())
