@@ -151,7 +151,18 @@ class LocalStore:
             for p in base.rglob("*")
             if p.is_file() and not p.name.endswith(_TMP_SUFFIX)
         )
-        return (self._info(ObjectRef(prefix.bucket, k), bucket / k) for k in keys if k.startswith(prefix.key))
+        return self._infos(prefix.bucket, bucket, [k for k in keys if k.startswith(prefix.key)])
+
+    def _infos(self, bucket_name: str, bucket: Path, keys: list[str]) -> Iterator[ObjectInfo]:
+        for k in keys:
+            ref = ObjectRef(bucket_name, k)
+            try:
+                info = self._info(ref, bucket / k)
+            except FileNotFoundError:
+                continue  # deleted since the walk: gone, as from a later S3 page
+            except OSError as e:
+                raise StorageError(f"cannot stat {ref.uri}: {e.strerror or e}", ref.uri) from e
+            yield info
 
     def delete(self, ref: ObjectRef) -> None:
         path = self._path(ref)
