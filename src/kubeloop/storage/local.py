@@ -10,7 +10,7 @@ import hashlib
 import mimetypes
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -153,7 +153,7 @@ class LocalStore:
         )
         return self._infos(prefix.bucket, bucket, [k for k in keys if k.startswith(prefix.key)])
 
-    def _infos(self, bucket_name: str, bucket: Path, keys: list[str]) -> Iterator[ObjectInfo]:
+    def _infos(self, bucket_name: str, bucket: Path, keys: Sequence[str]) -> Iterator[ObjectInfo]:
         for k in keys:
             ref = ObjectRef(bucket_name, k)
             try:
