@@ -3,6 +3,7 @@ directory, configuration checks and URI reading (the S3 adapter: tests/component
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,16 @@ def test_local_store_listing_survives_a_delete_meanwhile(tmp_path: Path) -> None
     assert next(it).ref.key == "p/a"
     store.delete(ObjectRef("b", "p/b"))
     assert [i.ref.key for i in it] == ["p/c"]
+
+
+def test_read_uri_decodes_a_file_uri(tmp_path: Path) -> None:
+    """A file:// URI percent-encodes spaces, '%' and non-ASCII (RFC 8089, Path.as_uri()); read_uri must
+    decode it, or LocalStore's own URLs for such keys cannot be read back."""
+    store = LocalStore(tmp_path)
+    store.ensure_bucket("b")
+    for key in ("my file.csv", "données/é.csv", "a%b.csv"):
+        ref = ObjectRef("b", key)
+        store.put(ref, key.encode())
+        url = store.presigned_get_url(ref, timedelta(minutes=1))
+        assert url.startswith("file:///")
+        assert read_uri(url, None) == key.encode()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final, Protocol, runtime_checkable
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from kubeloop.contracts import ObjectRef
 
@@ -201,7 +201,8 @@ def read_uri(uri: str, store: ObjectStore | None) -> bytes:
         if store is None:
             raise StorageConfigError(f"{uri} is in object storage but no object store is configured", uri)
         return store.get(ref)
-    path = Path(urlparse(uri).path) if uri.startswith("file://") else Path(uri)
+    # A file URI percent-encodes what a path may hold (spaces, '%', non-ASCII: RFC 8089).
+    path = Path(unquote(urlparse(uri).path)) if uri.startswith("file://") else Path(uri)
     try:
         return path.read_bytes()
     except FileNotFoundError as e:
