@@ -3,11 +3,14 @@ directory, configuration checks and URI reading (the S3 adapter: tests/component
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import urllib3
 from kubeloop_testing.storage import MemoryStore, check_object_store
+from minio.datatypes import Object
 
 from kubeloop.contracts import ObjectRef
 from kubeloop.storage import (
@@ -173,3 +176,35 @@ def test_read_uri_decodes_a_file_uri(tmp_path: Path) -> None:
         url = store.presigned_get_url(ref, timedelta(minutes=1))
         assert url.startswith("file:///")
         assert read_uri(url, None) == key.encode()
+
+
+class _BrokenDownload:
+    """A GetObject response whose body breaks after the first chunk (the connection reset)."""
+
+    headers: dict[str, str] = {}
+
+    def stream(self, amt: int = 0) -> Iterator[bytes]:
+        yield b"PAR1 half a part"
+        raise urllib3.exceptions.ProtocolError("Connection broken: reset by peer")
+
+    def close(self) -> None:
+        pass
+
+    def release_conn(self) -> None:
+        pass
+
+
+def test_s3_get_file_that_fails_midway_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The protocol promises a temporary name, then a rename: a download that breaks must leave
+    neither the target nor the client's partial ``*.part.minio`` file behind (no request is sent: the
+    client's two calls are faked)."""
+    store = S3Store(S3Config(endpoint="127.0.0.1:1", retries=0))
+    stat = Object("kubeloop", "predictions/p.parquet", etag="abc123", size=100)
+    monkeypatch.setattr(store._client, "stat_object", lambda *a, **k: stat)
+    monkeypatch.setattr(store._client, "get_object", lambda *a, **k: _BrokenDownload())
+    target = tmp_path / "spool" / "p.parquet"
+    with pytest.raises(StorageUnavailableError, match=r"s3://kubeloop/predictions/p\.parquet"):
+        store.get_file(ObjectRef("kubeloop", "predictions/p.parquet"), target)
+    assert list((tmp_path / "spool").iterdir()) == []

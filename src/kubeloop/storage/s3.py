@@ -137,9 +137,18 @@ class S3Store:
         return self._call("read", ref.uri, read)
 
     def get_file(self, ref: ObjectRef, path: Path) -> None:
-        # fget_object streams into "<path>.<etag>.part.minio" and renames it when complete.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._call("download", ref.uri, lambda: self._client.fget_object(ref.bucket, ref.key, str(path)))
+        # fget_object streams into a temporary file and renames it when complete, but leaves that
+        # partial file behind when the download breaks; it is named here so it can be removed.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.part.minio")
+
+        def download() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._client.fget_object(ref.bucket, ref.key, str(path), tmp_file_path=str(tmp))
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        self._call("download", ref.uri, download)
 
     def put(self, ref: ObjectRef, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
         self._call(
