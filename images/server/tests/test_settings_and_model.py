@@ -184,3 +184,45 @@ def test_cuda_provider_on_a_gpu(packed_clf) -> None:
 
     x = {"input": np.random.default_rng(0).normal(size=(4, 30)).astype(np.float32)}
     np.testing.assert_allclose(rt.run(x)[0], cpu.run(x)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"LOG_LEVEL": "verbose"}, "log_level: Input should be"),
+        ({"GRACEFUL_TIMEOUT_S": "inf"}, "graceful_timeout_s: Input should be a finite number"),
+        # The writer thread's wait cannot take it: it died at its first wait and nothing was ever logged.
+        (
+            {"PREDICTION_LOG_FLUSH_INTERVAL_S": "1e10"},
+            "prediction_log_flush_interval_s: Input should be less",
+        ),
+        ({"S3_ENDPOINT": "http://"}, "object store endpoint must be host:port"),
+        ({"S3_ENDPOINT": "127.0.0.1:9", "S3_ACCESS_KEY": "ak"}, "access key and secret key must be given"),
+    ],
+    ids=["log_level", "inf_timeout", "huge_flush_interval", "s3_endpoint", "s3_key_alone"],
+)
+def test_bad_settings_end_in_an_invalid_settings_termination_message(tmp_path, env, needle) -> None:  # type: ignore[no-untyped-def]
+    """Each of these crashed with a traceback (exit 1, no termination message) instead."""
+    import os
+    import subprocess
+    import sys
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(mlp_model(n_numeric=3))
+    termination = tmp_path / "termination.log"
+    full_env = {
+        **os.environ,
+        "KUBELOOP_SERVER_MODEL_URI": str(model),
+        "KUBELOOP_SERVER_TERMINATION_LOG": str(termination),
+        "KUBELOOP_SERVER_HOST": "127.0.0.1",
+        "KUBELOOP_SERVER_PORT": "0",
+        "KUBELOOP_SERVER_GRPC_PORT": "0",
+        **{f"KUBELOOP_SERVER_{k}": v for k, v in env.items()},
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubeloop_server"], env=full_env, capture_output=True, timeout=30
+    )
+    assert proc.returncode == 2, proc.stderr.decode()[-2000:]
+    (line,) = termination.read_text().splitlines()
+    assert line.startswith("InvalidSettings: "), line
+    assert needle in line, line

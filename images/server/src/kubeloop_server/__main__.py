@@ -90,8 +90,11 @@ class DrainingServer(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Read before the settings are validated: a level logging does not know is reported by the settings
+    # (InvalidSettings), not raised here.
+    level = os.environ.get("KUBELOOP_SERVER_LOG_LEVEL", "info").upper()
     logging.basicConfig(
-        level=os.environ.get("KUBELOOP_SERVER_LOG_LEVEL", "info").upper(),
+        level=level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

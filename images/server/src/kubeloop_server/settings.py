@@ -7,12 +7,18 @@ read from ``KUBELOOP_SERVER_<FIELD>`` (case-insensitive), so ``model_uri`` is
 
 from __future__ import annotations
 
+import threading
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubeloop.contracts import DEFAULT_BUCKET
+from kubeloop.storage import S3Config, StorageConfigError
+
+# The longest wait a thread can make (the prediction-log writer's flush interval, the final flush's join):
+# past it, threading raises OverflowError and the writer thread dies.
+_THREAD_WAIT_MAX = threading.TIMEOUT_MAX
 
 
 class ServerSettings(BaseSettings):
@@ -23,6 +29,8 @@ class ServerSettings(BaseSettings):
         case_sensitive=False,
         extra="ignore",
         populate_by_name=True,
+        # An infinite duration crashed the start-up (or, in a thread, the prediction-log writer).
+        allow_inf_nan=False,
     )
 
     # --- the model ---------------------------------------------------------------------------------
@@ -131,7 +139,7 @@ class ServerSettings(BaseSettings):
         default=5_000, ge=1, description="Write a Parquet part as soon as this many rows are buffered."
     )
     prediction_log_flush_interval_s: float = Field(
-        default=30.0, gt=0, description="Write buffered rows at least this often."
+        default=30.0, gt=0, le=_THREAD_WAIT_MAX, description="Write buffered rows at least this often."
     )
     prediction_log_max_buffer_rows: int = Field(
         default=100_000,
@@ -172,6 +180,7 @@ class ServerSettings(BaseSettings):
     flush_timeout_s: float = Field(
         default=10.0,
         gt=0,
+        le=_THREAD_WAIT_MAX,
         description="Longest wait for the final prediction-log flush at shutdown. drain_seconds + "
         "graceful_timeout_s + flush_timeout_s (28 s by default) must stay below the pod's "
         "terminationGracePeriodSeconds (30 s by default).",
@@ -185,6 +194,18 @@ class ServerSettings(BaseSettings):
             raise ValueError(
                 f"grpc_port and port are both {self.port}; give gRPC a port of its own (or 0: off)"
             )
+        if self.s3_endpoint:
+            # The store is built after the model is loaded; a config it refuses is a bad setting, said now.
+            try:
+                S3Config(
+                    endpoint=self.s3_endpoint,
+                    access_key=self.s3_access_key,
+                    secret_key=self.s3_secret_key.get_secret_value(),
+                    secure=self.s3_secure,
+                    region=self.s3_region,
+                )
+            except StorageConfigError as e:
+                raise ValueError(f"object store settings (s3_*): {e}") from None
         if self.prediction_logging_enabled and not self.s3_endpoint:
             raise ValueError(
                 "prediction_logging_enabled needs an object store: set s3_endpoint (KUBELOOP_SERVER_S3_ENDPOINT)"
