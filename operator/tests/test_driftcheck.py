@@ -18,7 +18,7 @@ import pytest
 from kubeloop_operator.driftcheck import main
 from kubeloop_operator.driftcheck.check import CheckInputs, baseline_ref, run_check
 from kubeloop_operator.driftcheck.job import record_check
-from kubeloop_operator.driftcheck.logs import PartReader, window_parts
+from kubeloop_operator.driftcheck.logs import PartReader, score_parts, window_parts
 from kubeloop_operator.k8s import KubeError
 from kubeloop_operator.status.driftmonitor import apply_check, parse_status
 
@@ -33,6 +33,7 @@ from kubeloop.contracts import (
 )
 from kubeloop.drift import Baseline, build_baseline, score
 from kubeloop.resources import DriftMonitorSpec
+from kubeloop.storage import StorageUnavailableError
 from kubeloop.storage.local import LocalStore
 
 NS, MON, DEP, MODEL, VERSION = "team-a", "watch", "bc", "bc-model", 3
@@ -439,3 +440,34 @@ def test_the_console_script_names_missing_settings(
 
 def test_baseline_json_round_trip_is_what_the_trainer_writes(world: World) -> None:
     assert Baseline.from_json(world.store.get(model_baseline(MODEL, VERSION))) == world.baseline
+
+
+def test_a_spooled_part_that_cannot_be_fetched_leaves_no_spool_file(world: World, tmp_path: Path) -> None:
+    """A large part deleted between the listing and its download is not counted, and the spool file
+    made for it is removed (one was left per such part); a store failure the same."""
+    kept = world.part(logged(600))
+    gone = world.part(logged(600, seed=7))
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    parts = window_parts(
+        world.store, predictions_prefix(NS, DEP, str(VERSION)), NOW - timedelta(hours=1), NOW
+    )
+    assert [p.ref for p in parts] == [kept, gone]
+    world.store.delete(gone)
+    reader = PartReader(world.store, max_memory_part_bytes=0, spool_dir=spool)
+    scored = score_parts(reader, parts, world.baseline, NOW - timedelta(hours=1))
+    assert (scored.parts, scored.rows_read) == (1, 600)
+    assert list(spool.iterdir()) == []
+
+    class Down(LocalStore):
+        def get_file(self, ref: ObjectRef, path: Path) -> None:
+            raise StorageUnavailableError("store down", ref.uri)
+
+    with pytest.raises(StorageUnavailableError):
+        score_parts(
+            PartReader(Down(world.store.root), max_memory_part_bytes=0, spool_dir=spool),
+            parts,
+            world.baseline,
+            NOW,
+        )
+    assert list(spool.iterdir()) == []

@@ -138,8 +138,8 @@ class PartReader:
             fd, name = tempfile.mkstemp(suffix=PARQUET_SUFFIX, dir=self.spool_dir)
             os.close(fd)
             path = Path(name)
-            self.store.get_file(info.ref, path)
             try:
+                self.store.get_file(info.ref, path)
                 return pq.ParquetFile(path, memory_map=False), path
             except BaseException:
                 path.unlink(missing_ok=True)
