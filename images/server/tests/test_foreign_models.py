@@ -119,6 +119,20 @@ def test_graph_without_named_features_refuses_the_record_api_by_name(make_client
     assert "must be whole numbers for model input 'category_id' (INT64)" in r.json()["error"]
 
 
+def test_json_integer_past_int64_is_refused_naming_the_input(make_client) -> None:  # type: ignore[no-untyped-def]
+    """2**63 parses as uint64: it went to the model unchecked, which refused it with ORT's 'Unexpected input
+    data type' (and, batched with other requests, turned the merged batch into float64 and failed it)."""
+    c = make_client(fm.multi_io_graph())
+    dense = {"name": "dense", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4}
+    for value in (2**63, 2**64 - 1):
+        doc = {"inputs": [dense, {"name": "category_id", "shape": [1], "datatype": "INT64", "data": [value]}]}
+        r = c.post("/v2/models/model/infer", json=doc)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "input 'category_id' has a value out of range for INT64"
+    doc["inputs"][1]["data"] = [2**63 - 1]
+    assert c.post("/v2/models/model/infer", json=doc).status_code == 200
+
+
 def test_integer_feature_values_must_be_whole_numbers(make_client) -> None:  # type: ignore[no-untyped-def]
     c = make_client(fm.int_feature_graph())
     assert c.post("/forward", json={"age": 40, "income": 2500.0}).json()["prediction"] == 22.5

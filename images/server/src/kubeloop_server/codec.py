@@ -415,7 +415,9 @@ def tensor_from_json(
                     f"input {name!r}.data must be {kind} for model input {spec.name!r} ({spec.datatype})"
                 )
             arr = arr.astype(spec.dtype)
-        arr = _convert(arr, name, "BOOL" if arr.dtype.kind == "b" else "INT64", spec, allow_missing)
+        # numpy reads whole numbers past the int64 range as uint64: named as such, they get the range check.
+        parsed = {"b": "BOOL", "u": "UINT64"}.get(arr.dtype.kind, "INT64")
+        arr = _convert(arr, name, parsed, spec, allow_missing)
     if arr.size != size:
         raise InvalidInputError(
             f"input {name!r}.data has {arr.size} elements but shape {item.get('shape')} needs {size}"
