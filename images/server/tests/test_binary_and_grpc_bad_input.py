@@ -126,6 +126,16 @@ def test_content_encoding_is_refused_by_name(clients: dict[str, Any]) -> None:
     assert "Content-Encoding gzip is not supported" in r.json()["error"]
 
 
+def test_non_ascii_digits_in_the_header_length_are_refused_by_name(clients: dict[str, Any]) -> None:
+    """'²' is a digit to str.isdigit() but not to int(): it was a 500 (ValueError)."""
+    body, headers = binary_request([fp32_input()], ROW.tobytes())
+    for value in ("\u00b2", "\u0661\u0662"):  # superscript two; Arabic-Indic one, two
+        headers["Inference-Header-Content-Length"] = value.encode()  # type: ignore[assignment]
+        r = clients["packed"].post(INFER, content=body, headers=headers)
+        assert r.status_code == 400, r.text
+        assert "is not a non-negative integer" in r.json()["error"]
+
+
 def _infer(name: str = "iris-like", **fields: Any) -> pb.ModelInferRequest:
     return pb.ModelInferRequest(model_name=name, **fields)
 

@@ -96,7 +96,7 @@ def split_binary_request(body: bytes | None, header_length: bytes) -> tuple[Any,
     """A binary tensor data request: the JSON header (``Inference-Header-Content-Length`` bytes) and the
     raw tensors after it."""
     text = header_length.decode(errors="replace").strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # str.isdigit() takes '²', which int() refuses
         raise InvalidInputError(f"Inference-Header-Content-Length {text!r} is not a non-negative integer")
     n = int(text)
     size = len(body or b"")
