@@ -421,3 +421,27 @@ def test_a_new_retrain_record_does_not_inherit_the_old_ones_version() -> None:
     patch = status_patch(old, new, OPERATOR_FIELDS)
     assert patch["lastRetrain"]["modelVersion"] is None
     assert patch["lastRetrain"]["promoted"] is None
+
+
+def test_a_check_older_than_the_last_one_recorded_is_history_not_the_last_result() -> None:
+    """Two checks can run at once (a manual `kubectl create job --from=cronjob/...` beside the
+    scheduled one). When the older one records last, the status must not go back in time: its result
+    would replace the newer one as lastResult, and the operator would decide again, about a stale check."""
+    op = Operator(spec(skipWhileRunning=False, cooldown="0s"))
+    newer, older = T0 + timedelta(minutes=5), T0 + timedelta(minutes=4)
+    op.status = check(op.status, newer)
+    first = op.reconcile(newer + timedelta(seconds=2))
+    assert first.create_retrain is not None
+    assert first.create_retrain.training_job == retrain_name("watch", newer)
+    op.finish(first.create_retrain.training_job, phase="Running")
+
+    op.status = check(op.status, older)  # the older check finishes last
+    assert op.status.last_check_time == rfc3339(newer)
+    assert op.status.last_result is not None
+    assert op.status.last_result.time == rfc3339(newer)
+    assert op.status.consecutive_drifts == 1
+    assert [h.time for h in op.status.history] == [rfc3339(older), rfc3339(newer)]
+    second = op.reconcile(newer + timedelta(seconds=10))
+    assert second.create_retrain is None
+    assert not second.decided
+    assert op.creates == 1

@@ -131,9 +131,21 @@ def _skipped_want(skipped: Sequence[CheckProblem], parts: int) -> Want:
 
 
 def apply_check(status: DriftMonitorStatus, rec: CheckRecord, generation: int) -> DriftMonitorStatus:
-    """The status after one check (only the check's fields and conditions change)."""
+    """The status after one check (only the check's fields and conditions change). A check older than
+    the last one recorded (two ran at once, the older finished last) only joins the history: the
+    status never goes back in time, and the operator never decides about a check already superseded."""
     now = rec.time
     when = rfc3339(now)
+    last = parse_time(status.last_check_time)
+    if last is not None and now < last:
+        s = rec.summary
+        if s is not None:
+            entry = DriftHistoryEntry(time=when, drifted=s.drifted, share=s.share, samples=s.samples)
+        else:
+            reason = (rec.error or CheckProblem("CheckFailed", "")).reason
+            entry = DriftHistoryEntry(time=when, drifted=False, reason=reason[:128])
+        ordered = sorted([*status.history, entry], key=lambda h: parse_time(h.time) or now)
+        return status.model_copy(update={"history": ordered[-HISTORY_LIMIT:]})
     wants: list[Want] = []
     history = list(status.history)
     update: dict[str, Any] = {"last_check_time": when}
