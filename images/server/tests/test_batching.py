@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from kubeloop_server.batching import LONELY_BATCHES, AdaptiveBatcher, DirectPredictor, make_predictor
-from kubeloop_server.errors import ServerError
+from kubeloop_server.errors import InvalidInputError, ServerError
 from kubeloop_server.metrics import BATCH_BUCKETS, ServerMetrics
 from kubeloop_server.model import ModelRuntime
 
@@ -215,3 +215,86 @@ def test_coalescing_through_http_serves_and_refuses_by_name(make_client, packed_
     r = c.post("/v2/models/iris-like/infer", json=body)
     assert r.status_code == 400, r.text
     assert "input 'input'" in r.json()["error"]
+
+
+# --- one request's inputs must not decide another's answer -----------------------------------------------------
+
+
+def _graph(node: Any, inputs: list[Any], outputs: list[Any], inits: list[Any]) -> bytes:
+    from onnx import helper
+
+    model = helper.make_model(
+        helper.make_graph([node], "g", inputs, outputs, initializer=inits),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def _gather_graph() -> bytes:
+    """``idx`` int64 [N] -> rows of a 4x3 table: an index past 3 is refused by ONNX Runtime at run time."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "table")
+    return _graph(
+        helper.make_node("Gather", ["table", "idx"], ["rows"], axis=0),
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["N", 3])],
+        [table],
+    )
+
+
+def _sequence_graph() -> bytes:
+    """``x`` float32 [N, T] (T dynamic, as a sequence model's) -> its row sums [N, 1]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    return _graph(
+        helper.make_node("ReduceSum", ["x", "axis"], ["total"], keepdims=1),
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T"])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(np.array([1], dtype=np.int64), "axis")],
+    )
+
+
+@pytest.mark.parametrize("in_thread", [True, False])
+def test_a_request_the_model_refuses_fails_alone(in_thread: bool) -> None:
+    """A merged run that fails fails only the request that caused it: the batch's other requests were
+    answered with that request's error (here ONNX Runtime's 'indices element out of data bounds')."""
+    rt = ModelRuntime(_gather_graph())
+    assert rt.batchable
+    batcher = AdaptiveBatcher(rt, ServerMetrics(), max_batch_size=8, max_latency_s=0.05, in_thread=in_thread)
+    feeds = [{"idx": np.array([i], dtype=np.int64)} for i in (1, 99, 3, 2)]
+
+    async def go() -> list[Any]:
+        await batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.predict(f, 1) for f in feeds), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(go())
+    assert isinstance(results[1], InvalidInputError), results[1]
+    assert "idx=99" in results[1].message
+    for k in (0, 2, 3):
+        np.testing.assert_array_equal(results[k][0], rt.run(feeds[k])[0])
+
+
+def test_requests_of_different_lengths_are_not_merged_into_a_500() -> None:
+    """A dynamic dimension past the batch axis differs between requests: concatenating them raised
+    ValueError, a 500 for every request in the batch."""
+    model = _sequence_graph()
+    rt = ModelRuntime(model)
+    assert rt.batchable
+    batcher = AdaptiveBatcher(rt, ServerMetrics(), max_batch_size=8, max_latency_s=0.05)
+    xs = [np.arange(1 + k, dtype=np.float32).reshape(1, -1) for k in range(4)]
+
+    async def go() -> list[Any]:
+        await batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.predict({"x": x}, 1) for x in xs), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    for x, out in zip(xs, asyncio.run(go()), strict=True):
+        assert not isinstance(out, BaseException), out
+        np.testing.assert_array_equal(out[0], [[x.sum()]])

@@ -203,6 +203,22 @@ class AdaptiveBatcher:
         out = self._rt.run(merged)
         return out, time.perf_counter() - t0
 
+    async def _run_alone(self, batch: list[_Pending]) -> None:
+        """A merged run failed: one request's inputs (a value the model refuses, a dynamic dimension the
+        others do not share) must not decide the others' answers, so each runs on its own."""
+        for p in batch:
+            if p.future.done():
+                continue
+            try:
+                out, seconds = await self._execute([p.feeds])
+            except Exception as e:
+                if not p.future.done():
+                    p.future.set_exception(e)
+                continue
+            self._metrics.observe_run(p.rows, seconds)
+            if not p.future.done():
+                p.future.set_result(out)
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         wakeup = self._wakeup
@@ -242,9 +258,11 @@ class AdaptiveBatcher:
                 outputs, seconds = await self._execute([p.feeds for p in batch])
                 self._metrics.observe_run(rows, seconds)
             except Exception as e:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(e)
+                if len(batch) == 1:
+                    if not batch[0].future.done():
+                        batch[0].future.set_exception(e)
+                else:
+                    await self._run_alone(batch)
                 continue
             if len(batch) == 1:
                 if not batch[0].future.done():
