@@ -471,3 +471,18 @@ def test_a_spooled_part_that_cannot_be_fetched_leaves_no_spool_file(world: World
             NOW,
         )
     assert list(spool.iterdir()) == []
+
+
+def test_rows_after_the_checks_time_are_not_in_its_window(world: World) -> None:
+    """The window is [now - lookback, now], as the report says: a part flushed while the check runs
+    holds rows after ``now``; they belong to the next check's window, not to this one (counted in
+    both when the lookback equals the schedule's period)."""
+    world.part(logged(300, at=NOW - timedelta(minutes=5)), written=NOW - timedelta(minutes=4))
+    late = pa.concat_tables(
+        [logged(200, at=NOW - timedelta(seconds=3)), logged(150, shift=1.0, at=NOW + timedelta(seconds=20))]
+    )
+    world.part(late, written=NOW + timedelta(seconds=25))
+    rec = run_check(world.store, world.inputs(), NOW)
+    assert rec.summary is not None
+    assert rec.summary.samples == 300 + 200
+    assert rec.summary.parts == 2

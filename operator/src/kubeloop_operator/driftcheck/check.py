@@ -128,7 +128,7 @@ def run_check(
     start = now - timedelta(seconds=parse_duration(inputs.spec.window.lookback))
     prefix = predictions_prefix(inputs.namespace, inputs.spec.deployment, model.version, inputs.bucket)
     parts = window_parts(store, prefix, start, now)
-    scored = score_parts(reader or PartReader(store), parts, baseline, start)
+    scored = score_parts(reader or PartReader(store), parts, baseline, start, now)
     result = scored.accumulator.result(**thresholds(inputs.spec))
     report_ref = drift_report(inputs.namespace, inputs.monitor, now, inputs.bucket)
     note = ""

@@ -5,7 +5,8 @@ The server writes ``predictions/<namespace>/<deployment>/<modelVersion>/<YYYY-MM
 leaves out parts last written before the window starts (none of their rows can be in it), and reads
 the others one at a time, in batches of ``batch_rows`` rows of the baseline's features only: memory
 holds one part (or, past ``max_memory_part_bytes``, a spooled file and one batch), never the window.
-Rows older than the window's start are filtered by their ``_timestamp``.
+Rows outside the window (older than its start, or logged after the check's time by a part flushed
+while it runs) are filtered by their ``_timestamp``.
 
 A part that cannot be scored is skipped and counted, and the rest are scored: a corrupt Parquet file
 (``CorruptPart``), a baseline feature missing from it (``FeatureMissing``) or of a type the feature
@@ -150,21 +151,30 @@ class PartReader:
         yield from pf.iter_batches(batch_size=self.batch_rows, columns=list(columns), use_threads=False)
 
 
-def _in_window(batch: pa.RecordBatch, start: datetime) -> pa.RecordBatch | None:
-    """The rows of ``batch`` at or after ``start`` (all of them when it has no timestamp column)."""
+def _in_window(batch: pa.RecordBatch, start: datetime, end: datetime | None = None) -> pa.RecordBatch | None:
+    """The rows of ``batch`` from ``start`` to ``end`` (all of them when it has no timestamp column)."""
     idx = batch.schema.get_field_index(PREDICTION_LOG_TIMESTAMP)
     if idx < 0:
         return batch
     ts = batch.column(idx)
     if not pa.types.is_timestamp(ts.type):
         return batch
-    bound = pa.scalar(start, type=pa.timestamp(ts.type.unit, tz=ts.type.tz or "UTC")).cast(ts.type)
-    lo = pc.min(ts)
-    if lo.is_valid and pc.greater_equal(lo, bound).as_py():
+
+    def bound(t: datetime) -> Any:
+        return pa.scalar(t, type=pa.timestamp(ts.type.unit, tz=ts.type.tz or "UTC")).cast(ts.type)
+
+    lo, hi = pc.min(ts), pc.max(ts)
+    if (
+        lo.is_valid
+        and pc.greater_equal(lo, bound(start)).as_py()
+        and (end is None or pc.less_equal(hi, bound(end)).as_py())
+    ):
         return batch
-    # A row without a time counts as recent. (pyarrow-stubs type fill_null's result as object.)
-    recent: Any = pc.greater_equal(ts, bound)
-    keep: Any = pc.fill_null(recent, True)
+    # A row without a time counts as in the window. (pyarrow-stubs type fill_null's result as object.)
+    inside: Any = pc.greater_equal(ts, bound(start))
+    if end is not None:
+        inside = pc.and_(inside, pc.less_equal(ts, bound(end)))
+    keep: Any = pc.fill_null(inside, True)
     kept = batch.filter(keep)
     return kept if kept.num_rows else None
 
@@ -174,8 +184,10 @@ def score_parts(
     parts: Sequence[ObjectInfo],
     baseline: Baseline,
     start: datetime,
+    end: datetime | None = None,
 ) -> Scored:
-    """Count every part of the window into one accumulator; unreadable parts are skipped and named.
+    """Count every part of the window (rows from ``start`` to ``end``) into one accumulator; unreadable
+    parts are skipped and named.
     Storage errors other than a part vanishing propagate (the store is down: no honest result)."""
     out = Scored(DriftAccumulator(baseline))
     features = list(baseline.features)
@@ -200,7 +212,7 @@ def score_parts(
             rows = 0
             for batch in reader.batches(pf, columns):
                 rows += batch.num_rows
-                kept = _in_window(batch, start)
+                kept = _in_window(batch, start, end)
                 if kept is not None:
                     part.update(kept)
             out.accumulator.merge(part)
