@@ -208,3 +208,17 @@ def test_s3_get_file_that_fails_midway_leaves_no_partial_file(
     with pytest.raises(StorageUnavailableError, match=r"s3://kubeloop/predictions/p\.parquet"):
         store.get_file(ObjectRef("kubeloop", "predictions/p.parquet"), target)
     assert list((tmp_path / "spool").iterdir()) == []
+
+
+def test_uploading_a_missing_local_file_is_not_an_unreachable_store(tmp_path: Path) -> None:
+    """A local file that is not there is the caller's problem, as LocalStore says it: not a
+    StorageUnavailableError ('worth retrying later', 'object store unreachable'). No request is sent:
+    the file is looked at first."""
+    missing = tmp_path / "model.onnx"
+    for store in (S3Store(S3Config(endpoint="127.0.0.1:1", retries=0)), LocalStore(tmp_path)):
+        if isinstance(store, LocalStore):
+            store.ensure_bucket("kubeloop")
+        with pytest.raises(StorageError, match="is not a file") as e:
+            store.put_file(ObjectRef("kubeloop", "models/m/1/model.onnx"), missing)
+        assert not isinstance(e.value, StorageUnavailableError)
+        assert e.value.uri == "s3://kubeloop/models/m/1/model.onnx"

@@ -160,6 +160,9 @@ class S3Store:
         )
 
     def put_file(self, ref: ObjectRef, path: Path, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
+        # Else the client's FileNotFoundError reads as an unreachable store (worth a retry).
+        if not path.is_file():
+            raise StorageError(f"cannot upload {ref.uri}: {path} is not a file", ref.uri)
         self._call(
             "upload",
             ref.uri,
