@@ -133,6 +133,42 @@ def test_json_integer_past_int64_is_refused_naming_the_input(make_client) -> Non
     assert c.post("/v2/models/model/infer", json=doc).status_code == 200
 
 
+def test_record_api_gives_an_output_without_a_row_per_record_whole(make_client) -> None:  # type: ignore[no-untyped-def]
+    """A graph output that is not batched (here a constant [2], as exported models list their class ids) was
+    split across the records: record k got its element k (a wrong answer), and a third record a 500."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Identity", ["x"], ["y"]),
+        helper.make_node(
+            "Constant", [], ["ids"], value=helper.make_tensor("v", TensorProto.INT64, [2], [7, 8])
+        ),
+        helper.make_node(
+            "Constant", [], ["count"], value=helper.make_tensor("c", TensorProto.INT64, [], [5])
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 1])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.INT64, ["N", 1]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [2]),
+            helper.make_tensor_value_info("count", TensorProto.INT64, []),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    c = make_client(model.SerializeToString())
+    for n in (1, 2, 3):
+        r = c.post("/forward_batch", json=[{"x": k} for k in range(n)])
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"] == [{"outputs": {"y": k, "ids": [7, 8], "count": 5}} for k in range(n)]
+    r = c.post("/forward", json={"x": 4})
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"] == {"y": 4, "ids": [7, 8], "count": 5}
+
+
 def test_integer_feature_values_must_be_whole_numbers(make_client) -> None:  # type: ignore[no-untyped-def]
     c = make_client(fm.int_feature_graph())
     assert c.post("/forward", json={"age": 40, "income": 2500.0}).json()["prediction"] == 22.5

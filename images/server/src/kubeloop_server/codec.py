@@ -267,13 +267,19 @@ def _row_value(arr: np.ndarray, k: int) -> Any:
     return row.item() if isinstance(row, np.generic) else row
 
 
-def record_results(rt: ModelRuntime, outputs: Outputs) -> list[dict[str, Any]]:
-    """Per-row answers: ``{"label", "probabilities"}``, ``{"prediction"}``, or (a foreign graph whose
-    outputs do not read as a prediction) ``{"outputs": {name: value}}``."""
+def record_results(rt: ModelRuntime, outputs: Outputs, rows: int) -> list[dict[str, Any]]:
+    """Per-row answers for ``rows`` records: ``{"label", "probabilities"}``, ``{"prediction"}``, or (a foreign
+    graph whose outputs do not read as a prediction) ``{"outputs": {name: value}}``, where an output without
+    one entry per row (a constant, a scalar) is given whole in every row."""
     if rt.prediction_output is None:
-        n = outputs[0].shape[0] if outputs and outputs[0].ndim else 0
-        return [{"outputs": {name: _row_value(o, k) for name, o in zip(rt.output_names, outputs, strict=True)}}
-                for k in range(n)]  # fmt: skip
+        whole = {
+            name: o.tolist()
+            for name, o, per_row in zip(rt.output_names, outputs, rt.row_outputs, strict=True)
+            if not (per_row and o.ndim and o.shape[0] == rows)
+        }
+        return [{"outputs": {name: whole[name] if name in whole else _row_value(o, k)
+                             for name, o in zip(rt.output_names, outputs, strict=True)}}
+                for k in range(rows)]  # fmt: skip
     pred = outputs[rt.prediction_output]
     if rt.task == "classification":
         classes = rt.classes

@@ -166,7 +166,7 @@ class DataPlane:
             raise InvalidInputError("request body must be a JSON object keyed by feature name")
         feeds = records_to_feeds(self.runtime, [body], single=True, allow_missing=self.allow_missing)
         outputs = await self._predict(feeds, 1)
-        result = record_results(self.runtime, outputs)[0]
+        result = record_results(self.runtime, outputs, 1)[0]
         result["model_version"] = self.runtime.version
         return result
 
@@ -175,4 +175,7 @@ class DataPlane:
         records = parse_records(body, self.max_rows)
         feeds = records_to_feeds(self.runtime, records, allow_missing=self.allow_missing)
         outputs = await self._predict(feeds, len(records))
-        return {"predictions": record_results(self.runtime, outputs), "model_version": self.runtime.version}
+        return {
+            "predictions": record_results(self.runtime, outputs, len(records)),
+            "model_version": self.runtime.version,
+        }

@@ -239,6 +239,7 @@ class ModelRuntime:
         # tenth of a small model's run).
         self._run_options = ort.RunOptions()
         self.batchable = False
+        self.row_outputs: list[bool] = []
         self.single_row_s = 0.0
         self._warm_up()
         self.log_columns, self.unlogged_inputs = self._log_columns()
@@ -418,10 +419,14 @@ class ModelRuntime:
             two = self.run(self.dummy_feeds(2)) if self._first_dim_dynamic() else None
         except Exception as e:
             raise ModelLoadError(f"model failed a warm-up run on zero/empty inputs: {e}") from e
-        self.batchable = two is not None and all(
-            a.ndim >= 1 and b.ndim >= 1 and a.shape[0] == 1 and b.shape[0] == 2
-            for a, b in zip(one, two, strict=True)
-        )
+        # Outputs with one entry per row (the record API answers the others whole, in every row). Without a
+        # second run to tell (a fixed batch dimension), any output with a first axis may be: the record API
+        # then goes by its length.
+        self.row_outputs = [
+            a.ndim >= 1 and (two is None or (a.shape[0] == 1 and b.ndim >= 1 and b.shape[0] == 2))
+            for a, b in zip(one, one if two is None else two, strict=True)
+        ]
+        self.batchable = two is not None and all(self.row_outputs)
         if self.metadata is None:
             self._foreign_prediction(one)
         else:
