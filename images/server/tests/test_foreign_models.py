@@ -169,6 +169,37 @@ def test_record_api_gives_an_output_without_a_row_per_record_whole(make_client) 
     assert r.json()["outputs"] == {"y": 4, "ids": [7, 8], "count": 5}
 
 
+def test_an_output_without_a_row_per_record_is_not_read_as_the_prediction(make_client, memory_store) -> None:  # type: ignore[no-untyped-def]
+    """A constant float [1] output before the real one was taken as the regression value: /forward_batch
+    answered one prediction for three records and the prediction log's flush failed (columns of unequal
+    length), dropping every row buffered with it."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node(
+            "Constant", [], ["scale"], value=helper.make_tensor("s", TensorProto.FLOAT, [1], [0.5])
+        ),
+        helper.make_node("Mul", ["x", "x"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    c = make_client(model.SerializeToString(), store=memory_store, **LOGGING)
+    assert c.get("/metadata").json()["prediction_output"] == "y"
+    r = c.post("/forward_batch", json=[{"x": 1.0}, {"x": 2.0}, {"x": 3.0}])
+    assert r.json()["predictions"] == [{"prediction": v} for v in (1.0, 4.0, 9.0)]
+    c.server_app.predlog.flush()
+    assert _table(memory_store).column(PREDICTION_LOG_PREDICTION).to_pylist() == [1.0, 4.0, 9.0]
+
+
 def test_integer_feature_values_must_be_whole_numbers(make_client) -> None:  # type: ignore[no-untyped-def]
     c = make_client(fm.int_feature_graph())
     assert c.post("/forward", json={"age": 40, "income": 2500.0}).json()["prediction"] == 22.5

@@ -365,10 +365,15 @@ class ModelRuntime:
         return floats[0]
 
     def _foreign_prediction(self, one: Outputs) -> None:
-        """Read a foreign graph's task from its outputs (see the module docstring)."""
+        """Read a foreign graph's task from its outputs (see the module docstring); only an output with one
+        entry per row can be the prediction."""
         for i, o in enumerate(self.outputs):
             arr = one[i]
-            if (o.zipmap or (o.is_float and "prob" in o.name.lower())) and arr.ndim == 2:
+            if (
+                (o.zipmap or (o.is_float and "prob" in o.name.lower()))
+                and arr.ndim == 2
+                and self.row_outputs[i]
+            ):
                 self.task, self.prediction_output = "classification", i
                 self.task_source = f"output {o.name!r} holds class probabilities"
                 if o.zipmap:
@@ -379,7 +384,7 @@ class ModelRuntime:
                     self.task_source += " (classes are its column numbers)"
                 return
         for i, o in enumerate(self.outputs):
-            if o.is_float and one[i].size == 1 and one[i].ndim in (1, 2):
+            if o.is_float and one[i].size == 1 and one[i].ndim in (1, 2) and self.row_outputs[i]:
                 self.task, self.prediction_output = "regression", i
                 self.task_source = f"output {o.name!r} has one float value per row"
                 return
