@@ -144,3 +144,13 @@ def test_runs_share_one_run_options() -> None:
     assert np.array_equal(y, x)
     assert len(seen) == 2
     assert seen[0] is seen[1] is not None
+
+
+def test_record_value_past_a_float16_feature_range_is_named(make_client) -> None:  # type: ignore[no-untyped-def]
+    """The record API refused 70000 for a float16 feature with 'invalid record', naming nothing."""
+    client = make_client(identity_model(TensorProto.FLOAT16))
+    rec = {"x_0": 70000.0, "x_1": 1.0, "x_2": 2.0, "x_3": 3.0}
+    for path, body, where in (("/forward", rec, ""), ("/forward_batch", [rec, rec], "record 0: ")):
+        r = client.post(path, json=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == f"{where}feature 'x_0' = 70000.0 is not a finite float16", r.text

@@ -51,6 +51,7 @@ _CATEGORY_TYPES: Final = (str, int, float, bool, type(None))
 _FLT_MAX: Final = 3.4028234663852886e38
 # The largest finite value of each float datatype (values past it become infinite when cast).
 _FINITE_MAX: Final = {"FP16": 65504.0, "FP32": _FLT_MAX, "FP64": sys.float_info.max}
+_FLOAT_NAMES: Final = {"FP16": "float16", "FP32": "float32", "FP64": "float64"}
 # Response ids for requests that carry none: unique per process, cheaper than uuid4 on the hot path.
 _ID_PREFIX: Final = f"{os.urandom(6).hex()}-"
 _ID_COUNTER = itertools.count(1)
@@ -110,8 +111,9 @@ def _bad_value(f: FeatureInput, v: Any, allow_missing: bool) -> str | None:
             return None
         if type(v) not in _NUMERIC_TYPES:
             return f"feature {f.name!r} must be a number, got {_describe(v)}"
-        if not math.isfinite(float(v)) or abs(float(v)) > _FLT_MAX:
-            return f"feature {f.name!r} = {v!r} is not a finite float32"
+        datatype = f.input.datatype
+        if not math.isfinite(float(v)) or abs(float(v)) > _FINITE_MAX.get(datatype, _FLT_MAX):
+            return f"feature {f.name!r} = {v!r} is not a finite {_FLOAT_NAMES.get(datatype, datatype)}"
         return None
     if type(v) not in _CATEGORY_TYPES:
         return (
