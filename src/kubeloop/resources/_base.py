@@ -125,7 +125,7 @@ Quantity = Annotated[
                     "message": "must be a Kubernetes quantity such as 500m, 2 or 1Gi",
                 },
                 {
-                    "rule": "type(self) == int ? self >= 0 : !isQuantity(self) || quantity(self).sign() >= 0",
+                    "rule": "type(self) == int ? self >= 0 : !isQuantity(self) || !quantity(self).isLessThan(quantity('0'))",
                     "message": "must not be negative",
                 },
             ],
