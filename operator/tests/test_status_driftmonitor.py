@@ -11,6 +11,7 @@ from kubeloop_operator.status.conditions import Want, rfc3339
 from kubeloop_operator.status.driftmonitor import (
     CHECK_FIELDS,
     OPERATOR_FIELDS,
+    CheckProblem,
     CheckRecord,
     DeploymentView,
     Derived,
@@ -47,16 +48,18 @@ def spec(**retrain: Any) -> DriftMonitorSpec:
     return DriftMonitorSpec.model_validate(doc)
 
 
-def check(status: DriftMonitorStatus, at: datetime, *, drifted: bool = True) -> DriftMonitorStatus:
+def check(
+    status: DriftMonitorStatus, at: datetime, *, drifted: bool = True, version: str = "3", model: str = "bc"
+) -> DriftMonitorStatus:
     summary = DriftSummary(
         drifted=drifted,
         share=0.75 if drifted else 0.0,
         samples=1000,
-        model_version="3",
+        model_version=version,
         features=[
             FeatureDriftSummary(name="a", psi=0.9 if drifted else 0.01, jensen_shannon=0.3, drifted=drifted)
         ],
-        baseline_uri="s3://kubeloop/models/bc/3/baseline.json",
+        baseline_uri=f"s3://kubeloop/models/{model}/{version}/baseline.json",
     )
     return apply_check(status, CheckRecord(time=at, summary=summary), generation=1)
 
@@ -268,6 +271,53 @@ def test_consecutive_drifts_are_awaited() -> None:
     assert len(op.created) == 1
     assert op.status.last_decision is not None
     assert op.status.last_decision.check_time == rfc3339(T0 + timedelta(minutes=2))
+
+
+def test_a_drift_streak_across_a_model_version_change_does_not_qualify() -> None:
+    """Drifted checks count as consecutive only while they scored the same version against the same
+    baseline: after a retrain promotes version 4, version 3's drifts say nothing about version 4."""
+    op = Operator(spec(consecutiveDrifts=2))
+    op.status = check(op.status, T0, version="3")
+    op.reconcile(T0 + timedelta(seconds=1))
+    assert op.status.consecutive_drifts == 1
+    op.status = check(op.status, T0 + timedelta(minutes=1), version="4")  # the deployment rolled to 4
+    assert op.status.consecutive_drifts == 1
+    d = op.reconcile(T0 + timedelta(minutes=1, seconds=1))
+    assert d.create_retrain is None
+    assert op.status.last_decision is not None
+    assert op.status.last_decision.reason == "NotEnoughDrifts"
+    assert op.created == {}
+    # a second drifted check of the same version does qualify
+    op.status = check(op.status, T0 + timedelta(minutes=2), version="4")
+    assert op.status.consecutive_drifts == 2
+    d = op.reconcile(T0 + timedelta(minutes=2, seconds=1))
+    assert d.create_retrain is not None
+    assert list(op.created) == [retrain_name("watch", T0 + timedelta(minutes=2))]
+
+
+def test_a_deployment_repointed_to_another_model_restarts_the_streak() -> None:
+    """Same version number, another registered model (another baseline): a new streak."""
+    status = check(DriftMonitorStatus(), T0, model="bc")
+    status = check(status, T0 + timedelta(minutes=1), model="bc")
+    assert status.consecutive_drifts == 2
+    status = check(status, T0 + timedelta(minutes=2), model="churn")
+    assert status.consecutive_drifts == 1
+    status = check(status, T0 + timedelta(minutes=3), model="churn", drifted=False)
+    assert status.consecutive_drifts == 0
+
+
+def test_a_check_without_result_keeps_the_streak_of_the_version_scored() -> None:
+    """A check that could not score (the deployment had not resolved its version during a rollout)
+    neither breaks nor extends the streak; the next scored check compares with the last one scored."""
+    status = check(DriftMonitorStatus(), T0, version="3")
+    status = apply_check(
+        status,
+        CheckRecord(time=T0 + timedelta(minutes=1), error=CheckProblem("ModelVersionUnknown", "rolling")),
+        generation=1,
+    )
+    assert status.consecutive_drifts == 1
+    assert check(status, T0 + timedelta(minutes=2), version="3").consecutive_drifts == 2
+    assert check(status, T0 + timedelta(minutes=2), version="4").consecutive_drifts == 1
 
 
 def test_no_drift_decides_nothing() -> None:

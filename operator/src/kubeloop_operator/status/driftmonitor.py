@@ -130,6 +130,25 @@ def _skipped_want(skipped: Sequence[CheckProblem], parts: int) -> Want:
     )
 
 
+def scored_model(summary: DriftSummary) -> tuple[str | None, str | None]:
+    """What a result scored: the model version and the baseline it was scored against (the baseline
+    tells apart two models with the same version number, when the deployment is repointed)."""
+    return summary.model_version, summary.baseline_uri
+
+
+def _consecutive_drifts(status: DriftMonitorStatus, summary: DriftSummary) -> int:
+    """Drifted checks in a row *of the same model*: a retrain that promotes a new version (or anyone
+    repointing the ModelDeployment) starts a new streak, or the old version's drifts would make the new
+    version's first drifted check qualify for ``retrain.consecutiveDrifts``. A check without a result
+    leaves the streak alone, so the result before it (``lastResult``) is the one compared with."""
+    if not summary.drifted:
+        return 0
+    before = status.last_result
+    if before is None or scored_model(before) != scored_model(summary):
+        return 1
+    return status.consecutive_drifts + 1
+
+
 def apply_check(status: DriftMonitorStatus, rec: CheckRecord, generation: int) -> DriftMonitorStatus:
     """The status after one check (only the check's fields and conditions change). A check older than
     the last one recorded (two ran at once, the older finished last) only joins the history: the
@@ -184,7 +203,7 @@ def apply_check(status: DriftMonitorStatus, rec: CheckRecord, generation: int) -
             )
         wants.append(_skipped_want(rec.skipped, s.parts))
         update["last_result"] = s.model_copy(update={"time": when})
-        update["consecutive_drifts"] = status.consecutive_drifts + 1 if s.drifted else 0
+        update["consecutive_drifts"] = _consecutive_drifts(status, s)
         history.append(DriftHistoryEntry(time=when, drifted=s.drifted, share=s.share, samples=s.samples))
     else:
         err = rec.error or CheckProblem("CheckFailed", "the check produced no result")
@@ -338,8 +357,8 @@ def decide(
     if status.consecutive_drifts < retrain.consecutive_drifts:
         return skip(
             "NotEnoughDrifts",
-            f"{status.consecutive_drifts} drifted check(s) in a row; retrain.consecutiveDrifts is "
-            f"{retrain.consecutive_drifts}",
+            f"{status.consecutive_drifts} drifted check(s) in a row of version {result.model_version}; "
+            f"retrain.consecutiveDrifts is {retrain.consecutive_drifts}",
         )
     running = running_retrain(status, views)
     if running is not None and retrain.skip_while_running:
