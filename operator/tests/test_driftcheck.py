@@ -424,6 +424,32 @@ def test_the_status_write_touches_only_the_checks_fields_and_survives_a_conflict
     assert kube.obj["status"]["phase"] == "Active"  # the operator's field, untouched
 
 
+def test_a_monitor_re_created_during_the_check_does_not_get_its_result(world: World) -> None:
+    """The monitor was deleted and created again under the same name while the check ran: the first
+    write meets a 409 (another resourceVersion), and the object read again is another monitor (another
+    uid) whose spec this check did not score. The result is dropped, not written into it."""
+    world.part(logged(600, shift=1.0))
+    rec = run_check(world.store, world.inputs(), NOW)
+    meta = {"name": MON, "namespace": NS, "generation": 1, "resourceVersion": "10", "uid": "uid-old"}
+    checked = {"metadata": meta, "status": {}}
+    kube = FakeKube({"metadata": {**meta, "uid": "uid-new", "resourceVersion": "42"}, "status": {}})
+
+    def conflict(*_: Any, **kw: Any) -> dict[str, Any]:
+        kube.patches.append(({}, kw.get("resource_version")))
+        if kw.get("resource_version") != "42":
+            raise KubeError(409, "Conflict", "the object has been modified")
+        raise AssertionError("the re-created monitor was written")
+
+    kube.patch_status = conflict  # type: ignore[method-assign]
+    assert not record_check(kube, NS, MON, checked, rec, retries=3)  # type: ignore[arg-type]
+    assert [rv for _, rv in kube.patches] == ["10"]
+    assert kube.obj["status"] == {}
+    # the same monitor (same uid) read again is written, as before
+    kube = FakeKube({"metadata": {**meta, "resourceVersion": "11"}, "status": {}})
+    assert record_check(kube, NS, MON, checked, rec, retries=3)  # type: ignore[arg-type]
+    assert kube.obj["status"]["consecutiveDrifts"] == 1
+
+
 def test_the_console_script_names_missing_settings(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

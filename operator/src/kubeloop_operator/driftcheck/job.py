@@ -52,12 +52,23 @@ def record_check(
     retries: int,
 ) -> bool:
     """Patch the check's fields into the monitor's status, re-reading on a conflict. False when the
-    monitor is gone."""
+    monitor is gone, or when the object read again is another monitor of the same name (another uid:
+    deleted and created again during the check), whose spec this check did not score."""
+    uid = (monitor.get("metadata") or {}).get("uid")
     obj: Mapping[str, Any] | None = monitor
     for attempt in range(retries):
         if obj is None:
             return False
         meta = obj.get("metadata") or {}
+        if uid and meta.get("uid") != uid:
+            log.warning(
+                "DriftMonitor %s/%s was re-created during the check (uid %s, checked %s): result dropped",
+                namespace,
+                name,
+                meta.get("uid"),
+                uid,
+            )
+            return False
         current = parse_status(obj.get("status"))
         new = apply_check(current, rec, int(meta.get("generation") or 1))
         patch = status_patch(dump(current), dump(new), CHECK_FIELDS)
@@ -90,7 +101,7 @@ def run(settings: DriftCheckSettings, now: datetime) -> int:
             return 0
         rec, code = _check(settings, kube, monitor, now)
         if not record_check(kube, ns, name, monitor, rec, settings.conflict_retries):
-            log.warning("DriftMonitor %s/%s was deleted during the check", ns, name)
+            log.warning("DriftMonitor %s/%s was deleted during the check: its result is dropped", ns, name)
         return code
     except KubeError as e:
         log.error("the API server refused or failed: %s", e)
