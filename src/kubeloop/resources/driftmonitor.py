@@ -96,7 +96,10 @@ class RetrainSpec(KubeloopModel):
     max_per_day: int = Field(default=2, ge=1, le=100, description="Most retrains in 24 hours.")
     skip_while_running: bool = Field(default=True, description="Do not start a retrain while one is running.")
     consecutive_drifts: int = Field(
-        default=1, ge=1, le=100, description="Drifted checks in a row needed before retraining."
+        default=1,
+        ge=1,
+        le=100,
+        description="Drifted checks in a row, of one model version and baseline, needed before retraining.",
     )
 
     cel_rules = (
@@ -240,7 +243,9 @@ class DriftMonitorStatus(KubeloopModel):
         default=None, json_schema_extra={"format": "date-time"}, description="Time of the last check."
     )
     last_result: DriftSummary | None = Field(default=None, description="Result of the last check.")
-    consecutive_drifts: int = Field(default=0, ge=0, description="Drifted checks in a row.")
+    consecutive_drifts: int = Field(
+        default=0, ge=0, description="Drifted checks in a row of the model version and baseline last scored."
+    )
     last_retrain: LastRetrain | None = Field(default=None, description="Last retraining started.")
     last_decision: RetrainDecision | None = Field(
         default=None, description="The retraining decision about the last drifted check."
