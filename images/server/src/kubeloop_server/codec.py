@@ -52,6 +52,8 @@ _FLT_MAX: Final = 3.4028234663852886e38
 # The largest finite value of each float datatype (values past it become infinite when cast).
 _FINITE_MAX: Final = {"FP16": 65504.0, "FP32": _FLT_MAX, "FP64": sys.float_info.max}
 _FLOAT_NAMES: Final = {"FP16": "float16", "FP32": "float32", "FP64": "float64"}
+# Datatypes converted into one another (with range checks) when a request's differs from the graph input's.
+_NUMBER_TYPES: Final = frozenset(OIP_DTYPES) - {"BOOL", "BYTES"}
 # Response ids for requests that carry none: unique per process, cheaper than uuid4 on the hot path.
 _ID_PREFIX: Final = f"{os.urandom(6).hex()}-"
 _ID_COUNTER = itertools.count(1)
@@ -302,8 +304,9 @@ def check_header(
     """Validate a request tensor's datatype and shape against a graph input.
 
     Returns the element count and the shape to feed (a ``[N]`` tensor is accepted for an ``[N, 1]``
-    input). The datatype may differ from the graph's for numbers (values are converted, with range
-    checks); strings (BYTES) only go to string inputs.
+    input). The datatype is the graph input's, or a number type converted with range checks: an integer
+    into any number input, a float into a float input (never into an integer one). BOOL and BYTES go only
+    to inputs of their own datatype. REST JSON, the binary extension and gRPC all decide it here.
     """
     if type(shape) is not list or (not shape and spec.shape != ()):
         raise InvalidInputError(f"input {name!r}.shape must be a non-empty list of non-negative integers")
@@ -319,9 +322,14 @@ def check_header(
             raise InvalidInputError(
                 f"input {name!r}.datatype {datatype!r} is not an OIP datatype ({', '.join(OIP_DTYPES)})"
             )
-        if spec.is_string or datatype == "BYTES":
+        if datatype not in _NUMBER_TYPES or spec.datatype not in _NUMBER_TYPES:
             raise InvalidInputError(
                 f"input {name!r}.datatype is {datatype} but model input {spec.name!r} is {spec.datatype}"
+            )
+        if spec.is_int and datatype in _FLOAT_NAMES:
+            raise InvalidInputError(
+                f"input {name!r}.datatype is {datatype} but model input {spec.name!r} is {spec.datatype}: "
+                "send whole numbers as an integer datatype"
             )
     want = spec.shape
     if len(shape) == len(want):
@@ -343,40 +351,96 @@ def check_header(
     return size, shape
 
 
-def _check_floats(arr: np.ndarray, name: str, spec: TensorSpec, allow_missing: bool) -> None:
+def _check_floats(arr: np.ndarray, name: str, datatype: str, allow_missing: bool) -> None:
     # One reduction instead of isfinite().all(): NaN/inf propagate into the sum; if the sum itself
     # overflowed, the exact check below decides.
     if not check_numeric(arr, allow_missing):
         k = int(np.nonzero(_bad_values(arr.reshape(-1), allow_missing))[0][0])
         raise InvalidInputError(
-            f"input {name!r}.data[{k}] is out of range for {spec.datatype}"
+            f"input {name!r}.data[{k}] is out of range for {datatype}"
             + ("" if allow_missing else " or null/NaN (this server does not accept missing values)")
         )
 
 
+def _check_ints(arr: np.ndarray, name: str, datatype: str) -> None:
+    if arr.size:
+        info = np.iinfo(OIP_DTYPES[datatype])
+        if int(arr.min()) < info.min or int(arr.max()) > info.max:
+            raise InvalidInputError(f"input {name!r} has a value out of range for {datatype}")
+
+
 def _convert(arr: np.ndarray, name: str, datatype: str, spec: TensorSpec, allow_missing: bool) -> np.ndarray:
-    """Numbers of one datatype into the graph input's (no silent truncation or wrap-around)."""
+    """Numbers of one datatype into the graph input's (no silent truncation or wrap-around); which
+    datatypes may be converted at all, :func:`check_header` has decided."""
     if datatype == spec.datatype:
         if spec.is_float:
-            _check_floats(arr, name, spec, allow_missing)
+            _check_floats(arr, name, spec.datatype, allow_missing)
         return arr
-    target = spec.dtype
-    if spec.is_int or spec.datatype == "BOOL":
-        if arr.dtype.kind == "f":
-            raise InvalidInputError(
-                f"input {name!r}.datatype is {datatype} but model input {spec.name!r} is {spec.datatype}: "
-                "send whole numbers as an integer datatype"
-            )
-        if arr.size and spec.is_int:
-            info = np.iinfo(target)
-            lo, hi = int(arr.min()), int(arr.max())
-            if lo < info.min or hi > info.max:
-                raise InvalidInputError(f"input {name!r} has a value out of range for {spec.datatype}")
-        return arr.astype(target)
-    out = arr.astype(target)
-    if spec.is_float:
-        _check_floats(out, name, spec, allow_missing)
+    if spec.is_int:
+        _check_ints(arr, name, spec.datatype)
+        return arr.astype(spec.dtype)
+    out = arr.astype(spec.dtype)
+    _check_floats(out, name, spec.datatype, allow_missing)
     return out
+
+
+def _whole_numbers(data: list[Any]) -> bool:
+    """True when every element of a flat or nested list is a JSON integer (not a boolean)."""
+    return all(_whole_numbers(v) if type(v) is list else type(v) is int for v in data)
+
+
+def _json_values(
+    name: str, datatype: str, data: list[Any], spec: TensorSpec, allow_missing: bool
+) -> np.ndarray:
+    """JSON ``data`` as the declared ``datatype`` holds them, refused as the binary extension and gRPC
+    refuse what that datatype cannot hold (``INT8`` 300, ``INT64`` 1.5, ``FP16`` 70000); the conversion into
+    the graph input's datatype follows."""
+    dtype = OIP_DTYPES[datatype]
+    arr: np.ndarray | None
+    if datatype in _FLOAT_NAMES:
+        try:
+            arr = np.array(data, dtype=dtype)
+        except OverflowError:
+            raise InvalidInputError(f"input {name!r}.data has a value out of range for {datatype}") from None
+        except (ValueError, TypeError):
+            raise InvalidInputError(
+                f"input {name!r}.data must be numbers (flat or nested row-major) for datatype {datatype}"
+            ) from None
+        if datatype != spec.datatype:  # else _convert checks it
+            _check_floats(arr, name, datatype, allow_missing)
+        return arr
+    # Integers and booleans: parsed as JSON gives them, so that 1.5 is refused rather than truncated.
+    try:
+        parsed: np.ndarray | None = np.array(data)
+    except (ValueError, TypeError, OverflowError):
+        parsed = None
+    kind = "" if parsed is None else parsed.dtype.kind
+    arr = None
+    if datatype == "BOOL":
+        if parsed is not None and (kind == "b" or parsed.size == 0):
+            arr = parsed
+    elif kind in ("i", "u"):
+        arr = parsed
+    elif _whole_numbers(data):
+        # [] (float64 to numpy), or integers numpy holds in no one integer type: past uint64, or negatives
+        # mixed with values past int64 (which numpy makes float64, rounded).
+        try:
+            arr = np.array(data, dtype=dtype)
+        except OverflowError:
+            raise InvalidInputError(f"input {name!r} has a value out of range for {datatype}") from None
+        except (ValueError, TypeError):  # ragged nesting
+            arr = None
+    if arr is None:
+        what = "true/false" if datatype == "BOOL" else "whole numbers"
+        where = (
+            f"model input {spec.name!r} ({spec.datatype})"
+            if datatype == spec.datatype
+            else f"datatype {datatype}"
+        )
+        raise InvalidInputError(f"input {name!r}.data must be {what} for {where}")
+    if datatype != "BOOL":
+        _check_ints(arr, name, datatype)
+    return arr.astype(dtype, copy=False)
 
 
 def tensor_from_json(
@@ -397,35 +461,12 @@ def tensor_from_json(
         if None in data:
             data = ["" if v is None else v for v in data]  # null is the missing category
         arr = np.array(data, dtype=np.object_)
-    elif spec.is_float:
-        try:
-            arr = np.array(data, dtype=spec.dtype)
-        except OverflowError:
-            raise InvalidInputError(
-                f"input {name!r}.data has a value out of range for {spec.datatype}"
-            ) from None
-        except (ValueError, TypeError):
-            raise InvalidInputError(
-                f"input {name!r}.data must be numbers (flat or nested row-major) for datatype {datatype}"
-            ) from None
-        _check_floats(arr, name, spec, allow_missing)
     else:
-        # Integers and booleans: parse as JSON gives them, then convert with range checks, so that 1.5 is
-        # refused rather than truncated.
-        try:
-            arr = np.array(data)
-        except (ValueError, TypeError, OverflowError):
-            arr = np.array([], dtype=np.object_)
-        if arr.dtype.kind not in "iub" or (spec.datatype == "BOOL") != (arr.dtype.kind == "b"):
-            if not (arr.size == 0 and arr.dtype.kind == "f"):
-                kind = "true/false" if spec.datatype == "BOOL" else "whole numbers"
-                raise InvalidInputError(
-                    f"input {name!r}.data must be {kind} for model input {spec.name!r} ({spec.datatype})"
-                )
-            arr = arr.astype(spec.dtype)
-        # numpy reads whole numbers past the int64 range as uint64: named as such, they get the range check.
-        parsed = {"b": "BOOL", "u": "UINT64"}.get(arr.dtype.kind, "INT64")
-        arr = _convert(arr, name, parsed, spec, allow_missing)
+        # Values as the declared datatype holds them, then into the graph input's: the steps (and checks) of
+        # the binary extension and gRPC. check_header has made the datatype one of OIP_DTYPES.
+        declared = str(datatype)
+        values = _json_values(name, declared, data, spec, allow_missing)
+        arr = _convert(values, name, declared, spec, allow_missing)
     if arr.size != size:
         raise InvalidInputError(
             f"input {name!r}.data has {arr.size} elements but shape {item.get('shape')} needs {size}"
