@@ -101,6 +101,8 @@ class PredictionLogger:
         self._seq = itertools.count()
         self._random = random.random
         self._last_error_log = 0.0
+        # Updated by the event loop (buffer full), the writer thread (flushes) and stop(): only under _lock,
+        # as the read-modify-write of += is not atomic across threads.
         self.written_rows = 0
         self.dropped_rows = 0
 
@@ -122,13 +124,13 @@ class PredictionLogger:
         with self._lock:
             if self._buffered + rows > self._max_rows:
                 dropped = True
+                self.dropped_rows += rows
             else:
                 dropped = False
                 self._buffer.append(_Chunk(time.time(), feeds, outputs, rows, take))
                 self._buffered += rows
                 full = self._buffered >= self._flush_rows
         if dropped:
-            self.dropped_rows += rows
             self._metrics.log_dropped.labels("buffer_full").inc(rows)
             return
         if full:
@@ -154,12 +156,12 @@ class PredictionLogger:
             if self._thread.is_alive():
                 with self._lock:
                     left = self._buffered
+                    self.dropped_rows += left
                 log.error(
                     "prediction log: final flush did not finish in %.0fs; %d rows lost", timeout_s, left
                 )
                 if left:
                     self._metrics.log_dropped.labels("shutdown_timeout").inc(left)
-                    self.dropped_rows += left
             self._thread = None
 
     def _run(self) -> None:
@@ -174,26 +176,28 @@ class PredictionLogger:
     def flush(self) -> None:
         with self._lock:
             chunks, self._buffer = self._buffer, []
-        rows = sum(c.rows for c in chunks)
+        total = sum(c.rows for c in chunks)
         if not chunks:
             self._metrics.log_buffered.set(self._buffered)
             return
+        written = lost = 0
         try:
             for day, table in self._tables(chunks).items():
                 self._write(day, table)
-                self.written_rows += table.num_rows
+                written += table.num_rows
                 self._metrics.log_written.inc(table.num_rows)
-                rows -= table.num_rows
         except Exception as e:
+            lost = total - written
             now = time.monotonic()
             if now - self._last_error_log > 10:
-                log.warning("prediction log: write failed, dropping %d rows: %s", rows, e)
+                log.warning("prediction log: write failed, dropping %d rows: %s", lost, e)
                 self._last_error_log = now
-            self.dropped_rows += rows
-            self._metrics.log_dropped.labels("storage_error").inc(rows)
+            self._metrics.log_dropped.labels("storage_error").inc(lost)
         finally:
             with self._lock:
-                self._buffered -= sum(c.rows for c in chunks)
+                self.written_rows += written
+                self.dropped_rows += lost
+                self._buffered -= total
                 self._metrics.log_buffered.set(self._buffered)
 
     def _tables(self, chunks: list[_Chunk]) -> dict[date, pa.Table]:
