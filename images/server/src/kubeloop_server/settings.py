@@ -186,6 +186,20 @@ class ServerSettings(BaseSettings):
         "terminationGracePeriodSeconds (30 s by default).",
     )
 
+    def s3_config(self) -> S3Config | None:
+        """The object store's config (None without ``s3_endpoint``). Its timeouts and retries are bounded
+        (3 s connect, 30 s read, 2 retries), so a down store costs the prediction-log writer seconds."""
+        if not self.s3_endpoint:
+            return None
+        return S3Config(
+            endpoint=self.s3_endpoint,
+            access_key=self.s3_access_key,
+            secret_key=self.s3_secret_key.get_secret_value(),
+            secure=self.s3_secure,
+            region=self.s3_region,
+            max_connections=4,
+        )
+
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
         if self.model_uri.startswith("s3://") and not self.s3_endpoint:
@@ -194,18 +208,11 @@ class ServerSettings(BaseSettings):
             raise ValueError(
                 f"grpc_port and port are both {self.port}; give gRPC a port of its own (or 0: off)"
             )
-        if self.s3_endpoint:
-            # The store is built after the model is loaded; a config it refuses is a bad setting, said now.
-            try:
-                S3Config(
-                    endpoint=self.s3_endpoint,
-                    access_key=self.s3_access_key,
-                    secret_key=self.s3_secret_key.get_secret_value(),
-                    secure=self.s3_secure,
-                    region=self.s3_region,
-                )
-            except StorageConfigError as e:
-                raise ValueError(f"object store settings (s3_*): {e}") from None
+        # The store is built after the model is loaded; a config it refuses is a bad setting, said now.
+        try:
+            self.s3_config()
+        except StorageConfigError as e:
+            raise ValueError(f"object store settings (s3_*): {e}") from None
         if self.prediction_logging_enabled and not self.s3_endpoint:
             raise ValueError(
                 "prediction_logging_enabled needs an object store: set s3_endpoint (KUBELOOP_SERVER_S3_ENDPOINT)"

@@ -149,6 +149,15 @@ def _consecutive_drifts(status: DriftMonitorStatus, summary: DriftSummary) -> in
     return status.consecutive_drifts + 1
 
 
+def _history_entry(rec: CheckRecord, when: str) -> DriftHistoryEntry:
+    """One check in the bounded history: its result, or why it has none."""
+    s = rec.summary
+    if s is not None:
+        return DriftHistoryEntry(time=when, drifted=s.drifted, share=s.share, samples=s.samples)
+    reason = (rec.error or CheckProblem("CheckFailed", "")).reason
+    return DriftHistoryEntry(time=when, drifted=False, reason=reason[:128])
+
+
 def apply_check(status: DriftMonitorStatus, rec: CheckRecord, generation: int) -> DriftMonitorStatus:
     """The status after one check (only the check's fields and conditions change). A check older than
     the last one recorded (two ran at once, the older finished last) only joins the history: the
@@ -157,12 +166,7 @@ def apply_check(status: DriftMonitorStatus, rec: CheckRecord, generation: int) -
     when = rfc3339(now)
     last = parse_time(status.last_check_time)
     if last is not None and now < last:
-        s = rec.summary
-        if s is not None:
-            entry = DriftHistoryEntry(time=when, drifted=s.drifted, share=s.share, samples=s.samples)
-        else:
-            reason = (rec.error or CheckProblem("CheckFailed", "")).reason
-            entry = DriftHistoryEntry(time=when, drifted=False, reason=reason[:128])
+        entry = _history_entry(rec, when)
         ordered = sorted([*status.history, entry], key=lambda h: parse_time(h.time) or now)
         return status.model_copy(update={"history": ordered[-HISTORY_LIMIT:]})
     wants: list[Want] = []
@@ -204,11 +208,10 @@ def apply_check(status: DriftMonitorStatus, rec: CheckRecord, generation: int) -
         wants.append(_skipped_want(rec.skipped, s.parts))
         update["last_result"] = s.model_copy(update={"time": when})
         update["consecutive_drifts"] = _consecutive_drifts(status, s)
-        history.append(DriftHistoryEntry(time=when, drifted=s.drifted, share=s.share, samples=s.samples))
     else:
         err = rec.error or CheckProblem("CheckFailed", "the check produced no result")
         wants.append(Want(CHECKED, False, err.reason, err.message))
-        history.append(DriftHistoryEntry(time=when, drifted=False, reason=err.reason[:128]))
+    history.append(_history_entry(rec, when))
     update["history"] = history[-HISTORY_LIMIT:]
     update["conditions"] = merge_conditions(status.conditions, wants, generation=generation, now=now)
     return status.model_copy(update=update)
