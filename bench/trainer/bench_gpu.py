@@ -24,7 +24,9 @@ parameters, ~6.7 TFLOP per step) keeps the GPU busy, so host-side overhead hides
 
 ``--variants`` also times DeepSpeed configurations other than the trainer's (DeepSpeed options merged
 over the trainer's ``deepspeed_config``), to find where DeepSpeed's per-step cost goes; the headline
-ratios are always the trainer's own configuration.
+ratios are always the trainer's own configuration. ``skip_1rank_reduce`` is not a configuration but a
+patch of DeepSpeed's code (``PATCHES``): on one rank it skips ZeRO's gradient all-reduce path, which
+changes no value there, to measure what that path costs.
 
 ``--profile`` then shows where a step's time goes, for the trainer's engine and the plain loop: host
 time per phase (forward, backward, optimizer step), torch.profiler's busiest operators, a cProfile of the
@@ -93,7 +95,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # bf16 through torch.autocast over fp32 parameters (the plain loop's own regime) instead of DeepSpeed's
     # bf16 parameters with fp32 master copies.
     "torch_autocast": {"bf16": {"enabled": False}, "torch_autocast": {"enabled": True, "dtype": "bfloat16"}},
+    # Not a configuration (see PATCHES): the trainer's config with ZeRO's gradient all-reduce path skipped.
+    "skip_1rank_reduce": {},
 }
+
+
+def _skip_1rank_reduce(engine: DeepSpeedEngine) -> None:
+    # On one rank ZeRO-1's all-reduce path (flatten the bucket, divide by 1, all-reduce over a 1-rank group,
+    # unflatten, copy back into each .grad) leaves every gradient as it was, so skipping it changes no
+    # value. No DeepSpeed option does this: it is an upper bound on what patching DeepSpeed could save.
+    zero = engine.engine.optimizer
+    if engine.engine.dp_world_size != 1:
+        raise SystemExit("skip_1rank_reduce is only an identity at world size 1")
+    zero.allreduce_no_retain = lambda *args, **kwargs: None
+
+
+# Variants that change DeepSpeed's code rather than its configuration: measurements of where the time
+# goes, never something the trainer does.
+PATCHES: dict[str, Callable[[DeepSpeedEngine], None]] = {"skip_1rank_reduce": _skip_1rank_reduce}
 
 
 def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +188,7 @@ def make_engine(shape: Shape, device: torch.device, ctx: DistContext, variant: s
 
     ds_engine.deepspeed_config = config  # type: ignore[assignment]
     try:
-        return DeepSpeedEngine(
+        engine = DeepSpeedEngine(
             make_model(shape, seed=0),
             LR,
             DeepSpeedSpec(zero_stage=1, precision="bf16"),
@@ -179,6 +198,9 @@ def make_engine(shape: Shape, device: torch.device, ctx: DistContext, variant: s
         )
     finally:
         ds_engine.deepspeed_config = deepspeed_config
+    if variant in PATCHES:
+        PATCHES[variant](engine)
+    return engine
 
 
 def bench_shape(
@@ -313,6 +335,8 @@ def profile_shape(shape: Shape, device: torch.device, ctx: DistContext, steps: i
             sync(device)
             print(f"{shape.name} deepspeed: cProfile over 100 steps (host time by function)", flush=True)
             pstats.Stats(pr, stream=sys.stdout).sort_stats("tottime").print_stats(30)
+            print(f"{shape.name} deepspeed: the same, DeepSpeed's functions by cumulative time", flush=True)
+            pstats.Stats(pr, stream=sys.stdout).sort_stats("cumulative").print_stats("deepspeed", 30)
         table = prof.key_averages().table(
             sort_by="self_cpu_time_total", row_limit=22, max_name_column_width=60
         )
