@@ -277,6 +277,52 @@ def test_readyz_reports_kubernetes(client: TestClient, fake: FakeKube) -> None:
     assert client.get("/healthz").status_code == 200
 
 
+def test_readyz_names_failed_checks_without_their_messages(
+    fake: FakeKube, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # /readyz takes no credentials (kubelet probes call it): a backend's error text (an endpoint, a
+    # credential echoed by a misconfigured proxy) goes to the facade's log, the caller sees ok/failed.
+    import logging
+
+    from kubeloop_api.errors import UnavailableError
+    from kubeloop_api.objects import Objects
+
+    from kubeloop.storage import StorageUnavailableError
+    from kubeloop.storage.local import LocalStore
+
+    secret = "AKIAEXAMPLESECRET0042"
+
+    class Down(LocalStore):
+        def bucket_exists(self, bucket: str) -> bool:
+            raise StorageUnavailableError(f"object store at minio:9000?key={secret} unreachable")
+
+    s = ApiSettings()
+    m = ApiMetrics()
+    objects = Objects(Down(tmp_path), "kubeloop", m)
+    app = create_app(s, kube=Kube(s, m, transport=fake.transport()), metrics=m, objects=objects)
+    with TestClient(app) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 200  # object storage is reported, not required
+        assert r.json() == {
+            "ready": True,
+            "checks": {"kubernetes": "ok", "mlflow": "disabled", "objectStore": "failed"},
+        }
+
+        async def kube_down() -> None:
+            raise UnavailableError(f"Kubernetes API unreachable: token {secret}")
+
+        c.app.state.services.kube.ping = kube_down  # type: ignore[attr-defined]
+        with caplog.at_level(logging.WARNING, logger="kubeloop_api"):
+            r = c.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["checks"] == {"kubernetes": "failed", "mlflow": "disabled", "objectStore": "failed"}
+    assert secret not in r.text
+    logged = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert f"token {secret}" in logged
+    assert f"key={secret}" in logged
+    assert "readyz" in logged
+
+
 def test_predictions_proxy_forwards_no_credentials(client: TestClient, fake: FakeKube) -> None:
     import httpx
 
