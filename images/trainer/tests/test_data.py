@@ -70,6 +70,24 @@ def test_unreadable_inputs(case: str) -> None:
         check(data, uri=uri)
 
 
+def test_parquet_duplicate_columns_are_duplicate_columns() -> None:
+    # Parquet allows repeated column names; pyarrow's reader refuses them with "Multiple matches for
+    # FieldRef", which came out as UnreadableDataset (12) where the same table as CSV gives 24.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        [pa.array([1.0, 2.0]), pa.array([3.0, 4.0]), pa.array([5.0, 6.0]), pa.array([0, 1])],
+        names=["b", "a", "b", "y"],
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    with pytest.raises(errors.DuplicateColumnsError, match=r"duplicate column names: b$") as e:
+        read_table(buf.getvalue(), "/d.parquet")
+    assert e.value.exit_code == 24
+    assert "/d.parquet" in e.value.message
+
+
 def test_missing_target() -> None:
     df = good_frame().rename(columns={"y": "label"})
     with pytest.raises(errors.MissingTargetColumnError, match="target column 'y' is not in the dataset"):

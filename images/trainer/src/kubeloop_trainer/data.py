@@ -65,13 +65,19 @@ def read_table(data: bytes, uri: str, fmt: str = "auto") -> pd.DataFrame:
         raise errors.EmptyDatasetError(f"dataset {uri} is empty (no data)")
     kind = _format(uri, fmt, data)
     if kind == "parquet":
-        try:
-            import pyarrow.parquet as pq
+        import pyarrow.parquet as pq
 
+        # The names come from the footer first: pyarrow's reader refuses repeated names itself
+        # ("Multiple matches for FieldRef"), which would say UnreadableDataset instead of naming them.
+        try:
+            names = pq.read_schema(io.BytesIO(data)).names
+        except Exception as e:
+            raise errors.UnreadableDatasetError(f"dataset {uri} is not a readable Parquet file: {e}") from e
+        _check_unique(names, uri)
+        try:
             table = pq.read_table(io.BytesIO(data))
         except Exception as e:
             raise errors.UnreadableDatasetError(f"dataset {uri} is not a readable Parquet file: {e}") from e
-        _check_unique(table.column_names, uri)
         df = table.to_pandas()
     else:
         try:
