@@ -82,6 +82,22 @@ def bad_files(size_limit: int) -> list[BadFile]:
             words="not in the file",
         ),
         BadFile("no-header", "noheader.csv", b"1,2,3\n4,5,6\n7,8,9\n", "header", words="header"),
+        # An unterminated quote swallows the rest of the file into one field: refused, not read as
+        # one long value or as an empty file.
+        BadFile(
+            "unterminated-quote-header",
+            "uq-head.csv",
+            b'a,"b,target\n1,2,0\n3,4,1\n',
+            "file",
+            words="unterminated quoted field",
+        ),
+        BadFile(
+            "unterminated-quote-row",
+            "uq-row.csv",
+            b'a,b,target\n1,2,0\n3,"4,1\n5,6,0\n',
+            "file",
+            words="unterminated quoted field",
+        ),
         BadFile("ragged-rows", "ragged.csv", b"a,b,c\n1,2,3\n4,5\n6,7,8\n", "file", words="columns"),
         BadFile("duplicate-columns", "dup.csv", b"a,a,b\n1,2,3\n4,5,6\n", "header", words="duplicate"),
         BadFile("blank-column-name", "blank.csv", b"a,,b\n1,2,3\n4,5,6\n", "header", words="no name"),

@@ -91,3 +91,33 @@ def test_widening_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert report.rows == 10001
     assert {c.type for c in report.columns} == {"string"}
     assert len(opened) == ds._MAX_WIDENED + 2
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (b'a,"b,y\n1,2,0\n3,4,1\n', "line 1 (the header)"),
+        (b'a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,"8,1\n9,10,0\n', "line 5 (data row 4)"),
+        (b'a,b,y\r\n1,"two\r\nlines",0\r\n3,4,1\r\n5,"6,0\r\n', "line 5 (data row 3)"),
+        (b'a,b,y\n1,"x""y,0\n3,4,1\n5,6,0\n', "line 2 (data row 1)"),
+    ],
+)
+def test_an_unterminated_quote_is_refused_naming_where_it_starts(
+    data: bytes, where: str, tmp_path: Path
+) -> None:
+    p = tmp_path / "q.csv"
+    p.write_bytes(data)
+    with pytest.raises(InvalidError) as exc:
+        validate_file(p, "q.csv", None, LIMITS)
+    assert exc.value.status_code == 422
+    assert exc.value.message.startswith("file: malformed CSV: unterminated quoted field"), exc.value.message
+    assert where in exc.value.message, exc.value.message
+
+
+def test_quotes_that_pair_up_or_sit_inside_a_field_are_accepted(tmp_path: Path) -> None:
+    # An odd number of quote characters is not by itself malformed: a quote inside an unquoted field is
+    # a literal character, "" inside a quoted one is an escaped quote.
+    p = tmp_path / "q.csv"
+    p.write_bytes(b'size,label,y\n5" screen,"a ""big"" one",0\n7,"multi\nline",1\n9,plain,0\n')
+    report = validate_file(p, "q.csv", "y", LIMITS)
+    assert report.rows == 3

@@ -114,6 +114,69 @@ def _check_text(path: Path) -> None:
             raise _refuse("file", "not UTF-8 text (truncated character at the end)") from None
 
 
+def _quote_count_is_odd(path: Path) -> bool:
+    odd = False
+    with path.open("rb") as f:
+        while chunk := f.read(1024 * 1024):
+            odd ^= chunk.count(b'"') % 2 == 1
+    return odd
+
+
+def _unterminated_quote(path: Path) -> tuple[int, int] | None:
+    """``(line, record)`` where a quoted field opens and never closes (record 0 is the header), read as
+    the CSV reader reads quotes: special only at the start of a field, ``""`` inside one is a quote,
+    anything after the closing quote up to the comma belongs to the field."""
+    in_quote = False
+    opened = (0, 0)
+    record = 0
+    with path.open("r", encoding="utf-8", newline="") as f:
+        for line_no, raw in enumerate(f, 1):
+            line = raw.rstrip("\r\n")
+            if not in_quote and '"' not in line:
+                record += 1
+                continue
+            pos, n = 0, len(line)
+            while pos <= n:
+                if in_quote:
+                    q = line.find('"', pos)
+                    if q < 0:
+                        break  # the field goes on over the line break
+                    if line.startswith('"', q + 1):
+                        pos = q + 2
+                        continue
+                    in_quote = False
+                    pos = q + 1
+                elif line.startswith('"', pos):
+                    in_quote, opened = True, (line_no, record)
+                    pos += 1
+                    continue
+                comma = line.find(",", pos)
+                if comma < 0:
+                    break
+                pos = comma + 1
+            if not in_quote:
+                record += 1
+    return opened if in_quote else None
+
+
+def _check_quotes(path: Path) -> None:
+    """An unterminated quoted field runs to the end of the file: Arrow reads it as one long value (rows
+    silently lost) or, in the header, as an empty file. Quotes that all pair up cannot leave one open,
+    so only a file with an odd number of them is read through."""
+    if not _quote_count_is_odd(path):
+        return
+    found = _unterminated_quote(path)
+    if found is None:
+        return
+    line, record = found
+    where = f"line {line} (the header)" if record == 0 else f"line {line} (data row {record})"
+    raise _refuse(
+        "file",
+        f"malformed CSV: unterminated quoted field starting at {where}; a field that opens with a quote "
+        'must close with one (write "" for a quote inside it)',
+    )
+
+
 def _check_header(names: list[str], first_line: str) -> None:
     if len(names) == 1:
         for sep, label in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
@@ -256,6 +319,7 @@ def validate_file(path: Path, name: str, target: str | None, limits: Limits) -> 
             if f.read(4) == b"PAR1":
                 raise _refuse("file", "is a Parquet file; name it <name>.parquet")
         _check_text(path)
+        _check_quotes(path)
         cols, rows = _scan_csv(path)
     else:
         cols, rows = _scan_parquet(path)
