@@ -161,8 +161,10 @@ def _unterminated_quote(path: Path) -> tuple[int, int] | None:
 
 def _check_quotes(path: Path) -> None:
     """An unterminated quoted field runs to the end of the file: Arrow reads it as one long value (rows
-    silently lost) or, in the header, as an empty file. Quotes that all pair up cannot leave one open,
-    so only a file with an odd number of them is read through."""
+    silently lost) or, in the header, as an empty file. The pass costs seconds on a large file full of
+    quotes, so only a file with an odd number of them is read through: an even count leaves a field open
+    only when a stray literal quote sits inside an unquoted field as well (``a"b,"c``), which is not
+    caught here."""
     if not _quote_count_is_odd(path):
         return
     found = _unterminated_quote(path)
