@@ -364,6 +364,31 @@ def test_predictions_proxy_forwards_no_credentials(client: TestClient, fake: Fak
     assert client.post(f"{base}/forward", json={"x": 1}, headers=A).status_code == 403
 
 
+@pytest.mark.parametrize("name", ["iris.v2", "1st-model"])
+def test_predictions_find_the_service_the_operator_names_before_status_url_is_set(
+    client: TestClient, fake: FakeKube, name: str
+) -> None:
+    # A ModelDeployment's name is a DNS subdomain; its Service's name is a DNS-1035 label the operator
+    # derives from it (kubeloop.naming). Until status.url is written the facade must derive the same.
+    import httpx
+
+    from kubeloop.naming import model_deployment_service_name
+
+    svc = client.app.state.services  # type: ignore[attr-defined]
+    svc.extra["predict_client"] = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda req: httpx.Response(200, json={"label": "a"}))
+    )
+    md = {"metadata": {"name": name}, "spec": {"model": {"name": "m", "version": 1}}}
+    assert client.post("/api/v1/namespaces/a/modeldeployments", json=md, headers=A).status_code == 201
+    service = model_deployment_service_name(name)
+    assert service != name
+    fake.objects[("a", "services", service)] = {
+        "metadata": {"name": service}, "spec": {"clusterIP": "10.96.1.3", "ports": [{"name": "http", "port": 80}]}
+    }  # fmt: skip
+    r = client.post(f"/api/v1/namespaces/a/modeldeployments/{name}/forward", json={"x": 1}, headers=A)
+    assert r.status_code == 200, r.text
+
+
 def test_log_redaction_blanks_credentials() -> None:
     from kubeloop_api.logconfig import redact
 

@@ -17,6 +17,7 @@ import httpx
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response, StreamingResponse
 
+from kubeloop.naming import model_deployment_service_name
 from kubeloop_api.deps import Caller, Name, Namespace, Services, Svc, read_body
 from kubeloop_api.errors import (
     ApiError,
@@ -54,7 +55,8 @@ async def _target(svc: Services, caller: Principal, namespace: str, name: str) -
     )
     url = str((md.get("status") or {}).get("url") or "")
     host = urlparse(url).hostname if url else None
-    service = host.split(".")[0] if host else name
+    # Until the operator writes status.url, the Service's name is derived as the operator derives it.
+    service = host.split(".")[0] if host else model_deployment_service_name(name)
     try:
         svc_obj = await svc.kube.request(
             "GET", core_path(namespace, "services", service), as_user=None, what=f"get service {service}"

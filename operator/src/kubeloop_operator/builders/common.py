@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kubeloop.contracts import MANAGED_BY_OPERATOR, PART_OF_KUBELOOP, Labels
+from kubeloop.naming import child_name as child_name
+from kubeloop.naming import dns_label_name as dns_label_name
+from kubeloop.naming import short_hash as _hash
 from kubeloop.resources import GPU_RESOURCE, ResourceRequirements, Toleration
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -36,45 +38,6 @@ class Owner:
             uid=str(meta.get("uid")),
             generation=int(meta.get("generation") or 1),
         )
-
-
-def _hash(text: str, n: int = 8) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-def child_name(base: str, suffix: str = "", *, max_len: int = 63) -> str:
-    """``<base>[-<suffix>]``, deterministic and at most ``max_len`` characters (DNS label rules).
-
-    A long base is cut and made unique again with a hash of the whole name, so two owners never
-    share a child name and a restarted operator computes the same name again."""
-    full = f"{base}-{suffix}" if suffix else base
-    if len(full) <= max_len:
-        return full
-    tail = f"-{suffix}" if suffix else ""
-    keep = max_len - len(tail) - 9
-    return f"{base[:keep].rstrip('-.')}-{_hash(full)}{tail}"
-
-
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-
-
-def dns_label_name(base: str, suffix: str = "", *, max_len: int = 63, letter_first: bool = False) -> str:
-    """:func:`child_name` for a child whose name must be a DNS label: a Service (DNS-1035,
-    ``letter_first``) or an Indexed Job (its pods' hostnames are ``<job>-<index>``). An owner's name
-    is a DNS subdomain (dots, a leading digit): when ``child_name`` gives no valid label, dots become
-    dashes, a leading digit gets an ``x`` before it, and a hash of the whole name keeps owners such
-    as ``a.b`` and ``a-b`` apart. Names that are valid labels stay as ``child_name`` makes them."""
-    name = child_name(base, suffix, max_len=max_len)
-    if (_DNS1035_LABEL if letter_first else _DNS1123_LABEL).match(name):
-        return name
-    cleaned = base.replace(".", "-")
-    if letter_first and not cleaned[:1].isalpha():
-        cleaned = "x" + cleaned
-    tail = f"-{suffix}" if suffix else ""
-    keep = max_len - len(tail) - 9
-    full = f"{base}-{suffix}" if suffix else base
-    return f"{cleaned[:keep].rstrip('-')}-{_hash(full)}{tail}"
 
 
 def label_value(text: str) -> str:

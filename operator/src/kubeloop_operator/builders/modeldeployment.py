@@ -34,12 +34,12 @@ from typing import Any, Final, Literal
 
 from kubeloop import podenv
 from kubeloop.contracts import Labels, ServerEnv
+from kubeloop.naming import model_deployment_service_name
 from kubeloop.resources import GROUP, VERSION, ModelDeploymentSpec, ModelRef
 from kubeloop_operator.builders.common import (
     Owner,
     child_name,
     container_resources,
-    dns_label_name,
     label_value,
     labels,
     merge_diff,
@@ -125,7 +125,7 @@ def deployment_name(md_name: str, track: Track) -> str:
 
 
 def service_name(md_name: str) -> str:
-    return dns_label_name(md_name, letter_first=True)
+    return model_deployment_service_name(md_name)
 
 
 def hpa_name(md_name: str) -> str:
