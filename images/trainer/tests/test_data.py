@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 
 import numpy as np
 import pandas as pd
@@ -86,6 +87,54 @@ def test_parquet_duplicate_columns_are_duplicate_columns() -> None:
         read_table(buf.getvalue(), "/d.parquet")
     assert e.value.exit_code == 24
     assert "/d.parquet" in e.value.message
+
+
+# The header check names columns exactly as the reader (pandas) does: surrounding whitespace is part
+# of a name, quotes are not, an empty name is "Unnamed: <position>", blank lines before the header are
+# skipped. Each case: the file, then the columns it reads as, or the duplicated names it is refused for.
+CSV_HEADERS: dict[str, tuple[bytes, list[str] | str]] = {
+    "whitespace makes a name distinct": (b"a, a,a ,y\n1,2,3,0\n", ["a", " a", "a ", "y"]),
+    "quotes are not part of a name": (b'a,"a",y\n1,2,0\n', "a"),
+    "quoted whitespace is": (b'"a"," a",y\n1,2,0\n', ["a", " a", "y"]),
+    "blank lines before the header": (b"\n\na,b,a,y\n1,2,3,0\n", "a"),
+    "empty names are numbered": (b",,y\n1,2,0\n", ["Unnamed: 0", "Unnamed: 1", "y"]),
+    "an empty name as its numbered form": (b",Unnamed: 0,y\n1,2,0\n", "Unnamed: 0"),
+    "CRLF line ends": (b"a,b,a\r\n1,2,3\r\n", "a"),
+}
+
+
+@pytest.mark.parametrize("case", CSV_HEADERS, ids=list(CSV_HEADERS))
+def test_csv_header_check_names_columns_as_the_reader_does(case: str) -> None:
+    data, expected = CSV_HEADERS[case]
+    if isinstance(expected, str):
+        with pytest.raises(
+            errors.DuplicateColumnsError, match=f"duplicate column names: {re.escape(expected)}$"
+        ):
+            read_table(data, "/d.csv")
+    else:
+        assert list(read_table(data, "/d.csv").columns) == expected
+
+
+def _wide_header(names: list[str]) -> bytes:
+    return (",".join(names) + "\n" + ",".join("1" for _ in names) + "\n").encode()
+
+
+def test_csv_header_longer_than_64_kib() -> None:
+    # wide tables: the header check once read only the first 64 KiB of the file
+    names = [f"feature_{i:06d}" for i in range(6000)]  # ~90 KB of header
+    assert len(",".join(names)) > 65536
+    cols = list(read_table(_wide_header([*names, "y"]), "/d.csv").columns)
+    assert cols == [*names, "y"]
+    # a repeat past 64 KiB was missed (pandas renamed it feature_000001.1)
+    with pytest.raises(errors.DuplicateColumnsError, match=r"duplicate column names: feature_000001$"):
+        read_table(_wide_header([*names, "feature_000001", "y"]), "/d.csv")
+    # a name cut at 64 KiB was compared in part: "abcdef" cut to "abc" was a repeat of "abc"
+    head = ",".join(["abc", *names[:4000]]) + ","
+    pad = 65536 - 3 - len(head) - 1
+    assert pad > 0
+    header = [*head.rstrip(",").split(","), "p" * pad, "abcdef", "y"]
+    assert (",".join(header)).index("abcdef") == 65536 - 3
+    assert list(read_table(_wide_header(header), "/d.csv").columns) == header
 
 
 def test_missing_target() -> None:

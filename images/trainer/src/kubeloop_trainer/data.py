@@ -13,7 +13,6 @@ uses the same form).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import math
@@ -81,11 +80,7 @@ def read_table(data: bytes, uri: str, fmt: str = "auto") -> pd.DataFrame:
         df = table.to_pandas()
     else:
         try:
-            header = next(csv.reader(io.StringIO(data[:65536].decode("utf-8-sig", "replace"))), [])
-        except csv.Error as e:
-            raise errors.UnreadableDatasetError(f"dataset {uri} is not a readable CSV file: {e}") from e
-        _check_unique([h.strip() for h in header], uri)
-        try:
+            _check_unique(_csv_header(data), uri)
             df = pd.read_csv(io.BytesIO(data))
         except pd.errors.EmptyDataError as e:
             raise errors.EmptyDatasetError(f"dataset {uri} has no columns") from e
@@ -134,6 +129,17 @@ def read_tables(parts: Sequence[tuple[str, bytes]], uri: str, fmt: str = "auto")
     if len(frames) == 1:
         return first
     return pd.concat([df[list(first.columns)] for df in frames], ignore_index=True)
+
+
+def _csv_header(data: bytes) -> list[str]:
+    """The column names ``pd.read_csv(data)`` gives, before it renames repeats (``a``, ``a.1``).
+
+    The first record is read by the same parser with the same options, so a name is what the reader
+    makes of it (the whole record however long; blank lines before it skipped; a byte-order mark
+    dropped; quotes removed; surrounding whitespace kept), and an empty name is the reader's
+    ``Unnamed: <position>``."""
+    first = pd.read_csv(io.BytesIO(data), header=None, nrows=1, dtype=str, na_filter=False)
+    return [name or f"Unnamed: {i}" for i, name in enumerate(str(v) for v in first.iloc[0].tolist())]
 
 
 def _check_unique(names: list[str], uri: str) -> None:
