@@ -115,3 +115,61 @@ def test_presigned_url_needs_no_server() -> None:
     assert url.startswith("https://objects.example.test/kubeloop/datasets/a%20b.csv?")
     assert "X-Amz-Expires=900" in url
     assert "secret-example" not in url
+
+
+def test_create_only_put_is_conditional_in_minio(minio_server, s3_prefix, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """put_file_if_absent sends If-None-Match: * (PutObject, and CompleteMultipartUpload for a file
+    sent in parts): MinIO refuses the write when the key exists, so of racing creates exactly one
+    lands, whole. Multipart is forced here with small parts instead of a large file."""
+    from kubeloop.storage import ObjectExistsError
+    from kubeloop.storage import s3 as s3_module
+
+    store = _store(minio_server)
+    for single_max in (s3_module._SINGLE_PUT_MAX, 0):
+        monkeypatch.setattr(s3_module, "_SINGLE_PUT_MAX", single_max)
+        monkeypatch.setattr(s3_module, "_PART_SIZE", 5 * 1024 * 1024)  # S3's smallest part
+        ref = ObjectRef(minio_server.bucket, f"{s3_prefix}race-{single_max}.csv")
+        files = []
+        for i in range(4):
+            f = tmp_path / f"upload-{single_max}-{i}.bin"
+            f.write_bytes(bytes([i]) * (6 * 1024 * 1024 if single_max == 0 else 1000))
+            files.append(f)
+        won, lost = _race(
+            lambda i, ref=ref, files=files: store.put_file_if_absent(ref, files[i], "text/csv"), 4
+        )
+        assert len(won) == 1, (single_max, won, lost)
+        assert sorted(won + lost) == list(range(len(files)))
+        assert store.get(ref) == files[won[0]].read_bytes()
+        info = store.stat(ref)
+        assert info is not None
+        assert info.content_type == "text/csv"
+        with pytest.raises(ObjectExistsError, match="already exists"):
+            store.put_file_if_absent(ref, files[0])
+        # No multipart upload is left open by the losers.
+        assert not list(store._client._list_multipart_uploads(minio_server.bucket, prefix=s3_prefix).uploads)
+
+
+def _race(create, n: int) -> tuple[list[int], list[int]]:  # type: ignore[no-untyped-def]
+    """``create(i)`` from ``n`` threads released at once: the indexes that won and those refused."""
+    import threading
+
+    from kubeloop.storage import ObjectExistsError
+
+    start = threading.Barrier(n)
+    won: list[int] = []
+    lost: list[int] = []
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            create(i)
+            won.append(i)
+        except ObjectExistsError:
+            lost.append(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return won, lost

@@ -222,3 +222,49 @@ def test_uploading_a_missing_local_file_is_not_an_unreachable_store(tmp_path: Pa
             store.put_file(ObjectRef("kubeloop", "models/m/1/model.onnx"), missing)
         assert not isinstance(e.value, StorageUnavailableError)
         assert e.value.uri == "s3://kubeloop/models/m/1/model.onnx"
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_concurrent_creates_of_one_key_have_exactly_one_winner(kind: str, tmp_path: Path) -> None:
+    """Two uploads of a new name that both found it free: one creates it, the others get
+    ObjectExistsError, and the stored bytes are the winner's whole file (never a mix, never replaced)."""
+    import threading
+
+    from kubeloop.storage import ObjectExistsError
+
+    store: ObjectStore
+    if kind == "local":
+        store = LocalStore(tmp_path / "store")
+        store.ensure_bucket("kubeloop")
+    else:
+        store = MemoryStore(buckets=("kubeloop",))
+    ref = ObjectRef("kubeloop", "datasets/ns/race.csv")
+    files = []
+    for i in range(8):
+        f = tmp_path / f"upload-{i}.csv"
+        f.write_bytes(f"a,b\n{i},{i}\n".encode() * 20000)
+        files.append(f)
+    start = threading.Barrier(len(files))
+    won: list[int] = []
+    lost: list[int] = []
+
+    def upload(i: int) -> None:
+        start.wait()
+        try:
+            store.put_file_if_absent(ref, files[i], "text/csv")
+            won.append(i)
+        except ObjectExistsError:
+            lost.append(i)
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(len(files))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1, (won, lost)
+    assert sorted(won + lost) == list(range(len(files)))
+    assert store.get(ref) == files[won[0]].read_bytes()
+    if kind == "local":  # no temporary file left behind by the losers
+        assert [p.name for p in (tmp_path / "store" / "kubeloop" / "datasets" / "ns").iterdir()] == [
+            "race.csv"
+        ]

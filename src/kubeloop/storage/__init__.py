@@ -44,6 +44,10 @@ class ObjectNotFoundError(StorageError):
     """The object, or the bucket it would be in, does not exist."""
 
 
+class ObjectExistsError(StorageError):
+    """A create-only write (:meth:`ObjectStore.put_file_if_absent`) found the object there already."""
+
+
 class StorageAccessDeniedError(StorageError):
     """The store refused the credentials or the operation (wrong keys, missing permission)."""
 
@@ -94,6 +98,15 @@ class ObjectStore(Protocol):
 
     def put_file(self, ref: ObjectRef, path: Path, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
         """Create or replace the object from a local file, streamed (multipart when large)."""
+        ...
+
+    def put_file_if_absent(
+        self, ref: ObjectRef, path: Path, content_type: str = DEFAULT_CONTENT_TYPE
+    ) -> None:
+        """Create the object from a local file only if no object has its key:
+        :class:`ObjectExistsError` otherwise, the stored object left as it was. The store decides,
+        atomically: of concurrent creates of one key exactly one succeeds and the object holds its
+        whole file (a check with :meth:`stat` first would leave a window for another writer)."""
         ...
 
     def stat(self, ref: ObjectRef) -> ObjectInfo | None:
@@ -213,6 +226,7 @@ def read_uri(uri: str, store: ObjectStore | None) -> bytes:
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
+    "ObjectExistsError",
     "ObjectInfo",
     "ObjectNotFoundError",
     "ObjectStore",

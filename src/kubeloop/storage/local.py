@@ -10,6 +10,7 @@ import hashlib
 import mimetypes
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TypeVar
 from kubeloop.contracts import ObjectRef
 from kubeloop.storage import (
     DEFAULT_CONTENT_TYPE,
+    ObjectExistsError,
     ObjectInfo,
     ObjectNotFoundError,
     StorageConfigError,
@@ -78,6 +80,25 @@ class LocalStore:
 
         self._io("write", ref, write)
 
+    def _create(self, ref: ObjectRef, src: Path) -> None:
+        path = self._path(ref)
+        self._need_bucket(ref)
+
+        def create() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}{_TMP_SUFFIX}")
+            try:
+                shutil.copyfile(src, tmp)
+                # A hard link to a new name fails when the name exists, atomically, and makes the whole
+                # file appear at once (rename would replace an object created meanwhile).
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ObjectExistsError(f"{ref.uri} already exists", ref.uri) from None
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        self._io("create", ref, create)
+
     # --- ObjectStore ---------------------------------------------------------------------------------
 
     def get(self, ref: ObjectRef) -> bytes:
@@ -111,6 +132,13 @@ class LocalStore:
         if not path.is_file():
             raise StorageError(f"cannot upload {ref.uri}: {path} is not a file", ref.uri)
         self._write(ref, lambda tmp: shutil.copyfile(path, tmp))
+
+    def put_file_if_absent(
+        self, ref: ObjectRef, path: Path, content_type: str = DEFAULT_CONTENT_TYPE
+    ) -> None:
+        if not path.is_file():
+            raise StorageError(f"cannot upload {ref.uri}: {path} is not a file", ref.uri)
+        self._create(ref, path)
 
     def _info(self, ref: ObjectRef, path: Path) -> ObjectInfo:
         st = path.stat()

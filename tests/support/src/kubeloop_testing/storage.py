@@ -8,6 +8,7 @@ tests run it beside the real adapters so that it cannot drift from them.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from urllib.parse import quote
 from kubeloop.contracts import DEFAULT_BUCKET, ObjectRef
 from kubeloop.storage import (
     DEFAULT_CONTENT_TYPE,
+    ObjectExistsError,
     ObjectInfo,
     ObjectNotFoundError,
     ObjectStore,
@@ -40,6 +42,7 @@ class MemoryStore:
         self._buckets: dict[str, dict[str, _Object]] = {b: {} for b in buckets}
         self.fail = False
         self.puts = 0
+        self._create_lock = threading.Lock()
 
     @property
     def objects(self) -> dict[str, bytes]:
@@ -89,6 +92,17 @@ class MemoryStore:
 
     def put_file(self, ref: ObjectRef, path: Path, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
         self.put(ref, path.read_bytes(), content_type)
+
+    def put_file_if_absent(
+        self, ref: ObjectRef, path: Path, content_type: str = DEFAULT_CONTENT_TYPE
+    ) -> None:
+        data = path.read_bytes()
+        with self._create_lock:
+            self.puts += 1
+            objs = self._bucket(ref)
+            if ref.key in objs:
+                raise ObjectExistsError(f"{ref.uri} already exists", ref.uri)
+            objs[ref.key] = _Object(data, content_type, datetime.now(UTC))
 
     def stat(self, ref: ObjectRef) -> ObjectInfo | None:
         obj = self._bucket(ref).get(ref.key)
@@ -169,6 +183,28 @@ def check_object_store(store: ObjectStore, bucket: str, prefix: str) -> None:
         stat = store.stat(ref("big/blob.bin"))
         assert stat is not None
         assert stat.size == len(payload)
+        # Create-only: a new object is written, an existing one is refused and left as it was.
+        store.put_file_if_absent(ref("new/data.csv"), src, "text/csv")
+        assert store.get(ref("new/data.csv")) == payload
+        other = Path(tmp) / "other.bin"
+        other.write_bytes(b"other")
+        exists: ObjectExistsError | None = None
+        try:
+            store.put_file_if_absent(ref("new/data.csv"), other)
+        except ObjectExistsError as e:
+            exists = e
+        assert exists is not None, "put_file_if_absent over an existing object must raise ObjectExistsError"
+        assert exists.uri == ref("new/data.csv").uri
+        assert "already exists" in str(exists)
+        assert store.get(ref("new/data.csv")) == payload
+        store.put_file(ref("new/data.csv"), other)  # a plain put still replaces it
+        assert store.get(ref("new/data.csv")) == b"other"
+        try:
+            store.put_file_if_absent(ObjectRef(missing_bucket, "k"), other)
+        except ObjectNotFoundError:
+            pass
+        else:
+            raise AssertionError("put_file_if_absent into a missing bucket must raise ObjectNotFoundError")
         try:
             store.get_file(ref("big/missing.bin"), Path(tmp) / "missing.bin")
         except ObjectNotFoundError:
