@@ -565,6 +565,48 @@ def test_dataset_upload_without_overwrite_never_replaces_one_stored_meanwhile(
         assert store.get(objects.ref("datasets/a/d.csv")) == first
 
 
+def test_dataset_upload_that_loses_a_race_for_a_new_name_is_409_and_replaces_nothing(
+    fake: FakeKube, tmp_path: Path
+) -> None:
+    # Two uploads of one new name can both find it free, however often it is checked: the other
+    # upload lands here after this one's last check, before its write. The store decides (a
+    # create-only write): the loser is refused with 409 naming the dataset, the winner's data stays.
+    from kubeloop_api.objects import Objects
+
+    from kubeloop.contracts import ObjectRef
+    from kubeloop.storage import ObjectInfo
+    from kubeloop.storage.local import LocalStore
+
+    first = b"a,b\n1,2\n3,4\n"
+
+    class Racy(LocalStore):
+        """The other upload lands just after each existence check of the name has found it free."""
+
+        def stat(self, ref: ObjectRef) -> ObjectInfo | None:
+            info = super().stat(ref)
+            if ref.key == "datasets/a/d.csv" and info is not None:
+                return None  # checked a moment before it landed
+            if ref.key == "datasets/a/d.csv":
+                self.put(ref, first, "text/csv")
+            return info
+
+    store = Racy(tmp_path / "store")
+    store.ensure_bucket("kubeloop")
+    s = ApiSettings()
+    m = ApiMetrics()
+    objects = Objects(store, "kubeloop", m)
+    app = create_app(s, kube=Kube(s, m, transport=fake.transport()), metrics=m, objects=objects)
+    with TestClient(app) as c:
+        r = c.put(
+            "/api/v1/namespaces/a/datasets/d.csv",
+            content=b"a,b\n5,6\n7,8\n",
+            headers={**A, "Content-Type": "text/csv"},
+        )
+    assert r.status_code == 409, r.text
+    assert r.json()["message"] == 'dataset: dataset "d.csv" exists; pass overwrite=true to replace it'
+    assert store.get(objects.ref("datasets/a/d.csv")) == first
+
+
 def test_a_bug_is_counted_as_a_5xx_in_the_metrics(fake: FakeKube) -> None:
     # The 500 of an unhandled exception is sent outside the route stack (Starlette's outermost
     # middleware): the request metrics must count it all the same, a 500 being always a bug.

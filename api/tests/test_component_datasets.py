@@ -70,3 +70,40 @@ def test_bad_dataset_refused_and_nothing_stored(api_env: ApiEnv, tenants: Tenant
         assert body["details"]["causes"][0]["field"] == bad.field, body
         assert bad.words.lower() in body["message"].lower(), body["message"]
     assert _stored(api_env, ns) == [], f"{bad.id} left something in storage"
+
+
+def test_concurrent_uploads_of_one_new_name_store_one_and_refuse_the_others(
+    api_env: ApiEnv, tenants: Tenants
+) -> None:
+    # Each upload finds the name free; MinIO's conditional write (If-None-Match: *) decides which one
+    # lands. The others are 409 naming the dataset, and the stored file is the winner's, whole.
+    import threading
+
+    ns = tenants.a.namespace
+    url = f"/api/v1/namespaces/{ns}/datasets/race.csv"
+    bodies = [good_csv(20 + i) for i in range(4)]
+    start = threading.Barrier(len(bodies))
+    results: dict[int, httpx.Response] = {}
+
+    def upload(i: int) -> None:
+        with api_env.client(tenants.a.headers) as c:
+            start.wait()
+            results[i] = c.put(url, content=bodies[i], headers={"Content-Type": "text/csv"})
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = [i for i, r in results.items() if r.status_code == 201]
+    assert len(won) == 1, {i: (r.status_code, r.text[:200]) for i, r in results.items()}
+    for i, r in results.items():
+        if i != won[0]:
+            body = expect(r, 409, field="dataset")
+            assert 'dataset "race.csv" exists' in body["message"]
+    s3 = api_env.minio.client()
+    stored = s3.get_object(Bucket=api_env.minio.bucket, Key=f"datasets/{ns}/race.csv")["Body"].read()
+    assert stored == bodies[won[0]]
+    with api_env.client(tenants.a.headers) as c:
+        expect(c.delete(url), 200)
+    assert _stored(api_env, ns) == []

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from kubeloop.contracts import ObjectRef
 from kubeloop.storage import (
+    ObjectExistsError,
     ObjectNotFoundError,
     ObjectStore,
     S3Config,
@@ -23,7 +24,7 @@ from kubeloop.storage import (
     StorageError,
     StorageUnavailableError,
 )
-from kubeloop_api.errors import ApiError, NotFoundError, UnavailableError, UpstreamError
+from kubeloop_api.errors import ApiError, ConflictError, NotFoundError, UnavailableError, UpstreamError
 from kubeloop_api.metrics import ApiMetrics
 from kubeloop_api.settings import ApiSettings
 
@@ -40,6 +41,8 @@ class ObjectInfo:
 def _error(e: StorageError) -> ApiError:
     if isinstance(e, ObjectNotFoundError):
         return NotFoundError(str(e))
+    if isinstance(e, ObjectExistsError):
+        return ConflictError(str(e))
     if isinstance(e, StorageUnavailableError):
         return UnavailableError(f"object storage unreachable: {e}")
     if isinstance(e, StorageConfigError):
@@ -114,6 +117,11 @@ class Objects:
 
     async def put_file(self, key: str, path: Path, content_type: str) -> None:
         await self._run(lambda: self.store.put_file(self.ref(key), path, content_type))
+
+    async def create_file(self, key: str, path: Path, content_type: str) -> None:
+        """Store the file under ``key`` only if nothing is there (the store decides, atomically):
+        :class:`ConflictError` otherwise."""
+        await self._run(lambda: self.store.put_file_if_absent(self.ref(key), path, content_type))
 
     async def delete(self, key: str) -> None:
         await self._run(lambda: self.store.delete(self.ref(key)))

@@ -128,13 +128,14 @@ async def upload(
         )
     key = _key(namespace, dataset)
 
-    async def refuse_if_exists() -> None:
-        if not overwrite and await objects.stat(key) is not None:
-            raise ConflictError(
-                f'dataset "{dataset}" exists; pass overwrite=true to replace it', field="dataset"
-            )
+    def exists() -> ConflictError:
+        return ConflictError(
+            f'dataset "{dataset}" exists; pass overwrite=true to replace it', field="dataset"
+        )
 
-    await refuse_if_exists()
+    # Refused before the body is read when the name is taken already: no point streaming the file.
+    if not overwrite and await objects.stat(key) is not None:
+        raise exists()
     path = await _spool(request, svc)
     try:
         s = svc.settings
@@ -144,10 +145,15 @@ async def upload(
         except InvalidError:
             svc.metrics.dataset_refusals.inc()
             raise
-        # Again: another upload of the name may have landed while this one streamed. (The store has no
-        # conditional put; what is left is the time of one stat.)
-        await refuse_if_exists()
-        await objects.put_file(key, path, _MIME[report.format])
+        if overwrite:
+            await objects.put_file(key, path, _MIME[report.format])
+        else:
+            # Another upload of the name may have landed since the check above (while this one
+            # streamed, or between any check and the write): a create-only write lets the store decide.
+            try:
+                await objects.create_file(key, path, _MIME[report.format])
+            except ConflictError:
+                raise exists() from None
     finally:
         path.unlink(missing_ok=True)
     svc.metrics.dataset_bytes.inc(report.size_bytes)
