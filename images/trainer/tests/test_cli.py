@@ -108,7 +108,10 @@ def test_local_end_to_end_in_process(
 ) -> None:
     """Without MinIO: a directory as the object store and MLflow on SQLite."""
     data = tmp_path / "bc.parquet"
-    breast_cancer.to_parquet(data)
+    # a timestamp column, left out of the features picked by default (and reported)
+    breast_cancer.assign(
+        measured_at=pd.date_range("2024-01-01", periods=len(breast_cancer), freq="min")
+    ).to_parquet(data)
     for k, v in local_env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("KUBELOOP_TRAINER_THREADS", "1")
@@ -131,6 +134,7 @@ def test_local_end_to_end_in_process(
     assert (store / "kubeloop/models/bc-local/1/baseline.json").is_file()
     out = capsys.readouterr().out
     assert '"event":"promotion","promoted":true' in out
+    assert '{"event":"ignored_columns","columns":{"measured_at":"timestamps"},"why":"temporal"}' in out
 
     # the same training again (a new TrainingJob uid): version 2, equal accuracy does not beat the holder
     monkeypatch.setenv("KUBELOOP_TRAINER_UID", "uid-2")
@@ -144,3 +148,22 @@ def test_local_end_to_end_in_process(
 
     holder = MlflowClient(local_env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias("bc-local", "champion")
     assert str(holder.version) == "1"
+
+
+def test_a_temporal_feature_exits_with_temporal_column(
+    local_env: dict[str, str],
+    tmp_path: Path,
+    run_main: Callable[[dict[str, str]], Any],
+    make_spec: Callable[..., dict[str, Any]],
+) -> None:
+    data = tmp_path / "d.parquet"
+    n = 40
+    pd.DataFrame(
+        {"x": range(n), "at": pd.date_range("2024-01-01", periods=n, freq="min"), "y": [0, 1] * (n // 2)}
+    ).to_parquet(data)
+    spec = make_spec(str(data), "y", "classification")
+    spec["dataset"]["features"] = ["x", "at"]
+    result = run_main({**local_env, "KUBELOOP_TRAINER_SPEC": json.dumps(spec)})
+    assert result.rc == 25, result.stderr[-2000:]
+    assert result.termination["reason"] == "TemporalColumn"
+    assert "'at'" in result.termination["message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import itertools
 import re
@@ -293,3 +294,110 @@ def test_class_order_is_total_with_a_nan_label() -> None:
     labels = ["NaN", "b", "10", "2", "a", "1", "inf"]
     orders = {tuple(sorted(p, key=_class_sort_key)) for p in itertools.permutations(labels)}
     assert orders == {("1", "2", "10", "inf", "NaN", "a", "b")}
+
+
+def temporal_frame(n: int = 40) -> pd.DataFrame:
+    """good_frame plus one column of each temporal kind (hourly from 2024-01-01)."""
+    df = good_frame(n)
+    ts = pd.date_range("2024-01-01", periods=n, freq="h")
+    df["ts"] = ts
+    df["ts_utc"] = ts.tz_localize("UTC")
+    df["day"] = [d.date() for d in ts]
+    df["took"] = pd.to_timedelta(np.arange(n), unit="s")
+    return df
+
+
+TEMPORAL = ["ts", "ts_utc", "day", "took"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+@pytest.mark.parametrize("column", TEMPORAL)
+def test_a_listed_temporal_feature_is_refused(fmt: str, column: str) -> None:
+    # A Parquet timestamp or duration became a numeric feature (its integer count since the epoch, in
+    # float32: ~2 minutes resolution, in a unit the reader chose); a date, or any of them as CSV
+    # text, a categorical one with a category per distinct value. Either way a client could not feed it.
+    df = temporal_frame()
+    data = parquet_bytes(df) if fmt == "parquet" else csv_bytes(df)
+    with pytest.raises(errors.TemporalColumnError, match=f"feature column '{column}' holds") as e:
+        check(data, uri=f"/d.{fmt}", features=["a", column])
+    assert e.value.exit_code == 25
+    assert e.value.reason == "TemporalColumn"
+    assert "dataset.features" in e.value.message
+    assert "convert" in e.value.message
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_temporal_columns_are_left_out_of_inferred_features(fmt: str) -> None:
+    df = temporal_frame()
+    data = parquet_bytes(df) if fmt == "parquet" else csv_bytes(df)
+    ds = check(data, uri=f"/d.{fmt}")
+    assert [f.name for f in ds.encoder.features] == ["a", "b"]
+    assert ds.x_train.shape[1] == 2
+    assert list(ds.ignored_columns) == TEMPORAL
+    assert ds.ignored_columns["ts"] == "timestamps"
+    assert ds.ignored_columns["day"] == "dates"
+    assert ds.ignored_columns["took"] == "durations"
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_only_temporal_features_is_a_temporal_column_error(fmt: str) -> None:
+    df = temporal_frame()[["ts", "day", "y"]]
+    data = parquet_bytes(df) if fmt == "parquet" else csv_bytes(df)
+    with pytest.raises(
+        errors.TemporalColumnError, match="no feature columns besides the target but 'ts', 'day'"
+    ):
+        check(data, uri=f"/d.{fmt}")
+
+
+def test_a_temporal_column_declared_categorical_is_a_categorical_feature() -> None:
+    # the way to use a date's values as categories, on purpose; the same categories from either format
+    df = temporal_frame()
+    df["day"] = [dt.date(2024, 1, 1 + i % 3) for i in range(len(df))]
+    cats = {}
+    for fmt, data in (("parquet", parquet_bytes(df)), ("csv", csv_bytes(df))):
+        ds = check(data, uri=f"/d.{fmt}", categorical_features=["day", "ts"])
+        assert {f.name: f.type for f in ds.encoder.features} == {
+            "a": "numeric",
+            "b": "numeric",
+            "day": "categorical",
+            "ts": "categorical",
+        }
+        assert list(ds.ignored_columns) == ["ts_utc", "took"]
+        cats[fmt] = {c.name: c.categories for c in ds.encoder.categorical}
+    assert cats["parquet"]["day"] == ["2024-01-01", "2024-01-02", "2024-01-03"]
+    assert cats["parquet"] == cats["csv"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_temporal_regression_target_is_refused(fmt: str) -> None:
+    df = temporal_frame().drop(columns=["y"]).rename(columns={"ts": "y"})
+    data = parquet_bytes(df) if fmt == "parquet" else csv_bytes(df)
+    with pytest.raises(errors.TemporalColumnError, match="target column 'y' holds timestamps"):
+        check(data, uri=f"/d.{fmt}", task="regression", features=["a", "b"])
+
+
+def test_text_that_only_partly_looks_like_dates_stays_categorical() -> None:
+    df = good_frame()
+    df["when"] = ["2024-01-01", "2024-01-02", "soon", "later"] * 10
+    df["code"] = ["12:30", "08:00"] * 20  # a time of day is not a timestamp (as a Parquet time64)
+    df["t"] = [dt.time(12, 30), dt.time(8, 0)] * 20
+    for fmt, data in (("parquet", parquet_bytes(df)), ("csv", csv_bytes(df))):
+        ds = check(data, uri=f"/d.{fmt}")
+        kinds = {f.name: f.type for f in ds.encoder.features}
+        assert kinds == {
+            "a": "numeric",
+            "b": "numeric",
+            "when": "categorical",
+            "code": "categorical",
+            "t": "categorical",
+        }
+        assert ds.ignored_columns == {}
+
+
+def test_csv_timestamps_written_by_pandas_are_temporal_text() -> None:
+    # pandas writes midnight-only timestamps as bare dates, and a mix of the two forms is still time
+    df = good_frame()
+    df["at"] = ["2024-01-01", "2024-01-01 12:00", "2024-01-02T08:30:00.5Z", "2024-01-03 09:00:00+01:00"] * 10
+    df["d"] = pd.date_range("2024-01-01", periods=len(df), freq="D")
+    ds = check(csv_bytes(df))
+    assert ds.ignored_columns == {"at": "timestamps", "d": "dates"}

@@ -151,6 +151,12 @@ def run(settings: TrainerSettings, ctx: DistContext | None = None) -> TrainingSu
         return TrainingSummary.model_validate_json(done) if ctx.is_main else None
 
     ds = load_dataset(spec, settings, store)  # every check runs before any training
+    if ds.ignored_columns and ctx.is_main:
+        log.warning(
+            "temporal columns left out of the features (not model inputs): %s",
+            ", ".join(f"{k} ({v})" for k, v in ds.ignored_columns.items()),
+        )
+        emit({"event": "ignored_columns", "columns": ds.ignored_columns, "why": "temporal"})
     log.info(
         "dataset %s: %d training and %d validation rows, %d features, task %s",
         spec.dataset.uri,

@@ -13,9 +13,11 @@ uses the same form).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -204,6 +206,8 @@ class Dataset:
     raw_train: dict[str, np.ndarray[Any, Any]]
     raw_val: dict[str, np.ndarray[Any, Any]]
     classes: list[str] = field(default_factory=list)
+    ignored_columns: dict[str, str] = field(default_factory=dict)
+    """Temporal columns left out of features picked by default: name -> kind (see temporal_kind)."""
     target_mean: float = 0.0
     target_std: float = 1.0
 
@@ -256,6 +260,62 @@ def _looks_numeric(col: pd.Series) -> bool:
     return float(parsed.notna().mean()) >= NUMERIC_SHARE
 
 
+# Text that a CSV reader leaves as text but that is a point or span in time: ISO 8601 dates, and
+# dates with a time of day (a space or "T", optional seconds, fraction and offset), and pandas'
+# duration form ("3 days 04:05:06"): what pandas writes for dates, timestamps and timedeltas.
+_TEMPORAL_TEXT = (
+    ("dates", re.compile(r"\d{4}-\d{2}-\d{2}")),
+    (
+        "timestamps",
+        re.compile(r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?"),
+    ),
+    ("durations", re.compile(r"-?\d+ days? [+-]?\d{2}:\d{2}:\d{2}(\.\d+)?")),
+)
+
+
+def _object_kind(value: object) -> str | None:
+    if isinstance(value, dt.datetime):  # before date: a datetime is a date
+        return "timestamps"
+    if isinstance(value, dt.date):
+        return "dates"
+    if isinstance(value, dt.timedelta):
+        return "durations"
+    return None
+
+
+def temporal_kind(col: pd.Series) -> str | None:
+    """``"timestamps"``, ``"dates"`` or ``"durations"`` for a column of points or spans in time, typed
+    (Parquet timestamp, date, duration) or as text in which every value is one (CSV); else None.
+
+    Such a column is no model input: as a number it would be a count since the epoch in a unit the
+    reader chose, rounded in float32 (a nanosecond timestamp to ~2 minutes); as categories, one per
+    distinct value, none of them seen again when serving. A time of day (Parquet time64, "12:30")
+    is not one: it repeats, so its values make categories."""
+    if pd.api.types.is_datetime64_any_dtype(col.dtype) or isinstance(col.dtype, pd.PeriodDtype):
+        return "timestamps"
+    if pd.api.types.is_timedelta64_dtype(col.dtype):
+        return "durations"
+    if pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
+        return None
+    present = col.dropna()
+    if len(present) == 0:
+        return None
+    first = present.iloc[0]
+    if _object_kind(first) is not None:  # Parquet date32 (and any Python date/time objects)
+        kinds = {_object_kind(v) for v in present.tolist()}
+        return kinds.pop() if len(kinds) == 1 else None
+    if not isinstance(first, str):
+        return None
+    text = present.astype(str)
+    for kind, pattern in _TEMPORAL_TEXT:
+        if pattern.fullmatch(first) and bool(text.str.fullmatch(pattern.pattern).all()):
+            return kind
+    return None
+
+
+_CONVERT = "convert it to numbers first (e.g. hour of day, day of week, days since an event)"
+
+
 def _categorical_column(col: pd.Series) -> npt.NDArray[np.object_]:
     """Canonical category strings; None for missing (the empty string counts as missing)."""
     return np.array([category_key(v) or None for v in col.tolist()], dtype=object)
@@ -287,6 +347,27 @@ def prepare(
     if bad_decl:
         raise errors.UnknownFeatureError(
             f"categorical feature(s) {', '.join(map(repr, bad_decl))} are not among the features"
+        )
+    # Temporal columns: declared categorical, their values are categories (on purpose); listed, they
+    # are refused; picked by default ("every column but the target"), they are left out and reported.
+    ignored: dict[str, str] = {}
+    for name in names:
+        kind = None if name in declared else temporal_kind(df[name])
+        if kind is None:
+            continue
+        if spec.features is not None:
+            raise errors.TemporalColumnError(
+                f"feature column {name!r} holds {kind}, which are not model inputs: drop it from "
+                f"dataset.features, or {_CONVERT}, or list it in dataset.categoricalFeatures to take "
+                "its values as categories"
+            )
+        ignored[name] = kind
+    names = [n for n in names if n not in ignored]
+    if not names and ignored:
+        raise errors.TemporalColumnError(
+            f"the dataset has no feature columns besides the target but {', '.join(map(repr, ignored))} "
+            f"({', '.join(ignored.values())}), which are not model inputs: {_CONVERT}, or list them "
+            "in dataset.categoricalFeatures to take their values as categories"
         )
     if not names:
         raise errors.EmptyDatasetError("the dataset has no feature columns besides the target")
@@ -332,6 +413,12 @@ def prepare(
         index = {c: i for i, c in enumerate(classes)}
         y: np.ndarray[Any, Any] = np.array([index[k] for k in keys], dtype=np.int64)
     else:
+        kind = temporal_kind(y_col)
+        if kind is not None:
+            raise errors.TemporalColumnError(
+                f"target column {target!r} holds {kind}; a regression target must be numbers: "
+                "convert it first (e.g. to seconds or days)"
+            )
         yv = _numeric_column(target, y_col, "target column")
         if float(np.nanstd(yv)) == 0.0:
             raise errors.ConstantTargetError(
@@ -381,6 +468,7 @@ def prepare(
         raw_train=raw_train,
         raw_val=raw_val,
         classes=classes,
+        ignored_columns=ignored,
     )
     if task == "regression":
         ds.target_mean, ds.target_std = _scale(ds.y_train)

@@ -115,6 +115,13 @@ class DuplicateColumnsError(DataError):
     reason = "DuplicateColumns"
 
 
+class TemporalColumnError(DataError):
+    """A timestamp, date or duration column as a feature or a regression target."""
+
+    exit_code = 25
+    reason = "TemporalColumn"
+
+
 # --- everything else (30+) -------------------------------------------------------------------------
 
 
@@ -171,6 +178,7 @@ ALL_ERRORS: tuple[type[TrainerError], ...] = (
     TooManyClassesError,
     ConstantTargetError,
     DuplicateColumnsError,
+    TemporalColumnError,
     StorageError,
     TrackingError,
     ExportError,
