@@ -366,6 +366,13 @@ BAD_DATA: dict[str, tuple[bytes | None, dict[str, Any], str, int, str]] = {
         24,
         "duplicate column names: a",
     ),
+    "temporal-feature": (
+        _text(_good().assign(at=pd.date_range("2024-01-01", periods=60, freq="min"))),
+        {"features": ["a", "at"]},
+        "TemporalColumn",
+        25,
+        "feature column 'at' holds timestamps",
+    ),
 }
 
 
