@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,129 @@ def test_quantities_refused(value: Any) -> None:
     with pytest.raises(ValidationError) as info:
         r.ResourceRequirements.model_validate({"limits": {"memory": value}})
     assert "limits.memory" in r.format_validation_error(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (2, Fraction(2)),
+        ("2", Fraction(2)),
+        ("500m", Fraction(1, 2)),
+        ("1.5", Fraction(3, 2)),
+        (".5", Fraction(1, 2)),
+        ("1.", Fraction(1)),
+        ("+3", Fraction(3)),
+        ("1k", Fraction(1000)),
+        ("1M", Fraction(10**6)),
+        ("1G", Fraction(10**9)),
+        ("1T", Fraction(10**12)),
+        ("1P", Fraction(10**15)),
+        ("1E", Fraction(10**18)),
+        ("1Ki", Fraction(2**10)),
+        ("1.5Mi", Fraction(3 * 2**19)),
+        ("1Gi", Fraction(2**30)),
+        ("1Ti", Fraction(2**40)),
+        ("1Pi", Fraction(2**50)),
+        ("1Ei", Fraction(2**60)),
+        ("100n", Fraction(1, 10**7)),
+        ("1u", Fraction(1, 10**6)),
+        ("1e3", Fraction(1000)),
+        ("1E3", Fraction(1000)),
+        ("2.5e-3", Fraction(1, 400)),
+        ("1e+2", Fraction(100)),
+        ("0", Fraction(0)),
+        ("-1", Fraction(-1)),
+    ],
+)
+def test_parse_quantity(value: Any, expected: Fraction) -> None:
+    assert r.parse_quantity(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "1 Gi", "1gi", "1KI", "Gi", "1e", "1e1.5", "1e3m", "1.2.3", "two", "1" * 65, True, 1.5, None],
+)
+def test_parse_quantity_refuses_what_kubernetes_refuses(value: Any) -> None:
+    with pytest.raises(ValueError, match="quantity"):
+        r.parse_quantity(value)
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [
+        {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}},  # equal
+        {"requests": {"cpu": "1000m"}, "limits": {"cpu": 1}},  # equal, written differently
+        {"requests": {"memory": "1G"}, "limits": {"memory": "1Gi"}},  # 10^9 < 2^30
+        {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
+        {"requests": {"cpu": "1e-3"}, "limits": {"cpu": "1m"}},  # equal, exponent against milli
+        {"requests": {"cpu": "4", "memory": "8Gi"}},  # only requests
+        {"limits": {"cpu": "100m", "memory": "64Mi"}},  # only limits
+        {"requests": {"cpu": "4"}, "limits": {"memory": "1Mi"}},  # different keys
+        {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 1}},
+        {},
+    ],
+)
+def test_requests_within_limits_accepted(resources: dict[str, Any]) -> None:
+    r.ResourceRequirements.model_validate(resources)
+
+
+@pytest.mark.parametrize(
+    ("requests", "limits", "field", "message"),
+    [
+        ({"cpu": 2}, {"cpu": 1}, "requests.cpu", "2 is more than limits.cpu 1"),
+        ({"cpu": "2"}, {"cpu": "500m"}, "requests.cpu", "2 is more than limits.cpu 500m"),
+        ({"cpu": "1001m"}, {"cpu": 1}, "requests.cpu", "1001m is more than limits.cpu 1"),
+        ({"memory": "2Gi"}, {"memory": "1Gi"}, "requests.memory", "2Gi is more than limits.memory 1Gi"),
+        ({"memory": "1Gi"}, {"memory": "1G"}, "requests.memory", "1Gi is more than limits.memory 1G"),
+        ({"memory": "2M"}, {"memory": "1.5M"}, "requests.memory", "2M is more than limits.memory 1.5M"),
+        ({"memory": "1.1e9"}, {"memory": "1G"}, "requests.memory", "1.1e9 is more than limits.memory 1G"),
+        ({"memory": "1Ki"}, {"memory": 1000}, "requests.memory", "1Ki is more than limits.memory 1000"),
+        # Exact and instant even where the number has a hundred thousand digits.
+        (
+            {"memory": "1e100000"},
+            {"memory": "9e99999"},
+            "requests.memory",
+            "1e100000 is more than limits.memory 9e99999",
+        ),
+        (
+            {"ephemeral-storage": "2Ti"},
+            {"ephemeral-storage": "1T"},
+            "requests.ephemeral-storage",
+            "2Ti is more than limits.ephemeral-storage 1T",
+        ),
+        (
+            {"nvidia.com/gpu": 2},
+            {"nvidia.com/gpu": 1},
+            "requests.nvidia.com/gpu",
+            "2 is more than limits.nvidia.com/gpu 1",
+        ),
+    ],
+)
+def test_requests_above_limits_refused_naming_the_field(
+    requests: dict[str, Any], limits: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        r.ResourceRequirements.model_validate({"requests": requests, "limits": limits})
+    assert r.format_validation_error(info.value) == f"{field}: {message}"
+
+
+def test_requests_above_limits_named_by_full_path_in_a_manifest() -> None:
+    tj = _load(ROOT / "examples" / "trainingjob.yaml")
+    tj["spec"]["resources"] = {
+        "requests": {"cpu": "2", "memory": "2Gi"},
+        "limits": {"cpu": "1", "memory": "2Gi"},
+    }
+    with pytest.raises(ValidationError) as info:
+        r.load_manifest(tj)
+    assert r.format_validation_error(info.value) == "spec.resources.requests.cpu: 2 is more than limits.cpu 1"
+    # A DriftMonitor's retraining template is a TrainingJob spec: the same rule, a longer path.
+    dm = _load(ROOT / "examples" / "driftmonitor.yaml")
+    dm["spec"]["retrain"] = {"template": tj["spec"]}
+    with pytest.raises(ValidationError) as info:
+        r.load_manifest(dm)
+    assert r.format_validation_error(info.value) == (
+        "spec.retrain.template.resources.requests.cpu: 2 is more than limits.cpu 1"
+    )
 
 
 def test_wrong_kind_and_bad_envelope() -> None:

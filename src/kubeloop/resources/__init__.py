@@ -46,6 +46,7 @@ from kubeloop.resources._base import (
     ResourceRequirements,
     Toleration,
     parse_duration,
+    parse_quantity,
 )
 from kubeloop.resources.driftmonitor import (
     HISTORY_LIMIT,
@@ -205,4 +206,5 @@ __all__ = [
     "format_validation_error",
     "load_manifest",
     "parse_duration",
+    "parse_quantity",
 ]

@@ -10,6 +10,7 @@ server.
 from __future__ import annotations
 
 import re
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, Inexact, Overflow
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
@@ -98,16 +99,53 @@ LabelValue = Annotated[str, Field(pattern=LABEL_VALUE_PATTERN, max_length=63)]
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=64), AfterValidator(_check_duration)]
 
 
-def _check_quantity(value: Any) -> int | str:
+# QUANTITY_PATTERN, split into number and suffix; an exponent is an integer (as resource.ParseQuantity
+# reads it: its regex allows `1e1.5`, the parser does not).
+_QUANTITY = re.compile(
+    r"(?P<number>[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+))(?P<suffix>[KMGTPE]i|[numkMGTPE]|[eE](?P<exp>[+-]?[0-9]+))?"
+)
+_QUANTITY_MAX_LENGTH: Final = 64
+_QUANTITY_FACTORS: Final = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    **{f"{p}i": Decimal(2 ** (10 * (i + 1))) for i, p in enumerate("KMGTPE")},
+}
+# Exact: at most 64 digits times 2^60 fits 200 digits, exponents only move the decimal point, and an
+# inexact result would raise rather than compare wrong.
+_QUANTITY_CONTEXT: Final = Context(prec=200, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[Inexact, Overflow])
+
+
+def parse_quantity(value: int | str) -> Decimal:
+    """The exact value of a Kubernetes quantity (``500m`` -> 0.5, ``1Gi`` -> 1073741824, ``1e3`` -> 1000).
+
+    Accepts what the API server's ``resource.ParseQuantity`` accepts (at most 64 characters, the CRDs'
+    bound); raises ValueError otherwise."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"must be a Kubernetes quantity such as 500m, 2 or 1Gi, got {value!r}")
-    if isinstance(value, str) and not re.fullmatch(QUANTITY_PATTERN, value):
+    if isinstance(value, int):
+        return Decimal(value)
+    m = _QUANTITY.fullmatch(value) if len(value) <= _QUANTITY_MAX_LENGTH else None
+    if m is None:
         raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 1Gi)")
+    number = Decimal(m["number"])
+    if m["exp"] is not None:
+        return number.scaleb(int(m["exp"]), _QUANTITY_CONTEXT)
+    return _QUANTITY_CONTEXT.multiply(number, _QUANTITY_FACTORS[m["suffix"] or ""])
+
+
+def _check_quantity(value: Any) -> int | str:
     # A pod's requests and limits cannot be negative: the API server would refuse the child instead.
-    negative = value < 0 if isinstance(value, int) else value.startswith("-") and re.search("[1-9]", value)
-    if negative:
+    if parse_quantity(value) < 0:
         raise ValueError(f"{value!r} is negative; resource quantities are 0 or more")
-    return value
+    return value  # type: ignore[no-any-return]
 
 
 Quantity = Annotated[
@@ -150,9 +188,18 @@ Alias = Annotated[
 ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN, max_length=63)]
 
 
-def _cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
-    """One CEL rule as it appears in ``x-kubernetes-validations``."""
+def _cel(
+    rule: str,
+    message: str,
+    field_path: str | None = None,
+    reason: str | None = None,
+    message_expression: str | None = None,
+) -> dict[str, str]:
+    """One CEL rule as it appears in ``x-kubernetes-validations``; ``message`` is the fallback when a
+    ``message_expression`` is given."""
     out = {"rule": rule, "message": message}
+    if message_expression:
+        out["messageExpression"] = message_expression
     if field_path:
         out["fieldPath"] = field_path
     if reason:
@@ -197,6 +244,33 @@ def _fail(field: str, message: str) -> ValueError:
     return ValueError(f"{field}: {message}")
 
 
+# Resources whose request-within-limit rule has a CEL rule of its own (see ResourceRequirements).
+_NAMED_RESOURCES: Final = ("cpu", "memory", "ephemeral-storage", GPU_RESOURCE)
+
+
+def _request_within_limit(key: str) -> str:
+    """CEL: the request for ``key`` (a CEL string expression) is at most its limit, or either is absent.
+
+    Values may be ints (int-or-string), hence string(); a malformed quantity is left to its own rule."""
+    req, lim = f"string(self.requests[{key}])", f"string(self.limits[{key}])"
+    return (
+        f"!({key} in self.requests) || !({key} in self.limits) || !isQuantity({req}) || !isQuantity({lim})"
+        f" || !quantity({lim}).isLessThan(quantity({req}))"
+    )
+
+
+# CEL: the first resource, other than the named ones, requested above its limit.
+_FIRST_OTHER_ABOVE_LIMIT: Final = (
+    f"self.requests.filter(k, !(k in {list(_NAMED_RESOURCES)}) && !({_request_within_limit('k')}))[0]"
+)
+
+
+def _other_above_limit_message() -> str:
+    """CEL: ``<key>: <request> is more than limits.<key> <limit>`` for that first resource."""
+    k = _FIRST_OTHER_ABOVE_LIMIT
+    return f"{k} + ': ' + string(self.requests[{k}]) + ' is more than limits.' + {k} + ' ' + string(self.limits[{k}])"
+
+
 class ResourceRequirements(KubeloopModel):
     """Compute resources, as in a container's ``resources`` (cpu, memory, nvidia.com/gpu, …)."""
 
@@ -206,6 +280,41 @@ class ResourceRequirements(KubeloopModel):
     limits: dict[Annotated[str, Field(pattern=RESOURCE_NAME_PATTERN)], Quantity] = Field(
         default_factory=dict, max_length=32, description="Maximum resources the pod may use."
     )
+
+    # The API server refuses a container whose request exceeds its limit, but only when the operator
+    # creates the Job/Deployment: refuse it at admission of our object instead. The common resources
+    # get a rule each, so the server names the exact field (requests[memory]) as the SDK does; one
+    # rule over the map catches any other resource and names it in its message.
+    cel_rules = (
+        *(
+            _cel(
+                f"!has(self.requests) || !has(self.limits) || {_request_within_limit(repr(k))}",
+                f"requests.{k} must not be more than limits.{k}",
+                f".requests[{k!r}]",
+                message_expression=(
+                    f"string(self.requests[{k!r}]) + ' is more than limits.{k} ' + string(self.limits[{k!r}])"
+                ),
+            )
+            for k in _NAMED_RESOURCES
+        ),
+        _cel(
+            "!has(self.requests) || !has(self.limits) || self.requests.all(k, "
+            f"k in {list(_NAMED_RESOURCES)} || {_request_within_limit('k')})",
+            "a request must not be more than the limit of the same resource",
+            ".requests",
+            # Names the first offender only: listing every one (map + join) is over the cost budget, and
+            # cel.bind is not offered to CRD rules.
+            message_expression=_other_above_limit_message(),
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Self:
+        for name, request in self.requests.items():
+            limit = self.limits.get(name)
+            if limit is not None and parse_quantity(request) > parse_quantity(limit):
+                raise _fail(f"requests.{name}", f"{request} is more than limits.{name} {limit}")
+        return self
 
 
 class Toleration(KubeloopModel):

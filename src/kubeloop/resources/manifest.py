@@ -111,7 +111,10 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
 
 
 _SYNTHETIC_LOC: Final = re.compile(r"^(function-(after|before|plain|wrap)\[.*\]|int|str|float|bool)$")
-_FIELD_PREFIX: Final = re.compile(r"^(?P<field>[a-z][A-Za-z0-9]*(\.[a-z][A-Za-z0-9]*)*): (?P<rest>.+)$", re.S)
+# Later parts may be map keys such as resource names (requests.nvidia.com/gpu, limits.ephemeral-storage).
+_FIELD_PREFIX: Final = re.compile(
+    r"^(?P<field>[a-z][A-Za-z0-9]*(\.[A-Za-z0-9][-A-Za-z0-9_/]*)*): (?P<rest>.+)$", re.S
+)
 
 
 class ManifestError(ValueError):
