@@ -32,7 +32,10 @@ def payloads(width: int) -> list[Any]:
     return [
         ok,
         list(range(width)),  # ints
-        [True, *ok[1:]],  # a boolean among numbers (numpy takes it as 1.0)
+        [True, *ok[1:]],  # a boolean among numbers: refused (numpy would take it as 1.0)
+        [*ok[:-1], False],
+        [[True, *ok[1:]]],  # nested as one row, a boolean in it
+        [None, True, *ok[2:]],  # a boolean among nulls and numbers
         [None, *ok[1:]],  # null: missing
         ["1.0", *ok[1:]],  # a string
         [[v] for v in ok],  # nested wrongly
@@ -84,8 +87,8 @@ def test_short_check_decides_as_the_array_check(monkeypatch, elem: int, allow_mi
 
 
 def test_short_check_accepts_only_finite_numbers_in_range() -> None:
-    assert codec._finite_numbers([0.0, 1, True, -FLT_MAX, FLT_MAX], FLT_MAX)
-    for bad in ([None], ["a"], [[1.0]], [1e39], [float("nan")], [float("inf")], [10**400], []):
+    assert codec._finite_numbers([0.0, 1, -FLT_MAX, FLT_MAX], FLT_MAX)
+    for bad in ([None], ["a"], [[1.0]], [1e39], [float("nan")], [float("inf")], [10**400], [], [0.5, True]):
         assert not codec._finite_numbers(bad, FLT_MAX), bad
 
 
@@ -97,6 +100,9 @@ def test_short_check_accepts_only_finite_numbers_in_range() -> None:
         ([[0.0] * 30], None),  # nested as one row: served
         ([0.0] * 29, ("input 'input'", "29 elements", "needs 30")),
         ([None] + [0.0] * 29, ("input 'input'", "missing values")),
+        ([True] + [0.0] * 29, ("input 'input'", "boolean", "FP32")),  # was read as 1.0
+        ([0.0] * 29 + [False], ("input 'input'", "boolean", "FP32")),
+        ([[0.0] * 29 + [True]], ("input 'input'", "boolean", "FP32")),
     ],
 )
 def test_bad_values_through_the_short_path_are_4xx_naming_the_input(  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any, Final, TypeVar
 
 import numpy as np
@@ -389,6 +389,32 @@ def _whole_numbers(data: list[Any]) -> bool:
     return all(_whole_numbers(v) if type(v) is list else type(v) is int for v in data)
 
 
+def _holds_bool(data: list[Any]) -> bool:
+    """True when a flat or nested list holds a JSON boolean (which numpy would take as the number 1 or 0)."""
+    types = set(map(type, data))
+    return bool in types or (list in types and any(_holds_bool(v) for v in data if type(v) is list))
+
+
+def _no_booleans(name: str, datatype: str, data: list[Any]) -> None:
+    """A number datatype holds numbers: a JSON boolean among them is refused, not read as 1 or 0 (the binary
+    extension and gRPC cannot carry one: their clients turn it into a number before sending)."""
+    if _holds_bool(data):
+        flat = list(_flatten(data))
+        k = next(i for i, v in enumerate(flat) if type(v) is bool)
+        raise InvalidInputError(
+            f"input {name!r}.data[{k}] is a boolean ({'true' if flat[k] else 'false'}) but datatype {datatype} "
+            "holds numbers only (booleans go as BOOL, to a BOOL input)"
+        )
+
+
+def _flatten(data: list[Any]) -> Iterator[Any]:
+    for v in data:
+        if type(v) is list:
+            yield from _flatten(v)
+        else:
+            yield v
+
+
 def _json_values(
     name: str, datatype: str, data: list[Any], spec: TensorSpec, allow_missing: bool
 ) -> np.ndarray:
@@ -406,6 +432,7 @@ def _json_values(
             raise InvalidInputError(
                 f"input {name!r}.data must be numbers (flat or nested row-major) for datatype {datatype}"
             ) from None
+        _no_booleans(name, datatype, data)
         if datatype != spec.datatype:  # else _convert checks it
             _check_floats(arr, name, datatype, allow_missing)
         return arr
@@ -416,6 +443,8 @@ def _json_values(
         parsed = None
     kind = "" if parsed is None else parsed.dtype.kind
     arr = None
+    if datatype != "BOOL":  # numpy takes [true, 2] as the int64 [1, 2]
+        _no_booleans(name, datatype, data)
     if datatype == "BOOL":
         if parsed is not None and (kind == "b" or parsed.size == 0):
             arr = parsed
@@ -697,13 +726,18 @@ _PLAIN_TENSOR_KEYS: Final = frozenset(("name", "shape", "datatype", "data"))
 
 
 def _finite_numbers(data: list[Any], limit: float) -> bool:
-    """True when every element of a flat list is a number (bool included, as numpy takes it) within
-    ``limit``, the largest finite value of the target float type: min, max and sum in C over the list,
-    cheaper in place than a numpy reduction. False (the caller then checks the array) for anything else:
-    null, strings, nested lists, values past the range, NaN or infinity (which JSON cannot hold, but Python
-    callers could)."""
+    """True when every element of a flat list is a number (not a boolean) within ``limit``, the largest finite
+    value of the target float type: min, max, sum and the set of types in C over the list, cheaper in place
+    than a numpy reduction. False (the caller then checks the array) for anything else: null, strings,
+    booleans (which numpy would take as 1 and 0), nested lists, values past the range, NaN or infinity
+    (which JSON cannot hold, but Python callers could)."""
     try:
-        return -limit <= min(data) and max(data) <= limit and math.isfinite(sum(data))
+        return (
+            -limit <= min(data)
+            and max(data) <= limit
+            and math.isfinite(sum(data))
+            and bool not in set(map(type, data))
+        )
     except (TypeError, ValueError, OverflowError):
         return False
 
@@ -745,6 +779,7 @@ def _plain_request(
             arr.size != n * width
             or (arr.ndim > 1 and arr.shape != (n, width))
             or not check_numeric(arr, allow_missing)
+            or _holds_bool(data)
         ):
             return None
     req_id = body.get("id")
