@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from kubeloop_server.metrics import ServerMetrics
 from kubeloop_testing.onnx_models import random_records
 
 CATEGORICAL = (("color", ("red", "green", "blue")), ("size", ("S", "M", "L", "XL")))
@@ -216,6 +217,67 @@ def test_regression_prediction_histogram(make_client, mixed_reg) -> None:
     c = make_client(mixed_reg)
     c.post("/forward_batch", json=random_records(3, n_numeric=3, categorical=CATEGORICAL))
     assert 'kubeloop_server_prediction_value_bucket{le="+Inf"} 3.0' in c.get("/metrics").text
+
+
+def log_graph() -> bytes:
+    """A foreign regression graph: y = log(x), float [N, 1] in and out (log 0 is -inf, log -1 is NaN)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Log", ["x"], ["y"])],
+        "log",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def _metric(text: str, name: str) -> float:
+    (value,) = re.findall(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(value)
+
+
+def test_nonfinite_predictions_are_counted_not_observed(make_client) -> None:  # type: ignore[no-untyped-def]
+    """A NaN or -inf regression output was observed into the histogram: bisect put NaN (every comparison
+    false) and -inf into the lowest bucket, as if the model had predicted <= -10000, and the running sum became
+    NaN for good. Such values are counted on their own instead."""
+    c = make_client(log_graph())
+    assert c.server_app.runtime.task == "regression"
+
+    def infer(xs: list[float]) -> None:
+        body = {"inputs": [{"name": "x", "shape": [len(xs), 1], "datatype": "FP32", "data": xs}]}
+        r = c.post("/v2/models/model/infer", json=body)
+        assert r.status_code == 200, r.text
+
+    infer([1.0, 0.0, -1.0, float(np.e)])  # log: 0, -inf, NaN, 1
+    infer([0.0])
+    infer([1.0])
+    text = c.get("/metrics").text
+    assert _metric(text, 'kubeloop_server_prediction_value_bucket{le="-10000.0"}') == 0.0
+    assert _metric(text, 'kubeloop_server_prediction_value_bucket{le="0.0"}') == 2.0
+    assert _metric(text, 'kubeloop_server_prediction_value_bucket{le="+Inf"}') == 3.0
+    assert _metric(text, "kubeloop_server_nonfinite_predictions_total") == 3.0
+
+
+def test_histogram_sum_stays_finite() -> None:
+    """With buckets that let the exposition carry _sum (prometheus_client leaves _sum and _count out when a
+    bucket is negative, as the default regression buckets are), NaN and inf made it NaN for good."""
+    m = ServerMetrics(regression_buckets=(0.0, 1.0, 10.0))
+    m.set_model("m", "1", "regression", "CPUExecutionProvider", "packed", [])
+    m.observe_values(np.array([[2.0], [np.nan], [np.inf], [-np.inf], [3.0]], dtype=np.float32))
+    m.observe_values(np.array([0.5]))
+    text = m.render().decode()
+    assert _metric(text, "kubeloop_server_prediction_value_sum") == 5.5
+    assert _metric(text, "kubeloop_server_prediction_value_count") == 3.0
+    assert _metric(text, "kubeloop_server_nonfinite_predictions_total") == 3.0
+
+
+def test_nonfinite_counter_starts_at_zero_and_is_regression_only(make_client, packed_clf) -> None:  # type: ignore[no-untyped-def]
+    text = make_client(log_graph()).get("/metrics").text
+    assert _metric(text, "kubeloop_server_nonfinite_predictions_total") == 0.0
+    assert "kubeloop_server_nonfinite_predictions" not in make_client(packed_clf).get("/metrics").text
 
 
 def test_unknown_route_and_method(make_client, packed_clf) -> None:

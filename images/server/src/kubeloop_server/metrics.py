@@ -109,6 +109,13 @@ class _LoopCollector(Collector):
             yield classes
         else:
             yield m.predicted_value.family()
+            nonfinite = CounterMetricFamily(
+                "kubeloop_server_nonfinite_predictions",
+                "Predicted values (regression) that were NaN or infinite: counted here, not observed into "
+                "kubeloop_server_prediction_value, whose _sum one such value would spoil for good.",
+            )
+            nonfinite.add_metric([], m.nonfinite_predictions)
+            yield nonfinite
 
 
 class ServerMetrics:
@@ -139,6 +146,7 @@ class ServerMetrics:
             [],
             regression_buckets,
         )
+        self.nonfinite_predictions = 0
         self.class_labels: list[str] = []
         self.class_counts: list[int] = []
         self.in_flight = 0
@@ -224,8 +232,12 @@ class ServerMetrics:
             self.class_counts[k] += c
 
     def observe_values(self, values: np.ndarray) -> None:
+        observe = self.predicted_value.observe
         for v in values.reshape(-1).tolist():
-            self.predicted_value.observe(v)
+            if math.isfinite(v):
+                observe(v)
+            else:  # a NaN or inf would make the histogram's _sum NaN or inf, and Prometheus never recovers
+                self.nonfinite_predictions += 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
