@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 
 import numpy as np
 import pyarrow.parquet as pq
+from kubeloop_server.metrics import ServerMetrics
+from kubeloop_server.model import ModelRuntime
+from kubeloop_server.predlog import PredictionLogger
 from kubeloop_testing.onnx_models import random_records
+from kubeloop_testing.storage import MemoryStore
 
 from kubeloop.contracts import (
     PREDICTION_LOG_MODEL_VERSION,
     PREDICTION_LOG_PREDICTION,
     PREDICTION_LOG_TIMESTAMP,
 )
+from kubeloop.storage import ObjectRef
 
 CATEGORICAL = (("color", ("red", "green", "blue")), ("size", ("S", "M", "L", "XL")))
 LOGGING = {
@@ -149,3 +155,73 @@ def test_missing_values_are_logged_as_null(make_client, mixed_clf, memory_store)
     assert t.column("f2").null_count == 1
     assert t.column("size").null_count == 1
     assert t.column("f0").null_count == 0
+
+
+class _BlockingStore(MemoryStore):
+    """A store whose put waits until released (storage stuck past the shutdown flush timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def put(self, ref: ObjectRef, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.entered.set()
+        assert self.release.wait(30)
+        super().put(ref, data, content_type=content_type)
+
+
+def _counter(text: str, name: str) -> float:
+    found = re.findall(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(found[0]) if found else 0.0
+
+
+def test_rows_in_flight_at_the_shutdown_timeout_are_counted_once(packed_clf) -> None:  # type: ignore[no-untyped-def]
+    """The shutdown flush timed out during a write: its rows were counted dropped (shutdown_timeout), then
+    written as well when the write completed, and rows still buffered were dropped and then written by the
+    writer's last flush. Each row is counted once: what is not written by the deadline is dropped, and a
+    write that completes after it changes nothing."""
+    rt = ModelRuntime(packed_clf)
+    store = _BlockingStore()
+    metrics = ServerMetrics()
+    log = PredictionLogger(
+        rt, store, metrics, bucket="kubeloop", namespace="ns", deployment="md", sample_rate=1.0,
+        flush_rows=1, flush_interval_s=3600, max_buffer_rows=1000,
+    )  # fmt: skip
+    log.start()
+    writer = log._thread
+    assert writer is not None
+    feeds = rt.dummy_feeds(5)
+    log.record(feeds, rt.run(feeds), 5)  # the writer takes these and blocks in put
+    assert store.entered.wait(10)
+    more = rt.dummy_feeds(3)
+    log.record(more, rt.run(more), 3)  # still buffered
+    log.stop(0.2)
+    assert (log.written_rows, log.dropped_rows) == (0, 8)
+    store.release.set()  # the stuck write completes after the deadline
+    writer.join(10)
+    assert not writer.is_alive()
+    assert (log.written_rows, log.dropped_rows) == (0, 8)
+    text = metrics.render().decode()
+    assert _counter(text, "kubeloop_server_prediction_log_written_rows_total") == 0
+    assert _counter(text, 'kubeloop_server_prediction_log_dropped_rows_total{reason="shutdown_timeout"}') == 8
+    assert sum(t.num_rows for t in _tables(store)) == 5  # the buffered rows were not written after all
+    assert _counter(text, "kubeloop_server_prediction_log_buffered_rows") == 0
+
+
+def test_a_write_done_by_the_shutdown_deadline_counts_as_written(packed_clf) -> None:  # type: ignore[no-untyped-def]
+    rt = ModelRuntime(packed_clf)
+    store = _BlockingStore()
+    metrics = ServerMetrics()
+    log = PredictionLogger(
+        rt, store, metrics, bucket="kubeloop", namespace="ns", deployment="md", sample_rate=1.0,
+        flush_rows=1, flush_interval_s=3600, max_buffer_rows=1000,
+    )  # fmt: skip
+    log.start()
+    feeds = rt.dummy_feeds(4)
+    log.record(feeds, rt.run(feeds), 4)
+    assert store.entered.wait(10)
+    threading.Timer(0.2, store.release.set).start()
+    log.stop(10)
+    assert (log.written_rows, log.dropped_rows) == (4, 0)
+    assert sum(t.num_rows for t in _tables(store)) == 4

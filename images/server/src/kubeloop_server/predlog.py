@@ -105,6 +105,11 @@ class PredictionLogger:
         # as the read-modify-write of += is not atomic across threads.
         self.written_rows = 0
         self.dropped_rows = 0
+        # Rows a flush has taken from the buffer and not yet counted as written or dropped.
+        self._in_flight = 0
+        # Set by stop() when the final flush missed its deadline: every row not yet counted was counted as
+        # dropped then, so a write that completes afterwards must not count its rows again.
+        self._abandoned = False
 
     # --- request path ------------------------------------------------------------------------------------
 
@@ -148,20 +153,27 @@ class PredictionLogger:
         self._thread.start()
 
     def stop(self, timeout_s: float) -> None:
-        """Flush everything buffered and stop the writer (rows left after ``timeout_s`` are counted)."""
+        """Flush everything buffered and stop the writer. Rows not written within ``timeout_s`` (still buffered,
+        or in a write that has not finished) are counted as dropped, once: the writer counts nothing after."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
                 with self._lock:
-                    left = self._buffered
+                    self._abandoned = True
+                    buffered = sum(c.rows for c in self._buffer)
+                    self._buffer = []  # not written later either: they are counted as lost now
+                    self._buffered -= buffered
+                    left = buffered + self._in_flight
+                    self._in_flight = 0
                     self.dropped_rows += left
+                    if left:
+                        self._metrics.log_dropped.labels("shutdown_timeout").inc(left)
+                    self._metrics.log_buffered.set(self._buffered)
                 log.error(
                     "prediction log: final flush did not finish in %.0fs; %d rows lost", timeout_s, left
                 )
-                if left:
-                    self._metrics.log_dropped.labels("shutdown_timeout").inc(left)
             self._thread = None
 
     def _run(self) -> None:
@@ -176,29 +188,43 @@ class PredictionLogger:
     def flush(self) -> None:
         with self._lock:
             chunks, self._buffer = self._buffer, []
-        total = sum(c.rows for c in chunks)
+            total = sum(c.rows for c in chunks)
+            self._in_flight += total
         if not chunks:
             self._metrics.log_buffered.set(self._buffered)
             return
-        written = lost = 0
+        counted = 0
         try:
             for day, table in self._tables(chunks).items():
                 self._write(day, table)
-                written += table.num_rows
-                self._metrics.log_written.inc(table.num_rows)
+                counted += table.num_rows
+                self._count(table.num_rows, written=True)
         except Exception as e:
-            lost = total - written
-            now = time.monotonic()
-            if now - self._last_error_log > 10:
-                log.warning("prediction log: write failed, dropping %d rows: %s", lost, e)
-                self._last_error_log = now
-            self._metrics.log_dropped.labels("storage_error").inc(lost)
+            lost = total - counted
+            if self._count(lost, written=False):
+                now = time.monotonic()
+                if now - self._last_error_log > 10:
+                    log.warning("prediction log: write failed, dropping %d rows: %s", lost, e)
+                    self._last_error_log = now
         finally:
             with self._lock:
-                self.written_rows += written
-                self.dropped_rows += lost
                 self._buffered -= total
                 self._metrics.log_buffered.set(self._buffered)
+
+    def _count(self, rows: int, *, written: bool) -> bool:
+        """Count rows of the flush in flight as written or dropped (storage_error); False, counting nothing,
+        when stop() has counted them as dropped already (the final flush missed its deadline)."""
+        with self._lock:
+            if self._abandoned:
+                return False
+            self._in_flight -= rows
+            if written:
+                self.written_rows += rows
+                self._metrics.log_written.inc(rows)
+            else:
+                self.dropped_rows += rows
+                self._metrics.log_dropped.labels("storage_error").inc(rows)
+            return True
 
     def _tables(self, chunks: list[_Chunk]) -> dict[date, pa.Table]:
         """One table per day. Chunks are merged per graph input first (one concatenate per input, not a
