@@ -1,6 +1,6 @@
-"""The short path of the common OIP request (one float [N, F] input as a flat JSON list): values are checked
-in C over the list (min, max, sum) instead of a numpy reduction. It must decide exactly as the array check
-does: every payload below is decoded with the short check and with it forced off, and both give the same
+"""The short path of the common OIP request (one float [N, F] input as a flat JSON list): the list's element
+types are checked in C (numbers only: no booleans, nulls, strings) and the array's finiteness by a dot product
+instead of a numpy reduction. It must decide exactly as the array check does: every payload below is decoded with the short check and with it forced off, and both give the same
 array or the same error; bad values through it get a 4xx naming the input, never a 5xx."""
 
 from __future__ import annotations
@@ -40,6 +40,13 @@ def payloads(width: int) -> list[Any]:
         ["1.0", *ok[1:]],  # a string
         [[v] for v in ok],  # nested wrongly
         [ok],  # nested as [1, width] rows
+        [[None, *ok[1:]]],  # the same checks inside a row
+        [["1.0", *ok[1:]]],
+        [[1e39, *ok[1:]]],
+        [[*ok[:-1], float("nan")]],
+        [[10**400, *ok[1:]]],
+        [ok[:-1]],  # a short row
+        [[*ok[:-1], [1.0]]],
         [1e39, *ok[1:]],
         [-1e39, *ok[1:]],
         [FLT_MAX, *ok[1:]],
@@ -79,17 +86,19 @@ def test_short_check_decides_as_the_array_check(monkeypatch, elem: int, allow_mi
         body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": datatype, "data": data}]}
         fast = outcome(rt, body, allow_missing)
         with monkeypatch.context() as m:
-            m.setattr(codec, "_finite_numbers", lambda *_a: False)
+            m.setattr(codec, "_flat_numbers", lambda *_a: False)
             slow = outcome(rt, body, allow_missing)
         assert fast == slow, f"{datatype} data {data!r}: short path {fast[:2]} vs array check {slow[:2]}"
         seen_ok += fast[0] == "ok"
     assert 0 < seen_ok < len(payloads(4))  # both kinds of outcome were compared
 
 
-def test_short_check_accepts_only_finite_numbers_in_range() -> None:
-    assert codec._finite_numbers([0.0, 1, -FLT_MAX, FLT_MAX], FLT_MAX)
-    for bad in ([None], ["a"], [[1.0]], [1e39], [float("nan")], [float("inf")], [10**400], [], [0.5, True]):
-        assert not codec._finite_numbers(bad, FLT_MAX), bad
+def test_short_check_takes_flat_numbers_only() -> None:
+    assert codec._flat_numbers(
+        [0.0, 1, -FLT_MAX, FLT_MAX, 1e39, 10**400]
+    )  # the range is checked on the array
+    for bad in ([None], ["a"], [[1.0]], [0.5, True], [False], [1, {"v": 1}]):
+        assert not codec._flat_numbers(bad), bad
 
 
 @pytest.mark.parametrize(
