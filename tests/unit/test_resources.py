@@ -205,12 +205,6 @@ def test_requests_within_limits_accepted(resources: dict[str, Any]) -> None:
             "requests.ephemeral-storage",
             "2Ti is more than limits.ephemeral-storage 1T",
         ),
-        (
-            {"nvidia.com/gpu": 2},
-            {"nvidia.com/gpu": 1},
-            "requests.nvidia.com/gpu",
-            "2 is more than limits.nvidia.com/gpu 1",
-        ),
     ],
 )
 def test_requests_above_limits_refused_naming_the_field(
@@ -219,6 +213,90 @@ def test_requests_above_limits_refused_naming_the_field(
     with pytest.raises(ValidationError) as info:
         r.ResourceRequirements.model_validate({"requests": requests, "limits": limits})
     assert r.format_validation_error(info.value) == f"{field}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("name", "allowed"),
+    [
+        ("cpu", True),
+        ("memory", True),
+        ("ephemeral-storage", True),
+        ("kubernetes.io/example", True),  # the native domain
+        ("storage.kubernetes.io/scratch", True),  # Kubernetes tests for the domain anywhere in the name
+        ("hugepages-2Mi", False),
+        ("hugepages-1Gi", False),
+        ("nvidia.com/gpu", False),
+        ("example.com/fpga", False),
+        ("amd.com/gpu", False),
+    ],
+)
+def test_overcommit_allowed_as_kubernetes_decides(name: str, allowed: bool) -> None:
+    assert r.overcommit_allowed(name) is allowed
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [
+        {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": 1}},  # equal, str against int
+        {"requests": {"example.com/fpga": "1000m"}, "limits": {"example.com/fpga": "1"}},  # equal, other form
+        {"requests": {"hugepages-2Mi": "128Mi", "memory": "1Gi"}, "limits": {"hugepages-2Mi": "128Mi"}},
+        # Only a limit: Kubernetes sets the request to it. Only a request: the operator sets the limit.
+        {"limits": {"nvidia.com/gpu": 2}},
+        {"requests": {"example.com/fpga": 2}},
+        # Native resources may still be overcommitted beside an extended one.
+        {"requests": {"cpu": "1", "nvidia.com/gpu": 1}, "limits": {"cpu": "4", "nvidia.com/gpu": 1}},
+    ],
+)
+def test_non_overcommitable_request_equal_to_limit_accepted(resources: dict[str, Any]) -> None:
+    r.ResourceRequirements.model_validate(resources)
+
+
+@pytest.mark.parametrize(
+    ("requests", "limits", "field", "message"),
+    [
+        (
+            {"nvidia.com/gpu": 1},
+            {"nvidia.com/gpu": 2},
+            "requests.nvidia.com/gpu",
+            "1 must equal limits.nvidia.com/gpu 2 (extended resources cannot be overcommitted)",
+        ),
+        (
+            {"nvidia.com/gpu": 2},
+            {"nvidia.com/gpu": 1},
+            "requests.nvidia.com/gpu",
+            "2 must equal limits.nvidia.com/gpu 1 (extended resources cannot be overcommitted)",
+        ),
+        (
+            {"cpu": "1", "example.com/fpga": "1"},
+            {"cpu": "2", "example.com/fpga": "2"},
+            "requests.example.com/fpga",
+            "1 must equal limits.example.com/fpga 2 (extended resources cannot be overcommitted)",
+        ),
+        (
+            {"memory": "1Gi", "hugepages-2Mi": "64Mi"},
+            {"memory": "1Gi", "hugepages-2Mi": "128Mi"},
+            "requests.hugepages-2Mi",
+            "64Mi must equal limits.hugepages-2Mi 128Mi (hugepages cannot be overcommitted)",
+        ),
+    ],
+)
+def test_non_overcommitable_request_unlike_limit_refused_naming_the_field(
+    requests: dict[str, Any], limits: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        r.ResourceRequirements.model_validate({"requests": requests, "limits": limits})
+    assert r.format_validation_error(info.value) == f"{field}: {message}"
+
+
+def test_gpu_request_unlike_limit_named_by_full_path_in_a_manifest() -> None:
+    md = _load(ROOT / "examples" / "modeldeployment.yaml")
+    md["spec"]["resources"] = {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 2}}
+    with pytest.raises(ValidationError) as info:
+        r.load_manifest(md)
+    assert r.format_validation_error(info.value) == (
+        "spec.resources.requests.nvidia.com/gpu: 1 must equal limits.nvidia.com/gpu 2 "
+        "(extended resources cannot be overcommitted)"
+    )
 
 
 def test_requests_above_limits_named_by_full_path_in_a_manifest() -> None:

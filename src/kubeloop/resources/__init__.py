@@ -45,6 +45,7 @@ from kubeloop.resources._base import (
     Quantity,
     ResourceRequirements,
     Toleration,
+    overcommit_allowed,
     parse_duration,
     parse_quantity,
 )
@@ -205,6 +206,7 @@ __all__ = [
     "WindowSpec",
     "format_validation_error",
     "load_manifest",
+    "overcommit_allowed",
     "parse_duration",
     "parse_quantity",
 ]

@@ -244,31 +244,84 @@ def _fail(field: str, message: str) -> ValueError:
     return ValueError(f"{field}: {message}")
 
 
-# Resources whose request-within-limit rule has a CEL rule of its own (see ResourceRequirements).
+def overcommit_allowed(name: str) -> bool:
+    """Whether a container may request less of resource ``name`` than its limit.
+
+    Kubernetes' rule (pkg/apis/core/helper ``IsOvercommitAllowed``: ``IsNativeResource(name) &&
+    !IsHugePageResourceName(name)``): native resources (no domain, or one containing ``kubernetes.io/``)
+    may be overcommitted, except ``hugepages-*``; every extended resource (``nvidia.com/gpu``,
+    ``example.com/fpga``) may not. For those, pkg/apis/core/validation ``ValidateResourceRequirements``
+    refuses a request unlike its limit ("must be equal to <name> limit") and a request without a limit
+    ("Limit must be set for non overcommitable resources")."""
+    return ("/" not in name or "kubernetes.io/" in name) and not name.startswith("hugepages-")
+
+
+def _no_overcommit_reason(name: str) -> str:
+    return "hugepages" if name.startswith("hugepages-") else "extended resources"
+
+
+# Resources whose request-against-limit rule has a CEL rule of its own (see ResourceRequirements).
 _NAMED_RESOURCES: Final = ("cpu", "memory", "ephemeral-storage", GPU_RESOURCE)
 
 
-def _request_within_limit(key: str) -> str:
-    """CEL: the request for ``key`` (a CEL string expression) is at most its limit, or either is absent.
+def _overcommit_allowed_cel(key: str) -> str:
+    """CEL twin of :func:`overcommit_allowed` for ``key`` (a CEL string expression)."""
+    return f"((!{key}.contains('/') || {key}.contains('kubernetes.io/')) && !{key}.startsWith('hugepages-'))"
+
+
+def _request_fits_limit(key: str, overcommit: bool | None = None) -> str:
+    """CEL: the request for ``key`` (a CEL string expression) is at most its limit (equal to it where
+    the resource cannot be overcommitted), or either is absent. ``overcommit`` is known for a named
+    resource; None decides per key.
 
     Values may be ints (int-or-string), hence string(); a malformed quantity is left to its own rule."""
-    req, lim = f"string(self.requests[{key}])", f"string(self.limits[{key}])"
+    req, lim = f"quantity(string(self.requests[{key}]))", f"quantity(string(self.limits[{key}]))"
+    within, equal = f"!{lim}.isLessThan({req})", f"{req}.compareTo({lim}) == 0"
+    if overcommit is None:
+        check = f"({_overcommit_allowed_cel(key)} ? {within} : {equal})"
+    else:
+        check = within if overcommit else equal
     return (
-        f"!({key} in self.requests) || !({key} in self.limits) || !isQuantity({req}) || !isQuantity({lim})"
-        f" || !quantity({lim}).isLessThan(quantity({req}))"
+        f"!({key} in self.requests) || !({key} in self.limits) || !isQuantity(string(self.requests[{key}]))"
+        f" || !isQuantity(string(self.limits[{key}])) || {check}"
     )
 
 
-# CEL: the first resource, other than the named ones, requested above its limit.
-_FIRST_OTHER_ABOVE_LIMIT: Final = (
-    f"self.requests.filter(k, !(k in {list(_NAMED_RESOURCES)}) && !({_request_within_limit('k')}))[0]"
+def _named_rule(name: str) -> dict[str, str]:
+    """The rule for one named resource, with the server naming the exact field (requests[memory])."""
+    k = repr(name)
+    req, lim = f"string(self.requests[{k}])", f"string(self.limits[{k}])"
+    if overcommit_allowed(name):
+        message = f"requests.{name} must not be more than limits.{name}"
+        expression = f"{req} + ' is more than limits.{name} ' + {lim}"
+    else:
+        reason = f"({_no_overcommit_reason(name)} cannot be overcommitted)"
+        message = f"requests.{name} must equal limits.{name} {reason}"
+        expression = f"{req} + ' must equal limits.{name} ' + {lim} + ' {reason}'"
+    return _cel(
+        f"!has(self.requests) || !has(self.limits) || {_request_fits_limit(k, overcommit_allowed(name))}",
+        message,
+        f".requests[{k}]",
+        message_expression=expression,
+    )
+
+
+# CEL: the first resource, other than the named ones, whose request does not fit its limit.
+_FIRST_OTHER_MISFIT: Final = (
+    f"self.requests.filter(k, !(k in {list(_NAMED_RESOURCES)}) && !({_request_fits_limit('k')}))[0]"
 )
 
 
-def _other_above_limit_message() -> str:
-    """CEL: ``<key>: <request> is more than limits.<key> <limit>`` for that first resource."""
-    k = _FIRST_OTHER_ABOVE_LIMIT
-    return f"{k} + ': ' + string(self.requests[{k}]) + ' is more than limits.' + {k} + ' ' + string(self.limits[{k}])"
+def _other_misfit_message() -> str:
+    """CEL: ``<key>: <request> is more than limits.<key> <limit>`` (``must equal``, with the reason, for a
+    resource that cannot be overcommitted) for that first resource."""
+    k = _FIRST_OTHER_MISFIT
+    return (
+        f"{k} + ': ' + string(self.requests[{k}]) + ({_overcommit_allowed_cel(k)} ? ' is more than limits.'"
+        f" : ' must equal limits.') + {k} + ' ' + string(self.limits[{k}]) + ({_overcommit_allowed_cel(k)} ? ''"
+        f" : {k}.startsWith('hugepages-') ? ' (hugepages cannot be overcommitted)'"
+        " : ' (extended resources cannot be overcommitted)')"
+    )
 
 
 class ResourceRequirements(KubeloopModel):
@@ -281,30 +334,23 @@ class ResourceRequirements(KubeloopModel):
         default_factory=dict, max_length=32, description="Maximum resources the pod may use."
     )
 
-    # The API server refuses a container whose request exceeds its limit, but only when the operator
-    # creates the Job/Deployment: refuse it at admission of our object instead. The common resources
-    # get a rule each, so the server names the exact field (requests[memory]) as the SDK does; one
-    # rule over the map catches any other resource and names it in its message.
+    # The API server refuses a container whose request exceeds its limit, or differs from it for a
+    # resource that cannot be overcommitted (see overcommit_allowed), but only when the operator creates
+    # the Job/Deployment: refuse it at admission of our object instead. The common resources get a rule
+    # each, so the server names the exact field (requests[memory]) as the SDK does; one rule over the
+    # map catches any other resource and names it in its message. A request without a limit is
+    # accepted: the operator sets the limit to the request where Kubernetes needs one.
     cel_rules = (
-        *(
-            _cel(
-                f"!has(self.requests) || !has(self.limits) || {_request_within_limit(repr(k))}",
-                f"requests.{k} must not be more than limits.{k}",
-                f".requests[{k!r}]",
-                message_expression=(
-                    f"string(self.requests[{k!r}]) + ' is more than limits.{k} ' + string(self.limits[{k!r}])"
-                ),
-            )
-            for k in _NAMED_RESOURCES
-        ),
+        *(_named_rule(k) for k in _NAMED_RESOURCES),
         _cel(
             "!has(self.requests) || !has(self.limits) || self.requests.all(k, "
-            f"k in {list(_NAMED_RESOURCES)} || {_request_within_limit('k')})",
-            "a request must not be more than the limit of the same resource",
+            f"k in {list(_NAMED_RESOURCES)} || {_request_fits_limit('k')})",
+            "a request must not be more than the limit of the same resource, nor differ from it where the "
+            "resource cannot be overcommitted (extended resources, hugepages)",
             ".requests",
             # Names the first offender only: listing every one (map + join) is over the cost budget, and
             # cel.bind is not offered to CRD rules.
-            message_expression=_other_above_limit_message(),
+            message_expression=_other_misfit_message(),
         ),
     )
 
@@ -312,7 +358,16 @@ class ResourceRequirements(KubeloopModel):
     def _requests_within_limits(self) -> Self:
         for name, request in self.requests.items():
             limit = self.limits.get(name)
-            if limit is not None and parse_quantity(request) > parse_quantity(limit):
+            if limit is None:
+                continue
+            req, lim = parse_quantity(request), parse_quantity(limit)
+            if not overcommit_allowed(name) and req != lim:
+                raise _fail(
+                    f"requests.{name}",
+                    f"{request} must equal limits.{name} {limit} "
+                    f"({_no_overcommit_reason(name)} cannot be overcommitted)",
+                )
+            if req > lim:
                 raise _fail(f"requests.{name}", f"{request} is more than limits.{name} {limit}")
         return self
 
