@@ -244,3 +244,15 @@ def test_any_valid_trainingjob_name_gives_children_the_api_server_accepts(name: 
     # names that were valid keep their children's names (a restarted operator adopts them)
     assert b.job_name("breast-cancer") == "breast-cancer"
     assert b.rendezvous_service_name("breast-cancer") == "breast-cancer-rdzv"
+
+
+def test_extended_resources_in_requests_get_their_limit_beside_the_gpus() -> None:
+    # gpusPerNode sets nvidia.com/gpu; any other non-overcommitable resource requested alone gets the
+    # limit the API server requires of it, and cpu keeps being overcommitted.
+    spec = example_spec(
+        distributed__gpusPerNode=2,
+        resources={"requests": {"cpu": "1", "example.com/fpga": 1}, "limits": {"cpu": 4}},
+    )
+    c = b.build_job(OWNER, spec, CFG)["spec"]["template"]["spec"]["containers"][0]
+    assert c["resources"]["requests"] == {"cpu": "1", "example.com/fpga": "1", "nvidia.com/gpu": "2"}
+    assert c["resources"]["limits"] == {"cpu": "4", "example.com/fpga": "1", "nvidia.com/gpu": "2"}

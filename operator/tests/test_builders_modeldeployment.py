@@ -298,3 +298,54 @@ def test_a_gpu_asked_for_in_requests_only_gets_the_limit_kubernetes_requires() -
     res = common.container_resources(ResourceRequirements(requests={"nvidia.com/gpu": 1, "cpu": "1"}))
     assert res["limits"] == {"nvidia.com/gpu": "1"}
     assert res["requests"] == {"nvidia.com/gpu": "1", "cpu": "1"}
+
+
+def _kubernetes_refusals(resources: dict[str, Any]) -> list[str]:
+    """What the API server's ValidateResourceRequirements says about a container's non-overcommitable
+    resources: a request needs a limit, and the same one."""
+    from kubeloop.resources import overcommit_allowed, parse_quantity
+
+    requests, limits = resources.get("requests", {}), resources.get("limits", {})
+    out = []
+    for name, request in requests.items():
+        if overcommit_allowed(name):
+            continue
+        if name not in limits:
+            out.append(f"limits.{name}: Limit must be set for non overcommitable resources")
+        elif parse_quantity(request) != parse_quantity(limits[name]):
+            out.append(f"requests.{name}: must be equal to {name} limit")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("requests", "limits", "expected_limits"),
+    [
+        # Every extended resource and hugepages get the limit Kubernetes requires; native ones do not.
+        (
+            {"example.com/fpga": 2, "hugepages-2Mi": "128Mi", "cpu": "1", "memory": "1Gi"},
+            {"memory": "2Gi"},
+            {"memory": "2Gi", "example.com/fpga": "2", "hugepages-2Mi": "128Mi"},
+        ),
+        ({"kubernetes.io/batteries": "1", "ephemeral-storage": "1Gi"}, {}, {}),
+        # A limit already given (equal, written differently) is kept as written.
+        ({"example.com/fpga": "2000m"}, {"example.com/fpga": 2}, {"example.com/fpga": "2"}),
+    ],
+)
+def test_every_non_overcommitable_request_gets_the_limit_kubernetes_requires(
+    requests: dict[str, Any], limits: dict[str, Any], expected_limits: dict[str, str]
+) -> None:
+    from kubeloop.resources import ResourceRequirements
+
+    res = common.container_resources(ResourceRequirements(requests=requests, limits=limits))
+    assert res.get("limits", {}) == expected_limits
+    assert res["requests"] == {k: str(v) for k, v in requests.items()}  # requests are never changed
+    assert _kubernetes_refusals(res) == []
+
+
+def test_a_deployment_asking_for_an_extended_resource_in_requests_only_is_one_kubernetes_accepts() -> None:
+    spec = example_spec(
+        resources={"requests": {"cpu": "500m", "example.com/fpga": 1, "hugepages-1Gi": "2Gi"}}
+    )
+    c = container(b.build_deployment(OWNER, spec, "stable", V3, 1, CFG))
+    assert c["resources"]["limits"] == {"example.com/fpga": "1", "hugepages-1Gi": "2Gi"}
+    assert _kubernetes_refusals(c["resources"]) == []

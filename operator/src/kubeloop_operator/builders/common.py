@@ -11,7 +11,7 @@ from kubeloop.contracts import MANAGED_BY_OPERATOR, PART_OF_KUBELOOP, Labels
 from kubeloop.naming import child_name as child_name
 from kubeloop.naming import dns_label_name as dns_label_name
 from kubeloop.naming import short_hash as _hash
-from kubeloop.resources import GPU_RESOURCE, ResourceRequirements, Toleration
+from kubeloop.resources import GPU_RESOURCE, ResourceRequirements, Toleration, overcommit_allowed
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
@@ -92,14 +92,18 @@ def metadata(
 
 
 def container_resources(res: ResourceRequirements, gpus: int = 0) -> dict[str, Any]:
-    """A container's ``resources``; GPUs go into limits (and requests), as the device plugin wants."""
+    """A container's ``resources``; ``gpus`` go into limits (and requests), as the device plugin wants, and
+    a request of a resource that cannot be overcommitted gets the limit Kubernetes requires of it."""
     requests = {k: str(v) for k, v in res.requests.items()}
     limits = {k: str(v) for k, v in res.limits.items()}
     if gpus > 0:
         limits.setdefault(GPU_RESOURCE, str(gpus))
         requests.setdefault(GPU_RESOURCE, limits[GPU_RESOURCE])
-    elif GPU_RESOURCE in requests:  # the API server refuses a GPU request without the same limit
-        limits.setdefault(GPU_RESOURCE, requests[GPU_RESOURCE])
+    # The API server refuses a request without a limit for a resource that cannot be overcommitted
+    # (extended resources such as nvidia.com/gpu, hugepages); the schema has made a given one equal.
+    for name, request in requests.items():
+        if not overcommit_allowed(name):
+            limits.setdefault(name, request)
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
