@@ -147,3 +147,14 @@ def test_the_retrain_is_the_templates_trainingjob_owned_by_the_monitor() -> None
 
 def test_a_reference_is_not_a_template() -> None:
     assert b.retrain_spec_from_template(example()) is None
+
+
+def test_the_memory_request_the_operator_setting_is_checked_against_is_the_cronjob_s() -> None:
+    from kubeloop_operator.reconcile.driftmonitor import check_pod_config
+    from kubeloop_operator.settings import OperatorSettings
+
+    cfg = check_pod_config(OperatorSettings(drift_check_memory_limit="256Mi"))
+    pod = b.build_cronjob(OWNER, example(), cfg)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["memory"] == b.CHECK_MEMORY_REQUEST
+    assert resources["limits"]["memory"] == "256Mi"

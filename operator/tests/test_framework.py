@@ -254,6 +254,41 @@ def test_the_command_line_refuses_bad_settings(
     assert load(["--namespaces", "a,b", "--standalone"]).namespaces == "a,b"
 
 
+@pytest.mark.parametrize("value", ["768Mi", "128Mi", "1Gi", "134217728", "0.5Gi"])
+def test_drift_check_memory_limit_is_a_quantity_of_at_least_the_request(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("KUBELOOP_OPERATOR_DRIFT_CHECK_MEMORY_LIMIT", value)
+    assert OperatorSettings().drift_check_memory_limit == value
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("64Mi", "must be at least the drift check pod's memory request 128Mi, got 64Mi"),
+        ("127Mi", "must be at least the drift check pod's memory request 128Mi, got 127Mi"),
+        ("134217727", "must be at least the drift check pod's memory request 128Mi, got 134217727"),
+        ("768mb", "'768mb' is not a Kubernetes quantity (e.g. 500m, 2, 1Gi)"),
+        ("lots", "'lots' is not a Kubernetes quantity (e.g. 500m, 2, 1Gi)"),
+        ("-1Gi", "'-1Gi' is negative; resource quantities are 0 or more"),
+    ],
+)
+def test_a_drift_check_memory_limit_kubernetes_would_refuse_stops_the_operator_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str, message: str
+) -> None:
+    # Else every DriftMonitor's CronJob is refused by the API server (limit below request, or no quantity).
+    from kubeloop_operator.__main__ import load
+
+    monkeypatch.setenv("KUBELOOP_OPERATOR_DRIFT_CHECK_MEMORY_LIMIT", value)
+    with pytest.raises(ValueError, match="drift_check_memory_limit"):
+        OperatorSettings()
+    with pytest.raises(SystemExit) as info:
+        load([])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"KUBELOOP_OPERATOR_DRIFT_CHECK_MEMORY_LIMIT: {message}" in err, err
+
+
 def _apply_merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386, as the API server applies a merge patch."""
     if not isinstance(patch, dict):

@@ -49,7 +49,8 @@ def load(argv: list[str] | None = None) -> OperatorSettings:
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"])
             var = f"KUBELOOP_OPERATOR_{loc.upper()}" if loc else "settings"
-            print(f"kubeloop-operator: {var}: {err['msg']}", file=sys.stderr)
+            msg = err["msg"].removeprefix("Value error, ")
+            print(f"kubeloop-operator: {var}: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

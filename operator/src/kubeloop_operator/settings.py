@@ -14,10 +14,12 @@ import os
 import socket
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubeloop.contracts import DEFAULT_BUCKET, DEFAULT_CREDENTIALS_SECRET
+from kubeloop.resources import Quantity, parse_quantity
+from kubeloop_operator.builders.driftmonitor import CHECK_MEMORY_REQUEST
 
 
 class OperatorSettings(BaseSettings):
@@ -91,10 +93,11 @@ class OperatorSettings(BaseSettings):
         le=86400,
         description="activeDeadlineSeconds of one drift check Job: a check running longer is stopped.",
     )
-    drift_check_memory_limit: str = Field(
+    drift_check_memory_limit: Quantity = Field(
         default="768Mi",
-        description="Memory limit of a drift check pod (the check reads its window part by part; "
-        "bench-drift-check measures its peak).",
+        description="Memory limit of a drift check pod, a Kubernetes quantity of at least the pod's "
+        f"request {CHECK_MEMORY_REQUEST} (the check reads its window part by part; bench-drift-check "
+        "measures its peak).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="imagePullPolicy of every container the operator creates."
@@ -181,6 +184,16 @@ class OperatorSettings(BaseSettings):
         default="info",
         description="Log level of the operator (kopf's per-object logs stay at WARNING and above).",
     )
+
+    @field_validator("drift_check_memory_limit")
+    @classmethod
+    def _memory_limit_fits_the_request(cls, value: int | str) -> int | str:
+        # Checked here, at start: the API server would refuse every DriftMonitor's CronJob instead.
+        if parse_quantity(value) < parse_quantity(CHECK_MEMORY_REQUEST):
+            raise ValueError(
+                f"must be at least the drift check pod's memory request {CHECK_MEMORY_REQUEST}, got {value}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _credentials_pair(self) -> OperatorSettings:

@@ -48,6 +48,11 @@ class DriftCheckPodConfig:
     memory_limit: str = "768Mi"
 
 
+# The check pod's memory request; the operator refuses to start with a memory limit below it
+# (KUBELOOP_OPERATOR_DRIFT_CHECK_MEMORY_LIMIT), which the API server would refuse in every CronJob.
+CHECK_MEMORY_REQUEST: Final = "128Mi"
+
+
 def cronjob_name(monitor: str) -> str:
     return child_name(monitor, "drift-check", max_len=CRONJOB_NAME_MAX)
 
@@ -162,7 +167,7 @@ def build_cronjob(owner: Owner, spec: DriftMonitorSpec, cfg: DriftCheckPodConfig
         "imagePullPolicy": cfg.image_pull_policy,
         "env": check_env(owner, cfg),
         "resources": {
-            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "requests": {"cpu": "100m", "memory": CHECK_MEMORY_REQUEST},
             "limits": {"memory": cfg.memory_limit},
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -90,7 +90,7 @@ def check_pod_config(settings: OperatorSettings) -> b.DriftCheckPodConfig:
             region=settings.s3_region,
         ),
         deadline_seconds=settings.drift_check_deadline_seconds,
-        memory_limit=settings.drift_check_memory_limit,
+        memory_limit=str(settings.drift_check_memory_limit),
     )
 
 
