@@ -258,4 +258,6 @@ def test_no_internal_for_generated_grpc_requests(make_grpc, packed_clf, mixed_cl
     print("gRPC fuzz codes:", codes)
     assert sum(codes.values()) >= N_GRPC * 0.9, codes
     assert codes.get("OK", 0) >= 50, codes
-    assert codes.get("INVALID_ARGUMENT", 0) > 40, codes
+    # Enough refusals to show the generator reaches validation. Hypothesis does not draw evenly: over 21
+    # random seeds this count ran from 39 to 97 of 320, so a bound of 40 failed now and then.
+    assert codes.get("INVALID_ARGUMENT", 0) >= 20, codes
