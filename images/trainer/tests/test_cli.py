@@ -97,6 +97,26 @@ def test_local_dataset_that_does_not_exist(
     assert json.loads(term.read_text())["reason"] == "DatasetNotFound"
 
 
+def test_a_ragged_csv_exits_as_an_unreadable_dataset(
+    local_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_spec: Callable[..., dict[str, Any]],
+) -> None:
+    # every row one field longer than the header: pandas alone would train on x moved into the index
+    for k, v in local_env.items():
+        monkeypatch.setenv(k, v)
+    data = tmp_path / "d.csv"
+    data.write_text("x,y\n" + "".join(f"{i},{i % 2},\n" for i in range(40)))
+    term = tmp_path / "term"
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(make_spec(str(data), "y", "classification")))
+    assert main(["--spec", f"@{spec_file}", "--termination-log", str(term)]) == 12
+    failure = json.loads(term.read_text())
+    assert failure["reason"] == "UnreadableDataset"
+    assert "line 2 (data row 1) has 3 fields but the header has 2" in failure["message"]
+
+
 @pytest.mark.slow
 def test_local_end_to_end_in_process(
     breast_cancer: pd.DataFrame,

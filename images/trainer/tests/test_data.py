@@ -401,3 +401,129 @@ def test_csv_timestamps_written_by_pandas_are_temporal_text() -> None:
     df["d"] = pd.date_range("2024-01-01", periods=len(df), freq="D")
     ds = check(csv_bytes(df))
     assert ds.ignored_columns == {"at": "timestamps", "d": "dates"}
+
+
+# Rows whose number of fields differs from the header's. pandas (default options) reads a row one
+# field longer than the header by turning the first column into the index (every value moves one
+# column left; the first column is lost without an error), pads a short row with NaN, and with
+# index_col=False drops the extra field. Each is refused, naming the physical line, the data row and
+# the counts. Each case: the file, then (line, data row, fields, header fields).
+RAGGED_CSV: dict[str, tuple[bytes, tuple[int, int, int, int]]] = {
+    "a short row": (b"a,b,y\n1,2,0\n4,5\n6,7,1\n", (3, 2, 2, 3)),
+    "a long first row (read as the index)": (b"a,y\n1,2,0\n4,5\n6,7\n", (2, 1, 3, 2)),
+    "every row long (read as the index)": (b"a,y\n1,2,0\n4,5,1\n6,7,0\n", (2, 1, 3, 2)),
+    "a long row later": (b"a,b,y\n1,2,0\n3,4,1\n5,6,7,0\n", (4, 3, 4, 3)),
+    "a trailing empty field": (b"a,y\n1,0\n2,1,\n3,0\n", (3, 2, 3, 2)),
+    "a trailing empty field on every row": (b"a,y\n1,0,\n2,1,\n", (2, 1, 3, 2)),
+    "after a quoted value over two lines": (b'a,b,y\n"x,\ny",2,0\n3,4\n', (4, 2, 2, 3)),
+    "after blank lines": (b"\na,b,y\n\n1,2,0\n\n3,4\n", (6, 2, 2, 3)),
+    "CRLF line ends": (b"a,b,y\r\n1,2,0\r\n3,4,5,1\r\n", (3, 2, 4, 3)),
+    "lone CR line ends": (b"a,b,y\r1,2,0\r3,4\r", (3, 2, 2, 3)),
+    "a literal quote in a short row": (b'a,b,y\n5" x,2,0\n6" y,1\n', (3, 2, 2, 3)),
+    "a quote after a space is literal": (b'a,y\n1,0\n "3,4",1\n', (3, 2, 3, 2)),
+    "no line end after the last row": (b"a,b,y\n1,2,0\n3,4", (3, 2, 2, 3)),
+    "a single-column header": (b"y\n1\n2,3\n", (3, 2, 2, 1)),
+}
+
+
+@pytest.mark.parametrize("case", RAGGED_CSV, ids=list(RAGGED_CSV))
+def test_csv_rows_with_another_number_of_fields_are_refused_naming_the_line(case: str) -> None:
+    data, (line, row, fields, header) = RAGGED_CSV[case]
+    with pytest.raises(errors.UnreadableDatasetError) as e:
+        read_table(data, "/d.csv")
+    assert e.value.exit_code == 12
+    assert e.value.message == (
+        f"dataset /d.csv is a malformed CSV: line {line} (data row {row}) has {fields} "
+        f"field{'s' if fields != 1 else ''} but the header has {header}; every row needs one value per "
+        "column (an empty value is written as nothing between two commas)"
+    )
+
+
+def test_an_unterminated_quote_is_named() -> None:
+    with pytest.raises(errors.UnreadableDatasetError) as e:
+        read_table(b'a,b,y\n1,2,0\n3,"4,1\n5,6,0\n', "/d.csv")
+    assert "unterminated quoted field starting at line 3 (data row 2)" in e.value.message
+
+
+# Files whose rows all have the header's number of fields, however they are written: quoted commas,
+# quoted line breaks, "" escapes, quotes inside unquoted fields, blank and whitespace-only lines (pandas
+# skips both), a byte-order mark, CRLF. Each case: the file, then the rows as pandas reads them.
+WELL_FORMED_CSV: dict[str, tuple[bytes, list[list[object]]]] = {
+    "quoted commas and line breaks": (
+        b'a,b,y\n"x, and\nmore, lines",2,0\n"p,q","r\r\ns",1\n',
+        [["x, and\nmore, lines", "2", 0], ["p,q", "r\r\ns", 1]],
+    ),
+    "escaped quotes": (b'a,b,y\n"say ""hi"", ok",2,0\n"""",3,1\n', [['say "hi", ok', 2, 0], ['"', 3, 1]]),
+    "quotes inside an unquoted field": (b'a,b,y\n5" x,2,0\n6",3,1\n', [['5" x', 2, 0], ['6"', 3, 1]]),
+    "text after a closing quote": (b'a,b,y\n"x"y,2,0\n"p",3,1\n', [["xy", 2, 0], ["p", 3, 1]]),
+    "blank and whitespace-only lines": (b"a,b,y\n1,2,0\n\n  \n\t\n3,4,1\n\n", [[1, 2, 0], [3, 4, 1]]),
+    "BOM and CRLF": (b'\xef\xbb\xbf"a",b,y\r\n1,2,0\r\n\r\n3,4,1\r\n', [[1, 2, 0], [3, 4, 1]]),
+    "an empty header name and trailing commas": (b"a,y,\n1,0,\n2,1,\n", [[1, 0, None], [2, 1, None]]),
+    "empty values": (b"a,b,y\n,,0\n1,,1\n", [[None, None, 0], [1, None, 1]]),
+}
+
+
+@pytest.mark.parametrize("case", WELL_FORMED_CSV, ids=list(WELL_FORMED_CSV))
+def test_well_formed_csv_rows_are_not_ragged(case: str) -> None:
+    data, rows = WELL_FORMED_CSV[case]
+    df = read_table(data, "/d.csv")
+    assert isinstance(df.index, pd.RangeIndex)
+    got = df.astype(object).where(df.notna(), None).to_numpy().tolist()
+    assert got == rows
+
+
+# Cases outside the vectorised scan's model (lone CR line ends, quotes that neither open nor close a
+# field): the exact scan decides them.
+EXACT_ONLY = {
+    "lone CR line ends",
+    "a literal quote in a short row",
+    "a quote after a space is literal",
+    "quotes inside an unquoted field",
+    "text after a closing quote",
+}
+
+
+@pytest.mark.parametrize("case", [*RAGGED_CSV, *WELL_FORMED_CSV])
+def test_the_fast_and_the_exact_row_scan_agree(case: str) -> None:
+    from kubeloop_trainer.data import _UNSURE, _csv_fault, _csv_header, _fast_csv_fault
+
+    data = RAGGED_CSV[case][0] if case in RAGGED_CSV else WELL_FORMED_CSV[case][0]
+    n = len(_csv_header(data))
+    fast = _fast_csv_fault(data, n)
+    assert (fast is _UNSURE) == (case in EXACT_ONLY)
+    if fast is not _UNSURE:
+        assert fast == _csv_fault(data, n, exact=True)
+
+
+def test_the_row_scans_agree_with_each_other_and_the_reader_on_generated_files() -> None:
+    # Random tables with quoted commas, line breaks, "" escapes, blank lines and CRLF, a third of them
+    # with one row a field short or long: both scans find the same row, and a file they pass is read
+    # with exactly its rows, one they fail is refused naming the row.
+    from kubeloop_trainer.data import _UNSURE, _csv_fault, _fast_csv_fault
+
+    rng = np.random.default_rng(7)
+    pieces = ["1", "2.5", "", "x", '"a,b"', '"line\nbreak"', '"say ""hi"""', '"\r\n,"']
+    for _ in range(200):
+        ncol, nrow = int(rng.integers(1, 5)), int(rng.integers(1, 12))
+        rows = [[str(rng.choice(pieces)) for _ in range(ncol)] for _ in range(nrow)]
+        bad = int(rng.integers(0, nrow)) if rng.random() < 1 / 3 else -1
+        if bad >= 0:
+            rows[bad] = rows[bad][:-1] if ncol > 1 and rng.random() < 0.5 else [*rows[bad], "9"]
+        end = "\r\n" if rng.random() < 0.5 else "\n"
+        lines = [",".join(f"c{i}" for i in range(ncol))]
+        for r in rows:
+            lines.append(",".join(r) or '""')  # a lone empty field would be a blank line
+            if rng.random() < 0.1:
+                lines.append("")
+        data = (end.join(lines) + end).encode()
+        fast, exact = _fast_csv_fault(data, ncol), _csv_fault(data, ncol, exact=True)
+        assert fast is not _UNSURE, data
+        assert fast == exact, data
+        if bad < 0:
+            assert exact is None, data
+            assert len(read_table(data, "/d.csv")) == nrow, data
+        else:
+            assert exact is not None, data
+            assert exact.row == bad + 1, data
+            with pytest.raises(errors.UnreadableDatasetError, match=f"data row {bad + 1}\\)"):
+                read_table(data, "/d.csv")
