@@ -98,7 +98,21 @@ def bad_files(size_limit: int) -> list[BadFile]:
             "file",
             words="unterminated quoted field",
         ),
-        BadFile("ragged-rows", "ragged.csv", b"a,b,c\n1,2,3\n4,5\n6,7,8\n", "file", words="columns"),
+        BadFile(
+            "ragged-rows",
+            "ragged.csv",
+            b"a,b,c\n1,2,3\n4,5\n6,7,8\n",
+            "file",
+            words="line 3 (data row 2) has 2 fields but the header has 3",
+        ),
+        # A trailing empty field: pandas (the trainer's reader) would take the first column for the index.
+        BadFile(
+            "trailing-empty-field",
+            "trailing.csv",
+            b"a,target\n1,0,\n2,1,\n3,0,\n",
+            "file",
+            words="line 2 (data row 1) has 3 fields but the header has 2",
+        ),
         BadFile("duplicate-columns", "dup.csv", b"a,a,b\n1,2,3\n4,5,6\n", "header", words="duplicate"),
         BadFile("blank-column-name", "blank.csv", b"a,,b\n1,2,3\n4,5,6\n", "header", words="no name"),
         BadFile("one-column", "single.csv", b"a\n1\n2\n3\n", "columns", words="at least 2"),

@@ -121,3 +121,64 @@ def test_quotes_that_pair_up_or_sit_inside_a_field_are_accepted(tmp_path: Path) 
     p.write_bytes(b'size,label,y\n5" screen,"a ""big"" one",0\n7,"multi\nline",1\n9,plain,0\n')
     report = validate_file(p, "q.csv", "y", LIMITS)
     assert report.rows == 3
+
+
+# Rows with another number of fields than the header: refused naming the physical line, the data row
+# and both counts, as the trainer refuses them (pandas, its reader, would take the first column for the
+# index when a row is longer, or pad a short row with NaN).
+RAGGED = {
+    "a short row": (b"a,b,y\n1,2,0\n4,5\n6,7,1\n", 3, 2, 2, 3),
+    "a long first row": (b"a,y\n1,2,0\n4,5\n6,7\n", 2, 1, 3, 2),
+    "a long row later": (b"a,b,y\n1,2,0\n3,4,1\n5,6,7,0\n", 4, 3, 4, 3),
+    "a trailing empty field": (b"a,y\n1,0\n2,1,\n3,0\n", 3, 2, 3, 2),
+    "after a quoted value over two lines": (b'a,b,y\n"x,\ny",2,0\n3,4\n', 4, 2, 2, 3),
+    "after blank lines": (b"a,b,y\n\n1,2,0\n\n3,4\n", 5, 2, 2, 3),
+    "CRLF line ends": (b"a,b,y\r\n1,2,0\r\n3,4,5,1\r\n", 3, 2, 4, 3),
+    "a quote after a space is literal": (b'a,y\n1,0\n "3,4",1\n', 3, 2, 3, 2),
+    "no line end after the last row": (b"a,b,y\n1,2,0\n3,4", 3, 2, 2, 3),
+}
+
+
+@pytest.mark.parametrize("case", RAGGED, ids=list(RAGGED))
+def test_a_row_with_another_number_of_fields_is_refused_naming_its_line(case: str, tmp_path: Path) -> None:
+    data, line, row, fields, header = RAGGED[case]
+    p = tmp_path / "r.csv"
+    p.write_bytes(data)
+    with pytest.raises(InvalidError) as exc:
+        validate_file(p, "r.csv", None, LIMITS)
+    assert exc.value.status_code == 422
+    assert exc.value.message == (
+        f"file: malformed CSV: line {line} (data row {row}) has {fields} fields but the header has "
+        f"{header}; every row needs one value per column (an empty value is written as nothing between "
+        "two commas)"
+    )
+
+
+def test_a_ragged_row_past_the_first_block_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kubeloop_api.datasets as ds
+
+    monkeypatch.setattr(ds, "_CSV_BLOCK", 4096)
+    p = tmp_path / "r.csv"
+    p.write_bytes(b"a,b,y\n" + b'1,"x,y",0\n' * 3000 + b"2,3\n" + b"4,5,1\n" * 10)
+    with pytest.raises(InvalidError, match=r"line 3002 \(data row 3001\) has 2 fields but the header has 3"):
+        validate_file(p, "r.csv", None, LIMITS)
+
+
+def test_a_line_of_only_spaces_is_refused_by_name(tmp_path: Path) -> None:
+    # pandas skips such a line, the upload's reader (Arrow) takes it for a row of one field: refused,
+    # saying what the line holds rather than counting its fields.
+    p = tmp_path / "r.csv"
+    p.write_bytes(b"a,b,y\n1,2,0\n \t\n3,4,1\n")
+    with pytest.raises(InvalidError) as exc:
+        validate_file(p, "r.csv", None, LIMITS)
+    assert exc.value.message.startswith(
+        "file: malformed CSV: line 3 (data row 2) holds only spaces or tabs"
+    ), exc.value.message
+
+
+def test_quoted_commas_and_line_breaks_are_not_ragged(tmp_path: Path) -> None:
+    p = tmp_path / "q.csv"
+    p.write_bytes(b'a,b,y\n"x, and\nmore, lines",2,0\n"p,q","r\r\ns",1\n"say ""hi"", ok",,0\n')
+    report = validate_file(p, "q.csv", "y", LIMITS)
+    assert report.rows == 3
+    assert [c.name for c in report.columns] == ["a", "b", "y"]

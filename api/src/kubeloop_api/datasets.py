@@ -2,10 +2,15 @@
 written to object storage. Pure functions over a file: no network, no storage.
 
 A table is accepted when it is non-empty, parses (CSV: UTF-8, comma-separated, a header naming every
-column; Parquet: a readable file with columns), has at least ``min_rows`` data rows and two columns, at
-most ``max_empty_ratio`` empty cells, and contains the target column when one is named. The report lists
-every column with its type and number of empty cells. Every refusal is a 422 whose field says what is
-wrong (``file``, ``header``, ``rows``, ``columns``, ``cells``, ``target``).
+column, one field per column in every row; Parquet: a readable file with columns), has at least
+``min_rows`` data rows and two columns, at most ``max_empty_ratio`` empty cells, and contains the target
+column when one is named. The report lists every column with its type and number of empty cells. Every
+refusal is a 422 whose field says what is wrong (``file``, ``header``, ``rows``, ``columns``, ``cells``,
+``target``).
+
+A CSV is read whole, every row, not a sample (column types are inferred from the first block and
+widened when a later value does not fit). The trainer checks the rows again when it reads the object,
+so a file written to the store some other way is refused there the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import codecs
 import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -122,19 +128,23 @@ def _quote_count_is_odd(path: Path) -> bool:
     return odd
 
 
-def _unterminated_quote(path: Path) -> tuple[int, int] | None:
-    """``(line, record)`` where a quoted field opens and never closes (record 0 is the header), read as
-    the CSV reader reads quotes: special only at the start of a field, ``""`` inside one is a quote,
-    anything after the closing quote up to the comma belongs to the field."""
+def _csv_records(path: Path) -> Iterator[tuple[int, int | None, bool]]:
+    """``(line, fields, spaces_only)`` of each record as the CSV reader (Arrow) reads it: a quote is
+    special only at the start of a field, ``""`` inside a quoted field is a quote, anything after the
+    closing quote up to the comma belongs to the field, a quoted field may span lines; empty lines are
+    skipped (a line of only spaces or tabs is a record, ``spaces_only``). Last, ``(line, None, False)``
+    where a quoted field opens on ``line`` and never closes."""
     in_quote = False
-    opened = (0, 0)
-    record = 0
+    opened = start = fields = 0
     with path.open("r", encoding="utf-8", newline="") as f:
         for line_no, raw in enumerate(f, 1):
             line = raw.rstrip("\r\n")
-            if not in_quote and '"' not in line:
-                record += 1
-                continue
+            if not in_quote:
+                start, fields = line_no, 1
+                if '"' not in line:
+                    if line:
+                        yield line_no, fields + line.count(","), not line.strip(" \t")
+                    continue
             pos, n = 0, len(line)
             while pos <= n:
                 if in_quote:
@@ -147,16 +157,62 @@ def _unterminated_quote(path: Path) -> tuple[int, int] | None:
                     in_quote = False
                     pos = q + 1
                 elif line.startswith('"', pos):
-                    in_quote, opened = True, (line_no, record)
+                    in_quote, opened = True, line_no
                     pos += 1
                     continue
                 comma = line.find(",", pos)
                 if comma < 0:
                     break
+                fields += 1
                 pos = comma + 1
             if not in_quote:
-                record += 1
-    return opened if in_quote else None
+                yield start, fields, False
+    if in_quote:
+        yield opened, None, False
+
+
+def _unterminated_quote(path: Path) -> tuple[int, int] | None:
+    """``(line, record)`` where a quoted field opens and never closes (record 0 is the header)."""
+    for record, (line, fields, _) in enumerate(_csv_records(path)):
+        if fields is None:
+            return line, record
+    return None
+
+
+def _where(line: int, record: int) -> str:
+    return f"line {line} (the header)" if record == 0 else f"line {line} (data row {record})"
+
+
+_RAGGED: Final = re.compile(r"Expected \d+ columns, got \d+")
+
+
+def _ragged_row(path: Path, arrow_message: str) -> InvalidError | None:
+    """The refusal naming the first row whose number of fields is not the header's, where Arrow's error
+    says there is one (its message names the row's text, not its line). Arrow reads every row of the
+    file, not a sample, and refuses any such row; the trainer refuses the same rows (pandas, its reader,
+    would take the first column for the index when a row is longer, and pad a short row with NaN)."""
+    if not _RAGGED.search(arrow_message):
+        return None
+    header = 0
+    for record, (line, fields, spaces_only) in enumerate(_csv_records(path)):
+        if fields is None:
+            return None
+        if record == 0:
+            header = fields
+        elif spaces_only:
+            return _refuse(
+                "file",
+                f"malformed CSV: {_where(line, record)} holds only spaces or tabs; remove the line or "
+                f"write its {header} values",
+            )
+        elif fields != header:
+            return _refuse(
+                "file",
+                f"malformed CSV: {_where(line, record)} has {fields} field{'s' if fields != 1 else ''} but "
+                f"the header has {header}; every row needs one value per column (an empty value is "
+                "written as nothing between two commas)",
+            )
+    return None
 
 
 def _check_quotes(path: Path) -> None:
@@ -171,10 +227,10 @@ def _check_quotes(path: Path) -> None:
     if found is None:
         return
     line, record = found
-    where = f"line {line} (the header)" if record == 0 else f"line {line} (data row {record})"
     raise _refuse(
         "file",
-        f"malformed CSV: unterminated quoted field starting at {where}; a field that opens with a quote "
+        f"malformed CSV: unterminated quoted field starting at {_where(line, record)}; a field that opens "
+        "with a quote "
         'must close with one (write "" for a quote inside it)',
     )
 
@@ -235,6 +291,9 @@ def _scan_csv(path: Path) -> tuple[list[ColumnReport], int]:
                     if passes > _MAX_WIDENED:  # each widening is a pass over the file: bounded
                         column_types = {n: pa.string() for n in names}
                     continue
+            ragged = _ragged_row(path, msg)
+            if ragged is not None:
+                raise ragged from None
             where = _conversion_column(msg, names)
             raise _refuse("file", f"not a consistent CSV table: {where}{msg}") from None
         return cols, rows
@@ -256,6 +315,9 @@ def _open_csv(path: Path, column_types: dict[str, Any]) -> Any:
         msg = str(e)
         if "Empty CSV file" in msg:
             raise _refuse("file", "empty: no header and no rows") from None
+        ragged = _ragged_row(path, msg)
+        if ragged is not None:
+            raise ragged from None
         raise _refuse("file", f"not a valid CSV file: {msg.splitlines()[0][:300]}") from None
 
 
