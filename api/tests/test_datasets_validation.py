@@ -182,3 +182,17 @@ def test_quoted_commas_and_line_breaks_are_not_ragged(tmp_path: Path) -> None:
     report = validate_file(p, "q.csv", "y", LIMITS)
     assert report.rows == 3
     assert [c.name for c in report.columns] == ["a", "b", "y"]
+
+
+def test_quoted_line_breaks_across_blocks_are_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrow cuts the file into blocks at line breaks; one inside a quoted value must not be taken for the
+    # end of a row (files over 8 MiB with such values were refused as out of sync or ragged).
+    import kubeloop_api.datasets as ds
+
+    monkeypatch.setattr(ds, "_CSV_BLOCK", 4096)
+    p = tmp_path / "nl.csv"
+    p.write_bytes(b"a,b,y\n" + b'1,"x\ny, z",0\n' * 3000 + b"4,5,1\n" * 10)
+    report = validate_file(p, "nl.csv", "y", LIMITS)
+    assert report.rows == 3010

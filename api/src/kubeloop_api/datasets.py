@@ -308,7 +308,9 @@ def _open_csv(path: Path, column_types: dict[str, Any]) -> Any:
         return pacsv.open_csv(
             str(path),
             read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK),
-            parse_options=pacsv.ParseOptions(delimiter=","),
+            # newlines_in_values: a block must not end at a line break inside a quoted value (Arrow's
+            # default chunker cuts at any line break, and the next block reads out of sync)
+            parse_options=pacsv.ParseOptions(delimiter=",", newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types),
         )
     except pa.ArrowInvalid as e:
