@@ -373,6 +373,14 @@ BAD_DATA: dict[str, tuple[bytes | None, dict[str, Any], str, int, str]] = {
         25,
         "feature column 'at' holds timestamps",
     ),
+    # a trailing comma on every row: pandas alone would train with column a moved into the index
+    "ragged-rows": (
+        b"a,b,target\n" + b"".join(b"%d,%d,%d,\n" % (i, i * 2, i % 2) for i in range(60)),
+        {},
+        "UnreadableDataset",
+        12,
+        "line 2 (data row 1) has 4 fields but the header has 3",
+    ),
 }
 
 
