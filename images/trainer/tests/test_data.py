@@ -472,34 +472,11 @@ def test_well_formed_csv_rows_are_not_ragged(case: str) -> None:
     assert got == rows
 
 
-# Cases outside the vectorised scan's model (lone CR line ends, quotes that neither open nor close a
-# field): the exact scan decides them.
-EXACT_ONLY = {
-    "lone CR line ends",
-    "a literal quote in a short row",
-    "a quote after a space is literal",
-    "quotes inside an unquoted field",
-    "text after a closing quote",
-}
-
-
-@pytest.mark.parametrize("case", [*RAGGED_CSV, *WELL_FORMED_CSV])
-def test_the_fast_and_the_exact_row_scan_agree(case: str) -> None:
-    from kubeloop_trainer.data import _UNSURE, _csv_fault, _csv_header, _fast_csv_fault
-
-    data = RAGGED_CSV[case][0] if case in RAGGED_CSV else WELL_FORMED_CSV[case][0]
-    n = len(_csv_header(data))
-    fast = _fast_csv_fault(data, n)
-    assert (fast is _UNSURE) == (case in EXACT_ONLY)
-    if fast is not _UNSURE:
-        assert fast == _csv_fault(data, n, exact=True)
-
-
-def test_the_row_scans_agree_with_each_other_and_the_reader_on_generated_files() -> None:
+def test_the_row_scan_agrees_with_the_reader_on_generated_files() -> None:
     # Random tables with quoted commas, line breaks, "" escapes, blank lines and CRLF, a third of them
-    # with one row a field short or long: both scans find the same row, and a file they pass is read
-    # with exactly its rows, one they fail is refused naming the row.
-    from kubeloop_trainer.data import _UNSURE, _csv_fault, _fast_csv_fault
+    # with one row a field short or long: the scan finds that row, a file it passes is read with
+    # exactly its rows, and one it fails is refused naming the row.
+    from kubeloop_trainer.data import _csv_fault
 
     rng = np.random.default_rng(7)
     pieces = ["1", "2.5", "", "x", '"a,b"', '"line\nbreak"', '"say ""hi"""', '"\r\n,"']
@@ -516,9 +493,7 @@ def test_the_row_scans_agree_with_each_other_and_the_reader_on_generated_files()
             if rng.random() < 0.1:
                 lines.append("")
         data = (end.join(lines) + end).encode()
-        fast, exact = _fast_csv_fault(data, ncol), _csv_fault(data, ncol, exact=True)
-        assert fast is not _UNSURE, data
-        assert fast == exact, data
+        exact = _csv_fault(data, ncol)
         if bad < 0:
             assert exact is None, data
             assert len(read_table(data, "/d.csv")) == nrow, data

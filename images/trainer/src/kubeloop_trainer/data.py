@@ -14,7 +14,6 @@ uses the same form).
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import hashlib
 import io
 import itertools
@@ -25,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -166,7 +165,7 @@ def _read_csv_rows(data: bytes, uri: str, n_fields: int) -> pd.DataFrame:
     NaN, silently. So the file is scanned (:func:`_csv_fault`) only where it may be ragged: pandas
     warned, the first data row is longer than the header, or the last column holds a missing value,
     which every short row leaves there. A well-formed file with a complete last column is read at the
-    cost of the plain read (the scan, about 0.25 s per 50 MB, runs otherwise)."""
+    cost of the plain read; the scan runs otherwise."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", pd.errors.ParserWarning)
         # index_col=False: never a data column as the index, whatever the check below decides
@@ -189,7 +188,6 @@ def _read_csv_rows(data: bytes, uri: str, n_fields: int) -> pd.DataFrame:
 
 
 _BOM = b"\xef\xbb\xbf"
-_QUOTE, _COMMA, _LF, _CR = 34, 44, 10, 13
 
 
 @dataclass(frozen=True)
@@ -203,89 +201,26 @@ class CsvFault:
     fields: int | None
 
 
-def _csv_fault(data: bytes, n_fields: int, *, exact: bool = False) -> CsvFault | None:
+def _csv_fault(data: bytes, n_fields: int) -> CsvFault | None:
     """The first record whose number of fields is not the header's ``n_fields``, read as pandas reads
     it (default options): a quote is special only at the start of a field, ``""`` inside a quoted field
     is a quote, text after a closing quote belongs to the field; blank lines and lines of only spaces and
     tabs are skipped; a byte-order mark is dropped; LF, CRLF and lone CR end a line.
 
-    Files whose quotes follow RFC 4180 (or that have none) and that have no lone CR are scanned
-    vectorised; any other file line by line, which is slower (``exact=True`` forces that path)."""
-    if not exact:
-        fast = _fast_csv_fault(data, n_fields)
-        if fast is not _Scan.UNSURE:
-            return fast
-    return _exact_csv_fault(data, n_fields)
-
-
-class _Scan(enum.Enum):
-    UNSURE = "unsure"
-
-
-_UNSURE: Final = _Scan.UNSURE
+    A Python scan, line by line: ~0.5 s per 50 MB of plain CSV, ~2 s where most lines hold quotes. It
+    runs only where the file may be ragged (see :func:`_read_csv_rows`), so a well-formed file does not
+    pay for it, and next to training it is small either way."""
+    # bytes split at LF, CRLF and CR only; record 0 is the header
+    for row, (line, fields) in enumerate(_csv_records(_body(data).splitlines())):
+        if fields is None:
+            return CsvFault(line=line, row=row, fields=None)
+        if row and fields != n_fields:
+            return CsvFault(line=line, row=row, fields=fields)
+    return None
 
 
 def _is_blank(record: bytes) -> bool:
     return not record.strip(b" \t\r")
-
-
-def _fast_csv_fault(data: bytes, n_fields: int) -> CsvFault | Literal[_Scan.UNSURE] | None:
-    """The vectorised scan, or ``_UNSURE`` where its model of the file may not be the reader's (a lone
-    CR, an odd number of quotes, a quote that neither opens a field nor closes one)."""
-    if data.count(b"\r") != data.count(b"\r\n"):
-        return _Scan.UNSURE
-    start = len(_BOM) if data.startswith(_BOM) else 0
-    buf = np.frombuffer(data, dtype=np.uint8)
-    size = len(buf)
-    nl = np.flatnonzero(buf == _LF)
-    sep = np.flatnonzero(buf == _COMMA)
-    quotes = np.flatnonzero(buf == _QUOTE)
-    if len(quotes):
-        if len(quotes) % 2:
-            return _Scan.UNSURE
-        # With every quote either opening a field, closing one, or one of a "" pair inside one, the
-        # quotes alternate open/close, so a comma or line end is inside a quoted field exactly when an
-        # odd number of quotes precede it.
-        opens, closes = quotes[0::2], quotes[1::2]
-        before = buf[np.maximum(opens - 1, 0)]
-        after = buf[np.minimum(closes + 1, size - 1)]
-        ok_open = (opens == start) | (before == _COMMA) | (before == _LF)
-        ok_close = (closes == size - 1) | (after == _COMMA) | (after == _LF) | (after == _CR)
-        pair = closes[:-1] + 1 == opens[1:]  # "" inside a quoted field
-        ok_open[1:] |= pair
-        ok_close[:-1] |= pair
-        if not (ok_open.all() and ok_close.all()):
-            return _Scan.UNSURE
-        sep = sep[(np.searchsorted(quotes, sep) & 1) == 0]
-        nl = nl[(np.searchsorted(quotes, nl) & 1) == 0]
-    ends = nl
-    last = int(nl[-1]) + 1 if len(nl) else start
-    if last < size:
-        ends = np.append(nl, size)
-    fields = np.diff(np.searchsorted(sep, ends), prepend=0) + 1
-    starts = np.empty_like(ends)
-    if len(ends):
-        starts[0] = start
-        starts[1:] = ends[:-1] + 1
-    odd = np.flatnonzero(fields != n_fields)
-    if not len(odd):
-        return None
-
-    def record(i: int) -> bytes:
-        return data[int(starts[i]) : int(ends[i])]
-
-    header = 0
-    while header < len(ends) and _is_blank(record(header)):
-        header += 1
-    for i in odd.tolist():
-        if _is_blank(record(i)):
-            continue
-        if i <= header:
-            return _Scan.UNSURE  # the header is not what the reader read: leave it to the exact scan
-        row = sum(1 for j in range(header + 1, i + 1) if not _is_blank(record(j)))
-        line = data.count(b"\n", 0, int(starts[i])) + 1
-        return CsvFault(line=line, row=row, fields=int(fields[i]))
-    return None
 
 
 def _first_row_is_long(data: bytes, n_fields: int) -> bool:
@@ -309,16 +244,6 @@ def _lines(data: bytes) -> Iterator[bytes]:
 
 def _body(data: bytes) -> bytes:
     return data[len(_BOM) :] if data.startswith(_BOM) else data
-
-
-def _exact_csv_fault(data: bytes, n_fields: int) -> CsvFault | None:
-    # bytes split at LF, CRLF and CR only; record 0 is the header
-    for row, (line, fields) in enumerate(_csv_records(_body(data).splitlines())):
-        if fields is None:
-            return CsvFault(line=line, row=row, fields=None)
-        if row and fields != n_fields:
-            return CsvFault(line=line, row=row, fields=fields)
-    return None
 
 
 def _csv_records(lines: Iterable[bytes]) -> Iterator[tuple[int, int | None]]:
