@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from kubeloop.csvrows import CsvRecord, csv_records, unterminated_quote, where, wrong_field_count
 from kubeloop_api.errors import InvalidError
 
 Format = Literal["csv", "parquet"]
@@ -128,59 +129,21 @@ def _quote_count_is_odd(path: Path) -> bool:
     return odd
 
 
-def _csv_records(path: Path) -> Iterator[tuple[int, int | None, bool]]:
-    """``(line, fields, spaces_only)`` of each record as the CSV reader (Arrow) reads it: a quote is
-    special only at the start of a field, ``""`` inside a quoted field is a quote, anything after the
-    closing quote up to the comma belongs to the field, a quoted field may span lines; empty lines are
-    skipped (a line of only spaces or tabs is a record, ``spaces_only``). Last, ``(line, None, False)``
-    where a quoted field opens on ``line`` and never closes."""
-    in_quote = False
-    opened = start = fields = 0
+def _csv_records(path: Path) -> Iterator[CsvRecord]:
+    """The records of the file as Arrow reads it (:mod:`kubeloop.csvrows`): empty lines are skipped, a
+    line of only spaces or tabs is a record (``blank``)."""
+    # text mode with newline="": lines end at LF, CRLF or a lone CR, as Arrow's do; the file is UTF-8
+    # (checked before)
     with path.open("r", encoding="utf-8", newline="") as f:
-        for line_no, raw in enumerate(f, 1):
-            line = raw.rstrip("\r\n")
-            if not in_quote:
-                start, fields = line_no, 1
-                if '"' not in line:
-                    if line:
-                        yield line_no, fields + line.count(","), not line.strip(" \t")
-                    continue
-            pos, n = 0, len(line)
-            while pos <= n:
-                if in_quote:
-                    q = line.find('"', pos)
-                    if q < 0:
-                        break  # the field goes on over the line break
-                    if line.startswith('"', q + 1):
-                        pos = q + 2
-                        continue
-                    in_quote = False
-                    pos = q + 1
-                elif line.startswith('"', pos):
-                    in_quote, opened = True, line_no
-                    pos += 1
-                    continue
-                comma = line.find(",", pos)
-                if comma < 0:
-                    break
-                fields += 1
-                pos = comma + 1
-            if not in_quote:
-                yield start, fields, False
-    if in_quote:
-        yield opened, None, False
+        yield from csv_records(raw.rstrip("\r\n").encode() for raw in f)
 
 
 def _unterminated_quote(path: Path) -> tuple[int, int] | None:
     """``(line, record)`` where a quoted field opens and never closes (record 0 is the header)."""
-    for record, (line, fields, _) in enumerate(_csv_records(path)):
-        if fields is None:
-            return line, record
+    for record, rec in enumerate(_csv_records(path)):
+        if rec.fields is None:
+            return rec.line, record
     return None
-
-
-def _where(line: int, record: int) -> str:
-    return f"line {line} (the header)" if record == 0 else f"line {line} (data row {record})"
 
 
 _RAGGED: Final = re.compile(r"Expected \d+ columns, got \d+")
@@ -194,23 +157,20 @@ def _ragged_row(path: Path, arrow_message: str) -> InvalidError | None:
     if not _RAGGED.search(arrow_message):
         return None
     header = 0
-    for record, (line, fields, spaces_only) in enumerate(_csv_records(path)):
-        if fields is None:
+    for record, rec in enumerate(_csv_records(path)):
+        if rec.fields is None:
             return None
         if record == 0:
-            header = fields
-        elif spaces_only:
+            header = rec.fields
+        elif rec.blank:
             return _refuse(
                 "file",
-                f"malformed CSV: {_where(line, record)} holds only spaces or tabs; remove the line or "
+                f"malformed CSV: {where(rec.line, record)} holds only spaces or tabs; remove the line or "
                 f"write its {header} values",
             )
-        elif fields != header:
+        elif rec.fields != header:
             return _refuse(
-                "file",
-                f"malformed CSV: {_where(line, record)} has {fields} field{'s' if fields != 1 else ''} but "
-                f"the header has {header}; every row needs one value per column (an empty value is "
-                "written as nothing between two commas)",
+                "file", f"malformed CSV: {wrong_field_count(rec.line, record, rec.fields, header)}"
             )
     return None
 
@@ -227,12 +187,7 @@ def _check_quotes(path: Path) -> None:
     if found is None:
         return
     line, record = found
-    raise _refuse(
-        "file",
-        f"malformed CSV: unterminated quoted field starting at {_where(line, record)}; a field that opens "
-        "with a quote "
-        'must close with one (write "" for a quote inside it)',
-    )
+    raise _refuse("file", f"malformed CSV: {unterminated_quote(line, record)}")
 
 
 def _check_header(names: list[str], first_line: str) -> None:
