@@ -176,12 +176,11 @@ def _counter(text: str, name: str) -> float:
     return float(found[0]) if found else 0.0
 
 
-def test_rows_in_flight_at_the_shutdown_timeout_are_counted_once(packed_clf) -> None:  # type: ignore[no-untyped-def]
-    """The shutdown flush timed out during a write: its rows were counted dropped (shutdown_timeout), then
-    written as well when the write completed, and rows still buffered were dropped and then written by the
-    writer's last flush. Each row is counted once: what is not written by the deadline is dropped, and a
-    write that completes after it changes nothing."""
-    rt = ModelRuntime(packed_clf)
+def _started_on_blocking_store(
+    model: bytes,
+) -> tuple[ModelRuntime, _BlockingStore, ServerMetrics, PredictionLogger]:
+    """A started log that writes every recorded batch at once, into a store whose put blocks until released."""
+    rt = ModelRuntime(model)
     store = _BlockingStore()
     metrics = ServerMetrics()
     log = PredictionLogger(
@@ -189,6 +188,15 @@ def test_rows_in_flight_at_the_shutdown_timeout_are_counted_once(packed_clf) -> 
         flush_rows=1, flush_interval_s=3600, max_buffer_rows=1000,
     )  # fmt: skip
     log.start()
+    return rt, store, metrics, log
+
+
+def test_rows_in_flight_at_the_shutdown_timeout_are_counted_once(packed_clf) -> None:  # type: ignore[no-untyped-def]
+    """The shutdown flush timed out during a write: its rows were counted dropped (shutdown_timeout), then
+    written as well when the write completed, and rows still buffered were dropped and then written by the
+    writer's last flush. Each row is counted once: what is not written by the deadline is dropped, and a
+    write that completes after it changes nothing."""
+    rt, store, metrics, log = _started_on_blocking_store(packed_clf)
     writer = log._thread
     assert writer is not None
     feeds = rt.dummy_feeds(5)
@@ -210,14 +218,7 @@ def test_rows_in_flight_at_the_shutdown_timeout_are_counted_once(packed_clf) -> 
 
 
 def test_a_write_done_by_the_shutdown_deadline_counts_as_written(packed_clf) -> None:  # type: ignore[no-untyped-def]
-    rt = ModelRuntime(packed_clf)
-    store = _BlockingStore()
-    metrics = ServerMetrics()
-    log = PredictionLogger(
-        rt, store, metrics, bucket="kubeloop", namespace="ns", deployment="md", sample_rate=1.0,
-        flush_rows=1, flush_interval_s=3600, max_buffer_rows=1000,
-    )  # fmt: skip
-    log.start()
+    rt, store, _, log = _started_on_blocking_store(packed_clf)
     feeds = rt.dummy_feeds(4)
     log.record(feeds, rt.run(feeds), 4)
     assert store.entered.wait(10)

@@ -65,39 +65,32 @@ class LocalStore:
         except OSError as e:
             raise StorageError(f"cannot {what} {ref.uri}: {e.strerror or e}", ref.uri) from e
 
-    def _write(self, ref: ObjectRef, fill: Callable[[Path], object]) -> None:
+    def _write(self, ref: ObjectRef, fill: Callable[[Path], object], *, create_only: bool = False) -> None:
+        """Fill a temporary file, then publish it under the key whole: replacing what is there, or with
+        ``create_only`` only where nothing is (ObjectExistsError otherwise)."""
         path = self._path(ref)
         self._need_bucket(ref)
 
         def write() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}{_TMP_SUFFIX}")
-            try:
-                fill(tmp)
-                tmp.replace(path)
-            finally:
-                tmp.unlink(missing_ok=True)
-
-        self._io("write", ref, write)
-
-    def _create(self, ref: ObjectRef, src: Path) -> None:
-        path = self._path(ref)
-        self._need_bucket(ref)
-
-        def create() -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # per thread: two writers of one key in one process must not share a temporary file
             tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}{_TMP_SUFFIX}")
             try:
-                shutil.copyfile(src, tmp)
-                # A hard link to a new name fails when the name exists, atomically, and makes the whole
-                # file appear at once (rename would replace an object created meanwhile).
-                os.link(tmp, path)
+                fill(tmp)
+                if create_only:
+                    # A hard link to a new name fails when the name exists, atomically, and makes the
+                    # whole file appear at once (rename would replace an object created meanwhile).
+                    os.link(tmp, path)
+                else:
+                    tmp.replace(path)
             except FileExistsError:
+                if not create_only:
+                    raise
                 raise ObjectExistsError(f"{ref.uri} already exists", ref.uri) from None
             finally:
                 tmp.unlink(missing_ok=True)
 
-        self._io("create", ref, create)
+        self._io("create" if create_only else "write", ref, write)
 
     # --- ObjectStore ---------------------------------------------------------------------------------
 
@@ -138,7 +131,7 @@ class LocalStore:
     ) -> None:
         if not path.is_file():
             raise StorageError(f"cannot upload {ref.uri}: {path} is not a file", ref.uri)
-        self._create(ref, path)
+        self._write(ref, lambda tmp: shutil.copyfile(path, tmp), create_only=True)
 
     def _info(self, ref: ObjectRef, path: Path) -> ObjectInfo:
         st = path.stat()
