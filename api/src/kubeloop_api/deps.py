@@ -22,6 +22,7 @@ from kubeloop_api.errors import (
     UnsupportedMediaTypeError,
 )
 from kubeloop_api.identity import Principal
+from kubeloop_api.readiness import ReadinessLog
 
 if TYPE_CHECKING:
     from kubeloop_api.auth import Authenticator, Authorizer
@@ -46,6 +47,7 @@ class Services:
     registry: Registry | None = None
     objects: Objects | None = None
     sse_clients: int = 0
+    readiness: ReadinessLog = field(default_factory=ReadinessLog)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

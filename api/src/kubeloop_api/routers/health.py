@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
@@ -12,7 +11,6 @@ from kubeloop_api.deps import Svc
 from kubeloop_api.errors import ApiError
 from kubeloop_api.metrics import CONTENT_TYPE
 
-log = logging.getLogger("kubeloop_api")
 router = APIRouter(tags=["health"])
 
 
@@ -27,7 +25,8 @@ async def healthz() -> dict[str, str]:
     description=(
         "Each check is `ok`, `failed` or `disabled` (not configured), as Kubernetes' own /readyz?verbose "
         "names its checks. Why a check failed is in the facade's log, not here: this endpoint takes no "
-        "credentials."
+        "credentials. A failure is logged when it starts, at most once a minute while it lasts, and its "
+        "recovery once."
     ),
     responses={503: {"description": "The Kubernetes API is not reachable"}},
 )
@@ -39,9 +38,10 @@ async def readyz(svc: Svc) -> JSONResponse:
             await ping()
         except ApiError as e:
             # Backend error text can name endpoints, buckets or whatever a proxy echoed back: anyone
-            # may call this endpoint, so it stays in the log.
-            log.warning("readyz: check %s failed: %s", name, e.message)
+            # may call this endpoint, so it stays in the log (rate-limited: probes come every few s).
+            svc.readiness.failed(name, e.message)
             return "failed"
+        svc.readiness.ok(name)
         return "ok"
 
     checks = {
