@@ -4,6 +4,7 @@ bounds on a store that is down."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import urllib.request
@@ -173,3 +174,132 @@ def _race(create, n: int) -> tuple[list[int], list[int]]:  # type: ignore[no-unt
     for t in threads:
         t.join()
     return won, lost
+
+
+class _LosingProxy:
+    """A loopback HTTP/1.1 proxy in front of MinIO that loses one answer: the first request that
+    ``lose(method, target, headers)`` picks reaches MinIO and is served there, then the connection to
+    the client is reset instead of relaying the response (a read timeout or a reset after the server
+    stored the object). Each connection carries one request (``Connection: close`` is forced), so the
+    proxy needs no response framing. ``seen`` records ``(method, target, headers, upstream status)``."""
+
+    def __init__(self, upstream: str, lose) -> None:  # type: ignore[no-untyped-def]
+        import threading
+
+        host, port = upstream.rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._lose = lose
+        self._lost = False
+        self._lock = threading.Lock()
+        self.seen: list[tuple[str, str, dict[str, str], int]] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        import struct
+
+        with client:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = client.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            head, body = buf.split(b"\r\n\r\n", 1)
+            request_line, *lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = request_line.split(" ", 2)
+            headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+            assert "transfer-encoding" not in headers  # the minio client sends a Content-Length
+            while len(body) < int(headers.get("content-length", "0")):
+                chunk = client.recv(1 << 20)
+                if not chunk:
+                    return
+                body += chunk
+            kept = [line for line in lines if line.split(":", 1)[0].strip().lower() != "connection"]
+            request = "\r\n".join([request_line, *kept, "Connection: close", "", ""]).encode("latin-1")
+            with socket.create_connection(self._upstream) as up:
+                up.sendall(request + body)
+                response = b""
+                while chunk := up.recv(65536):
+                    response += chunk
+            status = int(response.split(b" ", 2)[1])
+            with self._lock:
+                lose = not self._lost and self._lose(method, target, headers)
+                self._lost = self._lost or lose
+                self.seen.append((method, target, headers, status))
+            if lose:  # MinIO has answered: drop the answer with a reset
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
+            client.sendall(response)
+
+
+def _conditional_put(method: str, target: str, headers: dict[str, str]) -> bool:
+    return method == "PUT" and headers.get("if-none-match") == "*" and "uploadId=" not in target
+
+
+def _conditional_complete(method: str, target: str, headers: dict[str, str]) -> bool:
+    return method == "POST" and headers.get("if-none-match") == "*" and "uploadId=" in target
+
+
+@pytest.mark.parametrize("path", ["single-put", "multipart"])
+def test_create_only_put_whose_answer_was_lost_is_still_ours(  # type: ignore[no-untyped-def]
+    path, minio_server, s3_prefix, tmp_path, monkeypatch
+) -> None:
+    """The store took the create-only write but its answer never came back (the connection reset
+    after MinIO stored the object): the PutObject is retried by the HTTP pool and refused with 412,
+    the CompleteMultipartUpload (a POST, not retried) fails outright. Either way the object holds this
+    very upload, so the call succeeds; a second, different upload of the key is still refused and
+    changes nothing. Multipart is forced with small parts instead of a large file."""
+    from kubeloop.storage import ObjectExistsError
+    from kubeloop.storage import s3 as s3_module
+
+    multipart = path == "multipart"
+    if multipart:
+        monkeypatch.setattr(s3_module, "_SINGLE_PUT_MAX", 0)
+        monkeypatch.setattr(s3_module, "_PART_SIZE", 5 * 1024 * 1024)  # S3's smallest part
+    lose = _conditional_complete if multipart else _conditional_put
+    proxy = _LosingProxy(minio_server.endpoint, lose)
+    try:
+        via_proxy = _store(minio_server, endpoint=proxy.endpoint)
+        direct = _store(minio_server)
+        ref = ObjectRef(minio_server.bucket, f"{s3_prefix}lost-{path}.csv")
+        ours = tmp_path / "ours.csv"
+        ours.write_bytes(b"a,b\n" + b"1,2\n" * ((6 * 1024 * 1024 if multipart else 1000) // 4))
+        theirs = tmp_path / "theirs.csv"
+        theirs.write_bytes(b"a,b\n3,4\n")
+
+        via_proxy.put_file_if_absent(ref, ours, "text/csv")
+
+        # The answer was lost: MinIO stored the object (200); the PutObject's retry was refused (412).
+        writes = [s for m, t, h, s in proxy.seen if lose(m, t, h)]
+        assert writes == ([200] if multipart else [200, 412]), proxy.seen
+        assert direct.get(ref) == ours.read_bytes()
+        info = direct.stat(ref)
+        assert info is not None
+        assert info.content_type == "text/csv"
+        # How the call knew: MinIO keeps the write id (given at CreateMultipartUpload for parts) and
+        # hands it back on a HEAD.
+        stored = direct._client.stat_object(ref.bucket, ref.key).metadata
+        assert re.fullmatch("[0-9a-f]{32}", stored["X-Amz-Meta-Kubeloop-Write-Id"]), stored
+        with pytest.raises(ObjectExistsError, match="already exists"):
+            direct.put_file_if_absent(ref, theirs)
+        with pytest.raises(ObjectExistsError, match="already exists"):
+            via_proxy.put_file_if_absent(ref, theirs)
+        assert direct.get(ref) == ours.read_bytes()
+        assert not list(direct._client._list_multipart_uploads(minio_server.bucket, prefix=s3_prefix).uploads)
+    finally:
+        proxy.close()

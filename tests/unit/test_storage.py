@@ -11,6 +11,8 @@ import pytest
 import urllib3
 from kubeloop_testing.storage import MemoryStore, check_object_store
 from minio.datatypes import Object
+from minio.error import S3Error
+from urllib3 import HTTPHeaderDict
 
 from kubeloop.contracts import ObjectRef
 from kubeloop.storage import (
@@ -268,3 +270,188 @@ def test_concurrent_creates_of_one_key_have_exactly_one_winner(kind: str, tmp_pa
         assert [p.name for p in (tmp_path / "store" / "kubeloop" / "datasets" / "ns").iterdir()] == [
             "race.csv"
         ]
+
+
+class _FakeS3:
+    """The minio client's requests below put_object, for one key, without a network. ``stored`` is
+    the key's object as its metadata headers (None: no object); ``on_write`` decides what a
+    conditional write to a free key does: ``store`` (and answer), ``lose-then-412`` (store it, lose
+    the answer, refuse the pool's retry), ``lose`` (store it, the answer never comes), ``fail`` (the
+    answer never comes, nothing stored) or ``refuse``."""
+
+    def __init__(self, on_write: str, stored: dict[str, str] | None = None) -> None:
+        self.on_write = on_write
+        self.stored = stored
+        self.writes: list[dict[str, str]] = []
+        self.stats = 0
+        self.stat_fails = False
+        self._upload: dict[str, str] = {}
+
+    def install(self, store: S3Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        client = store._client
+        monkeypatch.setattr(client, "_put_object", self._put_object)
+        monkeypatch.setattr(client, "_create_multipart_upload", self._create_multipart_upload)
+        monkeypatch.setattr(client, "_upload_part", lambda *a, **k: "etag")
+        monkeypatch.setattr(client, "_abort_multipart_upload", lambda *a, **k: None)
+        monkeypatch.setattr(client, "stat_object", self._stat_object)
+        monkeypatch.setattr(store, "_complete_if_absent", lambda *a, **k: self._write(self._upload))
+
+    def _write(self, headers: dict[str, str]) -> None:
+        self.writes.append(headers)
+        refused = S3Error(urllib3.HTTPResponse(status=412), "PreconditionFailed", "exists", "/k", "r", "h")
+        # The retries ran out, or a Complete (a POST) is never retried.
+        lost = urllib3.exceptions.MaxRetryError(
+            None,  # type: ignore[arg-type]
+            "/k",
+            urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")),
+        )
+        if self.stored is not None or self.on_write == "refuse":
+            raise refused
+        if self.on_write == "fail":
+            raise lost
+        # As MinIO answers a HEAD: the metadata header title-cased.
+        self.stored = {k.title(): v for k, v in headers.items() if k.lower().startswith("x-amz-meta-")}
+        if self.on_write == "lose-then-412":
+            self.writes.append(headers)
+            raise refused
+        if self.on_write == "lose":
+            raise lost
+
+    def _put_object(self, bucket: str, key: str, data: bytes, headers: dict[str, str], **_: object) -> None:
+        assert headers["If-None-Match"] == "*"
+        self._write(headers)
+
+    def _create_multipart_upload(self, bucket: str, key: str, headers: dict[str, str]) -> str:
+        self._upload = headers
+        return "upload-1"
+
+    def _stat_object(self, bucket: str, key: str) -> Object:
+        self.stats += 1
+        if self.stat_fails:
+            raise urllib3.exceptions.ReadTimeoutError(None, "/k", "read timed out")  # type: ignore[arg-type]
+        if self.stored is None:
+            raise S3Error(urllib3.HTTPResponse(status=404), "NoSuchKey", "missing", "/k", "r", "h")
+        return Object(bucket, key, size=3, metadata=HTTPHeaderDict(self.stored))
+
+
+_REF = ObjectRef("kubeloop", "datasets/ns/d.csv")
+
+
+@pytest.fixture(params=["single-put", "multipart"])
+def s3_create(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[S3Store, Path]:
+    """An S3Store (no server) and a file to create, sent as one PutObject or, with the size limit
+    lowered, as a multipart upload."""
+    from kubeloop.storage import s3 as s3_module
+
+    if request.param == "multipart":
+        monkeypatch.setattr(s3_module, "_SINGLE_PUT_MAX", 0)
+        monkeypatch.setattr(s3_module, "_PART_SIZE", 2)
+    f = tmp_path / "d.csv"
+    f.write_bytes(b"a,b\n1,2\n")
+    return S3Store(S3Config(endpoint="127.0.0.1:1", retries=0)), f
+
+
+@pytest.mark.parametrize("on_write", ["lose-then-412", "lose"])
+def test_s3_create_only_write_whose_answer_was_lost_is_ours(
+    on_write: str, s3_create: tuple[S3Store, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store took the write, its answer was lost: refused on retry (412) or failed outright. The
+    object carries this call's write id, so the call succeeds."""
+    store, f = s3_create
+    fake = _FakeS3(on_write)
+    fake.install(store, monkeypatch)
+    store.put_file_if_absent(_REF, f, "text/csv")
+    assert fake.stats == 1
+    assert fake.stored is not None
+    write_id = fake.stored["X-Amz-Meta-Kubeloop-Write-Id"]
+    assert len(write_id) == 32
+    assert all(h["x-amz-meta-kubeloop-write-id"] == write_id for h in fake.writes)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [{"X-Amz-Meta-Kubeloop-Write-Id": "0" * 32}, {}],
+    ids=["another-create-only-write", "a-plain-put"],
+)
+def test_s3_create_only_write_over_someone_elses_object_is_refused(
+    stored: dict[str, str], s3_create: tuple[S3Store, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubeloop.storage import ObjectExistsError
+
+    store, f = s3_create
+    fake = _FakeS3("store", stored=dict(stored))
+    fake.install(store, monkeypatch)
+    with pytest.raises(ObjectExistsError, match=r"s3://kubeloop/datasets/ns/d\.csv already exists"):
+        store.put_file_if_absent(_REF, f)
+    assert fake.stored == stored
+    assert fake.stats == 1
+
+
+def test_s3_each_create_only_write_has_its_own_id(
+    s3_create: tuple[S3Store, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second create of the key by the same process (a new upload, not a retry) is someone else's:
+    refused, though the first one's object is there."""
+    from kubeloop.storage import ObjectExistsError
+
+    store, f = s3_create
+    fake = _FakeS3("store")
+    fake.install(store, monkeypatch)
+    store.put_file_if_absent(_REF, f)
+    with pytest.raises(ObjectExistsError):
+        store.put_file_if_absent(_REF, f)
+    ids = [h["x-amz-meta-kubeloop-write-id"] for h in fake.writes]
+    assert len(ids) == 2
+    assert ids[0] != ids[1]
+
+
+def test_s3_create_only_write_when_the_store_cannot_say_whose_object_it_is(
+    s3_create: tuple[S3Store, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stat after a refusal fails: nothing is known, the refusal stands."""
+    from kubeloop.storage import ObjectExistsError
+
+    store, f = s3_create
+    fake = _FakeS3("refuse", stored={})
+    fake.stat_fails = True
+    fake.install(store, monkeypatch)
+    with pytest.raises(ObjectExistsError):
+        store.put_file_if_absent(_REF, f)
+    assert fake.stats == 1
+
+
+def test_s3_create_only_write_that_lost_its_answer_and_did_not_land_is_unavailable(
+    s3_create: tuple[S3Store, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, f = s3_create
+    fake = _FakeS3("fail")
+    fake.install(store, monkeypatch)
+    with pytest.raises(StorageUnavailableError, match="unreachable"):
+        store.put_file_if_absent(_REF, f)
+    assert fake.stats == 1
+    assert fake.stored is None
+
+
+def test_s3_create_only_write_to_a_store_that_is_down_asks_nothing_more(
+    s3_create: tuple[S3Store, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No connection could be made: the write never reached the store and a stat would only wait for
+    the same timeouts again."""
+    store, f = s3_create
+    fake = _FakeS3("store")
+    fake.install(store, monkeypatch)
+
+    def down(*_: object, **__: object) -> str:
+        raise urllib3.exceptions.MaxRetryError(
+            None,  # type: ignore[arg-type]
+            "/k",
+            urllib3.exceptions.NewConnectionError(None, "refused"),  # type: ignore[arg-type]
+        )
+
+    monkeypatch.setattr(store._client, "_put_object", down)
+    monkeypatch.setattr(store._client, "_create_multipart_upload", down)
+    with pytest.raises(StorageUnavailableError, match="unreachable"):
+        store.put_file_if_absent(_REF, f)
+    assert fake.stats == 0

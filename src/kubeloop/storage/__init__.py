@@ -106,7 +106,10 @@ class ObjectStore(Protocol):
         """Create the object from a local file only if no object has its key:
         :class:`ObjectExistsError` otherwise, the stored object left as it was. The store decides,
         atomically: of concurrent creates of one key exactly one succeeds and the object holds its
-        whole file (a check with :meth:`stat` first would leave a window for another writer)."""
+        whole file (a check with :meth:`stat` first would leave a window for another writer). A
+        create that landed but whose answer was lost and retried (by the adapter or its HTTP client)
+        still succeeds: the adapter tells its own object from another writer's, which it never
+        reports as its own."""
         ...
 
     def stat(self, ref: ObjectRef) -> ObjectInfo | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ from minio.datatypes import Part
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 from minio.helpers import DictType, md5sum_hash
 from minio.xml import Element, SubElement, findtext, getbytes
+from urllib3 import HTTPHeaderDict
 
 from kubeloop.contracts import ObjectRef
 from kubeloop.storage import (
@@ -52,6 +54,9 @@ _EXISTS: Final = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 # larger files go in parts of _PART_SIZE, so memory stays bounded for any dataset size.
 _SINGLE_PUT_MAX = 16 * 1024 * 1024
 _PART_SIZE = 16 * 1024 * 1024
+# User metadata naming the create-only write that made an object: a random token per call, so that a
+# write whose answer was lost can tell its own object from another writer's.
+_WRITE_ID: Final = "x-amz-meta-kubeloop-write-id"
 _DENIED: Final = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 )
@@ -192,14 +197,20 @@ class S3Store:
         if not path.is_file():
             raise StorageError(f"cannot upload {ref.uri}: {path} is not a file", ref.uri)
         client = self._client
+        # The write may land while its answer is lost (reset, read timeout): the pool then retries the
+        # PutObject and the store refuses it with 412 as if another writer had the key, and a
+        # CompleteMultipartUpload (a POST, never retried) fails outright. The token lets _landed ask
+        # the store whose object the key holds; no other writer can carry it.
+        write_id = secrets.token_hex(16)
+        headers: DictType = {"Content-Type": content_type, _WRITE_ID: write_id}
 
         def create() -> None:
             size = path.stat().st_size
             if size <= _SINGLE_PUT_MAX:
-                headers: DictType = {"Content-Type": content_type, "If-None-Match": "*"}
-                client._put_object(ref.bucket, ref.key, path.read_bytes(), headers)
+                client._put_object(ref.bucket, ref.key, path.read_bytes(), {**headers, "If-None-Match": "*"})
                 return
-            upload_id = client._create_multipart_upload(ref.bucket, ref.key, {"Content-Type": content_type})
+            # The metadata given at CreateMultipartUpload is the completed object's.
+            upload_id = client._create_multipart_upload(ref.bucket, ref.key, dict(headers))
             try:
                 parts: list[Part] = []
                 with path.open("rb") as f:
@@ -210,6 +221,8 @@ class S3Store:
                         )
                 self._complete_if_absent(ref, upload_id, parts)
             except BaseException:
+                # After a Complete that committed, the store refuses this (NoSuchUpload) and keeps
+                # the object.
                 with contextlib.suppress(Exception):
                     client._abort_multipart_upload(ref.bucket, ref.key, upload_id)
                 raise
@@ -217,10 +230,32 @@ class S3Store:
         try:
             self._call("create", ref.uri, create)
         except StorageError as e:
+            if self._landed(ref, write_id, e):
+                return
             cause = e.__cause__
             if isinstance(cause, S3Error) and cause.code in _EXISTS:
                 raise ObjectExistsError(f"{ref.uri} already exists", ref.uri) from cause
             raise
+
+    def _landed(self, ref: ObjectRef, write_id: str, e: StorageError) -> bool:
+        """Whether the create-only write tagged ``write_id`` that failed with ``e`` is in fact
+        stored. Asked only when it may be: the store said the key exists, or the answer never came
+        (not when no connection could be made at all: the store is down, a stat would wait as long
+        again). When the stat fails too, nothing is known and ``e`` stands."""
+        cause = e.__cause__
+        exists = isinstance(e, ObjectExistsError) or (isinstance(cause, S3Error) and cause.code in _EXISTS)
+        lost = isinstance(e, StorageUnavailableError) and not (
+            isinstance(cause, urllib3.exceptions.MaxRetryError)
+            and isinstance(cause.reason, urllib3.exceptions.ConnectTimeoutError)
+        )
+        if not (exists or lost):
+            return False
+        try:
+            st = self._client.stat_object(ref.bucket, ref.key)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError):
+            return False
+        # The client hands back the HEAD's response headers (case-insensitive) as the metadata.
+        return HTTPHeaderDict(st.metadata or {}).get(_WRITE_ID) == write_id
 
     def _complete_if_absent(self, ref: ObjectRef, upload_id: str, parts: list[Part]) -> None:
         """The client's CompleteMultipartUpload, with If-None-Match: * added."""
