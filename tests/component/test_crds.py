@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 import yaml
 from localcluster.pytest_fixtures import KubeCluster
+from pydantic import ValidationError
+
+from kubeloop import resources as r
 
 pytestmark = pytest.mark.component
 
@@ -102,6 +105,70 @@ def test_invalid_case_refused_by_api_server(
     assert spec["field"] in message or spec["field"] in normalized, (
         f"refusal of {case.name} does not name {spec['field']!r}:\n{message}"
     )
+
+
+# Resource specs the SDK (pydantic) and the API server (CEL) must judge alike: (resources, the field
+# a refusal names, or None where both accept). Each goes into a ModelDeployment; one server round trip.
+RESOURCE_PARITY: list[tuple[dict[str, Any], str | None]] = [
+    # Extended resources are counted in whole units, however the whole number is written.
+    ({"limits": {"nvidia.com/gpu": 2}}, None),
+    ({"limits": {"nvidia.com/gpu": "2000m"}}, None),
+    ({"limits": {"nvidia.com/gpu": "1.0"}}, None),
+    ({"limits": {"example.com/fpga": "1e3"}}, None),
+    ({"limits": {"example.com/fpga": "0.5Ki"}}, None),
+    ({"limits": {"example.com/fpga": "20e-1"}}, None),
+    ({"limits": {"example.com/fpga": "1000000000000000000"}}, None),
+    ({"limits": {"nvidia.com/gpu": "0.9999999999"}}, None),  # the server rounds it up to 1
+    ({"requests": {"cpu": "500m"}, "limits": {"cpu": "1.5", "kubernetes.io/example": "1.5"}}, None),
+    ({"limits": {"nvidia.com/gpu": "500m"}}, "spec.resources.limits[nvidia.com/gpu]"),
+    ({"limits": {"nvidia.com/gpu": "1.5"}}, "spec.resources.limits[nvidia.com/gpu]"),
+    ({"requests": {"nvidia.com/gpu": "1u"}}, "spec.resources.requests[nvidia.com/gpu]"),
+    ({"limits": {"example.com/fpga": "1.1Ki"}}, "spec.resources.limits"),
+    ({"limits": {"example.com/fpga": "25e-1"}}, "spec.resources.limits"),
+    (
+        {"requests": {"example.com/fpga": "1.5"}, "limits": {"example.com/fpga": "1.5"}},
+        "spec.resources.limits",
+    ),
+    ({"requests": {"a.b/c": "0.25"}}, "spec.resources.requests"),
+]
+
+
+def test_resource_rules_agree_with_the_api_server(
+    kube_cluster: KubeCluster, kubeloop_crds: list[dict[str, Any]], k8s_namespace: str
+) -> None:
+    docs = []
+    for i, (resources, _) in enumerate(RESOURCE_PARITY):
+        md = _example("ModelDeployment")
+        md["metadata"]["name"] = f"parity-{i}"
+        md["spec"]["resources"] = resources
+        docs.append(md)
+    proc = kube_cluster.kubectl(
+        "create",
+        "--dry-run=server",
+        "-f",
+        "-",
+        namespace=k8s_namespace,
+        input=yaml.safe_dump_all(docs),
+        check=False,
+    )
+    refusals = dict(re.findall(r'"parity-(\d+)" is invalid: (.*)', proc.stderr))
+    accepted = set(re.findall(r"/parity-(\d+) created", proc.stdout))
+    for i, (resources, field) in enumerate(RESOURCE_PARITY):
+        try:
+            r.load_manifest(docs[i])
+            sdk = None
+        except ValidationError as exc:
+            sdk = r.format_validation_error(exc)
+        server = refusals.get(str(i))
+        assert server is not None or str(i) in accepted, f"no verdict for {resources}:\n{proc.stderr}"
+        if field is None:
+            assert (sdk, server) == (None, None), f"{resources} refused"
+            continue
+        assert sdk is not None, f"{resources} accepted by the SDK, server: {server!r}"
+        assert server is not None, f"{resources} accepted by the server, SDK: {sdk!r}"
+        # The SDK writes map keys as `limits.nvidia.com/gpu`, the server as `limits[nvidia.com/gpu]`.
+        assert re.sub(r"\[([^\]]+)\]", r".\1", field) in sdk, (resources, sdk)
+        assert field in server, (resources, server)
 
 
 @pytest.fixture

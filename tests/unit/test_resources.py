@@ -288,6 +288,55 @@ def test_non_overcommitable_request_unlike_limit_refused_naming_the_field(
     assert r.format_validation_error(info.value) == f"{field}: {message}"
 
 
+@pytest.mark.parametrize(
+    "resources",
+    [
+        {"limits": {"nvidia.com/gpu": 2}},
+        {"limits": {"nvidia.com/gpu": "2"}},
+        # Other spellings of a whole number: Kubernetes accepts them, and so do we.
+        {"limits": {"nvidia.com/gpu": "2000m"}},
+        {"limits": {"nvidia.com/gpu": "1.0"}},
+        {"limits": {"example.com/fpga": "1e3"}},
+        {"limits": {"example.com/fpga": "1k"}},
+        {"limits": {"example.com/fpga": "0.5Ki"}},  # 512
+        {"limits": {"example.com/fpga": "20e-1"}},
+        {"limits": {"nvidia.com/gpu": 0}},
+        # The API server rounds a quantity up to the next nano unit when it parses it: this is 1.
+        {"limits": {"nvidia.com/gpu": "0.9999999999"}},
+        # Native resources may be fractional, including those in the kubernetes.io domain.
+        {"requests": {"cpu": "500m"}, "limits": {"cpu": "1.5", "kubernetes.io/example": "1.5"}},
+    ],
+)
+def test_whole_extended_resource_quantities_accepted(resources: dict[str, Any]) -> None:
+    r.ResourceRequirements.model_validate(resources)
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"limits": {"nvidia.com/gpu": "500m"}}, "limits.nvidia.com/gpu: 500m is not a whole number"),
+        ({"limits": {"nvidia.com/gpu": "1.5"}}, "limits.nvidia.com/gpu: 1.5 is not a whole number"),
+        ({"requests": {"nvidia.com/gpu": "1u"}}, "requests.nvidia.com/gpu: 1u is not a whole number"),
+        ({"limits": {"example.com/fpga": "1.1Ki"}}, "limits.example.com/fpga: 1.1Ki is not a whole number"),
+        ({"limits": {"example.com/fpga": "25e-1"}}, "limits.example.com/fpga: 25e-1 is not a whole number"),
+        # Equal request and limit, both fractional: the limit is named first, as Kubernetes does.
+        (
+            {"requests": {"example.com/fpga": "1.5"}, "limits": {"example.com/fpga": "1.5"}},
+            "limits.example.com/fpga: 1.5 is not a whole number",
+        ),
+        ({"limits": {"cpu": "1", "a.b/c": "0.25"}}, "limits.a.b/c: 0.25 is not a whole number"),
+    ],
+)
+def test_fractional_extended_resource_refused_naming_the_field(
+    resources: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        r.ResourceRequirements.model_validate(resources)
+    assert r.format_validation_error(info.value) == (
+        f"{message} (extended resources are counted in whole units)"
+    )
+
+
 def test_gpu_request_unlike_limit_named_by_full_path_in_a_manifest() -> None:
     md = _load(ROOT / "examples" / "modeldeployment.yaml")
     md["spec"]["resources"] = {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 2}}

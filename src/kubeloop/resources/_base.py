@@ -10,7 +10,7 @@ server.
 from __future__ import annotations
 
 import re
-from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal, Inexact, Overflow
+from decimal import MAX_EMAX, MIN_EMIN, ROUND_UP, Context, Decimal, Inexact, Overflow
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
@@ -256,6 +256,81 @@ def overcommit_allowed(name: str) -> bool:
     return ("/" not in name or "kubernetes.io/" in name) and not name.startswith("hugepages-")
 
 
+def is_extended_resource(name: str) -> bool:
+    """Whether ``name`` is an extended resource (pkg/apis/core/helper ``IsExtendedResourceName``): a
+    domain-prefixed name outside kubernetes.io (``nvidia.com/gpu``), not a quota name (``requests.*``).
+
+    Kubernetes counts these in whole units: ``ValidateResourceQuantityValue`` refuses ``500m`` ("must be
+    an integer")."""
+    return "/" in name and "kubernetes.io/" not in name and not name.startswith("requests.")
+
+
+# Whole-number and page-size checks stop at this magnitude: CEL has no exact division, so its twin
+# rounds asApproximateFloat(), exact far below 2^53 only; no device count or memory size comes near.
+_CHECKED_BELOW: Final = Decimal(10**12)
+_NANO: Final = Decimal("1e-9")
+
+
+def _as_parsed(value: Decimal) -> Decimal:
+    """``value`` as the API server holds it: resource.ParseQuantity rounds up (away from zero) to the
+    next nano unit, so ``0.9999999999`` is 1 to it and to CEL's quantity()."""
+    return value.quantize(_NANO, rounding=ROUND_UP, context=Context(prec=200))
+
+
+def is_whole_quantity(value: int | str) -> bool:
+    """Whether a quantity is a whole number (``2``, ``2000m``, ``1k``; not ``500m``), as far as it is
+    checked: magnitudes from 10^12 up are taken as whole (see _CHECKED_BELOW)."""
+    q = parse_quantity(value)
+    if abs(q) >= _CHECKED_BELOW:
+        return True
+    q = _as_parsed(q)
+    return q == q.to_integral_value()
+
+
+def _is_whole_cel(value: str) -> str:
+    """CEL twin of :func:`is_whole_quantity` for ``value`` (a CEL string expression); true for a
+    malformed quantity, which its own rule refuses.
+
+    isInteger() alone is no test: it is false for ``2000m``, ``1.0`` and 19-digit integers (it asks
+    whether the parsed form is a plain int64). The nearest integers to asApproximateFloat() are compared
+    exactly instead; below 10^12 the float is off by far less than 1, so one of them is the value when
+    it is whole. (quantity(string(n)) would do too, but the cost estimate of a string made from an int
+    is unbounded and the API server refuses the CRD; add(int) is exact and cheap.)"""
+    q = f"quantity({value})"
+    n = f"int({q}.asApproximateFloat())"
+    return (
+        f"(!isQuantity({value}) || {q}.isInteger() || !{q}.isLessThan(quantity('1e12'))"
+        f" || !{q}.isGreaterThan(quantity('-1e12')) || {q}.compareTo(quantity('0').add({n})) == 0"
+        f" || {q}.compareTo(quantity('1').add({n})) == 0)"
+    )
+
+
+_IS_EXTENDED_CEL: Final = "(k.contains('/') && !k.contains('kubernetes.io/') && !k.startsWith('requests.'))"
+_NOT_WHOLE: Final = " is not a whole number (extended resources are counted in whole units)"
+
+
+def _whole_rules(part: str) -> tuple[dict[str, str], ...]:
+    """CEL: the extended resources of ``part`` (requests or limits) are whole numbers. nvidia.com/gpu has
+    a rule of its own, so the server names the exact field; one rule over the map names any other."""
+    gpu, value = repr(GPU_RESOURCE), f"string(self.{part}[{GPU_RESOURCE!r}])"
+    others = f"k != {gpu} && {_IS_EXTENDED_CEL}"
+    first = f"self.{part}.filter(k, {others} && !{_is_whole_cel(f'string(self.{part}[k])')})[0]"
+    return (
+        _cel(
+            f"!has(self.{part}) || !({gpu} in self.{part}) || {_is_whole_cel(value)}",
+            f"{part}.{GPU_RESOURCE} must be a whole number (extended resources are counted in whole units)",
+            f".{part}[{gpu}]",
+            message_expression=f"{value} + '{_NOT_WHOLE}'",
+        ),
+        _cel(
+            f"!has(self.{part}) || self.{part}.all(k, !({others}) || {_is_whole_cel(f'string(self.{part}[k])')})",
+            f"extended resources in {part} must be whole numbers (they are counted in whole units)",
+            f".{part}",
+            message_expression=f"{first} + ': ' + string(self.{part}[{first}]) + '{_NOT_WHOLE}'",
+        ),
+    )
+
+
 def _no_overcommit_reason(name: str) -> str:
     return "hugepages" if name.startswith("hugepages-") else "extended resources"
 
@@ -341,6 +416,8 @@ class ResourceRequirements(KubeloopModel):
     # map catches any other resource and names it in its message. A request without a limit is
     # accepted: the operator sets the limit to the request where Kubernetes needs one.
     cel_rules = (
+        *_whole_rules("limits"),
+        *_whole_rules("requests"),
         *(_named_rule(k) for k in _NAMED_RESOURCES),
         _cel(
             "!has(self.requests) || !has(self.limits) || self.requests.all(k, "
@@ -356,6 +433,11 @@ class ResourceRequirements(KubeloopModel):
 
     @model_validator(mode="after")
     def _requests_within_limits(self) -> Self:
+        # Limits first, as the API server checks them.
+        for part in ("limits", "requests"):
+            for name, quantity in getattr(self, part).items():
+                if is_extended_resource(name) and not is_whole_quantity(quantity):
+                    raise _fail(f"{part}.{name}", f"{quantity}{_NOT_WHOLE}")
         for name, request in self.requests.items():
             limit = self.limits.get(name)
             if limit is None:
