@@ -26,7 +26,11 @@ parameters, ~6.7 TFLOP per step) keeps the GPU busy, so host-side overhead hides
 over the trainer's ``deepspeed_config``), to find where DeepSpeed's per-step cost goes; the headline
 ratios are always the trainer's own configuration. ``skip_1rank_reduce`` is not a configuration but a
 patch of DeepSpeed's code (``PATCHES``): on one rank it skips ZeRO's gradient all-reduce path, which
-changes no value there, to measure what that path costs.
+changes no value there, to measure what that path costs. ``compile`` and ``deepcompile`` compile the model
+(DeepSpeed's ``engine.compile()``; DeepCompile also moves ZeRO-1's gradient handling into the compiled
+graph): like for like, they are timed against the plain loop with its model through ``torch.compile``. A
+variant that fails (e.g. DeepCompile's JIT-built ops on a machine without a CUDA toolchain) is reported
+and skipped.
 
 ``--profile`` then shows where a step's time goes, for the trainer's engine and the plain loop: host
 time per phase (forward, backward, optimizer step), torch.profiler's busiest operators, a cProfile of the
@@ -46,6 +50,7 @@ import pstats
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +102,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "torch_autocast": {"bf16": {"enabled": False}, "torch_autocast": {"enabled": True, "dtype": "bfloat16"}},
     # Not a configuration (see PATCHES): the trainer's config with ZeRO's gradient all-reduce path skipped.
     "skip_1rank_reduce": {},
+    # Compiled (see COMPILED): DeepSpeed's engine.compile(), plain torch.compile of the module (ZeRO's hooks
+    # stay eager), and DeepCompile, which puts ZeRO-1's gradient handling into the compiled graph.
+    "compile": {},
+    "deepcompile": {"compile": {"deepcompile": True}},
 }
 
 
@@ -113,6 +122,10 @@ def _skip_1rank_reduce(engine: DeepSpeedEngine) -> None:
 # Variants that change DeepSpeed's code rather than its configuration: measurements of where the time
 # goes, never something the trainer does.
 PATCHES: dict[str, Callable[[DeepSpeedEngine], None]] = {"skip_1rank_reduce": _skip_1rank_reduce}
+
+# Variants where DeepSpeed compiles the model (``engine.compile()``, inductor). Like for like, the plain
+# loop they are timed against compiles its model too, with torch.compile and the same backend.
+COMPILED = frozenset({"compile", "deepcompile"})
 
 
 def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +213,8 @@ def make_engine(shape: Shape, device: torch.device, ctx: DistContext, variant: s
         ds_engine.deepspeed_config = deepspeed_config
     if variant in PATCHES:
         PATCHES[variant](engine)
+    if variant in COMPILED:
+        engine.engine.compile()
     return engine
 
 
@@ -210,23 +225,42 @@ def bench_shape(
     x, y = make_data(shape, device, rows)
     nth = batches(rows, shape.batch, device, seed=2)
 
-    plain = make_model(shape, seed=0).to(device)
-    plain.train(True)
-    opt = torch.optim.AdamW(plain.parameters(), lr=LR)
+    def plain_loop(compiled: bool) -> tuple[Callable[[int], None], torch.optim.Optimizer, Callable[..., Any]]:
+        model = make_model(shape, seed=0).to(device)
+        model.train(True)
+        opt = torch.optim.AdamW(model.parameters(), lr=LR)
+        fwd = torch.compile(model) if compiled else model
 
-    def plain_step(i: int) -> None:
-        idx = nth(i)
-        xb, yb = x.index_select(0, idx), y.index_select(0, idx)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            out = plain(xb)
-        loss = loss_sum(out, yb, "classification", mean=True)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
+        def step(i: int) -> None:
+            idx = nth(i)
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                out = fwd(xb)
+            loss = loss_sum(out, yb, "classification", mean=True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
 
+        return step, opt, fwd
+
+    loops: dict[bool, tuple[Callable[[int], None], torch.optim.Optimizer, Callable[..., Any]]] = {}
     results: dict[str, float] = {}
     for variant in variants:
-        ours = make_engine(shape, device, ctx, variant)
+        compiled = variant in COMPILED
+        if compiled not in loops:
+            loops[compiled] = plain_loop(compiled)
+        plain_step, opt, plain = loops[compiled]
+        try:
+            ours = make_engine(shape, device, ctx, variant)
+        except Exception as e:  # a variant this DeepSpeed or machine cannot run; the others still can
+            where = " <- ".join(
+                f"{Path(f.filename).name}:{f.lineno}"
+                for f in reversed(traceback.extract_tb(e.__traceback__)[-5:])
+            )
+            print(
+                f"{shape.name} [{variant}]: failed: {type(e).__name__}: {str(e)[:400]} @ {where}", flush=True
+            )
+            continue
         ours.train(True)
         # Like for like: the plain loop's optimizer has the settings of the one DeepSpeed received.
         ds_defaults = {k: v for k, v in ours.engine.basic_optimizer.defaults.items() if k != "lr"}
@@ -256,7 +290,7 @@ def bench_shape(
             f"{shape.name} [{variant}, {type(ours.engine.optimizer).__name__}]: features={shape.features} "
             f"hidden={list(shape.hidden)} batch={shape.batch} steps={shape.steps}x{rounds} | deepspeed zero1 "
             f"bf16 {o * 1e3:.3f} ms/step (rounds {[round(s * 1e3, 3) for s in ours_s]}) | plain torch "
-            f"autocast bf16 {p * 1e3:.3f} ms/step (rounds {[round(s * 1e3, 3) for s in plain_s]}) | ratio "
+            f"{'torch.compile ' if compiled else ''}autocast bf16 {p * 1e3:.3f} ms/step (rounds {[round(s * 1e3, 3) for s in plain_s]}) | ratio "
             f"{o / p:.3f} | loss after training: deepspeed {final_ours:.4f}, plain {final_plain:.4f}",
             flush=True,
         )
