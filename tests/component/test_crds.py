@@ -130,6 +130,19 @@ RESOURCE_PARITY: list[tuple[dict[str, Any], str | None]] = [
         "spec.resources.limits",
     ),
     ({"requests": {"a.b/c": "0.25"}}, "spec.resources.requests"),
+    # Hugepages: whole pages of the size the name gives, and never without cpu or memory.
+    ({"requests": {"memory": "1Gi", "hugepages-2Mi": "128Mi"}, "limits": {"hugepages-2Mi": "128Mi"}}, None),
+    ({"limits": {"cpu": "1", "hugepages-1Gi": "2Gi"}}, None),
+    ({"limits": {"memory": "1Gi", "hugepages-2Mi": 4194304}}, None),
+    ({"limits": {"memory": "1Gi", "hugepages-1Gi": "0.5Ti"}}, None),
+    ({"limits": {"memory": "1Gi", "hugepages-2048Ki": "4Mi", "hugepages-2Mi": "0"}}, None),
+    ({"requests": {"hugepages-2Mi": "128Mi"}, "limits": {"hugepages-2Mi": "128Mi"}}, "spec.resources.limits"),
+    ({"requests": {"hugepages-2Mi": "128Mi"}}, "spec.resources.requests"),
+    ({"limits": {"memory": "1Gi", "hugepages-2Mi": "3Mi"}}, "spec.resources.limits"),
+    ({"requests": {"memory": "1Gi", "hugepages-1Gi": "1.5Gi"}}, "spec.resources.requests"),
+    ({"limits": {"memory": "1Gi", "hugepages-2Mi": "2e6"}}, "spec.resources.limits"),
+    ({"limits": {"memory": "1Gi", "hugepages-2Mi": "2097152.5"}}, "spec.resources.limits"),
+    ({"limits": {"memory": "1Gi", "hugepages-2M": "2M"}}, "spec.resources.limits"),
 ]
 
 

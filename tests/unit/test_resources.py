@@ -337,6 +337,69 @@ def test_fractional_extended_resource_refused_naming_the_field(
     )
 
 
+@pytest.mark.parametrize(
+    "resources",
+    [
+        {"requests": {"memory": "1Gi", "hugepages-2Mi": "128Mi"}, "limits": {"hugepages-2Mi": "128Mi"}},
+        # cpu or memory as a request or a limit is enough, as for Kubernetes.
+        {"limits": {"cpu": "1", "hugepages-1Gi": "2Gi"}},
+        {"requests": {"hugepages-2Mi": "4Mi"}, "limits": {"memory": "1Gi", "hugepages-2Mi": "4Mi"}},
+        {"limits": {"memory": "1Gi", "hugepages-2Mi": "0"}},
+        {"limits": {"memory": "1Gi", "hugepages-2Mi": 4194304}},  # 2 pages, in bytes
+        {"limits": {"memory": "1Gi", "hugepages-1Gi": "0.5Ti"}},
+        {"limits": {"memory": "1Gi", "hugepages-2048Ki": "4Mi"}},
+        {"limits": {"memory": "1Gi", "hugepages-64Ki": "1Mi"}},
+    ],
+)
+def test_hugepages_as_kubernetes_wants_accepted(resources: dict[str, Any]) -> None:
+    r.ResourceRequirements.model_validate(resources)
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        (
+            {"requests": {"hugepages-2Mi": "128Mi"}, "limits": {"hugepages-2Mi": "128Mi"}},
+            "limits: hugepages-2Mi needs a cpu or memory request or limit too (Kubernetes refuses hugepages alone)",
+        ),
+        (
+            {"requests": {"hugepages-2Mi": "128Mi"}, "limits": {"example.com/fpga": 1}},
+            "requests: hugepages-2Mi needs a cpu or memory request or limit too (Kubernetes refuses hugepages alone)",
+        ),
+        (
+            {"limits": {"memory": "1Gi", "hugepages-2Mi": "3Mi"}},
+            "limits.hugepages-2Mi: 3Mi is not a whole number of 2Mi pages",
+        ),
+        (
+            {"requests": {"memory": "1Gi", "hugepages-1Gi": "1.5Gi"}},
+            "requests.hugepages-1Gi: 1.5Gi is not a whole number of 1Gi pages",
+        ),
+        (
+            {"limits": {"memory": "1Gi", "hugepages-2Mi": "2e6"}},
+            "limits.hugepages-2Mi: 2e6 is not a whole number of 2Mi pages",
+        ),
+        (
+            {"limits": {"memory": "1Gi", "hugepages-2Mi": "2097152.5"}},
+            "limits.hugepages-2Mi: 2097152.5 is not a whole number of 2Mi pages",
+        ),
+        (
+            {"limits": {"memory": "1Gi", "hugepages-2M": "2M"}},
+            "limits.hugepages-2M: hugepages-2M names no page size (hugepages-<size> with a size such as 64Ki, 2Mi or 1Gi)",
+        ),
+        (
+            {"requests": {"memory": "1Gi", "hugepages-0Mi": "2Mi"}},
+            "requests.hugepages-0Mi: hugepages-0Mi names no page size (hugepages-<size> with a size such as 64Ki, 2Mi or 1Gi)",
+        ),
+    ],
+)
+def test_hugepages_kubernetes_refuses_refused_naming_the_field(
+    resources: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        r.ResourceRequirements.model_validate(resources)
+    assert r.format_validation_error(info.value) == message
+
+
 def test_gpu_request_unlike_limit_named_by_full_path_in_a_manifest() -> None:
     md = _load(ROOT / "examples" / "modeldeployment.yaml")
     md["spec"]["resources"] = {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 2}}

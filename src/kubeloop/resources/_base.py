@@ -331,6 +331,82 @@ def _whole_rules(part: str) -> tuple[dict[str, str], ...]:
     )
 
 
+# Page sizes as Kubernetes names them (the node's canonical binary quantity: hugepages-2Mi, -1Gi, -64Ki).
+# Kubernetes takes any quantity after the prefix; we refuse other spellings (hugepages-2M), which no node
+# advertises, so that CEL can read the page size as an int.
+HUGEPAGES_PATTERN: Final = r"^hugepages-[1-9][0-9]{0,3}(Ki|Mi|Gi)$"
+_PAGES_CHECKED_BELOW: Final = Decimal(10**15)
+_NO_PAGE_SIZE: Final = " names no page size (hugepages-<size> with a size such as 64Ki, 2Mi or 1Gi)"
+_HUGEPAGES_ALONE: Final = " needs a cpu or memory request or limit too (Kubernetes refuses hugepages alone)"
+
+
+def hugepages_size(name: str) -> int | None:
+    """The page size in bytes of a ``hugepages-<size>`` resource; None where the name gives none."""
+    if not re.fullmatch(HUGEPAGES_PATTERN, name):
+        return None
+    return int(parse_quantity(name.removeprefix("hugepages-")))
+
+
+def is_whole_pages(value: int | str, page_size: int) -> bool:
+    """Whether a hugepages quantity is a whole number of pages (pkg/apis/core/helper
+    ``IsHugePageResourceValueDivisible``), as far as it is checked: from 10^15 bytes up it is taken as
+    whole. Kubernetes divides the value rounded up to a byte; a fractional byte count is refused here."""
+    q = parse_quantity(value)
+    if abs(q) >= _PAGES_CHECKED_BELOW:
+        return True
+    return _as_parsed(q) % page_size == 0
+
+
+def _whole_pages_cel(value: str, key: str) -> str:
+    """CEL twin of :func:`is_whole_pages` for ``value`` of hugepages resource ``key`` (CEL expressions;
+    the key matches HUGEPAGES_PATTERN). As in :func:`_is_whole_cel`: the page counts next to the float
+    quotient, multiplied back and compared exactly."""
+    q, size = f"quantity({value})", f"quantity({key}.substring(10)).asInteger()"
+    n = f"int({q}.asApproximateFloat() / double({size}))"
+    return (
+        f"(!isQuantity({value}) || !{q}.isLessThan(quantity('1e15')) || !{q}.isGreaterThan(quantity('-1e15'))"
+        f" || {q}.compareTo(quantity('0').add({n} * {size})) == 0"
+        f" || {q}.compareTo(quantity('0').add(({n} + 1) * {size})) == 0)"
+    )
+
+
+def _hugepages_rules(part: str) -> tuple[dict[str, str], ...]:
+    """CEL: the hugepages resources of ``part`` (requests or limits) name a page size and are whole pages;
+    hugepages come with cpu or memory (named on limits where both parts have hugepages)."""
+    named = f"k.matches('{HUGEPAGES_PATTERN}')"
+    whole = _whole_pages_cel(f"string(self.{part}[k])", "k")
+    bad_name = f"self.{part}.filter(k, k.startsWith('hugepages-') && !{named})[0]"
+    not_whole = f"self.{part}.filter(k, {named} && !{whole})[0]"
+    has_huge = "has(self.{0}) && self.{0}.exists(k, k.startsWith('hugepages-'))"
+    cpu_or_memory = " || ".join(
+        f"(has(self.{p}) && ('cpu' in self.{p} || 'memory' in self.{p}))" for p in ("requests", "limits")
+    )
+    alone = f"!({has_huge.format(part)})" + (" || " + has_huge.format("limits") if part == "requests" else "")
+    return (
+        _cel(
+            f"!has(self.{part}) || self.{part}.all(k, !k.startsWith('hugepages-') || {named})",
+            f"hugepages-<size> in {part} must name a page size such as 64Ki, 2Mi or 1Gi",
+            f".{part}",
+            message_expression=f"{bad_name} + '{_NO_PAGE_SIZE}'",
+        ),
+        _cel(
+            f"!has(self.{part}) || self.{part}.all(k, !{named} || {whole})",
+            f"hugepages in {part} must be a whole number of pages of the size the name gives",
+            f".{part}",
+            message_expression=(
+                f"{not_whole} + ': ' + string(self.{part}[{not_whole}]) + ' is not a whole number of '"
+                f" + {not_whole}.substring(10) + ' pages'"
+            ),
+        ),
+        _cel(
+            f"{alone} || {cpu_or_memory}",
+            "hugepages need a cpu or memory request or limit too (Kubernetes refuses hugepages alone)",
+            f".{part}",
+            message_expression=f"self.{part}.filter(k, k.startsWith('hugepages-'))[0] + '{_HUGEPAGES_ALONE}'",
+        ),
+    )
+
+
 def _no_overcommit_reason(name: str) -> str:
     return "hugepages" if name.startswith("hugepages-") else "extended resources"
 
@@ -414,10 +490,14 @@ class ResourceRequirements(KubeloopModel):
     # the Job/Deployment: refuse it at admission of our object instead. The common resources get a rule
     # each, so the server names the exact field (requests[memory]) as the SDK does; one rule over the
     # map catches any other resource and names it in its message. A request without a limit is
-    # accepted: the operator sets the limit to the request where Kubernetes needs one.
+    # accepted: the operator sets the limit to the request where Kubernetes needs one. Likewise the
+    # quantity rules of ValidateResourceRequirements: extended resources in whole units, hugepages in
+    # whole pages and never without cpu or memory.
     cel_rules = (
         *_whole_rules("limits"),
         *_whole_rules("requests"),
+        *_hugepages_rules("limits"),
+        *_hugepages_rules("requests"),
         *(_named_rule(k) for k in _NAMED_RESOURCES),
         _cel(
             "!has(self.requests) || !has(self.limits) || self.requests.all(k, "
@@ -438,6 +518,20 @@ class ResourceRequirements(KubeloopModel):
             for name, quantity in getattr(self, part).items():
                 if is_extended_resource(name) and not is_whole_quantity(quantity):
                     raise _fail(f"{part}.{name}", f"{quantity}{_NOT_WHOLE}")
+        for part in ("limits", "requests"):
+            for name, quantity in getattr(self, part).items():
+                if not name.startswith("hugepages-"):
+                    continue
+                size = hugepages_size(name)
+                if size is None:
+                    raise _fail(f"{part}.{name}", f"{name}{_NO_PAGE_SIZE}")
+                if not is_whole_pages(quantity, size):
+                    raise _fail(f"{part}.{name}", f"{quantity} is not a whole number of {name[10:]} pages")
+        huge = [
+            (p, k) for p in ("limits", "requests") for k in getattr(self, p) if k.startswith("hugepages-")
+        ]
+        if huge and not {"cpu", "memory"} & (self.requests.keys() | self.limits.keys()):
+            raise _fail(huge[0][0], f"{huge[0][1]}{_HUGEPAGES_ALONE}")
         for name, request in self.requests.items():
             limit = self.limits.get(name)
             if limit is None:
