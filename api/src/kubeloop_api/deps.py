@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Final
@@ -93,9 +94,94 @@ Name = Annotated[
 ]
 
 
+class DuplicateKeyError(ValueError):
+    """A mapping names one key twice (written twice, or written differently but the same name in JSON).
+
+    ``key`` is its name in JSON (or the key itself where it has none), ``line`` the 1-based line of the
+    second occurrence (0: unknown), ``first`` the line of the first and ``written`` how that one was
+    written where it was written differently."""
+
+    def __init__(self, key: Any, line: int, first: int = 0, written: str = "") -> None:
+        where = f" at line {line}" if line else ""
+        before = f"first at line {first}" if first else ""
+        if written:
+            before += f", as {written}"
+        super().__init__(f"duplicate key {key!r}{where}" + (f" ({before})" if before else ""))
+
+
+def key_name(key: Any) -> Any:
+    """The name a map key has in JSON: a string as it is, an integer or boolean as kubectl's YAML reader
+    (sigs.k8s.io/yaml) writes it (``1`` -> "1", ``yes`` -> "true"); any other key unchanged (not a name:
+    :func:`json_data` refuses it)."""
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, int):
+        return str(key)
+    return key
+
+
+_MERGE: Final = "tag:yaml.org,2002:merge"
+
+
 class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, but an unquoted date or time stays the string written, as kubectl's YAML
-    reader (sigs.k8s.io/yaml, go-yaml v2) keeps it: the same file gives the same object either way."""
+    """PyYAML's safe loader, but
+
+    - an unquoted date or time stays the string written, as kubectl's YAML reader (sigs.k8s.io/yaml,
+      go-yaml v2) keeps it: the same file gives the same object either way;
+    - a map never loses a key: keys are their JSON names (:func:`key_name`) as the map is built, so
+      ``1`` and ``true`` (equal in Python) stay two keys as kubectl keeps them, and two keys with one
+      name are a :class:`DuplicateKeyError` (kubectl refuses duplicate keys too). A key written next to
+      a merge (``<<``) replaces the merged one: that is what a merge means."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Every mapping passes here before its merges are folded in (a merged one too, through the
+        # recursion): the one point where the keys written in it can be told from the merged ones.
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            self._refuse_duplicates(node)
+        super().flatten_mapping(node)
+
+    def _refuse_duplicates(self, node: yaml.MappingNode) -> None:
+        seen: dict[Any, tuple[int, str]] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE or not isinstance(key_node, yaml.ScalarNode):
+                continue  # a key that is a list or map is refused as unhashable when the map is built
+            name = key_name(self.construct_object(key_node))
+            line = key_node.start_mark.line + 1
+            style = key_node.style if key_node.style in ("'", '"') else ""
+            written = f"{style}{key_node.value}{style}"
+            try:
+                first = seen.get(name)
+            except TypeError:
+                continue
+            if first is not None:
+                raise DuplicateKeyError(name, line, first[0], first[1] if first[1] != written else "")
+            seen[name] = (line, written)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"expected a mapping node, but found {node.id}", node.start_mark
+            )
+        self.flatten_mapping(node)  # merged pairs first, so the keys written here win
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_name(self.construct_object(key_node, deep=deep))
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    "found unhashable key",
+                    key_node.start_mark,
+                ) from None
+            mapping[key] = self.construct_object(value_node, deep=deep)
+        return mapping
 
 
 def _as_written(loader: _YamlLoader, node: yaml.Node) -> Any:
@@ -103,6 +189,47 @@ def _as_written(loader: _YamlLoader, node: yaml.Node) -> Any:
 
 
 _YamlLoader.add_constructor("tag:yaml.org,2002:timestamp", _as_written)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) < len(pairs):  # the common case costs one comparison; finding the key only on error
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise DuplicateKeyError(k, 0)
+            seen.add(k)
+    return out
+
+
+_JSON_TOKEN: Final = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:]')
+
+
+def _json_duplicate(text: str) -> DuplicateKeyError | None:
+    """The first key given twice in one object of ``text`` (JSON, valid up to that key), with its line.
+    Only run on a body already found to have one (json gives the hook no position)."""
+    objects: list[set[str] | None] = []  # per open bracket: the keys of an object, None for a list
+    last: re.Match[str] | None = None
+    for m in _JSON_TOKEN.finditer(text):
+        tok = m.group()
+        if tok == "{":
+            objects.append(set())
+        elif tok == "[":
+            objects.append(None)
+        elif tok in ("}", "]"):
+            if objects:
+                objects.pop()
+        elif tok == ":":
+            keys = objects[-1] if objects else None
+            if last is not None and keys is not None:
+                key = json.loads(last.group())
+                if key in keys:
+                    return DuplicateKeyError(key, text.count("\n", 0, last.start()) + 1)
+                keys.add(key)
+        else:
+            last = m
+    return None
+
 
 JSON_TYPES: Final = ("application/json", "application/merge-patch+json", "")
 YAML_TYPES: Final = ("application/yaml", "application/x-yaml", "text/yaml")
@@ -144,13 +271,21 @@ async def read_document(request: Request, limit: int) -> Any:
         raise UnsupportedMediaTypeError(
             f"Content-Type: {ctype!r} is not supported; send application/json or application/yaml"
         )
-    raw = await read_body(request, limit)
+    return decode_document(await read_body(request, limit), ctype)
+
+
+def decode_document(raw: bytes, ctype: str) -> Any:
+    """``raw`` decoded as JSON, or YAML when ``ctype`` is one of :data:`YAML_TYPES` (no I/O)."""
     if not raw.strip():
         raise BadRequestError("body: empty; expected a JSON object")
     try:
         if ctype in YAML_TYPES:
             return json_data(yaml.load(raw, Loader=_YamlLoader))
-        return json_data(json.loads(raw, parse_constant=_no_constant))
+        return json_data(json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_json_object))
+    except DuplicateKeyError as e:
+        if ctype not in YAML_TYPES:
+            e = _json_duplicate(raw.decode(json.detect_encoding(raw), "replace")) or e
+        raise BadRequestError(f"body: {e}") from None
     except (ValueError, RecursionError, yaml.YAMLError) as e:
         kind = "YAML" if ctype in YAML_TYPES else "JSON"
         raise BadRequestError(f"body: not valid {kind}: {str(e).splitlines()[0][:200]}") from None
@@ -166,20 +301,19 @@ _MAX_DEPTH: Final = 200  # orjson, which encodes what is sent on, stops at 254 l
 def json_data(value: Any, path: str = "", depth: int = 0) -> Any:
     """``value`` as JSON carries it, or 422 naming the field JSON cannot carry: an integer outside int64
     or a float that is not finite (orjson would refuse the one and write ``null`` for the other), a
-    YAML-only type, a map key that is not a name. Integer and boolean map keys become names, as
-    kubectl's YAML reader (sigs.k8s.io/yaml) makes them."""
+    YAML-only type, a map key that is not a name, two keys with one name. Integer and boolean map keys
+    become names (:func:`key_name`)."""
     field = path or "body"
     if depth > _MAX_DEPTH:
         raise InvalidError(f"nested more than {_MAX_DEPTH} levels deep", field=field)
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
-            if isinstance(k, bool):
-                key = "true" if k else "false"
-            elif isinstance(k, int | str):
-                key = str(k)
-            else:
+            key = key_name(k)
+            if not isinstance(key, str):
                 raise InvalidError(f"map key {k!r} is not a name; quote it", field=field)
+            if key in out:
+                raise InvalidError(f"map key {key!r} given twice", field=field)
             out[key] = json_data(v, f"{path}.{key}" if path else key, depth + 1)
         return out
     if isinstance(value, list):
