@@ -403,6 +403,54 @@ def test_csv_timestamps_written_by_pandas_are_temporal_text() -> None:
     assert ds.ignored_columns == {"at": "timestamps", "d": "dates"}
 
 
+# Text shaped like an ISO date or timestamp is temporal only when every value is a real one (a month
+# 1-12, a day that month has, a time of day, an offset within a day): product codes such as 1234-56-78
+# stay categorical features, whether picked by default or listed.
+NOT_DATES: dict[str, list[str]] = {
+    "month 56": ["1234-56-78", "2024-01-05"],
+    "month 00": ["2024-00-10", "2024-01-05"],
+    "day 32": ["2024-01-32", "2024-01-05"],
+    "February 30": ["2024-02-30", "2024-01-05"],
+    "February 29 of a common year": ["2023-02-29", "2023-01-05"],
+    "day 00": ["2024-03-00", "2024-01-05"],
+    "year 0000": ["0000-01-01", "2024-01-05"],
+    "hour 24": ["2024-01-01 24:00", "2024-01-02 08:00"],
+    "minute 60": ["2024-01-01 12:60", "2024-01-02 08:00"],
+    "second 61": ["2024-01-01 12:00:61", "2024-01-02 08:00:00"],
+    "offset hour 25": ["2024-01-01T12:00+25:00", "2024-01-02T08:00+01:00"],
+    "offset minute 75": ["2024-01-01T12:00+01:75", "2024-01-02T08:00+01:00"],
+    "duration of 25 hours": ["1 days 25:00:00", "0 days 01:00:00"],
+}
+
+
+@pytest.mark.parametrize("case", NOT_DATES, ids=list(NOT_DATES))
+def test_codes_shaped_like_dates_are_categorical_features(case: str) -> None:
+    df = good_frame()
+    # the invalid value last: a check of the first values only would not see it
+    df["code"] = [NOT_DATES[case][1]] * (len(df) - 1) + [NOT_DATES[case][0]]
+    for fmt, data in (("parquet", parquet_bytes(df)), ("csv", csv_bytes(df))):
+        ds = check(data, uri=f"/d.{fmt}")
+        assert ds.ignored_columns == {}, (fmt, case)
+        assert {f.name: f.type for f in ds.encoder.features}["code"] == "categorical"
+        listed = check(data, uri=f"/d.{fmt}", features=["a", "code"])
+        assert [f.type for f in listed.encoder.features] == ["numeric", "categorical"]
+
+
+def test_real_dates_at_the_edges_are_temporal() -> None:
+    # leap days, the last day of year 9999 (an open end), midnight, second 60, offsets up to 23:59
+    df = good_frame()
+    df["day"] = ["2024-02-29", "2000-02-29", "9999-12-31", "0001-01-01"] * 10
+    df["at"] = [
+        "2024-02-29 00:00",
+        "2016-12-31T23:59:60Z",
+        "2024-01-01T12:00-23:59",
+        "2024-01-01 12:00+0530",
+    ] * 10
+    df["took"] = ["-1 days 23:59:59.5", "10 days 00:00:00"] * 20
+    ds = check(csv_bytes(df))
+    assert ds.ignored_columns == {"day": "dates", "at": "timestamps", "took": "durations"}
+
+
 # Rows whose number of fields differs from the header's. pandas (default options) reads a row one
 # field longer than the header by turning the first column into the index (every value moves one
 # column left; the first column is lost without an error), pads a short row with NaN, and with
