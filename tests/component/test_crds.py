@@ -146,36 +146,54 @@ RESOURCE_PARITY: list[tuple[dict[str, Any], str | None]] = [
 ]
 
 
+# TrainingJobs whose nvidia.com/gpu is compared with distributed.gpusPerNode: (gpusPerNode, resources,
+# the field a refusal names, or None). Equal numbers are equal however they are written.
+GPU_COUNT_PARITY: list[tuple[int, dict[str, Any], str | None]] = [
+    (2, {"limits": {"nvidia.com/gpu": 2}}, None),
+    (2, {"requests": {"nvidia.com/gpu": "2000m"}, "limits": {"nvidia.com/gpu": "2000m"}}, None),
+    (2, {"limits": {"nvidia.com/gpu": "2.0"}}, None),
+    (1, {"limits": {"nvidia.com/gpu": "1e0"}}, None),
+    (2, {"limits": {"nvidia.com/gpu": 1}}, "spec.resources.limits"),
+    (2, {"requests": {"nvidia.com/gpu": "3000m"}}, "spec.resources.requests"),
+]
+
+
 def test_resource_rules_agree_with_the_api_server(
     kube_cluster: KubeCluster, kubeloop_crds: list[dict[str, Any]], k8s_namespace: str
 ) -> None:
-    docs = []
-    for i, (resources, _) in enumerate(RESOURCE_PARITY):
+    cases: list[tuple[dict[str, Any], dict[str, Any], str | None]] = []  # (manifest, resources, field)
+    for resources, field in RESOURCE_PARITY:
         md = _example("ModelDeployment")
-        md["metadata"]["name"] = f"parity-{i}"
         md["spec"]["resources"] = resources
-        docs.append(md)
+        cases.append((md, resources, field))
+    for gpus, resources, field in GPU_COUNT_PARITY:
+        tj = _example("TrainingJob")
+        tj["spec"]["distributed"] = {"gpusPerNode": gpus}
+        tj["spec"]["resources"] = resources
+        cases.append((tj, resources, field))
+    for i, (doc, _, _) in enumerate(cases):
+        doc["metadata"]["name"] = f"parity-{i}"
     proc = kube_cluster.kubectl(
         "create",
         "--dry-run=server",
         "-f",
         "-",
         namespace=k8s_namespace,
-        input=yaml.safe_dump_all(docs),
+        input=yaml.safe_dump_all([doc for doc, _, _ in cases]),
         check=False,
     )
     refusals = dict(re.findall(r'"parity-(\d+)" is invalid: (.*)', proc.stderr))
     accepted = set(re.findall(r"/parity-(\d+) created", proc.stdout))
-    for i, (resources, field) in enumerate(RESOURCE_PARITY):
+    for i, (doc, resources, field) in enumerate(cases):
         try:
-            r.load_manifest(docs[i])
+            r.load_manifest(doc)
             sdk = None
         except ValidationError as exc:
             sdk = r.format_validation_error(exc)
         server = refusals.get(str(i))
         assert server is not None or str(i) in accepted, f"no verdict for {resources}:\n{proc.stderr}"
         if field is None:
-            assert (sdk, server) == (None, None), f"{resources} refused"
+            assert (sdk, server) == (None, None), f"{doc['kind']} with {resources} refused"
             continue
         assert sdk is not None, f"{resources} accepted by the SDK, server: {server!r}"
         assert server is not None, f"{resources} accepted by the server, SDK: {sdk!r}"

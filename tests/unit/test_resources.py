@@ -400,6 +400,45 @@ def test_hugepages_kubernetes_refuses_refused_naming_the_field(
     assert r.format_validation_error(info.value) == message
 
 
+def _training_job(gpus: int, resources: dict[str, Any]) -> dict[str, Any]:
+    tj = _load(ROOT / "examples" / "trainingjob.yaml")
+    tj["spec"]["distributed"] = {"gpusPerNode": gpus}
+    tj["spec"]["resources"] = resources
+    return tj  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("gpus", "resources"),
+    [
+        (2, {"limits": {"nvidia.com/gpu": 2}}),
+        (2, {"limits": {"nvidia.com/gpu": "2"}}),
+        # The same number written otherwise: Kubernetes takes it as 2, so it agrees with gpusPerNode.
+        (2, {"requests": {"nvidia.com/gpu": "2000m"}, "limits": {"nvidia.com/gpu": "2000m"}}),
+        (2, {"limits": {"nvidia.com/gpu": "2.0"}}),
+        (1, {"limits": {"nvidia.com/gpu": "1e0"}}),
+    ],
+)
+def test_gpu_count_equal_to_gpus_per_node_accepted(gpus: int, resources: dict[str, Any]) -> None:
+    r.load_manifest(_training_job(gpus, resources))
+
+
+@pytest.mark.parametrize(
+    ("gpus", "resources", "message"),
+    [
+        (2, {"limits": {"nvidia.com/gpu": 1}}, "spec.resources.limits: nvidia.com/gpu 1 contradicts"),
+        (
+            2,
+            {"requests": {"nvidia.com/gpu": "3000m"}},
+            "spec.resources.requests: nvidia.com/gpu 3000m contradicts",
+        ),
+    ],
+)
+def test_gpu_count_unlike_gpus_per_node_refused(gpus: int, resources: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        r.load_manifest(_training_job(gpus, resources))
+    assert r.format_validation_error(info.value).startswith(message)
+
+
 def test_gpu_request_unlike_limit_named_by_full_path_in_a_manifest() -> None:
     md = _load(ROOT / "examples" / "modeldeployment.yaml")
     md["spec"]["resources"] = {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 2}}

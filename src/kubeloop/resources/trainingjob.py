@@ -23,6 +23,7 @@ from kubeloop.resources._base import (
     Toleration,
     _cel,
     _fail,
+    parse_quantity,
 )
 from kubeloop.resources.manifest import _AGE, PrinterColumn, Resource, _cols
 
@@ -320,7 +321,10 @@ class TrainingJobSpec(KubeloopModel):
                 f"!has(self.distributed) || !has(self.distributed.gpusPerNode) || self.distributed.gpusPerNode == 0"
                 f" || !has(self.resources) || !has(self.resources.{part})"
                 f" || !('{GPU_RESOURCE}' in self.resources.{part})"
-                f" || string(self.resources.{part}['{GPU_RESOURCE}']) == string(self.distributed.gpusPerNode)",
+                # Numbers, not strings: 2000m is 2 (a malformed quantity is left to its own rule).
+                f" || !isQuantity(string(self.resources.{part}['{GPU_RESOURCE}']))"
+                f" || quantity(string(self.resources.{part}['{GPU_RESOURCE}']))"
+                ".compareTo(quantity('0').add(self.distributed.gpusPerNode)) == 0",
                 f"{GPU_RESOURCE} must equal distributed.gpusPerNode, which sets it (or be left out)",
                 f".resources.{part}",
             )
@@ -334,7 +338,7 @@ class TrainingJobSpec(KubeloopModel):
         for part in ("requests", "limits"):
             given = getattr(self.resources, part).get(GPU_RESOURCE)
             # torchrun starts gpusPerNode processes, one per GPU: a pod given another count contradicts it.
-            if gpus and given is not None and str(given) != str(gpus):
+            if gpus and given is not None and parse_quantity(given) != gpus:
                 raise _fail(
                     f"resources.{part}",
                     f"{GPU_RESOURCE} {given} contradicts distributed.gpusPerNode {gpus}, which sets it; "
