@@ -274,10 +274,11 @@ def test_histogram_sum_stays_finite() -> None:
     assert _metric(text, "kubeloop_server_nonfinite_predictions_total") == 3.0
 
 
-def test_nonfinite_counter_starts_at_zero_and_is_regression_only(make_client, packed_clf) -> None:  # type: ignore[no-untyped-def]
-    text = make_client(log_graph()).get("/metrics").text
-    assert _metric(text, "kubeloop_server_nonfinite_predictions_total") == 0.0
-    assert "kubeloop_server_nonfinite_predictions" not in make_client(packed_clf).get("/metrics").text
+def test_nonfinite_counter_starts_at_zero(make_client, packed_clf) -> None:  # type: ignore[no-untyped-def]
+    """Regression values and classified rows (probabilities with a NaN or an infinity) alike."""
+    for model in (log_graph(), packed_clf):
+        text = make_client(model).get("/metrics").text
+        assert _metric(text, "kubeloop_server_nonfinite_predictions_total") == 0.0
 
 
 def test_unknown_route_and_method(make_client, packed_clf) -> None:

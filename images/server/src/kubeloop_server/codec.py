@@ -28,7 +28,7 @@ import orjson
 
 from kubeloop.drift import category_key
 from kubeloop_server.errors import InvalidInputError, PayloadTooLargeError
-from kubeloop_server.model import FeatureInput, Feeds, ModelRuntime, Outputs, TensorSpec
+from kubeloop_server.model import FeatureInput, Feeds, ModelRuntime, Outputs, TensorSpec, nonfinite_rows
 
 # OIP datatype -> numpy dtype (little-endian, as the binary extension and raw gRPC contents are).
 OIP_DTYPES: Final[dict[str, Any]] = {
@@ -57,6 +57,10 @@ _NUMBER_TYPES: Final = frozenset(OIP_DTYPES) - {"BOOL", "BYTES"}
 # Response ids for requests that carry none: unique per process, cheaper than uuid4 on the hot path.
 _ID_PREFIX: Final = f"{os.urandom(6).hex()}-"
 _ID_COUNTER = itertools.count(1)
+# The record API's answer for a row whose probabilities hold a NaN or an infinity (``label`` is null).
+NONFINITE_LABEL: Final = (
+    "the model's probabilities for this record are not finite (NaN or infinity): no class is predicted"
+)
 _DUMPS_OPTS: Final = orjson.OPT_SERIALIZE_NUMPY
 _dumps = orjson.dumps
 _add_reduce = np.add.reduce
@@ -276,7 +280,10 @@ def _row_value(arr: np.ndarray, k: int) -> Any:
 def record_results(rt: ModelRuntime, outputs: Outputs, rows: int) -> list[dict[str, Any]]:
     """Per-row answers for ``rows`` records: ``{"label", "probabilities"}``, ``{"prediction"}``, or (a foreign
     graph whose outputs do not read as a prediction) ``{"outputs": {name: value}}``, where an output without
-    one entry per row (a constant, a scalar) is given whole in every row."""
+    one entry per row (a constant, a scalar) is given whole in every row.
+
+    A row whose probabilities hold a NaN or an infinity gets ``"label": null`` and ``"label_error"`` saying
+    why, not the class argmax would pick. JSON has no NaN or infinity: such values are null in the answer."""
     if rt.prediction_output is None:
         whole = {
             name: o.tolist()
@@ -290,10 +297,16 @@ def record_results(rt: ModelRuntime, outputs: Outputs, rows: int) -> list[dict[s
     if rt.task == "classification":
         classes = rt.classes
         idx = pred.argmax(axis=1).tolist()
-        return [
+        results: list[dict[str, Any]] = [
             {"label": classes[k], "probabilities": dict(zip(classes, row, strict=True))}
             for k, row in zip(idx, pred, strict=True)
         ]
+        bad = nonfinite_rows(pred)
+        if bad is not None:
+            for k in np.flatnonzero(bad).tolist():
+                results[k]["label"] = None
+                results[k]["label_error"] = NONFINITE_LABEL
+        return results
     return [{"prediction": v} for v in pred.reshape(-1)]
 
 

@@ -24,9 +24,13 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from kubeloop_server.model import nonfinite_rows
+
 # ``*_created`` series double the exposition size and nobody graphs them.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
 
+# Up to this many classes a single row's probabilities are checked and counted as a Python list.
+_LIST_CLASSES: Final = 16
 MAX_CLASS_LABELS: Final = 50
 LATENCY_BUCKETS: Final = (
     0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
@@ -109,13 +113,15 @@ class _LoopCollector(Collector):
             yield classes
         else:
             yield m.predicted_value.family()
-            nonfinite = CounterMetricFamily(
-                "kubeloop_server_nonfinite_predictions",
-                "Predicted values (regression) that were NaN or infinite: counted here, not observed into "
-                "kubeloop_server_prediction_value, whose _sum one such value would spoil for good.",
-            )
-            nonfinite.add_metric([], m.nonfinite_predictions)
-            yield nonfinite
+        nonfinite = CounterMetricFamily(
+            "kubeloop_server_nonfinite_predictions",
+            "Predictions that were not finite: regression values that were NaN or infinite (not observed into "
+            "kubeloop_server_prediction_value, whose _sum one such value would spoil for good), and "
+            "classified rows whose probabilities held a NaN or an infinity (counted under no class: the "
+            "model gave none).",
+        )
+        nonfinite.add_metric([], m.nonfinite_predictions)
+        yield nonfinite
 
 
 class ServerMetrics:
@@ -224,10 +230,27 @@ class ServerMetrics:
         self.run_duration.observe(seconds)
 
     def observe_classes(self, probabilities: np.ndarray) -> None:
+        """Count each row under its class; a row holding a NaN or an infinity has none (argmax would say
+        the first NaN's or infinity's column) and is counted as non-finite instead."""
         if probabilities.shape[0] == 1:
-            self.class_counts[int(probabilities.argmax())] += 1
+            if probabilities.size <= _LIST_CLASSES:
+                # as Python floats: cheaper than numpy for a few classes (a sum that is not finite may be
+                # finite values overflowing: then the exact test decides)
+                row = probabilities.ravel().tolist()
+                if math.isfinite(sum(row)) or all(map(math.isfinite, row)):
+                    self.class_counts[row.index(max(row))] += 1  # argmax's answer: the first maximum
+                    return
+            elif nonfinite_rows(probabilities) is None:
+                self.class_counts[int(probabilities.argmax())] += 1
+                return
+            self.nonfinite_predictions += 1
             return
-        counts = np.bincount(probabilities.argmax(axis=1), minlength=len(self.class_counts))
+        idx = probabilities.argmax(axis=1)
+        bad = nonfinite_rows(probabilities)
+        if bad is not None:
+            self.nonfinite_predictions += int(bad.sum())
+            idx = idx[~bad]
+        counts = np.bincount(idx, minlength=len(self.class_counts))
         for k, c in enumerate(counts.tolist()):
             self.class_counts[k] += c
 

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
@@ -160,6 +162,21 @@ def _zipmap_array(seq: Any, dtype: Any, width: int) -> np.ndarray:
     if not seq:
         return np.zeros((0, width), dtype=dtype)
     return np.array([list(d.values()) for d in seq], dtype=dtype)
+
+
+# nonfinite_rows() squares values: finite ones past the type's range overflow, and then the exact test decides.
+warnings.filterwarnings("ignore", "overflow encountered in dot", RuntimeWarning, r"kubeloop_server\.model$")
+
+
+def nonfinite_rows(values: np.ndarray) -> npt.NDArray[np.bool_] | None:
+    """Which rows (first axis) of a float array hold a NaN or an infinity; None when none does. The usual
+    case costs one dot product (a NaN or an infinity makes it NaN or inf; cheaper than a sum); the exact test
+    runs only when it is not finite, which finite values overflowing make it too."""
+    flat = values.reshape(-1)
+    if math.isfinite(flat.dot(flat)):
+        return None
+    bad: npt.NDArray[np.bool_] = ~np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
+    return bad if bad.any() else None
 
 
 CUDA_PROVIDER_OPTIONS: dict[str, str] = {"use_tf32": "0"}
@@ -536,7 +553,9 @@ class ModelRuntime:
         return self.prediction_values(outputs[self.prediction_output])
 
     def prediction_values(self, pred: np.ndarray) -> npt.NDArray[Any]:
-        """Per-row prediction out of the prediction output's values (rows of any number of requests)."""
+        """Per-row prediction out of the prediction output's values (rows of any number of requests). A row of
+        probabilities holding a NaN or an infinity has no class (:func:`nonfinite_rows`), although argmax
+        gives it one."""
         if self.task == "classification":
             return np.asarray(pred.argmax(axis=1))
         return pred.reshape(-1)

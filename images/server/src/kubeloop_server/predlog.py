@@ -33,7 +33,7 @@ from kubeloop.contracts import (
 )
 from kubeloop.storage import ObjectStore
 from kubeloop_server.metrics import ServerMetrics
-from kubeloop_server.model import Feeds, ModelRuntime, Outputs
+from kubeloop_server.model import Feeds, ModelRuntime, Outputs, nonfinite_rows
 
 log = logging.getLogger("kubeloop_server.predlog")
 
@@ -265,21 +265,26 @@ class PredictionLogger:
             data[PREDICTION_LOG_TIMESTAMP] = pa.array(stamps, type=pa.timestamp("us", tz="UTC"))
             n = len(stamps)
             data[PREDICTION_LOG_MODEL_VERSION] = pa.array([rt.version] * n, type=pa.string())
-            pred = None
-            if po is not None:
-                outs = (
+            # As the record API answers: null where the model gave no class (probabilities not finite) or no
+            # finite value.
+            if po is None:  # a foreign graph without a prediction output: the column is there, all null
+                data[PREDICTION_LOG_PREDICTION] = pa.nulls(n, type=pa.string())
+            else:
+                out = _merge(
                     [_kept(c.outputs[po], c.take) for c in group]
                     if sampled
                     else [c.outputs[po] for c in group]
                 )
-                pred = rt.prediction_values(_merge(outs))
-            if pred is None:  # a foreign graph without a prediction output: the column is there, all null
-                data[PREDICTION_LOG_PREDICTION] = pa.nulls(n, type=pa.string())
-            elif rt.task == "classification":
-                labels = np.asarray(rt.classes, dtype=object)[pred]
-                data[PREDICTION_LOG_PREDICTION] = pa.array(labels.tolist(), type=pa.string())
-            else:
-                data[PREDICTION_LOG_PREDICTION] = pa.array(pred.astype(np.float64))
+                pred = rt.prediction_values(out)
+                if rt.task == "classification":
+                    labels = np.asarray(rt.classes, dtype=object)[pred]
+                    bad = nonfinite_rows(out)
+                    if bad is not None:
+                        labels[bad] = None
+                    data[PREDICTION_LOG_PREDICTION] = pa.array(labels.tolist(), type=pa.string())
+                else:
+                    values = pred.astype(np.float64)
+                    data[PREDICTION_LOG_PREDICTION] = pa.array(values, mask=~np.isfinite(values))
             tables[day] = pa.table(data)
         return tables
 
