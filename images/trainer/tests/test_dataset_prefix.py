@@ -113,3 +113,52 @@ def test_a_bad_part_is_named(store: LocalStore) -> None:
         errors.UnreadableDatasetError, match=r"datasets/bc/b\.parquet is not a readable Parquet"
     ):
         read_tables(parts, "s3://kubeloop/datasets/bc/")
+
+
+def test_a_single_parquet_file_cannot_hold_dates_and_timestamps_in_one_column() -> None:
+    # Parquet types a column once: pyarrow writes pandas' object column of dates then datetimes as
+    # date32 (the times dropped) and refuses datetimes then dates; either way one type reaches pandas.
+    import datetime as dt
+
+    import pyarrow as pa
+
+    mixed = [dt.date(2024, 1, 1), dt.datetime(2024, 1, 2, 3, 4)]
+    read = pd.read_parquet(io.BytesIO(parquet(pd.DataFrame({"when": mixed}))))
+    assert read["when"].tolist() == [dt.date(2024, 1, 1), dt.date(2024, 1, 2)]
+    with pytest.raises(pa.ArrowTypeError):
+        parquet(pd.DataFrame({"when": mixed[::-1]}))
+
+
+# Parts of a prefix whose column holds dates in one and timestamps in another (or the same dates as a
+# typed Parquet column and as CSV text) concatenate to one object column mixing datetime.date,
+# pandas.Timestamp and str: still a column of points in time, left out of default features.
+MIXED_TEMPORAL_PARTS = {
+    "Parquet dates, then Parquet timestamps": (("parquet", "date"), ("parquet", "timestamp"), "timestamps"),
+    "Parquet timestamps, then Parquet dates": (("parquet", "timestamp"), ("parquet", "date"), "timestamps"),
+    "Parquet dates, then CSV dates": (("parquet", "date"), ("csv", "date"), "dates"),
+    "Parquet dates, then CSV timestamps": (("parquet", "date"), ("csv", "timestamp"), "timestamps"),
+    "CSV dates, then Parquet timestamps": (("csv", "date"), ("parquet", "timestamp"), "timestamps"),
+}
+
+
+@pytest.mark.parametrize("case", MIXED_TEMPORAL_PARTS, ids=list(MIXED_TEMPORAL_PARTS))
+def test_a_column_mixing_dates_and_timestamps_across_parts_is_temporal(case: str) -> None:
+    from kubeloop_trainer.data import prepare, temporal_kind
+
+    from kubeloop.resources import DatasetSpec
+
+    first, second, kind = MIXED_TEMPORAL_PARTS[case]
+    parts = []
+    for i, (fmt, values) in enumerate((first, second)):
+        df = frame(20, i)
+        when = pd.date_range(f"2024-0{i + 1}-01 06:30", periods=20, freq="D")
+        df["when"] = [d.date() for d in when] if values == "date" else when
+        parts.append((f"s3://bkt/d/{i}.{fmt}", parquet(df) if fmt == "parquet" else csv(df)))
+    table = read_tables(parts, "s3://bkt/d/")
+    assert temporal_kind(table["when"]) == kind
+    spec = DatasetSpec.model_validate({"uri": "s3://bkt/d/", "target": "y"})
+    ds = prepare(table, spec, "classification", seed=1)
+    assert ds.ignored_columns == {"when": kind}
+    listed = DatasetSpec.model_validate({"uri": "s3://bkt/d/", "target": "y", "features": ["a", "when"]})
+    with pytest.raises(errors.TemporalColumnError, match=f"feature column 'when' holds {kind}"):
+        prepare(table, listed, "classification", seed=1)

@@ -474,11 +474,20 @@ def temporal_kind(col: pd.Series) -> str | None:
     if len(present) == 0:
         return None
     first = present.iloc[0]
-    if _object_kind(first) is not None:  # Parquet date32 (and any Python date/time objects)
-        kinds = {_object_kind(v) for v in present.tolist()}
+    if _object_kind(first) is not None:
+        # Parquet date32 (Python dates), or the parts of a prefix concatenated: dates in one part and
+        # timestamps or text in another make one object column mixing date, Timestamp and str
+        values = present.tolist()
+        kinds = {_object_kind(v) for v in values if not isinstance(v, str)}
+        texts = [v for v in values if isinstance(v, str)]
+        if texts:
+            kinds.add(temporal_kind(pd.Series(texts, dtype=str)))
+        if kinds == {"dates", "timestamps"}:  # a date is a timestamp at midnight (as pandas writes it)
+            return "timestamps"
         return kinds.pop() if len(kinds) == 1 else None
     if not isinstance(first, str):
         return None
+    # text; or text first, then dates or timestamps of other parts, which astype(str) writes as ISO text
     for kind, pattern in _TEMPORAL_TEXT:
         if not pattern.fullmatch(first):  # most text columns: decided by their first value
             continue
