@@ -493,6 +493,26 @@ def test_an_unterminated_quote_is_named() -> None:
     assert "unterminated quoted field starting at line 3 (data row 2)" in e.value.message
 
 
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (b'a,"b,y\n1,2,0\n3,4,1\n', "line 1 (the header)"),
+        (b'"a,b,y\n', "line 1 (the header)"),
+        (b'\n\na,b,"y\n1,2,0\n', "line 3 (the header)"),  # blank lines before the header are skipped
+        (b'\xef\xbb\xbfa,"b\r\n1,2\r\n', "line 1 (the header)"),
+    ],
+)
+def test_an_unterminated_quote_in_the_header_is_named(data: bytes, where: str) -> None:
+    # pandas says only "EOF inside string starting at row 0"; a data row's was already named
+    with pytest.raises(errors.UnreadableDatasetError) as e:
+        read_table(data, "/d.csv")
+    assert e.value.exit_code == 12
+    assert e.value.message == (
+        f"dataset /d.csv is a malformed CSV: unterminated quoted field starting at {where}; a field that "
+        'opens with a quote must close with one (write "" for a quote inside it)'
+    )
+
+
 # Files whose rows all have the header's number of fields, however they are written: quoted commas,
 # quoted line breaks, "" escapes, quotes inside unquoted fields, blank and whitespace-only lines (pandas
 # skips both), a byte-order mark, CRLF. Each case: the file, then the rows as pandas reads them.

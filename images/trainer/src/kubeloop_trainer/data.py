@@ -92,9 +92,11 @@ def read_table(data: bytes, uri: str, fmt: str = "auto") -> pd.DataFrame:
         except pd.errors.EmptyDataError as e:
             raise errors.EmptyDatasetError(f"dataset {uri} has no columns") from e
         except pd.errors.ParserError as e:
-            fault = None if header is None else _csv_fault(data, len(header))
-            if fault is not None and header is not None:
-                raise errors.UnreadableDatasetError(_fault_message(uri, fault, len(header))) from e
+            # no header: its reading failed, as where a quote opens in it and never closes
+            n_fields = None if header is None else len(header)
+            fault = _csv_fault(data, n_fields)
+            if fault is not None:
+                raise errors.UnreadableDatasetError(_fault_message(uri, fault, n_fields)) from e
             raise errors.UnreadableDatasetError(
                 f"dataset {uri} is not a readable CSV file: {str(e).strip()}"
             ) from e
@@ -202,17 +204,18 @@ class CsvFault:
     fields: int | None
 
 
-def _csv_fault(data: bytes, n_fields: int) -> CsvFault | None:
-    """The first record whose number of fields is not the header's ``n_fields``, read as pandas reads
-    it (default options; :mod:`kubeloop.csvrows`): lines of only spaces and tabs are skipped, a
-    byte-order mark is dropped, LF, CRLF and lone CR end a line.
+def _csv_fault(data: bytes, n_fields: int | None) -> CsvFault | None:
+    """The first record whose number of fields is not the header's ``n_fields`` (None: the header is
+    unknown, and only a quote that never closes is a fault), read as pandas reads it (default options;
+    :mod:`kubeloop.csvrows`): lines of only spaces and tabs are skipped, a byte-order mark is dropped,
+    LF, CRLF and lone CR end a line.
 
     A Python scan, line by line: ~0.5 s per 50 MB of plain CSV, ~2 s where most lines hold quotes. It
     runs only where the file may be ragged (see :func:`_read_csv_rows`), so a well-formed file does not
     pay for it, and next to training it is small either way."""
     # bytes split at LF, CRLF and CR only; record 0 is the header
     for row, rec in enumerate(_pandas_records(_body(data).splitlines())):
-        if rec.fields is None or (row and rec.fields != n_fields):
+        if rec.fields is None or (row and n_fields is not None and rec.fields != n_fields):
             return CsvFault(line=rec.line, row=row, fields=rec.fields)
     return None
 
@@ -244,10 +247,10 @@ def _body(data: bytes) -> bytes:
     return data[len(_BOM) :] if data.startswith(_BOM) else data
 
 
-def _fault_message(uri: str, fault: CsvFault, n_fields: int) -> str:
+def _fault_message(uri: str, fault: CsvFault, n_fields: int | None) -> str:
     what = (
         csvrows.unterminated_quote(fault.line, fault.row)
-        if fault.fields is None
+        if fault.fields is None or n_fields is None
         else csvrows.wrong_field_count(fault.line, fault.row, fault.fields, n_fields)
     )
     return f"dataset {uri} is a malformed CSV: {what}"
