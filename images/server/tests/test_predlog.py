@@ -191,11 +191,11 @@ def _started_on_blocking_store(
     return rt, store, metrics, log
 
 
-def test_rows_in_flight_at_the_shutdown_timeout_are_counted_once(packed_clf) -> None:  # type: ignore[no-untyped-def]
-    """The shutdown flush timed out during a write: its rows were counted dropped (shutdown_timeout), then
-    written as well when the write completed, and rows still buffered were dropped and then written by the
-    writer's last flush. Each row is counted once: what is not written by the deadline is dropped, and a
-    write that completes after it changes nothing."""
+def test_rows_in_flight_at_the_shutdown_timeout_are_unconfirmed_until_the_write_ends(packed_clf) -> None:  # type: ignore[no-untyped-def]
+    """The shutdown flush timed out during a write. Before, its rows were counted dropped (shutdown_timeout)
+    although the write then completed and its part was in the store. Now rows still buffered at the deadline
+    are dropped (they are never written), rows in the unfinished write are unconfirmed, and the write, when it
+    ends, counts them as written (or dropped, had it failed): every count stays true."""
     rt, store, metrics, log = _started_on_blocking_store(packed_clf)
     writer = log._thread
     assert writer is not None
@@ -205,16 +205,54 @@ def test_rows_in_flight_at_the_shutdown_timeout_are_counted_once(packed_clf) -> 
     more = rt.dummy_feeds(3)
     log.record(more, rt.run(more), 3)  # still buffered
     log.stop(0.2)
-    assert (log.written_rows, log.dropped_rows) == (0, 8)
+    assert (log.written_rows, log.dropped_rows, log.unconfirmed_rows) == (0, 3, 5)
+    text = metrics.render().decode()
+    assert _counter(text, 'kubeloop_server_prediction_log_dropped_rows_total{reason="shutdown_timeout"}') == 3
     store.release.set()  # the stuck write completes after the deadline
     writer.join(10)
     assert not writer.is_alive()
-    assert (log.written_rows, log.dropped_rows) == (0, 8)
-    text = metrics.render().decode()
-    assert _counter(text, "kubeloop_server_prediction_log_written_rows_total") == 0
-    assert _counter(text, 'kubeloop_server_prediction_log_dropped_rows_total{reason="shutdown_timeout"}') == 8
+    assert (log.written_rows, log.dropped_rows, log.unconfirmed_rows) == (5, 3, 0)
     assert sum(t.num_rows for t in _tables(store)) == 5  # the buffered rows were not written after all
+    text = metrics.render().decode()
+    assert _counter(text, "kubeloop_server_prediction_log_written_rows_total") == 5
+    assert _counter(text, 'kubeloop_server_prediction_log_dropped_rows_total{reason="shutdown_timeout"}') == 3
     assert _counter(text, "kubeloop_server_prediction_log_buffered_rows") == 0
+
+
+def test_a_write_failing_after_the_shutdown_timeout_counts_its_rows_dropped(packed_clf) -> None:  # type: ignore[no-untyped-def]
+    rt, store, metrics, log = _started_on_blocking_store(packed_clf)
+    writer = log._thread
+    assert writer is not None
+    feeds = rt.dummy_feeds(4)
+    log.record(feeds, rt.run(feeds), 4)
+    assert store.entered.wait(10)
+    log.stop(0.2)
+    assert (log.written_rows, log.dropped_rows, log.unconfirmed_rows) == (0, 0, 4)
+    store.fail = True  # the stuck write fails when it ends
+    store.release.set()
+    writer.join(10)
+    assert (log.written_rows, log.dropped_rows, log.unconfirmed_rows) == (0, 4, 0)
+    text = metrics.render().decode()
+    assert _counter(text, 'kubeloop_server_prediction_log_dropped_rows_total{reason="storage_error"}') == 4
+
+
+def test_the_shutdown_log_line_names_unconfirmed_rows(make_client, packed_clf, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The last word of the lifespan shutdown on the prediction log is true when a write outlives the flush
+    deadline: its rows are neither written nor dropped yet (before: "0 rows written, 4 dropped", and the part
+    was in the store a moment later)."""
+    store = _BlockingStore()
+    c = make_client(packed_clf, store=store, prediction_log_flush_rows=1, flush_timeout_s=0.2, **LOGGING)
+    assert c.post("/forward_batch", json=random_records(4, seed=9)).status_code == 200
+    assert store.entered.wait(10)
+    writer = c.server_app.predlog._thread
+    with caplog.at_level("INFO", logger="kubeloop_server"):
+        c.__exit__(None, None, None)  # lifespan shutdown: the flush misses its deadline
+        store.release.set()
+        writer.join(10)
+    lines = [r.getMessage() for r in caplog.records if "prediction log" in r.getMessage()]
+    assert "prediction log flushed: 0 rows written, 0 dropped, 4 unconfirmed" in "\n".join(lines), lines
+    assert any("4 rows written after the shutdown deadline" in line for line in lines), lines
+    assert sum(t.num_rows for t in _tables(store)) == 4
 
 
 def test_a_write_done_by_the_shutdown_deadline_counts_as_written(packed_clf) -> None:  # type: ignore[no-untyped-def]

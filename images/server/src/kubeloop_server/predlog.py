@@ -107,8 +107,11 @@ class PredictionLogger:
         self.dropped_rows = 0
         # Rows a flush has taken from the buffer and not yet counted as written or dropped.
         self._in_flight = 0
-        # Set by stop() when the final flush missed its deadline: every row not yet counted was counted as
-        # dropped then, so a write that completes afterwards must not count its rows again.
+        # Rows of a write still going on when stop() gave up waiting: neither written nor dropped yet (the part
+        # may still land in the store). The write counts them as written or dropped when it ends, if the
+        # process lives that long (the writer is a daemon thread: the process exits without waiting for it).
+        self.unconfirmed_rows = 0
+        # Set by stop() when the final flush missed its deadline: the writer counts what it finishes after.
         self._abandoned = False
 
     # --- request path ------------------------------------------------------------------------------------
@@ -153,8 +156,9 @@ class PredictionLogger:
         self._thread.start()
 
     def stop(self, timeout_s: float) -> None:
-        """Flush everything buffered and stop the writer. Rows not written within ``timeout_s`` (still buffered,
-        or in a write that has not finished) are counted as dropped, once: the writer counts nothing after."""
+        """Flush everything buffered and stop the writer. If that takes longer than ``timeout_s``, rows still
+        buffered are dropped (never written) and rows in the write under way are unconfirmed
+        (:attr:`unconfirmed_rows`): that write counts them as written or dropped when it ends."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -163,18 +167,26 @@ class PredictionLogger:
                 with self._lock:
                     self._abandoned = True
                     buffered = sum(c.rows for c in self._buffer)
-                    self._buffer = []  # not written later either: they are counted as lost now
+                    self._buffer = []  # not written later: the writer's last flush finds nothing
                     self._buffered -= buffered
-                    left = buffered + self._in_flight
-                    self._in_flight = 0
-                    self.dropped_rows += left
-                    if left:
-                        self._metrics.log_dropped.labels("shutdown_timeout").inc(left)
+                    self.dropped_rows += buffered
+                    if buffered:
+                        self._metrics.log_dropped.labels("shutdown_timeout").inc(buffered)
                     self._metrics.log_buffered.set(self._buffered)
+                    self.unconfirmed_rows = unconfirmed = self._in_flight
                 log.error(
-                    "prediction log: final flush did not finish in %.0fs; %d rows lost", timeout_s, left
+                    "prediction log: final flush did not finish in %.1fs; %d buffered rows dropped, %d rows in "
+                    "a write still under way unconfirmed (their part may yet be stored)",
+                    timeout_s,
+                    buffered,
+                    unconfirmed,
                 )
             self._thread = None
+
+    def counts(self) -> tuple[int, int, int]:
+        """Rows written, dropped and unconfirmed, read together (a late write may be moving rows between them)."""
+        with self._lock:
+            return self.written_rows, self.dropped_rows, self.unconfirmed_rows
 
     def _run(self) -> None:
         while True:
@@ -201,22 +213,20 @@ class PredictionLogger:
                 self._count(table.num_rows, written=True)
         except Exception as e:
             lost = total - counted
-            if self._count(lost, written=False):
-                now = time.monotonic()
-                if now - self._last_error_log > 10:
-                    log.warning("prediction log: write failed, dropping %d rows: %s", lost, e)
-                    self._last_error_log = now
+            self._count(lost, written=False)
+            now = time.monotonic()
+            if now - self._last_error_log > 10:
+                log.warning("prediction log: write failed, dropping %d rows: %s", lost, e)
+                self._last_error_log = now
         finally:
             with self._lock:
                 self._buffered -= total
                 self._metrics.log_buffered.set(self._buffered)
 
-    def _count(self, rows: int, *, written: bool) -> bool:
-        """Count rows of the flush in flight as written or dropped (storage_error); False, counting nothing,
-        when stop() has counted them as dropped already (the final flush missed its deadline)."""
+    def _count(self, rows: int, *, written: bool) -> None:
+        """Count rows of the flush in flight as written or dropped (storage_error); after stop() gave up
+        waiting they were unconfirmed until now: say what became of them."""
         with self._lock:
-            if self._abandoned:
-                return False
             self._in_flight -= rows
             if written:
                 self.written_rows += rows
@@ -224,7 +234,19 @@ class PredictionLogger:
             else:
                 self.dropped_rows += rows
                 self._metrics.log_dropped.labels("storage_error").inc(rows)
-            return True
+            late = self._abandoned
+            if late:
+                self.unconfirmed_rows -= rows
+        if late and rows:
+            log.warning(
+                "prediction log: %d rows %s after the shutdown deadline; now %d rows written, %d dropped, "
+                "%d unconfirmed",
+                rows,
+                "written" if written else "dropped (write failed)",
+                self.written_rows,
+                self.dropped_rows,
+                self.unconfirmed_rows,
+            )
 
     def _tables(self, chunks: list[_Chunk]) -> dict[date, pa.Table]:
         """One table per day. Chunks are merged per graph input first (one concatenate per input, not a

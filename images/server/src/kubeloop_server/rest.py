@@ -324,10 +324,15 @@ class ServerApp:
             await self.predictor.stop()
             if self.predlog is not None:
                 await asyncio.to_thread(self.predlog.stop, self.settings.flush_timeout_s)
+                written, dropped, unconfirmed = self.predlog.counts()
                 log.info(
-                    "prediction log flushed: %d rows written, %d dropped",
-                    self.predlog.written_rows,
-                    self.predlog.dropped_rows,
+                    "prediction log flushed: %d rows written, %d dropped%s",
+                    written,
+                    dropped,
+                    f", {unconfirmed} unconfirmed (in a write that outlived the deadline: the process exits "
+                    "without waiting for it)"
+                    if unconfirmed
+                    else "",
                 )
 
     # --- routes -------------------------------------------------------------------------------------------------
