@@ -203,9 +203,33 @@ class AdaptiveBatcher:
         out = self._rt.run(merged)
         return out, time.perf_counter() - t0
 
+    async def _run_split(self, batch: list[_Pending]) -> None:
+        """A merged run failed. Requests whose inputs differ past the batch axis (a sequence model's dynamic
+        length) cannot share a run: numpy cannot stack them, and padding them to one length would change a
+        generic graph's answers (a mean, a recurrent state, a softmax over the sequence; outputs along that
+        axis would also need cutting back, which only the model knows how). So requests of one shape run
+        together, and if that fails too (or all had one shape: a value the model refuses), each runs on its
+        own, so that one request's inputs do not decide the others' answers."""
+        groups: dict[tuple[tuple[int, ...], ...], list[_Pending]] = {}
+        for p in batch:
+            if not p.future.done():
+                groups.setdefault(tuple(a.shape[1:] for a in p.feeds.values()), []).append(p)
+        if len(groups) == 1:
+            await self._run_alone(next(iter(groups.values())))
+            return
+        for group in groups.values():
+            if len(group) == 1:
+                await self._run_alone(group)
+                continue
+            try:
+                outputs, seconds = await self._execute([p.feeds for p in group])
+            except Exception:
+                await self._run_alone(group)
+                continue
+            self._metrics.observe_run(sum(p.rows for p in group), seconds)
+            self._answer(group, outputs)
+
     async def _run_alone(self, batch: list[_Pending]) -> None:
-        """A merged run failed: one request's inputs (a value the model refuses, a dynamic dimension the
-        others do not share) must not decide the others' answers, so each runs on its own."""
         for p in batch:
             if p.future.done():
                 continue
@@ -218,6 +242,20 @@ class AdaptiveBatcher:
             self._metrics.observe_run(p.rows, seconds)
             if not p.future.done():
                 p.future.set_result(out)
+
+    @staticmethod
+    def _answer(batch: list[_Pending], outputs: Outputs) -> None:
+        """Each request of a merged run gets its own rows of every output."""
+        if len(batch) == 1:
+            if not batch[0].future.done():
+                batch[0].future.set_result(outputs)
+            return
+        start = 0
+        for p in batch:
+            end = start + p.rows
+            if not p.future.done():
+                p.future.set_result([o[start:end] for o in outputs])
+            start = end
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -262,18 +300,9 @@ class AdaptiveBatcher:
                     if not batch[0].future.done():
                         batch[0].future.set_exception(e)
                 else:
-                    await self._run_alone(batch)
+                    await self._run_split(batch)
                 continue
-            if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_result(outputs)
-                continue
-            start = 0
-            for p in batch:
-                end = start + p.rows
-                if not p.future.done():
-                    p.future.set_result([o[start:end] for o in outputs])
-                start = end
+            self._answer(batch, outputs)
 
 
 def make_predictor(
