@@ -14,7 +14,10 @@ the data belongs to (:data:`ACCESS` is the whole table, also in the README).
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -64,7 +67,25 @@ ACCESS: Final[dict[str, Access]] = {
 class _Entry:
     principal: Principal
     until: float
-    expires_at: datetime | None
+
+
+def jwt_expiry(token: str) -> datetime | None:
+    """The ``exp`` claim of a token shaped like a JWT (ServiceAccount and OIDC tokens), else None.
+
+    The signature is not checked: this is only called for a token the API server's TokenReview has
+    accepted, to know when it ends. Anything unexpected (not three parts, not base64url JSON, no
+    numeric ``exp``, out of range) is None: expiry unknown."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+        if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+            return None
+        return datetime.fromtimestamp(exp, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 class Authenticator:
@@ -90,7 +111,8 @@ class Authenticator:
         hit = self._cache.get(key)
         now = time.monotonic()
         if hit is not None:
-            if hit.until > now and (hit.expires_at is None or hit.expires_at > datetime.now(UTC)):
+            ends = hit.principal.expires_at
+            if hit.until > now and (ends is None or ends > datetime.now(UTC)):
                 self._cache.move_to_end(key)
                 return hit.principal
             del self._cache[key]
@@ -107,7 +129,7 @@ class Authenticator:
                 )
                 self.metrics.auth_failures.labels(reason).inc()
                 raise
-            principal, expires_at = rec.principal(self.settings.api_token_user_prefix), rec.expires_at
+            principal = rec.principal(self.settings.api_token_user_prefix)
         else:
             status = await self.kube.token_review(token, self.settings.token_audiences)
             user = status.get("user") or {}
@@ -117,10 +139,11 @@ class Authenticator:
                 username=str(user["username"]),
                 groups=tuple(str(g) for g in user.get("groups") or ()),
                 uid=str(user.get("uid") or ""),
+                # Read only once the cluster accepted the token; a cached answer ends with it too.
+                expires_at=jwt_expiry(token),
             )
-            expires_at = None
         if self.settings.auth_cache_ttl_s > 0:
-            self._cache[key] = _Entry(principal, now + self.settings.auth_cache_ttl_s, expires_at)
+            self._cache[key] = _Entry(principal, now + self.settings.auth_cache_ttl_s)
             while len(self._cache) > _CACHE_MAX:
                 self._cache.popitem(last=False)
         return principal

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 
@@ -16,6 +17,10 @@ class Principal:
     source: Literal["kubernetes", "api-token"] = "kubernetes"
     token_id: str | None = None
     """For API tokens: the token's id (never the token itself)."""
+    expires_at: datetime | None = None
+    """When the credential this caller authenticated with expires, where the facade can know it (a JWT
+    bearer's ``exp``, an API token's ``expiresAt``); None: unknown. What the caller derives from it (an
+    API token) must not outlive it."""
 
     def impersonation_headers(self) -> list[tuple[str, str]]:
         """Headers that make the API server evaluate a request as this principal (RBAC decides).

@@ -80,7 +80,10 @@ class ApiSettings(BaseSettings):
         description="Audiences passed to TokenReview; empty means the API server's own audiences.",
     )
     api_token_default_ttl_s: int = Field(
-        default=30 * 86400, ge=60, description="Lifetime of an API token created without expiresInSeconds."
+        default=30 * 86400,
+        ge=60,
+        description="Lifetime of an API token created without expiresInSeconds (cut to the expiry of the "
+        "credential it is made with, where that is known: a JWT's exp, an API token's expiresAt).",
     )
     api_token_max_ttl_s: int = Field(
         default=365 * 86400, ge=60, description="Longest lifetime an API token may be given."

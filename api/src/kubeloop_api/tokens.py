@@ -60,7 +60,11 @@ class TokenRecord(BaseModel):
         """Who the token authenticates as: its user under ``user_prefix`` (the api_token_user_prefix
         setting), so RBAC can tell API-token users from cluster users."""
         return Principal(
-            username=user_prefix + self.user, groups=tuple(self.groups), source="api-token", token_id=self.id
+            username=user_prefix + self.user,
+            groups=tuple(self.groups),
+            source="api-token",
+            token_id=self.id,
+            expires_at=self.expires_at,
         )
 
 
@@ -97,9 +101,18 @@ class TokenStore:
         return core_path(self.namespace, "secrets", None if token_id is None else SECRET_PREFIX + token_id)
 
     async def create(
-        self, *, name: str, user: str, groups: list[str], owner: str, ttl_s: int
+        self,
+        *,
+        name: str,
+        user: str,
+        groups: list[str],
+        owner: str,
+        ttl_s: int,
+        not_after: datetime | None = None,
     ) -> tuple[TokenRecord, str]:
-        """A new token; returns its record and the token itself (to be shown once)."""
+        """A new token; returns its record and the token itself (to be shown once). It expires after
+        ``ttl_s`` seconds, or at ``not_after`` if that comes first (the expiry of the credential it is
+        made with)."""
         token_id = secrets.token_hex(6)
         token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
         now = _now()
@@ -110,7 +123,7 @@ class TokenStore:
             groups=groups,
             owner=owner,
             created_at=now,
-            expires_at=now + timedelta(seconds=ttl_s),
+            expires_at=min(now + timedelta(seconds=ttl_s), not_after or datetime.max.replace(tzinfo=UTC)),
         )
         rec.sha256 = digest(token)
         await self.kube.request(

@@ -5,11 +5,17 @@ Who may create a token for whom: a caller authenticated by the cluster may make 
 the right to impersonate its user and each of its groups (SubjectAccessReview, ``impersonate`` on
 ``users``/``groups``): a token is an identity, so minting one is impersonation. Tokens are listed to,
 and revocable by, their owner and their user; others need impersonate on the token's user.
+
+A token never outlives the credential it is made with, where the facade can know that one's expiry (a
+JWT bearer's ``exp``: ServiceAccount and OIDC tokens; an API token's ``expiresAt``): a longer
+``expiresInSeconds`` is refused naming the field, the default lifetime is cut to it.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path
@@ -17,7 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from kubeloop_api.auth import Access
 from kubeloop_api.deps import Caller, Services, Svc
-from kubeloop_api.errors import InvalidError, NotFoundError
+from kubeloop_api.errors import InvalidError, NotFoundError, UnauthorizedError
 from kubeloop_api.identity import Principal
 from kubeloop_api.tokens import TokenRecord
 
@@ -50,7 +56,9 @@ class TokenRequest(BaseModel):
     )
     expires_in_seconds: int | None = Field(
         default=None, alias="expiresInSeconds", ge=60, description="Lifetime; default and maximum are set "
-        "by KUBELOOP_API_API_TOKEN_DEFAULT_TTL_S / _MAX_TTL_S."
+        "by KUBELOOP_API_API_TOKEN_DEFAULT_TTL_S / _MAX_TTL_S, and never past the expiry of the credential "
+        "the request is made with (a JWT's exp, an API token's expiresAt): longer is refused, the default "
+        "is cut to it."
     )  # fmt: skip
 
     @field_validator("name")
@@ -97,13 +105,31 @@ async def create_token(svc: Svc, caller: Caller, req: TokenRequest) -> dict[str,
     ttl = req.expires_in_seconds or s.api_token_default_ttl_s
     if ttl > s.api_token_max_ttl_s:
         raise InvalidError(f"at most {s.api_token_max_ttl_s} seconds", field="expiresInSeconds")
+    if caller.expires_at is not None:
+        # A token made with a credential never outlives it: else a 10-minute ServiceAccount token
+        # could mint access for a year. Asked for longer: refused (the caller learns why); the
+        # default: cut to the credential's lifetime (the store's not_after).
+        left = math.floor((caller.expires_at - datetime.now(UTC)).total_seconds())
+        if left < 1:
+            raise UnauthorizedError("the credential this request was made with has expired")
+        if req.expires_in_seconds is not None and req.expires_in_seconds > left:
+            raise InvalidError(
+                f"at most {left} seconds: the credential this request was made with expires at "
+                f"{caller.expires_at.isoformat()}, and a token made with it never outlives it",
+                field="expiresInSeconds",
+            )
     self_service = (
         caller.source == "kubernetes" and user == caller.username and set(groups) <= set(caller.groups)
     )
     if not self_service:
         await _may_impersonate(svc, caller, user, groups)
     rec, token = await svc.tokens.create(
-        name=req.name, user=user, groups=groups, owner=caller.username, ttl_s=ttl
+        name=req.name,
+        user=user,
+        groups=groups,
+        owner=caller.username,
+        ttl_s=ttl,
+        not_after=caller.expires_at,
     )
     return {**rec.public(), "token": token}
 
