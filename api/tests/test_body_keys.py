@@ -227,3 +227,21 @@ def test_json_data_refuses_two_keys_with_one_name() -> None:
         json_data({"labels": {1: "a", "1": "b"}})
     assert e.value.message == "labels: map key '1' given twice"
     assert json_data({"labels": {1: "a", "2": "c"}}) == {"labels": {"1": "a", "2": "c"}}
+
+
+def test_typed_json_bodies_refuse_duplicate_keys_too(client: TestClient, fake: FakeKube) -> None:
+    # The routes whose body FastAPI decodes into a model (tokens, scale, canary, aliases) kept the last.
+    j = {**A, "Content-Type": "application/json"}
+    r = client.post("/api/v1/tokens", content='{"name": "ci",\n "user": "alice", "user": "root"}', headers=j)
+    assert r.status_code == 400, r.json().get("user")
+    assert r.json()["message"] == "body: duplicate key 'user' at line 2"
+    assert not [k for k in fake.objects if k[1] == "secrets"]
+    for path, body in (
+        ("modeldeployments/m/scale", '{"replicas": 1, "replicas": 5}'),
+        ("modeldeployments/m/canary", '{"trafficPercent": 10, "trafficPercent": 90}'),
+    ):
+        r = client.put(f"/api/v1/namespaces/a/{path}", content=body, headers=j)
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["message"].startswith("body: duplicate key '"), r.text
+    r = client.post("/api/v1/tokens", content='{"name": "ci"}', headers=j)
+    assert r.status_code == 201

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import yaml
-from fastapi import Depends, Path, Request, Security
+from fastapi import Depends, HTTPException, Path, Request, Response, Security
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import ClientDisconnect
 
@@ -205,9 +206,10 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _JSON_TOKEN: Final = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:]')
 
 
-def _json_duplicate(text: str) -> DuplicateKeyError | None:
-    """The first key given twice in one object of ``text`` (JSON, valid up to that key), with its line.
+def _json_duplicate(raw: bytes) -> DuplicateKeyError | None:
+    """The first key given twice in one object of ``raw`` (JSON, valid up to that key), with its line.
     Only run on a body already found to have one (json gives the hook no position)."""
+    text = raw.decode(json.detect_encoding(raw), "replace")
     objects: list[set[str] | None] = []  # per open bracket: the keys of an object, None for a list
     last: re.Match[str] | None = None
     for m in _JSON_TOKEN.finditer(text):
@@ -284,11 +286,38 @@ def decode_document(raw: bytes, ctype: str) -> Any:
         return json_data(json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_json_object))
     except DuplicateKeyError as e:
         if ctype not in YAML_TYPES:
-            e = _json_duplicate(raw.decode(json.detect_encoding(raw), "replace")) or e
+            e = _json_duplicate(raw) or e
         raise BadRequestError(f"body: {e}") from None
     except (ValueError, RecursionError, yaml.YAMLError) as e:
         kind = "YAML" if ctype in YAML_TYPES else "JSON"
         raise BadRequestError(f"body: not valid {kind}: {str(e).splitlines()[0][:200]}") from None
+
+
+class _StrictJsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            raw = await self.body()
+            try:
+                self._json = json.loads(raw, object_pairs_hook=_json_object)
+            except DuplicateKeyError as e:
+                found = _json_duplicate(raw) or e
+                # FastAPI passes an HTTPException on as it is (anything else but a JSONDecodeError
+                # becomes a 400 without the reason).
+                raise HTTPException(400, f"body: {found}") from None
+        return self._json
+
+
+class StrictJsonRoute(APIRoute):
+    """A route whose typed JSON body (one FastAPI decodes into a model) refuses duplicate keys as
+    :func:`decode_document` does, instead of keeping the last one."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(_StrictJsonRequest(request.scope, request.receive))
+
+        return strict
 
 
 def _no_constant(name: str) -> Any:

@@ -12,11 +12,13 @@ from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.resources import ALIAS_PATTERN, MODEL_NAME_PATTERN, Alias
-from kubeloop_api.deps import Caller, Namespace, Services, Svc
+from kubeloop_api.deps import Caller, Namespace, Services, StrictJsonRoute, Svc
 from kubeloop_api.errors import UnavailableError
 from kubeloop_api.registry import Registry
 
-router = APIRouter(prefix="/api/v1/namespaces/{namespace}/models", tags=["model registry"])
+router = APIRouter(
+    prefix="/api/v1/namespaces/{namespace}/models", tags=["model registry"], route_class=StrictJsonRoute
+)
 
 ModelName = Annotated[
     str, Path(pattern=MODEL_NAME_PATTERN, max_length=63, description="Registered model name.")

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.resources import Alias
-from kubeloop_api.deps import Caller, Name, Namespace, Svc, read_document
+from kubeloop_api.deps import Caller, Name, Namespace, StrictJsonRoute, Svc, read_document
 from kubeloop_api.errors import ApiError
 from kubeloop_api.identity import Principal
 from kubeloop_api.kube import FIELD_MANAGER, MERGE_PATCH, crd_path
@@ -31,7 +31,7 @@ from kubeloop_api.manifests import (
     validate,
 )
 
-router = APIRouter(prefix="/api/v1", tags=["resources"])
+router = APIRouter(prefix="/api/v1", tags=["resources"], route_class=StrictJsonRoute)
 
 KubeObject = dict[str, Any]
 _RETRIES = 3

@@ -22,12 +22,12 @@ from fastapi import APIRouter, Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from kubeloop_api.auth import Access
-from kubeloop_api.deps import Caller, Services, Svc
+from kubeloop_api.deps import Caller, Services, StrictJsonRoute, Svc
 from kubeloop_api.errors import InvalidError, NotFoundError, UnauthorizedError
 from kubeloop_api.identity import Principal
 from kubeloop_api.tokens import TokenRecord
 
-router = APIRouter(prefix="/api/v1/tokens", tags=["API tokens"])
+router = APIRouter(prefix="/api/v1/tokens", tags=["API tokens"], route_class=StrictJsonRoute)
 
 _IMPERSONATE_USER: Final = Access("impersonate", "users", group="")
 _IMPERSONATE_GROUP: Final = Access("impersonate", "groups", group="")
