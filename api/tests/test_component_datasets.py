@@ -7,6 +7,7 @@ import httpx
 import pytest
 from api_cluster import ApiEnv, Tenants, expect
 from api_testdata import BadFile, bad_files, good_csv, good_parquet
+from kubeloop_testing.csv_cases import CSV_PARITY
 
 pytestmark = pytest.mark.component
 
@@ -106,4 +107,23 @@ def test_concurrent_uploads_of_one_new_name_store_one_and_refuse_the_others(
     assert stored == bodies[won[0]]
     with api_env.client(tenants.a.headers) as c:
         expect(c.delete(url), 200)
+    assert _stored(api_env, ns) == []
+
+
+def test_csv_files_are_judged_at_upload_as_the_trainer_judges_them(api_env: ApiEnv, tenants: Tenants) -> None:
+    # kubeloop_testing.csv_cases, through the live facade into MinIO: what the trainer reads from the
+    # store (images/trainer/tests/test_data.py, same table) is what the upload accepts, row for row
+    ns = tenants.a.namespace
+    base = f"/api/v1/namespaces/{ns}/datasets"
+    with api_env.client(tenants.a.headers) as c:
+        for case in CSV_PARITY:
+            r = c.put(f"{base}/parity.csv", content=case.data, headers={"Content-Type": "text/csv"})
+            if case.refused:
+                body = expect(r, 422)
+                assert case.refused in body["message"], (case.id, body["message"])
+            else:
+                report = expect(r, 201)["report"]
+                got = (tuple(col["name"] for col in report["columns"]), report["rows"])
+                assert got == (case.columns, case.rows), case.id
+                expect(c.delete(f"{base}/parity.csv"), 200)
     assert _stored(api_env, ns) == []

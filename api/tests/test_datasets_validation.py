@@ -9,6 +9,7 @@ import pytest
 from api_testdata import bad_files, good_csv, good_parquet
 from kubeloop_api.datasets import Limits, validate_file
 from kubeloop_api.errors import InvalidError
+from kubeloop_testing.csv_cases import CSV_PARITY, CsvCase
 
 LIMIT = 64 * 1024
 LIMITS = Limits(min_rows=2, max_empty_ratio=0.5)
@@ -164,18 +165,6 @@ def test_a_ragged_row_past_the_first_block_is_named(tmp_path: Path, monkeypatch:
         validate_file(p, "r.csv", None, LIMITS)
 
 
-def test_a_line_of_only_spaces_is_refused_by_name(tmp_path: Path) -> None:
-    # pandas skips such a line, the upload's reader (Arrow) takes it for a row of one field: refused,
-    # saying what the line holds rather than counting its fields.
-    p = tmp_path / "r.csv"
-    p.write_bytes(b"a,b,y\n1,2,0\n \t\n3,4,1\n")
-    with pytest.raises(InvalidError) as exc:
-        validate_file(p, "r.csv", None, LIMITS)
-    assert exc.value.message.startswith(
-        "file: malformed CSV: line 3 (data row 2) holds only spaces or tabs"
-    ), exc.value.message
-
-
 def test_quoted_commas_and_line_breaks_are_not_ragged(tmp_path: Path) -> None:
     p = tmp_path / "q.csv"
     p.write_bytes(b'a,b,y\n"x, and\nmore, lines",2,0\n"p,q","r\r\ns",1\n"say ""hi"", ok",,0\n')
@@ -196,3 +185,18 @@ def test_quoted_line_breaks_across_blocks_are_accepted(
     p.write_bytes(b"a,b,y\n" + b'1,"x\ny, z",0\n' * 3000 + b"4,5,1\n" * 10)
     report = validate_file(p, "nl.csv", "y", LIMITS)
     assert report.rows == 3010
+
+
+@pytest.mark.parametrize("case", CSV_PARITY, ids=[c.id for c in CSV_PARITY])
+def test_csv_files_are_judged_as_the_trainer_judges_them(case: CsvCase, tmp_path: Path) -> None:
+    # the same table as images/trainer/tests/test_data.py: the four ways in agree
+    p = tmp_path / "p.csv"
+    p.write_bytes(case.data)
+    if case.refused:
+        with pytest.raises(InvalidError) as exc:
+            validate_file(p, "p.csv", None, LIMITS)
+        assert exc.value.status_code == 422
+        assert case.refused in exc.value.message, exc.value.message
+    else:
+        report = validate_file(p, "p.csv", None, LIMITS)
+        assert (tuple(c.name for c in report.columns), report.rows) == (case.columns, case.rows)

@@ -9,7 +9,7 @@ both, with one wording.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -18,7 +18,7 @@ class CsvRecord:
     """A record: ``line`` is the physical line where it starts (1-based); ``fields`` its number of
     fields, or None where a quoted field opens on ``line`` and never closes (always the last record);
     ``blank`` when the line holds only spaces or tabs (pandas skips such a line, Arrow reads it as a
-    record). Empty lines are never records."""
+    record; see :func:`table_records`). Empty lines are never records."""
 
     line: int
     fields: int | None
@@ -34,7 +34,7 @@ def csv_records(lines: Iterable[bytes]) -> Iterator[CsvRecord]:
             start, fields = line_no, 1
             if b'"' not in line:
                 if line:
-                    yield CsvRecord(line_no, fields + line.count(b","), not line.strip(b" \t\r"))
+                    yield CsvRecord(line_no, fields + line.count(b","), is_blank(line))
                 continue
         pos = 0
         while True:
@@ -57,6 +57,29 @@ def csv_records(lines: Iterable[bytes]) -> Iterator[CsvRecord]:
             yield CsvRecord(start, fields)
     if in_quote:
         yield CsvRecord(opened, None)
+
+
+def is_blank(line: bytes | str) -> bool:
+    """A line of only spaces and tabs (or nothing). pandas skips it as it skips an empty line, so it is
+    no row of the table: the trainer reads the file so, and the upload check (Arrow, which would read
+    it as a row of one field) skips it to agree."""
+    return not (line.strip(b" \t\r") if isinstance(line, bytes) else line.strip(" \t\r"))
+
+
+def table_records(lines: Iterable[bytes]) -> Iterator[CsvRecord]:
+    """The header and the data rows, in order (:func:`csv_records` without blank lines): the record
+    numbered 0 is the header, ``n`` data row ``n``, for both readers."""
+    return (rec for rec in csv_records(lines) if not rec.blank)
+
+
+def unnamed_column(names: Sequence[str]) -> str | None:
+    """The refusal of a header where a column has no name (empty, or only whitespace), naming the first
+    (1-based); None when every column has one. pandas would name it ``Unnamed: <position>``, a name
+    nobody chose, and a trailing comma on every line would add such a column of missing values."""
+    for i, name in enumerate(names, 1):
+        if not name.strip():
+            return f"column {i} has no name; every column needs one"
+    return None
 
 
 def where(line: int, row: int) -> str:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from kubeloop.csvrows import CsvRecord, csv_records, unterminated_quote, wrong_field_count
+from kubeloop.csvrows import (
+    CsvRecord,
+    csv_records,
+    is_blank,
+    table_records,
+    unnamed_column,
+    unterminated_quote,
+    wrong_field_count,
+)
 
 
 def records(text: bytes) -> list[CsvRecord]:
@@ -34,3 +42,24 @@ def test_records(text: bytes, expected: list[CsvRecord]) -> None:
 def test_messages_name_the_line_and_row() -> None:
     assert wrong_field_count(4, 3, 1, 2).startswith("line 4 (data row 3) has 1 field but the header has 2;")
     assert unterminated_quote(1, 0).startswith("unterminated quoted field starting at line 1 (the header);")
+
+
+def test_table_records_leave_out_lines_of_only_spaces_and_tabs() -> None:
+    # what pandas reads as the header and data rows: a blank line is no row, and the rows after it keep
+    # their physical line numbers
+    lines = b" \na,b\n1,2\n\t \r\n3,4\n".splitlines()
+    assert list(table_records(lines)) == [CsvRecord(2, 2), CsvRecord(3, 2), CsvRecord(5, 2)]
+    assert [is_blank(x) for x in (b"", b" \t", " \t\r", b" x", "\u00a0")] == [True, True, True, False, False]
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (["a", "b"], None),
+        (["a", " b ", "y"], None),
+        (["a", "", "y"], "column 2 has no name; every column needs one"),
+        ([" ", "\t"], "column 1 has no name; every column needs one"),
+    ],
+)
+def test_unnamed_column_names_the_first_column_without_a_name(names: list[str], expected: str | None) -> None:
+    assert unnamed_column(names) == expected

@@ -8,9 +8,11 @@ column when one is named. The report lists every column with its type and number
 refusal is a 422 whose field says what is wrong (``file``, ``header``, ``rows``, ``columns``, ``cells``,
 ``target``).
 
-A CSV is read whole, every row, not a sample (column types are inferred from the first block and
-widened when a later value does not fit). The trainer checks the rows again when it reads the object,
-so a file written to the store some other way is refused there the same way.
+Blank lines (empty, or only spaces and tabs) are no rows, as for the trainer's reader; the rules both
+share live in :mod:`kubeloop.csvrows`. A CSV is read whole, every row, not a sample (column types are
+inferred from the first block and widened when a later value does not fit). The trainer checks the rows
+again when it reads the object, so a file written to the store some other way is refused there the
+same way.
 """
 
 from __future__ import annotations
@@ -21,10 +23,20 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from kubeloop.csvrows import CsvRecord, csv_records, unterminated_quote, where, wrong_field_count
+from kubeloop.csvrows import (
+    CsvRecord,
+    is_blank,
+    table_records,
+    unnamed_column,
+    unterminated_quote,
+    wrong_field_count,
+)
 from kubeloop_api.errors import InvalidError
+
+if TYPE_CHECKING:
+    from pyarrow.csv import InvalidRow
 
 Format = Literal["csv", "parquet"]
 NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.(csv|parquet)$"
@@ -130,12 +142,19 @@ def _quote_count_is_odd(path: Path) -> bool:
 
 
 def _csv_records(path: Path) -> Iterator[CsvRecord]:
-    """The records of the file as Arrow reads it (:mod:`kubeloop.csvrows`): empty lines are skipped, a
-    line of only spaces or tabs is a record (``blank``)."""
+    """The header and data rows of the file (:func:`kubeloop.csvrows.table_records`): empty lines and
+    lines of only spaces or tabs are none, as for the trainer's reader (pandas); Arrow is told to skip
+    them (:func:`_open_csv`)."""
     # text mode with newline="": lines end at LF, CRLF or a lone CR, as Arrow's do; the file is UTF-8
     # (checked before)
     with path.open("r", encoding="utf-8", newline="") as f:
-        yield from csv_records(raw.rstrip("\r\n").encode() for raw in f)
+        yield from table_records(raw.rstrip("\r\n").encode() for raw in f)
+
+
+def _header_line(path: Path) -> int:
+    """The physical line (1-based) where the header starts: blank lines before it are no header."""
+    first = next(_csv_records(path), None)
+    return 1 if first is None else first.line
 
 
 def _unterminated_quote(path: Path) -> tuple[int, int] | None:
@@ -162,12 +181,6 @@ def _ragged_row(path: Path, arrow_message: str) -> InvalidError | None:
             return None
         if record == 0:
             header = rec.fields
-        elif rec.blank:
-            return _refuse(
-                "file",
-                f"malformed CSV: {where(rec.line, record)} holds only spaces or tabs; remove the line or "
-                f"write its {header} values",
-            )
         elif rec.fields != header:
             return _refuse(
                 "file", f"malformed CSV: {wrong_field_count(rec.line, record, rec.fields, header)}"
@@ -197,9 +210,9 @@ def _check_header(names: list[str], first_line: str) -> None:
                 raise _refuse(
                     "file", f"looks delimited by {label}, not commas; upload comma-separated values"
                 )
-    for i, n in enumerate(names, 1):
-        if not n.strip():
-            raise _refuse("header", f"column {i} has no name; the first row must name every column")
+    unnamed = unnamed_column(names)
+    if unnamed is not None:
+        raise _refuse("header", unnamed)
     if all(_NUMBER.match(n.strip()) for n in names):
         raise _refuse("header", "the first row holds only numbers; it must name the columns (no header row?)")
     seen: set[str] = set()
@@ -219,13 +232,15 @@ def _conversion_column(message: str, names: list[str]) -> str:
 def _scan_csv(path: Path) -> tuple[list[ColumnReport], int]:
     import pyarrow as pa
 
+    header_line = _header_line(path)
     with path.open("rb") as f:
-        first = f.read(_SNIFF).split(b"\n", 1)[0].decode("utf-8", errors="replace")
+        head = f.read(_SNIFF).splitlines()
+    first = head[header_line - 1].decode("utf-8", errors="replace") if len(head) >= header_line else ""
     # Types are inferred from the first block; a column whose later values do not fit (integers that
     # turn into decimals or words) is widened (integer -> float -> string) and the file read again.
     column_types: dict[str, Any] = {}
     for passes in itertools.count(1):
-        reader = _open_csv(path, column_types)
+        reader = _open_csv(path, column_types, header_line - 1)
         names = [str(n) for n in reader.schema.names]
         if not column_types:
             _check_header(names, first)
@@ -255,17 +270,27 @@ def _scan_csv(path: Path) -> tuple[list[ColumnReport], int]:
     raise AssertionError("unreachable")
 
 
-def _open_csv(path: Path, column_types: dict[str, Any]) -> Any:
+def _skip_blank(row: InvalidRow) -> Literal["skip", "error"]:
+    """Arrow's invalid-row handler: a line of only spaces or tabs (a row of one field to Arrow) is
+    skipped, as pandas skips it; any other row of the wrong width is an error."""
+    return "skip" if is_blank(row.text) else "error"
+
+
+def _open_csv(path: Path, column_types: dict[str, Any], blank_lines: int = 0) -> Any:
+    """Arrow's streaming reader, ``blank_lines`` lines of only spaces or tabs (or nothing) skipped before
+    the header (Arrow would take the first for it)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     try:
         return pacsv.open_csv(
             str(path),
-            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK),
+            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK, skip_rows=blank_lines),
             # newlines_in_values: a block must not end at a line break inside a quoted value (Arrow's
             # default chunker cuts at any line break, and the next block reads out of sync)
-            parse_options=pacsv.ParseOptions(delimiter=",", newlines_in_values=True),
+            parse_options=pacsv.ParseOptions(
+                delimiter=",", newlines_in_values=True, invalid_row_handler=_skip_blank
+            ),
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True, column_types=column_types),
         )
     except pa.ArrowInvalid as e:
@@ -295,9 +320,9 @@ def _scan_parquet(path: Path) -> tuple[list[ColumnReport], int]:
         names = [str(n) for n in schema.names]
         if not names:
             raise _refuse("columns", "the Parquet file has no columns")
-        for i, n in enumerate(names, 1):
-            if not n.strip():
-                raise _refuse("header", f"column {i} has no name")
+        unnamed = unnamed_column(names)
+        if unnamed is not None:
+            raise _refuse("header", unnamed)
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise _refuse("header", f"duplicate column name {dup!r}")

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from kubeloop_testing.csv_cases import CSV_PARITY, CsvCase
 from kubeloop_trainer import errors
 from kubeloop_trainer.data import _class_sort_key, prepare, read_table, split_indices
 from kubeloop_trainer.model import build_model
@@ -91,15 +92,13 @@ def test_parquet_duplicate_columns_are_duplicate_columns() -> None:
 
 
 # The header check names columns exactly as the reader (pandas) does: surrounding whitespace is part
-# of a name, quotes are not, an empty name is "Unnamed: <position>", blank lines before the header are
-# skipped. Each case: the file, then the columns it reads as, or the duplicated names it is refused for.
+# of a name, quotes are not, blank lines before the header are skipped (an empty name is refused: see
+# CSV_PARITY). Each case: the file, then the columns it reads as, or the duplicated names it is refused for.
 CSV_HEADERS: dict[str, tuple[bytes, list[str] | str]] = {
     "whitespace makes a name distinct": (b"a, a,a ,y\n1,2,3,0\n", ["a", " a", "a ", "y"]),
     "quotes are not part of a name": (b'a,"a",y\n1,2,0\n', "a"),
     "quoted whitespace is": (b'"a"," a",y\n1,2,0\n', ["a", " a", "y"]),
     "blank lines before the header": (b"\n\na,b,a,y\n1,2,3,0\n", "a"),
-    "empty names are numbered": (b",,y\n1,2,0\n", ["Unnamed: 0", "Unnamed: 1", "y"]),
-    "an empty name as its numbered form": (b",Unnamed: 0,y\n1,2,0\n", "Unnamed: 0"),
     "CRLF line ends": (b"a,b,a\r\n1,2,3\r\n", "a"),
 }
 
@@ -526,7 +525,6 @@ WELL_FORMED_CSV: dict[str, tuple[bytes, list[list[object]]]] = {
     "text after a closing quote": (b'a,b,y\n"x"y,2,0\n"p",3,1\n', [["xy", 2, 0], ["p", 3, 1]]),
     "blank and whitespace-only lines": (b"a,b,y\n1,2,0\n\n  \n\t\n3,4,1\n\n", [[1, 2, 0], [3, 4, 1]]),
     "BOM and CRLF": (b'\xef\xbb\xbf"a",b,y\r\n1,2,0\r\n\r\n3,4,1\r\n', [[1, 2, 0], [3, 4, 1]]),
-    "an empty header name and trailing commas": (b"a,y,\n1,0,\n2,1,\n", [[1, 0, None], [2, 1, None]]),
     "empty values": (b"a,b,y\n,,0\n1,,1\n", [[None, None, 0], [1, None, 1]]),
 }
 
@@ -570,3 +568,30 @@ def test_the_row_scan_agrees_with_the_reader_on_generated_files() -> None:
             assert exact.row == bad + 1, data
             with pytest.raises(errors.UnreadableDatasetError, match=f"data row {bad + 1}\\)"):
                 read_table(data, "/d.csv")
+
+
+@pytest.mark.parametrize("case", CSV_PARITY, ids=[c.id for c in CSV_PARITY])
+def test_csv_files_are_judged_as_the_upload_check_judges_them(case: CsvCase) -> None:
+    # the same table as api/tests/test_datasets_validation.py: the four ways in agree
+    if case.refused:
+        with pytest.raises(errors.UnreadableDatasetError) as e:
+            read_table(case.data, "/d.csv")
+        assert e.value.exit_code == 12
+        assert e.value.message.startswith("dataset /d.csv is a malformed CSV: "), e.value.message
+        assert case.refused in e.value.message
+    else:
+        df = read_table(case.data, "/d.csv")
+        assert (tuple(df.columns), len(df)) == (case.columns, case.rows)
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_a_parquet_column_without_a_name_is_refused(name: str) -> None:
+    # as the upload check refuses it, and as a CSV header's empty name is refused
+    df = good_frame()
+    df[name] = 1.0
+    with pytest.raises(errors.UnreadableDatasetError) as e:
+        read_table(parquet_bytes(df), "/d.parquet")
+    assert e.value.exit_code == 12
+    assert e.value.message == (
+        "dataset /d.parquet has a column without a name: column 4 has no name; every column needs one"
+    )

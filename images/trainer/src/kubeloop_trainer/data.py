@@ -21,7 +21,7 @@ import math
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -77,6 +77,9 @@ def read_table(data: bytes, uri: str, fmt: str = "auto") -> pd.DataFrame:
             names = pq.read_schema(io.BytesIO(data)).names
         except Exception as e:
             raise errors.UnreadableDatasetError(f"dataset {uri} is not a readable Parquet file: {e}") from e
+        unnamed = csvrows.unnamed_column(names)
+        if unnamed is not None:
+            raise errors.UnreadableDatasetError(f"dataset {uri} has a column without a name: {unnamed}")
         _check_unique(names, uri)
         try:
             table = pq.read_table(io.BytesIO(data))
@@ -87,6 +90,9 @@ def read_table(data: bytes, uri: str, fmt: str = "auto") -> pd.DataFrame:
         header: list[str] | None = None
         try:
             header = _csv_header(data)
+            unnamed = csvrows.unnamed_column(header)
+            if unnamed is not None:
+                raise errors.UnreadableDatasetError(f"dataset {uri} is a malformed CSV: {unnamed}")
             _check_unique(header, uri)
             df = _read_csv_rows(data, uri, len(header))
         except pd.errors.EmptyDataError as e:
@@ -152,10 +158,10 @@ def _csv_header(data: bytes) -> list[str]:
 
     The first record is read by the same parser with the same options, so a name is what the reader
     makes of it (the whole record however long; blank lines before it skipped; a byte-order mark
-    dropped; quotes removed; surrounding whitespace kept), and an empty name is the reader's
-    ``Unnamed: <position>``."""
+    dropped; quotes removed; surrounding whitespace kept); an empty name is ``""`` (the reader's
+    ``Unnamed: <position>``, refused before it is read: :func:`kubeloop.csvrows.unnamed_column`)."""
     first = pd.read_csv(io.BytesIO(data), header=None, nrows=1, dtype=str, na_filter=False)
-    return [name or f"Unnamed: {i}" for i, name in enumerate(str(v) for v in first.iloc[0].tolist())]
+    return [str(v) for v in first.iloc[0].tolist()]
 
 
 def _read_csv_rows(data: bytes, uri: str, n_fields: int) -> pd.DataFrame:
@@ -214,19 +220,15 @@ def _csv_fault(data: bytes, n_fields: int | None) -> CsvFault | None:
     runs only where the file may be ragged (see :func:`_read_csv_rows`), so a well-formed file does not
     pay for it, and next to training it is small either way."""
     # bytes split at LF, CRLF and CR only; record 0 is the header
-    for row, rec in enumerate(_pandas_records(_body(data).splitlines())):
+    for row, rec in enumerate(csvrows.table_records(_body(data).splitlines())):
         if rec.fields is None or (row and n_fields is not None and rec.fields != n_fields):
             return CsvFault(line=rec.line, row=row, fields=rec.fields)
     return None
 
 
-def _pandas_records(lines: Iterable[bytes]) -> Iterator[csvrows.CsvRecord]:
-    return (rec for rec in csvrows.csv_records(lines) if not rec.blank)
-
-
 def _first_row_is_long(data: bytes, n_fields: int) -> bool:
     """Whether the first data row has more fields than the header (read lazily: two records only)."""
-    first = list(itertools.islice(_pandas_records(_lines(_body(data))), 2))
+    first = list(itertools.islice(csvrows.table_records(_lines(_body(data))), 2))
     return len(first) == 2 and (first[1].fields or 0) > n_fields
 
 
