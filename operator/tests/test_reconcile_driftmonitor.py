@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 from kubeloop_operator import k8s
 from kubeloop_operator.builders.driftmonitor import cronjob_name
+from kubeloop_operator.handlers.driftmonitor import summarize_cronjob
 from kubeloop_operator.k8s import KubeError
 from kubeloop_operator.metrics import Metrics
 from kubeloop_operator.reconcile.driftmonitor import MonitorView, reconcile
 from kubeloop_operator.runtime import Runtime
 from kubeloop_operator.settings import OperatorSettings
-from kubeloop_operator.status.driftmonitor import CronJobView, DeploymentView, RetrainView, retrain_name
+from kubeloop_operator.status.driftmonitor import DeploymentView, RetrainView, retrain_name
 from prometheus_client import generate_latest
 
 NS = "team-a"
@@ -143,12 +144,7 @@ def view(kube: FakeKube, name: str = "watch") -> MonitorView:
     """What the indexes would hold: the CronJob, the owned retrains, the ModelDeployment."""
     uid = f"uid-{name}"
     cron = kube.objects.get(("cronjobs", cronjob_name(name)))
-    cv = None
-    if cron is not None:
-        ann = cron["metadata"].get("annotations") or {}
-        cv = CronJobView(
-            cron["metadata"]["name"], "c", uid, ann.get("kubeloop.io/spec-hash", ""), cron["spec"]["suspend"]
-        )
+    cv = summarize_cronjob(cron) if cron is not None else None
     retrains = [
         RetrainView(
             o["metadata"]["name"],
@@ -201,6 +197,25 @@ def test_a_spec_change_patches_the_cronjob_and_the_role(world: tuple[Runtime, Fa
     assert kube.objects[("cronjobs", cronjob_name("watch"))]["spec"]["suspend"] is True
     assert kube.objects[("roles", "watch-drift-check")]["rules"][2]["resourceNames"] == ["other"]
     assert body(kube)["status"]["phase"] == "Suspended"
+
+
+def test_a_cronjob_suspended_or_rescheduled_by_hand_is_put_back_once(world: tuple[Runtime, FakeKube]) -> None:
+    # `kubectl patch cronjob --suspend` leaves our spec-hash annotation as it was: the live fields
+    # themselves must be compared, or the checks stop for good while the status says Scheduled.
+    rt, kube = world
+    monitor(kube)
+    reconcile(rt, body(kube), view(kube))
+    cron = kube.objects[("cronjobs", cronjob_name("watch"))]
+    for edit in ({"suspend": True}, {"schedule": "0 0 1 1 *"}):
+        cron["spec"].update(edit)
+        kube.writes.clear()
+        reconcile(rt, body(kube), view(kube))
+        assert writes(kube, "patch", "create") == [("patch", "cronjobs", cronjob_name("watch"))]
+        assert (cron["spec"]["suspend"], cron["spec"]["schedule"]) == (False, "*/5 * * * *")
+        kube.writes.clear()
+        for _ in range(2):  # repaired once: no flapping
+            reconcile(rt, body(kube), view(kube))
+        assert kube.writes == []
 
 
 def test_the_decision_is_written_before_the_retrain_is_created(world: tuple[Runtime, FakeKube]) -> None:

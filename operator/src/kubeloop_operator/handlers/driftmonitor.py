@@ -54,6 +54,7 @@ def summarize_cronjob(body: Mapping[str, Any]) -> CronJobView | None:
         suspend=bool(spec.get("suspend")),
         last_schedule_time=status.get("lastScheduleTime"),
         active=len(status.get("active") or []),
+        schedule=str(spec["schedule"]) if spec.get("schedule") is not None else None,
     )
 
 

@@ -215,7 +215,9 @@ def _ensure_identity(
 def _ensure_cronjob(
     rt: Runtime, owner: Owner, spec: DriftMonitorSpec, seen: CronJobView | None, mem: ObjectMemory
 ) -> tuple[bool, ChildProblem | None]:
-    """The CronJob exists and matches the spec (schedule, suspend, image, settings)."""
+    """The CronJob exists and matches the spec (schedule, suspend, image, settings). A hand edit of
+    ``suspend`` or ``schedule`` (``kubectl patch``) keeps our spec-hash annotation, so those two are
+    compared as they are live."""
     cron = b.build_cronjob(owner, spec, check_pod_config(rt.settings))
     name = b.cronjob_name(owner.name)
     want = b.spec_hash(cron)
@@ -232,7 +234,11 @@ def _ensure_cronjob(
             current = b.spec_hash(obj)
             if current != want:
                 rt.kube.patch(CRONJOB, owner.namespace, name, b.cronjob_patch(cron))
-        elif seen.spec_hash != want:
+        elif (
+            seen.spec_hash != want
+            or seen.suspend != spec.suspend
+            or (seen.schedule is not None and seen.schedule != spec.schedule)
+        ):
             rt.kube.patch(CRONJOB, owner.namespace, name, b.cronjob_patch(cron))
             log.info(
                 "updated CronJob %s/%s (schedule %r, suspend %s)",

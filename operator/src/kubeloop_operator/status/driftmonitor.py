@@ -247,6 +247,9 @@ class CronJobView:
     suspend: bool
     last_schedule_time: str | None = None
     active: int = 0
+    schedule: str | None = None
+    """The live schedule (None: not known). With ``suspend``, what a hand edit changes without
+    touching the spec-hash annotation."""
 
 
 @dataclass(frozen=True, slots=True)
