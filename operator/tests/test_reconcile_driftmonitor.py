@@ -364,3 +364,31 @@ def test_the_gauges_hold_the_latest_scores_with_a_bounded_set_of_features(
         rt, {**body(kube), "metadata": {**body(kube)["metadata"], "deletionTimestamp": "x"}}, view(kube)
     )
     assert "kubeloop_operator_drift_samples{" not in generate_latest(rt.metrics.registry).decode()
+
+
+def test_an_identity_name_taken_by_someone_else_is_refused_naming_its_owner(
+    world: tuple[Runtime, FakeKube],
+) -> None:
+    rt, kube = world
+    monitor(kube)
+    sa = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "watch-drift-check", "namespace": NS},
+    }
+    kube.objects[("serviceaccounts", "watch-drift-check")] = sa
+    with pytest.raises(Exception, match="controlled by nobody"):
+        reconcile(rt, body(kube), view(kube))
+    assert kube.objects[("serviceaccounts", "watch-drift-check")] == sa  # not adopted, not overwritten
+    assert writes(kube, "create", "patch") == []
+    messages = [c["message"] for c in body(kube)["status"]["conditions"]]
+    assert any(
+        "ServiceAccount team-a/watch-drift-check already exists and is controlled by nobody" in m
+        for m in messages
+    )
+
+    sa["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "cm", "uid": "u-1", "controller": True}
+    ]
+    with pytest.raises(Exception, match=r"controlled by ConfigMap cm \(uid u-1\)"):
+        reconcile(rt, body(kube), view(kube))

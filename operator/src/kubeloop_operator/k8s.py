@@ -143,7 +143,8 @@ def controller_uid(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _controller_desc(obj: Mapping[str, Any]) -> str:
+def controller_desc(obj: Mapping[str, Any]) -> str:
+    """The controller an object names, for a message (``""``: none)."""
     for ref in obj.get("metadata", {}).get("ownerReferences") or []:
         if ref.get("controller"):
             return f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
@@ -286,7 +287,7 @@ class Kube:
             raise KubeError(409, "Conflict", "the object existed and is now gone; retry", what=what)
         want = controller_uid(manifest)
         if want is not None and controller_uid(existing) != want:
-            raise NameConflictError(kind.kind, str(ns), name, _controller_desc(existing))
+            raise NameConflictError(kind.kind, str(ns), name, controller_desc(existing))
         if existing.get("metadata", {}).get("deletionTimestamp"):
             raise KubeError(409, "Terminating", "an older object of this name is being deleted", what=what)
         return existing, False
@@ -445,6 +446,7 @@ __all__ = [
     "Kube",
     "KubeError",
     "NameConflictError",
+    "controller_desc",
     "controller_uid",
     "kind_of",
 ]
