@@ -512,3 +512,16 @@ def test_rows_after_the_checks_time_are_not_in_its_window(world: World) -> None:
     assert rec.summary is not None
     assert rec.summary.samples == 300 + 200
     assert rec.summary.parts == 2
+
+
+def test_a_part_with_a_feature_column_twice_is_skipped_and_named(world: World) -> None:
+    world.part(logged(600))
+    t = logged(300)
+    twice = world.part(pa.Table.from_arrays([*t.columns, t.column("b")], names=[*t.column_names, "b"]))
+    rec = run_check(world.store, world.inputs(), NOW)
+    assert rec.summary is not None
+    assert (rec.summary.samples, rec.summary.parts, rec.summary.skipped_parts) == (600, 1, 1)
+    [problem] = rec.skipped
+    assert problem.reason == "FeatureAmbiguous"
+    assert twice.uri in problem.message
+    assert "'b'" in problem.message

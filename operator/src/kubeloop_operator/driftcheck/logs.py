@@ -9,8 +9,8 @@ Rows outside the window (older than its start, or logged after the check's time 
 while it runs) are filtered by their ``_timestamp``.
 
 A part that cannot be scored is skipped and counted, and the rest are scored: a corrupt Parquet file
-(``CorruptPart``), a baseline feature missing from it (``FeatureMissing``) or of a type the feature
-cannot have (``FeatureWrongType``). Each part is counted into its own accumulator and merged only when
+(``CorruptPart``), a baseline feature missing from it (``FeatureMissing``), in it twice
+(``FeatureAmbiguous``) or of a type the feature cannot have (``FeatureWrongType``). Each part is counted into its own accumulator and merged only when
 all of it was read, so a part that fails halfway adds nothing.
 """
 
@@ -95,6 +95,12 @@ def schema_problem(uri: str, schema: pa.Schema, baseline: Baseline) -> CheckProb
             "FeatureMissing", f"{uri}: feature(s) {shown} of the baseline missing from the log"
         )
     for name, feature in baseline.features.items():
+        if len(schema.get_all_field_indices(name)) > 1:
+            # Parquet allows a name twice (two writers' columns concatenated); which one is the
+            # feature cannot be told, and pyarrow refuses to pick one.
+            return CheckProblem(
+                "FeatureAmbiguous", f"{uri}: feature {name!r} is more than one column of the log"
+            )
         t = _value_type(schema.field(name).type)
         categorical = isinstance(feature, CategoricalFeature)
         ok = any(check(t) for check in (_CATEGORICAL_CHECKS if categorical else _NUMERIC_CHECKS))
