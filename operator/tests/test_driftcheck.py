@@ -525,3 +525,32 @@ def test_a_part_with_a_feature_column_twice_is_skipped_and_named(world: World) -
     assert problem.reason == "FeatureAmbiguous"
     assert twice.uri in problem.message
     assert "'b'" in problem.message
+
+
+def test_a_window_whose_every_part_is_unreadable_is_no_result_naming_the_parts(world: World) -> None:
+    """Logs of another feature set (a baseline of another model) and a corrupt part: nothing could be
+    scored, which is not "0 logged predictions, insufficient data"."""
+    other = world.part(logged(600).drop_columns(["color"]))
+    corrupt = world.part(b"")
+    rec = run_check(world.store, world.inputs(), NOW)
+    assert rec.summary is None
+    assert rec.error is not None
+    assert rec.error.reason == "LogsUnreadable"
+    assert "none of the 2 prediction-log part(s)" in rec.error.message
+    assert other.uri in rec.error.message
+    assert "'color'" in rec.error.message
+    assert corrupt.uri in rec.error.message
+    before = {"lastResult": {"drifted": True, "time": "2025-03-04T11:00:00Z", "samples": 900}}
+    status = apply_check(parse_status(before), rec, 1)
+    cond = {c.type: c for c in status.conditions}
+    assert (cond["Checked"].status, cond["Checked"].reason) == ("False", "LogsUnreadable")
+    assert status.last_result is not None
+    assert status.last_result.samples == 900  # the last real result stays; no made-up "no drift"
+    assert status.history[-1].reason == "LogsUnreadable"
+
+
+def test_a_window_without_parts_is_insufficient_data_not_an_error(world: World) -> None:
+    rec = run_check(world.store, world.inputs(), NOW)
+    assert rec.error is None
+    assert rec.summary is not None
+    assert (rec.summary.samples, rec.summary.insufficient_data) == (0, True)

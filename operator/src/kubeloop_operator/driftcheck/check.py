@@ -3,8 +3,9 @@ window's prediction logs scored with :mod:`kubeloop.drift`, the report written t
 and a :class:`~kubeloop_operator.status.driftmonitor.CheckRecord` for the status.
 
 Inputs that make a result impossible (no ModelDeployment, no resolved version, no baseline) are a
-record with ``error`` — a condition on the DriftMonitor — never an exception. Too few logged rows is
-a result (``insufficientData``). Only the object store failing raises (:class:`StorageError`): then
+record with ``error`` — a condition on the DriftMonitor — never an exception, and so is a window
+whose every prediction-log part had to be skipped (``LogsUnreadable``, naming the parts). Too few
+logged rows is a result (``insufficientData``). Only the object store failing raises (:class:`StorageError`): then
 there is no honest result to report, and the job's retry may find the store back.
 """
 
@@ -129,6 +130,8 @@ def run_check(
     prefix = predictions_prefix(inputs.namespace, inputs.spec.deployment, model.version, inputs.bucket)
     parts = window_parts(store, prefix, start, now)
     scored = score_parts(reader or PartReader(store), parts, baseline, start, now)
+    if scored.skipped and not scored.parts:
+        return CheckRecord(time=now, error=unreadable(scored.skipped, model.version))
     result = scored.accumulator.result(**thresholds(inputs.spec))
     report_ref = drift_report(inputs.namespace, inputs.monitor, now, inputs.bucket)
     note = ""
@@ -164,6 +167,21 @@ def run_check(
         result.share,
     )
     return CheckRecord(time=now, summary=summary, skipped=tuple(scored.skipped), note=note)
+
+
+UNREADABLE_SHOWN = 5
+
+
+def unreadable(skipped: list[CheckProblem], version: str) -> CheckProblem:
+    """Why a window whose every part was skipped has no result: scoring none of its rows is not "too
+    few predictions", and the last real result must not be replaced by an empty one."""
+    shown = "; ".join(p.message for p in skipped[:UNREADABLE_SHOWN])
+    more = f"; and {len(skipped) - UNREADABLE_SHOWN} more" if len(skipped) > UNREADABLE_SHOWN else ""
+    return CheckProblem(
+        "LogsUnreadable",
+        f"none of the {len(skipped)} prediction-log part(s) of version {version} in the window could be "
+        f"scored: {shown}{more}",
+    )
 
 
 def report(
