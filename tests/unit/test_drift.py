@@ -333,6 +333,20 @@ def test_invalid_baseline_documents_are_refused() -> None:
         Baseline.from_json("{not json")
 
 
+def test_a_baseline_whose_counts_do_not_fit_64_bits_is_refused_not_a_crash_when_scoring() -> None:
+    """Counts are int64 when scored: a (corrupt, hand-edited) document beyond that is invalid, named."""
+    import json
+
+    doc = json.loads(build_baseline({"x": [1.0, 2.0, 3.0], "c": ["a", "b", "b"]}).to_json())
+    scale = 10**20
+    doc["rowCount"] *= scale
+    for feature in doc["features"].values():
+        feature["counts"] = [c * scale for c in feature["counts"]]
+        feature["missingCount"] *= scale
+    with pytest.raises(BaselineError, match="rowCount"):
+        DriftAccumulator(Baseline.from_json(json.dumps(doc)))
+
+
 # --------------------------------------------------------------------------------------------
 # acceptance 3: chunked accumulation is exact
 

@@ -41,6 +41,8 @@ SCHEMA_VERSION = 1
 
 DEFAULT_BINS = 10
 MAX_BINS = 1000
+MAX_ROWS = 2**63 - 1
+"""Counts are scored as int64; every count is at most ``rowCount`` (they add up to it)."""
 
 FeatureKind = Literal["numeric", "categorical"]
 
@@ -119,7 +121,9 @@ class Baseline(_Model):
     """Frozen per-feature reference distributions of a training table (the baseline contract)."""
 
     schema_version: int = Field(SCHEMA_VERSION, description="Version of this format.")
-    row_count: int = Field(ge=1, description="Rows of the training table the baseline was built from.")
+    row_count: int = Field(
+        ge=1, le=MAX_ROWS, description="Rows of the training table the baseline was built from."
+    )
     bins: int = Field(
         ge=2, le=MAX_BINS, description="Requested number of quantile bins for numeric features."
     )
