@@ -554,3 +554,31 @@ def test_a_window_without_parts_is_insufficient_data_not_an_error(world: World) 
     assert rec.error is None
     assert rec.summary is not None
     assert (rec.summary.samples, rec.summary.insufficient_data) == (0, True)
+
+
+def test_an_unforeseen_error_in_the_check_is_recorded_in_the_status_not_a_traceback(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever the check did not foresee still ends in the status (Checked=False, CheckFailed, the
+    error named) and a failing exit code; the previous result is kept, not silently left stale."""
+    from kubeloop_operator.driftcheck import job
+    from kubeloop_operator.driftcheck.settings import DriftCheckSettings
+
+    meta = {"name": MON, "namespace": NS, "generation": 1, "resourceVersion": "10", "uid": "u1"}
+    spec = {"deployment": DEP, "schedule": "* * * * *"}
+    kube = FakeKube({"metadata": meta, "spec": spec, "status": {}})
+    kube.close = lambda: None  # type: ignore[attr-defined]
+    monkeypatch.setattr(job.Kube, "connect", staticmethod(lambda *a, **kw: kube))
+    monkeypatch.setattr(job, "open_store", lambda settings: world.store)
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("feature 'a': something nobody planned for")
+
+    monkeypatch.setattr(job, "run_check", broken)
+    settings = DriftCheckSettings(namespace=NS, monitor=MON, s3_endpoint="127.0.0.1:9")
+    assert job.run(settings, NOW) == 1
+    cond = {c["type"]: c for c in kube.obj["status"]["conditions"]}
+    assert (cond["Checked"]["status"], cond["Checked"]["reason"]) == ("False", "CheckFailed")
+    assert "RuntimeError: feature 'a': something nobody planned for" in cond["Checked"]["message"]
+    assert kube.obj["status"]["lastCheckTime"] == "2025-03-04T12:00:00Z"
+    assert "something nobody planned for" in caplog.text

@@ -141,6 +141,12 @@ def _check(
     except StorageError as e:
         log.error("object storage failed: %s", e)
         return CheckRecord(time=now, error=CheckProblem("StorageUnavailable", str(e)[:900])), 1
+    except Exception as e:
+        # A bug, or input nobody foresaw: the status must still say the check failed and why, or
+        # it keeps showing the previous result as if this check had never run.
+        log.exception("%s/%s: the check failed unexpectedly", ns, name)
+        message = f"the check failed unexpectedly: {type(e).__name__}: {e}"
+        return CheckRecord(time=now, error=CheckProblem("CheckFailed", message[:900])), 1
     if rec.error is not None:
         log.warning("%s/%s: no result: %s: %s", ns, name, rec.error.reason, rec.error.message)
     return rec, 0
