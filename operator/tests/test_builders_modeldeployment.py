@@ -349,3 +349,19 @@ def test_a_deployment_asking_for_an_extended_resource_in_requests_only_is_one_ku
     c = container(b.build_deployment(OWNER, spec, "stable", V3, 1, CFG))
     assert c["resources"]["limits"] == {"example.com/fpga": "1", "hugepages-1Gi": "2Gi"}
     assert _kubernetes_refusals(c["resources"]) == []
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"autoscaling": {"minReplicas": 1, "maxReplicas": 9, "targetCpuUtilization": 55}}, {"replicas": 3}],
+)
+def test_a_service_or_hpa_as_built_hashes_live_as_its_annotation(changes: dict[str, Any]) -> None:
+    # The reconciler repairs a child whose live hash differs from its annotation: any field the
+    # projection saw differently as built would mean a patch on every resync.
+    spec = example_spec(**{"autoscaling": {"minReplicas": 2, "maxReplicas": 4}, **changes})
+    for manifest in (b.build_service(OWNER), b.build_hpa(OWNER, spec)):
+        assert manifest is not None
+        assert b.live_hash(manifest) == b.manifest_hash(manifest) != ""
+        edited = {**manifest, "spec": {**manifest["spec"], "minReplicas": 7, "selector": {"a": "b"}}}
+        assert b.live_hash(edited) != b.manifest_hash(manifest)
+    assert b.live_hash({"kind": "Deployment", "spec": {}}) == ""

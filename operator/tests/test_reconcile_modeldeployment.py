@@ -380,3 +380,38 @@ def test_a_slow_registry_does_not_hold_up_the_other_reconciles(
     gate.set()
     timer.join(10)
     assert not timer.is_alive()
+
+
+def writes(kube: FakeKube, *verbs: str) -> list[tuple[str, str, str]]:
+    return [w for w in kube.writes if w[0] in verbs]
+
+
+def test_a_service_or_hpa_edited_by_hand_is_put_back_once(
+    world: tuple[Runtime, FakeKube, FakeResolver],
+) -> None:
+    # `kubectl edit` keeps our config-hash annotation: the live spec itself must be compared, or a
+    # Service selecting nothing (or an HPA capped by hand) stays so while the status says Ready.
+    rt, kube, _ = world
+    auto = {**SPEC, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}
+    rec.reconcile(rt, body(auto), rec.MdView())
+    kube.roll_out("stable")
+    svc, hpa = kube.objects[("services", "md")], kube.objects[("horizontalpodautoscalers", "md")]
+    want_svc, want_hpa = copy.deepcopy(svc["spec"]), copy.deepcopy(hpa["spec"])
+    # What the API server defaults (clusterIP, sessionAffinity, behavior) is no drift.
+    svc["spec"].update(clusterIP="10.0.0.7", sessionAffinity="None")
+    hpa["spec"]["behavior"] = {"scaleDown": {"stabilizationWindowSeconds": 300}}
+    rt.memory.of("uid-md").children.clear()  # long after the creation: no hint left
+    kube.writes.clear()
+    rec.reconcile(rt, body(auto, status=last_status(rt)), view(kube))
+    assert writes(kube, "patch", "create") == []
+    for obj, plural, edit in (
+        (svc, "services", {"selector": {"app": "other"}}),
+        (hpa, "horizontalpodautoscalers", {"maxReplicas": 1}),
+    ):
+        obj["spec"].update(edit)
+        kube.writes.clear()
+        for _ in range(3):  # put back once: no flapping
+            rec.reconcile(rt, body(auto, status=last_status(rt)), view(kube))
+        assert writes(kube, "patch", "create") == [("patch", plural, "md")]
+    assert svc["spec"]["selector"] == want_svc["selector"]
+    assert hpa["spec"]["maxReplicas"] == want_hpa["maxReplicas"] == 4

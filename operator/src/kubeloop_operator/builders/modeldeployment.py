@@ -378,6 +378,31 @@ def manifest_hash(manifest: Mapping[str, Any]) -> str:
     return str(((manifest.get("metadata") or {}).get("annotations") or {}).get(CONFIG_HASH, ""))
 
 
+# The fields of a Service's and an HPA's spec (and of each Service port) that build_service and
+# build_hpa set, and hash: the same projection of a live object hashes the same unless someone
+# edited one of them (what the API server defaults — clusterIP, sessionAffinity, behavior — is left out).
+_SPEC_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "Service": ("type", "selector", "ports"),
+    "HorizontalPodAutoscaler": ("scaleTargetRef", "minReplicas", "maxReplicas", "metrics"),
+}
+_PORT_FIELDS: Final = ("name", "port", "targetPort", "protocol", "appProtocol")
+
+
+def live_hash(body: Mapping[str, Any]) -> str:
+    """The config hash of a live Service's or HPA's own fields as they are now (``""`` for another
+    kind): equal to its config-hash annotation unless the object was edited by hand."""
+    fields = _SPEC_FIELDS.get(str(body.get("kind")))
+    if fields is None:
+        return ""
+    spec = body.get("spec") or {}
+    live = {k: spec[k] for k in fields if k in spec}
+    if isinstance(live.get("ports"), list):
+        live["ports"] = [
+            {k: p[k] for k in _PORT_FIELDS if k in p} if isinstance(p, Mapping) else p for p in live["ports"]
+        ]
+    return config_hash(live)
+
+
 # --- patches -----------------------------------------------------------------------------------------
 
 

@@ -442,7 +442,8 @@ def _ensure_child(
     indexed: Sequence[ChildSummary],
     errors: list[ChildError],
 ) -> None:
-    """A Service or HPA: created when missing, brought back to the desired spec when it drifted."""
+    """A Service or HPA: created when missing, brought back to the desired spec when it drifted (a
+    spec change, or a hand edit of the fields we set)."""
     name = str(manifest["metadata"]["name"])
     key = _key(kind, name)
     live = next((c for c in indexed if c.name == name and c.owner_uid == owner.uid), None) or _recent(
@@ -456,7 +457,7 @@ def _ensure_child(
                 log.info("created %s %s/%s", kind.kind, owner.namespace, name)
             live = summarize_child(obj)
             mem.children[key] = (time.monotonic(), live)
-        if isinstance(live, ChildSummary) and live.config_hash != want:
+        if isinstance(live, ChildSummary) and (live.config_hash != want or live.drifted):
             current = rt.kube.get(kind, owner.namespace, name)
             if current is None:
                 mem.children.pop(key, None)

@@ -39,6 +39,7 @@ from kubeloop_operator.builders.modeldeployment import (
     TRACKS,
     ResolvedModel,
     Track,
+    live_hash,
     split_percent,
 )
 from kubeloop_operator.status.conditions import EventSpec, Want, merge, one_line, rfc3339
@@ -141,6 +142,12 @@ class ChildSummary:
     owner_uid: str
     config_hash: str
     deleting: bool = False
+    live_hash: str = ""
+    """The same hash over the live spec: differs from ``config_hash`` after a hand edit."""
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.live_hash) and self.live_hash != self.config_hash
 
 
 def summarize_child(body: Mapping[str, Any]) -> ChildSummary:
@@ -151,6 +158,7 @@ def summarize_child(body: Mapping[str, Any]) -> ChildSummary:
         owner_uid=str((meta.get("labels") or {}).get(Labels.OWNER_UID, "")),
         config_hash=str((meta.get("annotations") or {}).get(CONFIG_HASH, "")),
         deleting=bool(meta.get("deletionTimestamp")),
+        live_hash=live_hash(body),
     )
 
 
