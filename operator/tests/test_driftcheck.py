@@ -19,7 +19,7 @@ from kubeloop_operator.driftcheck import main
 from kubeloop_operator.driftcheck.check import CheckInputs, baseline_ref, run_check
 from kubeloop_operator.driftcheck.job import record_check
 from kubeloop_operator.driftcheck.logs import PartReader, score_parts, window_parts
-from kubeloop_operator.k8s import KubeError
+from kubeloop_operator.k8s import Kube, KubeError
 from kubeloop_operator.status.driftmonitor import apply_check, parse_status
 
 from kubeloop.contracts import (
@@ -31,7 +31,7 @@ from kubeloop.contracts import (
     predictions_part,
     predictions_prefix,
 )
-from kubeloop.drift import Baseline, build_baseline, score
+from kubeloop.drift import Baseline, DriftAccumulator, build_baseline, score
 from kubeloop.resources import DriftMonitorSpec
 from kubeloop.storage import StorageUnavailableError
 from kubeloop.storage.local import LocalStore
@@ -568,7 +568,7 @@ def test_an_unforeseen_error_in_the_check_is_recorded_in_the_status_not_a_traceb
     spec = {"deployment": DEP, "schedule": "* * * * *"}
     kube = FakeKube({"metadata": meta, "spec": spec, "status": {}})
     kube.close = lambda: None  # type: ignore[attr-defined]
-    monkeypatch.setattr(job.Kube, "connect", staticmethod(lambda *a, **kw: kube))
+    monkeypatch.setattr(Kube, "connect", staticmethod(lambda *a, **kw: kube))
     monkeypatch.setattr(job, "open_store", lambda settings: world.store)
 
     def broken(*_: Any, **__: Any) -> Any:
@@ -582,3 +582,28 @@ def test_an_unforeseen_error_in_the_check_is_recorded_in_the_status_not_a_traceb
     assert "RuntimeError: feature 'a': something nobody planned for" in cond["Checked"]["message"]
     assert kube.obj["status"]["lastCheckTime"] == "2025-03-04T12:00:00Z"
     assert "something nobody planned for" in caplog.text
+
+
+def test_many_small_parts_build_the_baselines_lookup_tables_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server flushing every few seconds leaves thousands of small parts a day. Each part's counts
+    are kept apart (a part failing halfway adds nothing), but the baseline's lookup tables are built
+    once: with 50,000 training categories, building them took ~40 ms a part, far more than counting
+    a part of a few rows (300 such parts: 13.6 s before, load average 2.9)."""
+    from kubeloop_operator.driftcheck import logs
+
+    built: list[int] = []
+
+    class Counting(DriftAccumulator):
+        def __init__(self, baseline: Baseline) -> None:
+            built.append(1)
+            super().__init__(baseline)
+
+    monkeypatch.setattr(logs, "DriftAccumulator", Counting)
+    for seed in range(30):
+        world.part(logged(5, seed=seed))
+    rec = run_check(world.store, world.inputs(), NOW)
+    assert rec.summary is not None
+    assert (rec.summary.parts, rec.summary.samples) == (30, 150)
+    assert len(built) == 1

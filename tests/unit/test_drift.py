@@ -503,3 +503,24 @@ def test_summary_is_what_the_status_keeps() -> None:
     kept = wide.summary().features
     assert len(kept) == SUMMARY_FEATURE_LIMIT
     assert "f4100" in {f.name for f in kept}  # the drifted feature survives the bound
+
+
+def test_a_fresh_accumulator_counts_from_zero_apart_from_the_one_it_came_from() -> None:
+    rng = np.random.default_rng(3)
+    baseline = build_baseline(
+        {"x": rng.normal(0, 1, 500), "c": rng.choice(["a", "b", "c"], 500)}, categorical={"c"}
+    )
+    first = DriftAccumulator(baseline)
+    first.update({"x": rng.normal(0, 1, 50), "c": rng.choice(["a", "b"], 50)})
+    before = first.counts()
+    chunk = {"x": rng.normal(1, 1, 70), "c": rng.choice(["a", "zz"], 70)}
+    part = first.fresh()
+    assert part.rows == 0
+    assert all(sum(v) == 0 for v in part.counts().values())
+    part.update(chunk)
+    assert first.counts() == before  # counting in the fresh one leaves the first alone
+    alone = DriftAccumulator(baseline)
+    alone.update(chunk)
+    assert part.counts() == alone.counts()
+    first.merge(part)
+    assert first.rows == 120

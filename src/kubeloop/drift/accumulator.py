@@ -8,6 +8,7 @@ Jensen-Shannon distances and drift decisions.
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import numpy as np
@@ -109,6 +110,15 @@ class DriftAccumulator:
             else:
                 self._edges[name] = np.asarray(feature.edges, dtype=np.float64)
         self._rows = 0
+
+    def fresh(self) -> DriftAccumulator:
+        """An empty accumulator over the same baseline, sharing its read-only lookup tables (bin
+        edges, category index): for a baseline with many categories, building them costs far more
+        than counting a small chunk, so per-part accumulators are made with this."""
+        new = copy.copy(self)
+        new._counts = {n: np.zeros_like(ref) for n, ref in self._reference.items()}
+        new._rows = 0
+        return new
 
     @property
     def rows(self) -> int:

@@ -214,7 +214,7 @@ def score_parts(
             columns = features + (
                 [PREDICTION_LOG_TIMESTAMP] if PREDICTION_LOG_TIMESTAMP in schema.names else []
             )
-            part = DriftAccumulator(baseline)
+            part = out.accumulator.fresh()
             rows = 0
             for batch in reader.batches(pf, columns):
                 rows += batch.num_rows
