@@ -524,3 +524,16 @@ def test_a_fresh_accumulator_counts_from_zero_apart_from_the_one_it_came_from() 
     assert part.counts() == alone.counts()
     first.merge(part)
     assert first.rows == 120
+
+
+@pytest.mark.parametrize("categories", [3, 7, 13])
+def test_completely_disjoint_data_reaches_the_largest_jensen_shannon_threshold(categories: int) -> None:
+    """Disjoint distributions are at distance exactly 1, the largest threshold a DriftMonitor takes;
+    the proportions' rounding (7 x 1/7 sums to 0.9999999999999999) must not put them below it."""
+    baseline = build_baseline({"c": np.array([f"v{i}" for i in range(categories)] * 7)}, categorical={"c"})
+    result = score(
+        baseline, {"c": np.array(["new"] * 100)}, psi_threshold=None, js_threshold=1.0, min_samples=1
+    )
+    assert result.features["c"].jensen_shannon == pytest.approx(1.0, abs=1e-12)
+    assert result.features["c"].drifted
+    assert result.drifted

@@ -30,7 +30,9 @@ Metrics, per feature, over the bucket proportions ``p`` (reference) and ``q`` (c
   (``m = (p + q) / 2``, ``JSD = (KL(p||m) + KL(q||m)) / 2``, zero terms contribute 0), so both the
   divergence and the reported distance lie in ``[0, 1]``.
 
-A feature drifts when ``psi >= psi_threshold`` or ``jensen_shannon >= js_threshold``; a threshold
+A feature drifts when ``psi >= psi_threshold`` or ``jensen_shannon >= js_threshold``, up to float
+rounding (a relative ``THRESHOLD_RTOL = 1e-10``: disjoint distributions, at distance exactly 1, reach
+the Jensen-Shannon threshold 1.0 even when their proportions sum to 0.9999999999999999); a threshold
 of ``None`` disables that metric. The dataset drifts when the share of drifted features
 ``>= drift_share``. With fewer than ``min_samples`` current rows the result says
 ``insufficient_data`` and flags nothing. The defaults are the DriftMonitor spec's
@@ -40,6 +42,7 @@ A baseline feature missing from the current data raises :class:`MissingFeatureEr
 
 from kubeloop.drift._columns import category_key
 from kubeloop.drift.accumulator import (
+    THRESHOLD_RTOL,
     DriftAccumulator,
     DriftResult,
     FeatureDrift,
@@ -62,6 +65,7 @@ __all__ = [
     "JS_LOG_BASE",
     "PSI_EPSILON",
     "SCHEMA_VERSION",
+    "THRESHOLD_RTOL",
     "Baseline",
     "BaselineError",
     "CategoricalFeature",

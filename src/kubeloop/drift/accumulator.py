@@ -21,6 +21,15 @@ from kubeloop.drift.baseline import Baseline, CategoricalFeature, _Model
 from kubeloop.drift.metrics import js_from_proportions, psi_from_proportions
 from kubeloop.resources import SUMMARY_FEATURE_LIMIT, DriftSummary, FeatureDriftSummary
 
+THRESHOLD_RTOL = 1e-10
+"""A score reaches its threshold up to this relative difference: the scores are sums of rounded
+proportions (seven buckets of 1/7 add up to 0.9999999999999999), so data exactly at a threshold,
+e.g. disjoint distributions at the Jensen-Shannon threshold 1.0, must not fall just below it."""
+
+
+def _reaches(value: float | None, threshold: float | None) -> bool:
+    return value is not None and threshold is not None and value >= threshold * (1.0 - THRESHOLD_RTOL)
+
 
 class FeatureDrift(_Model):
     """Drift of one feature."""
@@ -174,7 +183,8 @@ class DriftAccumulator:
     ) -> DriftResult:
         """Scores and drift decisions for everything accumulated so far.
 
-        A feature drifts when ``psi >= psi_threshold`` or ``jensen_shannon >= js_threshold``; the
+        A feature drifts when ``psi >= psi_threshold`` or ``jensen_shannon >= js_threshold`` (up to
+        float rounding, :data:`THRESHOLD_RTOL`); the
         dataset drifts when the share of drifted features is ``>= drift_share``. A threshold of
         ``None`` disables that metric (not computed, not used; at least one must stay enabled). With
         fewer than ``min_samples`` rows the result has ``insufficient_data=True`` and flags nothing
@@ -202,10 +212,7 @@ class DriftAccumulator:
                     p = psi_from_proportions(self._reference_p[name], q)
                 if js_threshold is not None:
                     j = js_from_proportions(self._reference_p[name], q)
-            drifted = not insufficient and (
-                (p is not None and psi_threshold is not None and p >= psi_threshold)
-                or (j is not None and js_threshold is not None and j >= js_threshold)
-            )
+            drifted = not insufficient and (_reaches(p, psi_threshold) or _reaches(j, js_threshold))
             if drifted:
                 drifted_names.append(name)
             categorical = isinstance(feature, CategoricalFeature)
@@ -249,6 +256,7 @@ def score(
 
 
 __all__ = [
+    "THRESHOLD_RTOL",
     "DriftAccumulator",
     "DriftResult",
     "FeatureDrift",
