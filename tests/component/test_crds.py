@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -19,33 +18,10 @@ from kubeloop import resources as r
 pytestmark = pytest.mark.component
 
 REPO = Path(__file__).resolve().parents[2]
-# KUBELOOP_TEST_CRD_DIR: try CRDs from elsewhere (e.g. a candidate generation) against the same tests.
-CRD_DIR = Path(os.environ.get("KUBELOOP_TEST_CRD_DIR", REPO / "crds"))
 EXAMPLES = REPO / "examples"
 INVALID_CASES = sorted((REPO / "tests" / "cases" / "invalid").glob("*.yaml"))
 
 SHORT_NAMES = {"TrainingJob": "tj", "ModelDeployment": "md", "DriftMonitor": "dm"}
-
-
-def _crds() -> list[dict[str, Any]]:
-    docs = [d for f in sorted(CRD_DIR.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
-    return [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
-
-
-@pytest.fixture(scope="session")
-def kubeloop_crds(kube_cluster: KubeCluster) -> list[dict[str, Any]]:
-    """`kubectl apply -f crds/` on the cluster, then wait until every CRD is Established."""
-    crds = _crds()
-    assert crds, f"no CustomResourceDefinition in {CRD_DIR}"
-    kube_cluster.kubectl("apply", "-f", str(CRD_DIR))
-    for crd in crds:
-        kube_cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd['metadata']['name']}"
-        )
-    # Refreshes kubectl's discovery cache (short names, categories) and checks what the server serves.
-    served = kube_cluster.kubectl("api-resources", "--api-group=kubeloop.io", "-o", "name").stdout.split()
-    assert sorted(served) == sorted(f"{c['spec']['names']['plural']}.kubeloop.io" for c in crds), served
-    return crds
 
 
 def _strip_namespace(doc: dict[str, Any]) -> dict[str, Any]:
@@ -62,8 +38,10 @@ def _example(kind: str) -> dict[str, Any]:
     raise AssertionError(f"no {kind} example in {EXAMPLES}")
 
 
-def test_apply_crds_is_idempotent(kube_cluster: KubeCluster, kubeloop_crds: list[dict[str, Any]]) -> None:
-    out = kube_cluster.kubectl("apply", "-f", str(CRD_DIR)).stdout
+def test_apply_crds_is_idempotent(
+    kube_cluster: KubeCluster, kubeloop_crds: list[dict[str, Any]], crd_dir: Path
+) -> None:
+    out = kube_cluster.kubectl("apply", "-f", str(crd_dir)).stdout
     assert all(line.endswith(("unchanged", "configured")) for line in out.strip().splitlines()), out
     names = {c["metadata"]["name"] for c in kubeloop_crds}
     listed = json.loads(kube_cluster.kubectl("get", "crd", "-o", "json").stdout)["items"]
