@@ -337,3 +337,39 @@ def test_event_names_are_dns_subdomains_for_any_owner_name(owner: str) -> None:
     name = EventSpec("Warning", "OOMKilled", "m", "k").name(owner, "uid-1")
     assert len(name) <= 253
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", name)
+
+
+def test_create_meeting_a_child_of_an_earlier_owner_of_the_same_name_waits_for_it_to_go() -> None:
+    # `kubectl delete tj x && kubectl apply -f x.yaml`: the old Job is still there for a moment, its
+    # controller the deleted TrainingJob x. Not a conflict to resolve by hand: the garbage collector
+    # removes it (no two objects of one kind share a name), and the create is retried.
+    def ref(uid: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "kubeloop.io/v1alpha1",
+            "kind": "TrainingJob",
+            "name": "x",
+            "uid": uid,
+            "controller": True,
+        }
+
+    def job(uid: str, **meta: Any) -> dict[str, Any]:
+        return {**_job(), "metadata": {**_job()["metadata"], "ownerReferences": [ref(uid)], **meta}}
+
+    other = {**ref("o"), "kind": "ModelDeployment"}
+    gone = job("o", deletionTimestamp="2026-01-01T00:00:00Z", ownerReferences=[other])
+    for existing in (job("old"), gone):
+        api = FakeApi(
+            lambda m, p, b, e=existing: (409, {"reason": "AlreadyExists"}) if m == "POST" else (200, e)
+        )
+        with pytest.raises(k8s.KubeError) as info:
+            k8s.Kube(api).create(job("new"))
+        assert not isinstance(info.value, k8s.NameConflictError)
+        assert (info.value.status, info.value.reason, info.value.permanent) == (409, "Terminating", False)
+    api = FakeApi(lambda m, p, b: (409, {}) if m == "POST" else (200, job("old")))
+    with pytest.raises(k8s.KubeError, match=r"earlier TrainingJob x \(uid old\) of this name is still there"):
+        k8s.Kube(api).create(job("new"))
+    # another owner's object, and an object without any, stay conflicts to resolve by hand
+    for existing in (job("o", ownerReferences=[other]), job("o", ownerReferences=[])):
+        api = FakeApi(lambda m, p, b, e=existing: (409, {}) if m == "POST" else (200, e))
+        with pytest.raises(k8s.NameConflictError):
+            k8s.Kube(api).create(job("new"))

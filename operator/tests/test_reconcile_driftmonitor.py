@@ -392,3 +392,18 @@ def test_an_identity_name_taken_by_someone_else_is_refused_naming_its_owner(
     ]
     with pytest.raises(Exception, match=r"controlled by ConfigMap cm \(uid u-1\)"):
         reconcile(rt, body(kube), view(kube))
+    # left by an earlier DriftMonitor of this name (deleted, created again): the garbage collector's
+    sa["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": "kubeloop.io/v1alpha1",
+            "kind": "DriftMonitor",
+            "name": "watch",
+            "uid": "old",
+            "controller": True,
+        }
+    ]
+    with pytest.raises(
+        Exception, match=r"of an earlier DriftMonitor watch \(uid old\) of this name is still there"
+    ):
+        reconcile(rt, body(kube), view(kube))
+    assert writes(kube, "create", "patch") == []

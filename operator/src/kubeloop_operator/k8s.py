@@ -151,6 +151,49 @@ def controller_desc(obj: Mapping[str, Any]) -> str:
     return ""
 
 
+def _controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return next(
+        (r for r in obj.get("metadata", {}).get("ownerReferences") or [] if r.get("controller")), None
+    )
+
+
+def _earlier_owner(manifest: Mapping[str, Any], existing: Mapping[str, Any]) -> str:
+    """``existing``'s controller when it is an earlier object of the manifest's controller's kind and
+    name (deleted and created again), for a message; ``""`` otherwise."""
+    mine, theirs = _controller_ref(manifest), _controller_ref(existing)
+    if mine is None or theirs is None or not mine.get("kind") or not mine.get("name"):
+        return ""
+    same = all(theirs.get(k) == mine.get(k) for k in ("apiVersion", "kind", "name"))
+    return f"{theirs.get('kind')} {theirs.get('name')} (uid {theirs.get('uid')})" if same else ""
+
+
+def check_adoptable(manifest: Mapping[str, Any], existing: Mapping[str, Any]) -> None:
+    """Whether ``existing`` (found under the manifest's name) may be taken as the manifest's object:
+    raises :class:`KubeError` 409 ``Terminating`` when it is on its way out (being deleted, or left by an
+    earlier owner of the same kind and name), :class:`NameConflictError` when someone else controls it."""
+    kind = kind_of(manifest)
+    meta = manifest.get("metadata") or {}
+    ns, name = str(meta.get("namespace")), str(meta.get("name") or "")
+    what = f"create {kind.kind} {ns}/{name}"
+    if existing.get("metadata", {}).get("deletionTimestamp"):
+        raise KubeError(409, "Terminating", "an older object of this name is being deleted", what=what)
+    want = controller_uid(manifest)
+    if want is None or controller_uid(existing) == want:
+        return
+    earlier = _earlier_owner(manifest, existing)
+    if earlier:
+        # No two objects of one kind share a name: that owner is gone, and the garbage collector
+        # removes what it controlled. Nothing for anyone to rename or delete.
+        raise KubeError(
+            409,
+            "Terminating",
+            f"{kind.kind} {ns}/{name} of an earlier {earlier} of this name is still there; "
+            "the garbage collector removes it",
+            what=what,
+        )
+    raise NameConflictError(kind.kind, ns, name, controller_desc(existing))
+
+
 def _load_client_configuration(kubeconfig: str | None) -> Any:
     """In a pod: its ServiceAccount (token refreshed by the client); elsewhere a kubeconfig file."""
     from kubernetes import client, config
@@ -285,11 +328,7 @@ class Kube:
         existing = self.get(kind, ns, name)
         if existing is None:  # deleted between the two calls; the next reconcile creates it
             raise KubeError(409, "Conflict", "the object existed and is now gone; retry", what=what)
-        want = controller_uid(manifest)
-        if want is not None and controller_uid(existing) != want:
-            raise NameConflictError(kind.kind, str(ns), name, controller_desc(existing))
-        if existing.get("metadata", {}).get("deletionTimestamp"):
-            raise KubeError(409, "Terminating", "an older object of this name is being deleted", what=what)
+        check_adoptable(manifest, existing)
         return existing, False
 
     def patch(self, kind: Kind, namespace: str | None, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -446,6 +485,7 @@ __all__ = [
     "Kube",
     "KubeError",
     "NameConflictError",
+    "check_adoptable",
     "controller_desc",
     "controller_uid",
     "kind_of",

@@ -35,8 +35,7 @@ from kubeloop_operator.k8s import (
     TRAININGJOB,
     KubeError,
     NameConflictError,
-    controller_desc,
-    controller_uid,
+    check_adoptable,
 )
 from kubeloop_operator.metrics import DriftScores
 from kubeloop_operator.runtime import IN_FLIGHT_S, ObjectMemory, Runtime
@@ -202,8 +201,7 @@ def _ensure_identity(
                 rt.kube.create(manifest)
                 log.info("created %s %s/%s", kind.kind, owner.namespace, name)
                 continue
-            if controller_uid(existing) != owner.uid:
-                raise NameConflictError(kind.kind, owner.namespace, name, controller_desc(existing))
+            check_adoptable(manifest, existing)
             if kind is ROLE and b.spec_hash(existing) != want:
                 rt.kube.patch(ROLE, owner.namespace, name, b.role_patch(role))
                 log.info("updated Role %s/%s (deployment %s)", owner.namespace, name, spec.deployment)
