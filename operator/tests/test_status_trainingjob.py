@@ -434,3 +434,17 @@ def test_progress_ignores_epoch_durations_that_are_not_finite_or_negative() -> N
     huge = json.dumps({"event": "epoch", "epoch": 0, "epochs": 2**40, "seconds": 1e300})
     assert st.parse_progress(huge) == st.ProgressReading(0, 2**40, None)
     assert st.parse_progress(json.dumps({"event": "epoch", "epoch": 1, "epochs": 2**64})) is None
+
+
+def test_a_user_error_exit_code_without_the_trainers_message_is_not_called_a_backoff_limit() -> None:
+    # argparse exits 2 with a usage line, a data error may die before writing its termination
+    # message: the pod failure policy fails the Job on the first pod, with no retry at all.
+    usage = "usage: kubeloop-trainer [-h]\nkubeloop-trainer: error: unrecognized arguments: --x\n"
+    failed = pod(phase="Failed", state=terminated(2, usage))
+    rule = "Container trainer for pod ns/tj-0-aaaaa failed with exit code 2 matching FailJob rule at index 0"
+    f = derive(j=job(("Failed", "PodFailurePolicy", rule), failed=1), pods=(failed,)).status.failure
+    assert f is not None
+    assert (f.reason, f.exit_code, f.pod) == ("PodFailurePolicy", 2, failed.name)
+    assert "backoffLimit" not in f.message
+    assert "exited with code 2, an error a retry cannot fix: no retry" in f.message
+    assert "unrecognized arguments: --x" in f.message

@@ -274,6 +274,16 @@ def _terminal_failure(o: Observed, job: JobSummary, failed: list[PodSummary]) ->
             )
         code = c.exit_code if c is not None else None
         said = one_line(c.message, 512) if c is not None and c.message else "no termination message"
+        if job_reason == "PodFailurePolicy" and code in TRAINER_USER_ERROR_EXIT_CODES:
+            # Failed on this pod by the pod failure policy, before any retry: no backoffLimit involved
+            # (the trainer died before writing its termination message, or argparse refused its args).
+            return _failure_from_pod(
+                o,
+                last,
+                "PodFailurePolicy",
+                f"pod {last.name} exited with code {code}, an error a retry cannot fix: no retry; {said}",
+                code,
+            )
         return _failure_from_pod(
             o,
             last,
