@@ -607,3 +607,36 @@ def test_many_small_parts_build_the_baselines_lookup_tables_once(
     assert rec.summary is not None
     assert (rec.summary.parts, rec.summary.samples) == (30, 150)
     assert len(built) == 1
+
+
+def test_a_part_that_cannot_be_spooled_fails_the_check_instead_of_being_called_corrupt(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check's own disk (no spool directory, full, read-only) is no fault of the logs: good parts
+    must not be reported as corrupt, nor the window scored without them."""
+    from kubeloop_operator.driftcheck import job
+    from kubeloop_operator.driftcheck.logs import SpoolError
+    from kubeloop_operator.driftcheck.settings import DriftCheckSettings
+
+    world.part(logged(600))
+    world.part(logged(600, seed=2))
+    missing = tmp_path / "no-such-spool-dir"
+    reader = PartReader(world.store, max_memory_part_bytes=0, spool_dir=missing)
+    with pytest.raises(SpoolError, match="no-such-spool-dir"):
+        run_check(world.store, world.inputs(), NOW, reader)
+
+    meta = {"name": MON, "namespace": NS, "generation": 1, "resourceVersion": "10", "uid": "u1"}
+    kube = FakeKube({"metadata": meta, "spec": {"deployment": DEP, "schedule": "* * * * *"}, "status": {}})
+    kube.close = lambda: None  # type: ignore[attr-defined]
+    monkeypatch.setattr(Kube, "connect", staticmethod(lambda *a, **kw: kube))
+    monkeypatch.setattr(job, "open_store", lambda settings: world.store)
+    monkeypatch.setattr(
+        job, "run_check", lambda store, inputs, now, reader: run_check(store, world.inputs(), now, reader)
+    )
+    settings = DriftCheckSettings(
+        namespace=NS, monitor=MON, s3_endpoint="127.0.0.1:9", max_memory_part_bytes=0, spool_dir=missing
+    )
+    assert job.run(settings, NOW) == 1
+    cond = {c["type"]: c for c in kube.obj["status"]["conditions"]}
+    assert (cond["Checked"]["status"], cond["Checked"]["reason"]) == ("False", "SpoolFailed")
+    assert "KUBELOOP_DRIFTCHECK_SPOOL_DIR" in cond["Checked"]["message"]

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from kubeloop.resources import DriftMonitorSpec, format_validation_error
 from kubeloop.storage import ObjectStore, S3Config, StorageError
 from kubeloop_operator.driftcheck.check import CheckInputs, run_check
-from kubeloop_operator.driftcheck.logs import PartReader
+from kubeloop_operator.driftcheck.logs import PartReader, SpoolError
 from kubeloop_operator.driftcheck.settings import DriftCheckSettings
 from kubeloop_operator.k8s import DRIFTMONITOR, MODELDEPLOYMENT, Kube, KubeError
 from kubeloop_operator.status.driftmonitor import (
@@ -141,6 +141,9 @@ def _check(
     except StorageError as e:
         log.error("object storage failed: %s", e)
         return CheckRecord(time=now, error=CheckProblem("StorageUnavailable", str(e)[:900])), 1
+    except SpoolError as e:
+        log.error("%s", e)
+        return CheckRecord(time=now, error=CheckProblem("SpoolFailed", str(e)[:900])), 1
     except Exception as e:
         # A bug, or input nobody foresaw: the status must still say the check failed and why, or
         # it keeps showing the previous result as if this check had never run.

@@ -112,6 +112,11 @@ def schema_problem(uri: str, schema: pa.Schema, baseline: Baseline) -> CheckProb
     return None
 
 
+class SpoolError(Exception):
+    """A part could not be spooled to the check's own disk (no such directory, full, read-only): the
+    logs are not at fault, and a window scored without that part would not be honest."""
+
+
 @dataclass
 class Scored:
     """What scoring the parts of a window gave."""
@@ -140,10 +145,18 @@ class PartReader:
         self.spool_dir = spool_dir
 
     def open(self, info: ObjectInfo) -> tuple[pq.ParquetFile, Path | None]:
-        """The part as a ParquetFile (and the spool file to delete, if any). Raises StorageError."""
+        """The part as a ParquetFile (and the spool file to delete, if any). Raises StorageError, or
+        SpoolError when the spool file cannot be made."""
         if info.size > self.max_memory_part_bytes:
-            fd, name = tempfile.mkstemp(suffix=PARQUET_SUFFIX, dir=self.spool_dir)
-            os.close(fd)
+            try:
+                fd, name = tempfile.mkstemp(suffix=PARQUET_SUFFIX, dir=self.spool_dir)
+                os.close(fd)
+            except OSError as e:
+                where = self.spool_dir or tempfile.gettempdir()
+                raise SpoolError(
+                    f"cannot spool {info.ref.uri} ({info.size} bytes) to {where} "
+                    f"(KUBELOOP_DRIFTCHECK_SPOOL_DIR): {e}"
+                ) from e
             path = Path(name)
             try:
                 self.store.get_file(info.ref, path)
@@ -194,7 +207,8 @@ def score_parts(
 ) -> Scored:
     """Count every part of the window (rows from ``start`` to ``end``) into one accumulator; unreadable
     parts are skipped and named.
-    Storage errors other than a part vanishing propagate (the store is down: no honest result)."""
+    Storage errors other than a part vanishing propagate (the store is down: no honest result), and
+    so does a :class:`SpoolError` (the check's own disk failed, not the part)."""
     out = Scored(DriftAccumulator(baseline))
     features = list(baseline.features)
     for info in parts:
@@ -224,7 +238,7 @@ def score_parts(
             out.accumulator.merge(part)
             out.parts += 1
             out.rows_read += rows
-        except StorageError:
+        except (StorageError, SpoolError):
             raise
         except DriftError as e:
             out.skipped.append(CheckProblem("FeatureWrongType", f"{uri}: {e}"))
