@@ -250,7 +250,6 @@ def test_typed_json_bodies_refuse_duplicate_keys_too(client: TestClient, fake: F
 def test_yaml_bodies_are_parsed_by_libyaml_where_pyyaml_has_it() -> None:
     # The pure-Python parser takes seconds on a manifest near the body limit, holding the event loop.
     import yaml
-
     from kubeloop_api import deps
 
     assert yaml.__with_libyaml__, "the locked PyYAML wheel is built with libyaml"
