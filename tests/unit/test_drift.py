@@ -321,6 +321,9 @@ def test_invalid_baseline_documents_are_refused() -> None:
     good = json.loads(build_baseline({"x": [1.0, 2.0, 3.0]}).to_json())
     with pytest.raises(BaselineError, match="schemaVersion 2"):
         Baseline.from_json(json.dumps({**good, "schemaVersion": 2}))
+    for version in (True, "1", 1.5, None):  # not a version number, even where Python says True == 1
+        with pytest.raises(BaselineError, match="schemaVersion"):
+            Baseline.from_json(json.dumps({**good, "schemaVersion": version}))
     bad = json.loads(json.dumps(good))
     bad["features"]["x"]["counts"][1] += 1
     with pytest.raises(BaselineError, match="add up"):

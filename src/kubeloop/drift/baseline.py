@@ -137,7 +137,8 @@ class Baseline(_Model):
     def _check_version(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
             version = data.get("schemaVersion", data.get("schema_version", SCHEMA_VERSION))
-            if version != SCHEMA_VERSION:
+            # type(): JSON true would pass as 1, and 1.0 is no version this module writes either
+            if type(version) is not int or version != SCHEMA_VERSION:
                 raise ValueError(
                     f"unsupported baseline schemaVersion {version!r}; this kubeloop reads version {SCHEMA_VERSION}"
                 )
