@@ -116,3 +116,35 @@ def test_feature_named_like_an_output_is_refused(breast_cancer: pd.DataFrame) ->
     ds = prepare(df, DatasetSpec(uri="/d.csv", target="target"), "classification", 1)
     with pytest.raises(ExportError, match="clash"):
         export_onnx(_trained_head(ds, 1), ds, _meta(ds))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "kubeloop/x",
+        "kubeloop/empty",
+        "kubeloop/cat0/mode",
+        "model.net.0.weight",
+        "/model/model/net/net.0/Gemm_output_0",
+        "onnx::Gemm_0",
+    ],
+)
+def test_any_feature_name_exports(name: str) -> None:
+    # Column names are the user's: one equal to a tensor name of the graph (our "kubeloop/..." front-end
+    # or torch's weights and node outputs) made the graph invalid (not SSA, or an input shadowed by an
+    # initializer), and the job failed with ExportError after the whole training.
+    rng = np.random.default_rng(0)
+    n = 120
+    df = pd.DataFrame(
+        {
+            name: rng.choice(["p", "q", "r"], n) if "empty" in name or "mode" in name else rng.normal(size=n),
+            "other": rng.normal(size=n),
+            "y": rng.choice(["a", "b"], n),
+        }
+    )
+    ds = prepare(df, DatasetSpec(uri="/d.csv", target="y"), "classification", 1)
+    head = _trained_head(ds, 3)
+    data = export_onnx(head, ds, _meta(ds)).SerializeToString()
+    assert verify(data, head, ds, 1e-4) <= 1e-4
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == [name, "other"]

@@ -33,7 +33,28 @@ from kubeloop_trainer.model import InferenceHead
 
 OPSET = 20
 IR_VERSION = 10  # what onnxruntime >= 1.20 loads
-_P = "kubeloop/"  # prefix of internal tensor names (never clashes with a feature name)
+_PREFIX = "kubeloop"  # of internal tensor names; made unique against the feature names (internal_prefix)
+
+
+def internal_prefix(feature_names: list[str]) -> str:
+    """``kubeloop/``, or ``kubeloop_/``, ``kubeloop__/``, ...: the first that no feature name starts with,
+    so no internal tensor name (all start with it) is a feature's input name."""
+    prefix = _PREFIX + "/"
+    while any(name.startswith(prefix) for name in feature_names):
+        prefix = prefix[:-1] + "_/"
+    return prefix
+
+
+def _rename(graph: onnx.GraphProto, prefix: str) -> None:
+    """Put ``prefix`` before every tensor and node name of the torch graph: its weights and node outputs
+    are named after the module's attributes (``model.net.0.weight``), which a column may be named too."""
+    for node in graph.node:
+        node.input[:] = [prefix + n if n else n for n in node.input]
+        node.output[:] = [prefix + n if n else n for n in node.output]
+        if node.name:
+            node.name = prefix + node.name
+    for init in graph.initializer:
+        init.name = prefix + init.name
 
 
 def export_onnx(head: InferenceHead, ds: Dataset, metadata: ModelMetadata) -> onnx.ModelProto:
@@ -43,6 +64,8 @@ def export_onnx(head: InferenceHead, ds: Dataset, metadata: ModelMetadata) -> on
     clash = sorted({f.name for f in enc.features} & set(out_names))
     if clash:
         raise ExportError(f"feature name(s) {', '.join(clash)} clash with the ONNX output names")
+    p = internal_prefix([f.name for f in enc.features])
+    core_x, core_out = p + "core/x", p + "core/out"  # the torch graph's, renamed (_rename)
     head = head.eval()
     sample = torch.from_numpy(ds.x_val[: min(8, len(ds.x_val))].copy())
     buf = io.BytesIO()
@@ -54,15 +77,16 @@ def export_onnx(head: InferenceHead, ds: Dataset, metadata: ModelMetadata) -> on
                 (sample,),
                 # The stub says a path, but this (TorchScript) exporter writes to any binary file object.
                 buf,  # type: ignore[arg-type]
-                input_names=[_P + "x"],
-                output_names=[_P + "out"],
-                dynamic_axes={_P + "x": {0: "N"}, _P + "out": {0: "N"}},
+                input_names=["x"],
+                output_names=["out"],
+                dynamic_axes={"x": {0: "N"}, "out": {0: "N"}},
                 opset_version=OPSET,
                 dynamo=False,
             )
     except Exception as e:
         raise ExportError(f"torch.onnx.export failed: {e}") from e
     core = onnx.load_from_string(buf.getvalue())
+    _rename(core.graph, p + "core/")
 
     inputs: list[onnx.ValueInfoProto] = []
     nodes: list[onnx.NodeProto] = []
@@ -72,38 +96,38 @@ def export_onnx(head: InferenceHead, ds: Dataset, metadata: ModelMetadata) -> on
         inputs.append(helper.make_tensor_value_info(s.name, TensorProto.FLOAT, ["N", 1]))
         parts[s.name] = s.name
     if enc.categorical:
-        inits.append(numpy_helper.from_array(np.array([""], dtype=object), _P + "empty"))
+        inits.append(numpy_helper.from_array(np.array([""], dtype=object), p + "empty"))
     for i, c in enumerate(enc.categorical):
         inputs.append(helper.make_tensor_value_info(c.name, TensorProto.STRING, ["N", 1]))
-        pre = f"{_P}cat{i}/"
+        pre = f"{p}cat{i}/"
         inits.append(numpy_helper.from_array(np.array([c.mode], dtype=object), pre + "mode"))
         inits.append(numpy_helper.from_array(np.array(c.categories, dtype=object), pre + "categories"))
         nodes += [
-            helper.make_node("Equal", [c.name, _P + "empty"], [pre + "missing"]),
+            helper.make_node("Equal", [c.name, p + "empty"], [pre + "missing"]),
             helper.make_node("Where", [pre + "missing", pre + "mode", c.name], [pre + "imputed"]),
             helper.make_node("Equal", [pre + "imputed", pre + "categories"], [pre + "hit"]),
             helper.make_node("Cast", [pre + "hit"], [pre + "onehot"], to=TensorProto.FLOAT),
         ]
         parts[c.name] = pre + "onehot"
     order = [s.name for s in enc.numeric] + [c.name for c in enc.categorical]
-    nodes.append(helper.make_node("Concat", [parts[n] for n in order], [_P + "x"], axis=1))
+    nodes.append(helper.make_node("Concat", [parts[n] for n in order], [core_x], axis=1))
     nodes += list(core.graph.node)
     inits += list(core.graph.initializer)
 
     outputs: list[onnx.ValueInfoProto] = []
     if ds.task == "classification":
-        inits.append(numpy_helper.from_array(np.array(ds.classes, dtype=object), _P + "classes"))
+        inits.append(numpy_helper.from_array(np.array(ds.classes, dtype=object), p + "classes"))
         nodes += [
-            helper.make_node("Identity", [_P + "out"], ["probabilities"]),
-            helper.make_node("ArgMax", ["probabilities"], [_P + "argmax"], axis=1, keepdims=0),
-            helper.make_node("Gather", [_P + "classes", _P + "argmax"], ["label"], axis=0),
+            helper.make_node("Identity", [core_out], ["probabilities"]),
+            helper.make_node("ArgMax", ["probabilities"], [p + "argmax"], axis=1, keepdims=0),
+            helper.make_node("Gather", [p + "classes", p + "argmax"], ["label"], axis=0),
         ]
         outputs += [
             helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", len(ds.classes)]),
             helper.make_tensor_value_info("label", TensorProto.STRING, ["N"]),
         ]
     else:
-        nodes.append(helper.make_node("Identity", [_P + "out"], ["prediction"]))
+        nodes.append(helper.make_node("Identity", [core_out], ["prediction"]))
         outputs.append(helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N", 1]))
 
     # inputs in the feature order of the table (ModelMetadata.features)
