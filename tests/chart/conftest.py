@@ -39,6 +39,8 @@ def helm(helm_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
     """Run helm with its own config/cache dirs (no repositories, nothing of the user's)."""
     home = tmp_path_factory.mktemp("helm-home")
     env = {
+        # helm (client-go) caches discovery under $HOME/.kube: without HOME it would use the cwd.
+        "HOME": str(home),
         "HELM_CONFIG_HOME": str(home / "config"),
         "HELM_CACHE_HOME": str(home / "cache"),
         "HELM_DATA_HOME": str(home / "data"),
