@@ -640,3 +640,27 @@ def test_a_part_that_cannot_be_spooled_fails_the_check_instead_of_being_called_c
     cond = {c["type"]: c for c in kube.obj["status"]["conditions"]}
     assert (cond["Checked"]["status"], cond["Checked"]["reason"]) == ("False", "SpoolFailed")
     assert "KUBELOOP_DRIFTCHECK_SPOOL_DIR" in cond["Checked"]["message"]
+
+
+def _with_timestamps(t: pa.Table, stamps: pa.Array) -> pa.Table:
+    return t.set_column(t.schema.get_field_index(PREDICTION_LOG_TIMESTAMP), PREDICTION_LOG_TIMESTAMP, stamps)
+
+
+def test_timestamps_logged_as_text_still_bound_the_window_and_others_are_named(world: World) -> None:
+    """A part re-exported by another tool with ``_timestamp`` as ISO 8601 text: its rows from before
+    the window are left out, as for a timestamp column. A ``_timestamp`` that cannot place a row in
+    time (epoch numbers of an unknown unit, text that is no time) skips the part, named; before,
+    every row of such a part was counted, however old."""
+    inside, old = "2025-03-04T11:55:00Z", "2025-03-02T11:55:00Z"
+    world.part(_with_timestamps(logged(400), pa.array([inside, old] * 200)))
+    world.part(_with_timestamps(logged(100), pa.array(["2025-03-04 11:50:00"] * 100)))  # no zone: UTC
+    epoch = world.part(_with_timestamps(logged(300), pa.array([1_741_000_000] * 300)))
+    garbled = world.part(_with_timestamps(logged(300), pa.array(["yesterday"] * 300)))
+    rec = run_check(world.store, world.inputs(), NOW)
+    assert rec.summary is not None
+    assert (rec.summary.samples, rec.summary.parts) == (300, 2)
+    by_uri = {p.message.split(":", 2)[0] + ":" + p.message.split(":", 2)[1]: p for p in rec.skipped}
+    assert by_uri[epoch.uri].reason == "TimestampWrongType"
+    assert "'_timestamp' is int64" in by_uri[epoch.uri].message
+    assert by_uri[garbled.uri].reason == "TimestampWrongType"
+    assert "yesterday" in by_uri[garbled.uri].message

@@ -6,11 +6,14 @@ leaves out parts last written before the window starts (none of their rows can b
 the others one at a time, in batches of ``batch_rows`` rows of the baseline's features only: memory
 holds one part (or, past ``max_memory_part_bytes``, a spooled file and one batch), never the window.
 Rows outside the window (older than its start, or logged after the check's time by a part flushed
-while it runs) are filtered by their ``_timestamp``.
+while it runs) are filtered by their ``_timestamp`` (a timestamp, or ISO 8601 text as another tool may
+write it; text without a zone is UTC).
 
 A part that cannot be scored is skipped and counted, and the rest are scored: a corrupt Parquet file
 (``CorruptPart``), a baseline feature missing from it (``FeatureMissing``), in it twice
-(``FeatureAmbiguous``) or of a type the feature cannot have (``FeatureWrongType``). Each part is counted into its own accumulator and merged only when
+(``FeatureAmbiguous``) or of a type the feature cannot have (``FeatureWrongType``), or a
+``_timestamp`` that places no row in time (``TimestampWrongType``: epoch numbers of no known unit,
+text that is no time). Each part is counted into its own accumulator and merged only when
 all of it was read, so a part that fails halfway adds nothing.
 """
 
@@ -117,6 +120,30 @@ class SpoolError(Exception):
     logs are not at fault, and a window scored without that part would not be honest."""
 
 
+def timestamp_problem(uri: str, schema: pa.Schema) -> CheckProblem | None:
+    """Why a part's ``_timestamp`` cannot place its rows in a window (a timestamp or ISO 8601 text
+    can), or None (also when there is none: the server's parts always have one)."""
+    found = schema.get_all_field_indices(PREDICTION_LOG_TIMESTAMP)
+    if not found:
+        return None
+    if len(found) > 1:
+        return CheckProblem(
+            "TimestampWrongType", f"{uri}: column {PREDICTION_LOG_TIMESTAMP!r} is in the log more than once"
+        )
+    t = _value_type(schema.field(found[0]).type)
+    if pa.types.is_timestamp(t) or pa.types.is_string(t) or pa.types.is_large_string(t):
+        return None
+    return CheckProblem(
+        "TimestampWrongType",
+        f"{uri}: column {PREDICTION_LOG_TIMESTAMP!r} is {t}, which places no row in the window "
+        "(a timestamp or ISO 8601 text is needed)",
+    )
+
+
+class TimestampError(ValueError):
+    """A ``_timestamp`` text that is no ISO 8601 time."""
+
+
 @dataclass
 class Scored:
     """What scoring the parts of a window gave."""
@@ -170,14 +197,30 @@ class PartReader:
         yield from pf.iter_batches(batch_size=self.batch_rows, columns=list(columns), use_threads=False)
 
 
+def _parse_times(text: Any) -> Any:
+    """ISO 8601 text as timestamps: with a zone or offset, or without one (then UTC)."""
+    try:
+        return pc.cast(text, pa.timestamp("us", tz="UTC"))
+    except pa.ArrowInvalid:
+        pass
+    try:
+        return pc.cast(text, pa.timestamp("us"))
+    except pa.ArrowInvalid as e:
+        raise TimestampError(
+            f"column {PREDICTION_LOG_TIMESTAMP!r} holds text that is no ISO 8601 time: {_short(e)}"
+        ) from e
+
+
 def _in_window(batch: pa.RecordBatch, start: datetime, end: datetime | None = None) -> pa.RecordBatch | None:
     """The rows of ``batch`` from ``start`` to ``end`` (all of them when it has no timestamp column)."""
     idx = batch.schema.get_field_index(PREDICTION_LOG_TIMESTAMP)
     if idx < 0:
         return batch
-    ts = batch.column(idx)
+    ts: Any = batch.column(idx)
+    if pa.types.is_dictionary(ts.type):
+        ts = ts.dictionary_decode()
     if not pa.types.is_timestamp(ts.type):
-        return batch
+        ts = _parse_times(ts)
 
     def bound(t: datetime) -> Any:
         return pa.scalar(t, type=pa.timestamp(ts.type.unit, tz=ts.type.tz or "UTC")).cast(ts.type)
@@ -221,7 +264,7 @@ def score_parts(
                 log.info("part %s is gone (deleted while the check ran); not counted", uri)
                 continue
             schema = pf.schema_arrow
-            problem = schema_problem(uri, schema, baseline)
+            problem = schema_problem(uri, schema, baseline) or timestamp_problem(uri, schema)
             if problem is not None:
                 out.skipped.append(problem)
                 continue
@@ -242,6 +285,8 @@ def score_parts(
             raise
         except DriftError as e:
             out.skipped.append(CheckProblem("FeatureWrongType", f"{uri}: {e}"))
+        except TimestampError as e:
+            out.skipped.append(CheckProblem("TimestampWrongType", f"{uri}: {e}"))
         except (pa.ArrowException, OSError, ValueError) as e:
             out.skipped.append(
                 CheckProblem("CorruptPart", f"{uri}: not a readable Parquet file: {_short(e)}")
