@@ -299,7 +299,6 @@ def test_rendered_env_is_accepted_by_the_settings_classes(render: Render) -> Non
 def test_local_cluster_values_render_the_operator_platform_py_runs(render: Render) -> None:
     """hack/localcluster/platform.py runs the operator "the way the chart will": with the local
     cluster's addresses, the chart's operator container is that one (env, probes, ports, strategy)."""
-    sys.path.insert(0, str(REPO / "hack"))
     from localcluster import platform
 
     reference = platform.operator_deployment()
