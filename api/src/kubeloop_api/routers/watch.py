@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from kubeloop_api.deps import Caller, Name, Namespace, Services, Svc
 from kubeloop_api.errors import NotFoundError, UnavailableError
@@ -53,6 +54,7 @@ def _stream(
     name: str | None,
     label_selector: str | None,
     initial: tuple[list[dict[str, Any]], str] | None,
+    release: Callable[[], None],
 ) -> StreamingResponse:
     path = crd_path(namespace, kind.value)
     selector: dict[str, str | int | bool] = {}
@@ -83,21 +85,45 @@ def _stream(
         on_overflow=m.sse_overflows.inc,
     )
 
-    async def body() -> AsyncIterator[bytes]:
-        svc.sse_clients += 1
-        m.sse_clients.inc()
-        try:
-            async for chunk in stream.events():
-                yield chunk
-        finally:
-            svc.sse_clients -= 1
-            m.sse_clients.dec()
-
-    return StreamingResponse(
-        body(),
+    return _SseResponse(
+        stream.events(),
+        release,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class _SseResponse(StreamingResponse):
+    """A status stream that gives its place (:func:`_admit`) back when it ends, however it ends: also
+    when the client is gone before its body starts (the body's own ``finally`` never runs then)."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+def _admit(svc: Services) -> Callable[[], None]:
+    """A place among the ``sse_max_clients`` streams, taken at once (before the first list, which takes
+    a while: streams opening together must each count from here), or 503; returns its release (once)."""
+    if svc.sse_clients >= svc.settings.sse_max_clients:
+        raise UnavailableError("too many open status streams; retry later", headers={"Retry-After": "5"})
+    svc.sse_clients += 1
+    svc.metrics.sse_clients.inc()
+    held = [True]
+
+    def release() -> None:
+        if held[0]:
+            held[0] = False
+            svc.sse_clients -= 1
+            svc.metrics.sse_clients.dec()
+
+    return release
 
 
 class _SingleFlight:
@@ -164,8 +190,24 @@ async def _open(
     name: str | None,
     label_selector: str | None,
 ) -> StreamingResponse:
-    if svc.sse_clients >= svc.settings.sse_max_clients:
-        raise UnavailableError("too many open status streams; retry later", headers={"Retry-After": "5"})
+    release = _admit(svc)
+    try:
+        return await _start(svc, caller, namespace, kind, resume, name, label_selector, release)
+    except BaseException:
+        release()
+        raise
+
+
+async def _start(
+    svc: Services,
+    caller: Principal,
+    namespace: str,
+    kind: Kind,
+    resume: str | None,
+    name: str | None,
+    label_selector: str | None,
+    release: Callable[[], None],
+) -> StreamingResponse:
     path = crd_path(namespace, kind.value)
     selector: dict[str, str | int | bool] = {}
     if name is not None:
@@ -181,7 +223,7 @@ async def _open(
         )
     elif name is not None and not initial[0]:  # type: ignore[index]
         raise NotFoundError(f'{kind.value}.kubeloop.io "{name}" not found', details={"name": name})
-    return _stream(svc, caller, namespace, kind, resume, name, label_selector, initial)
+    return _stream(svc, caller, namespace, kind, resume, name, label_selector, initial, release)
 
 
 def _register(kind: Kind) -> None:
