@@ -664,3 +664,47 @@ def test_timestamps_logged_as_text_still_bound_the_window_and_others_are_named(w
     assert "'_timestamp' is int64" in by_uri[epoch.uri].message
     assert by_uri[garbled.uri].reason == "TimestampWrongType"
     assert "yesterday" in by_uri[garbled.uri].message
+
+
+def test_a_check_stopped_by_sigterm_says_so_in_the_status(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Job's activeDeadlineSeconds (or a deleted pod) stops the check with SIGTERM: within the grace
+    period the status records that this check has no result, instead of still showing the last one
+    as if this check had never run."""
+    import signal
+    import time
+
+    from kubeloop_operator.driftcheck import job
+    from kubeloop_operator.driftcheck.settings import DriftCheckSettings
+
+    class KilledError(Exception):
+        pass
+
+    def killed(*_: Any) -> None:
+        raise KilledError  # what the default action (the process ends, nothing written) stands for here
+
+    meta = {"name": MON, "namespace": NS, "generation": 1, "resourceVersion": "10", "uid": "u1"}
+    kube = FakeKube({"metadata": meta, "spec": {"deployment": DEP, "schedule": "* * * * *"}, "status": {}})
+    kube.close = lambda: None  # type: ignore[attr-defined]
+    monkeypatch.setattr(Kube, "connect", staticmethod(lambda *a, **kw: kube))
+    monkeypatch.setattr(job, "open_store", lambda settings: world.store)
+
+    def slow(*_: Any, **__: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not stop the check")
+
+    monkeypatch.setattr(job, "run_check", slow)
+    settings = DriftCheckSettings(namespace=NS, monitor=MON, s3_endpoint="127.0.0.1:9")
+    before = signal.signal(signal.SIGTERM, killed)
+    try:
+        started = time.monotonic()
+        assert job.run(settings, NOW) == 1
+        assert time.monotonic() - started < 4
+        assert signal.getsignal(signal.SIGTERM) is killed  # put back as it was
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    cond = {c["type"]: c for c in kube.obj["status"]["conditions"]}
+    assert (cond["Checked"]["status"], cond["Checked"]["reason"]) == ("False", "CheckInterrupted")
+    assert "SIGTERM" in cond["Checked"]["message"]

@@ -9,7 +9,9 @@ with the resourceVersion as precondition so the operator's fields are never over
 Exit codes: 0 when the status records the check — a result, insufficient data, or a bad input as a
 condition (none of those is retried); 1 when the API server or the object store failed (the Job's
 retry may succeed; the status says so when it can be written), a part could not be spooled to the
-check's own disk (``SpoolFailed``), or the check failed in a way it did not
+check's own disk (``SpoolFailed``), SIGTERM stopped it (``CheckInterrupted``: the Job's
+activeDeadlineSeconds, or its pod deleted; the status is written within the grace period), or the
+check failed in a way it did not
 foresee (``CheckFailed`` in the status, naming the error; the traceback is logged); 2 for invalid
 settings.
 """

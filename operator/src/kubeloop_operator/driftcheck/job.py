@@ -4,7 +4,10 @@ API server, and the one write it makes (the DriftMonitor's status)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -94,20 +97,65 @@ def run(settings: DriftCheckSettings, now: datetime) -> int:
     except Exception as e:
         log.error("cannot load Kubernetes credentials: %s", e)
         return 1
+    armed = True
+
+    def on_sigterm(signum: int, _frame: object) -> None:
+        if armed:
+            raise Interrupted(signal.Signals(signum).name)
+        log.warning("SIGTERM while the status is written: the write is finished first")
+
+    monitor: Mapping[str, Any] | None = None
     try:
-        monitor = kube.get(DRIFTMONITOR, ns, name)
-        if monitor is None:
-            log.warning("DriftMonitor %s/%s does not exist (deleted?): nothing to check", ns, name)
-            return 0
-        rec, code = _check(settings, kube, monitor, now)
-        if not record_check(kube, ns, name, monitor, rec, settings.conflict_retries):
-            log.warning("DriftMonitor %s/%s was deleted during the check: its result is dropped", ns, name)
-        return code
+        with _handling_sigterm(on_sigterm):
+            try:
+                monitor = kube.get(DRIFTMONITOR, ns, name)
+                if monitor is None:
+                    log.warning("DriftMonitor %s/%s does not exist (deleted?): nothing to check", ns, name)
+                    return 0
+                rec, code = _check(settings, kube, monitor, now)
+            except Interrupted as e:
+                log.error("%s/%s: stopped by %s before the check finished", ns, name, e)
+                if monitor is None:
+                    return 1
+                rec, code = CheckRecord(time=now, error=_interrupted(str(e))), 1
+            armed = False  # the pod's grace period is for this write
+            if not record_check(kube, ns, name, monitor, rec, settings.conflict_retries):
+                log.warning(
+                    "DriftMonitor %s/%s was deleted during the check: its result is dropped", ns, name
+                )
+            return code
     except KubeError as e:
         log.error("the API server refused or failed: %s", e)
         return 1
     finally:
         kube.close()
+
+
+class Interrupted(BaseException):
+    """SIGTERM arrived before the check finished. A BaseException, as KeyboardInterrupt, so that no
+    handler of the check's own errors takes it for one."""
+
+
+def _interrupted(signal_name: str) -> CheckProblem:
+    return CheckProblem(
+        "CheckInterrupted",
+        f"the check was stopped by {signal_name} before it finished (the Job's activeDeadlineSeconds "
+        "passed, or its pod was deleted): no result",
+    )
+
+
+@contextmanager
+def _handling_sigterm(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for SIGTERM while the block runs (only the main thread may set one), then the
+    handler before it again."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check(
