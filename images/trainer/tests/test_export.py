@@ -148,3 +148,34 @@ def test_any_feature_name_exports(name: str) -> None:
     assert verify(data, head, ds, 1e-4) <= 1e-4
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == [name, "other"]
+
+
+def test_extreme_values_stay_finite_in_torch_and_onnx() -> None:
+    # Standardising in float32 overflowed: x - mean for a column spanning +-3e38 (training rows: the
+    # training loss became NaN, reported as TrainingDiverged, "lower the learning rate"), and x / std for
+    # a value far outside the training range (validation or serving rows: NaN out, and for validation
+    # rows an ExportError "differs from torch by nan"). Standardised in float64 and bounded, they stay
+    # finite, in torch and in the graph alike.
+    rng = np.random.default_rng(0)
+    n = 200
+    df = pd.DataFrame(
+        {
+            "huge": np.r_[3e38, -3e38 * rng.uniform(0.5, 1.0, n - 1)],
+            "small": rng.normal(size=n) * 1e-3,
+            "y": rng.normal(size=n),
+        }
+    )
+    ds = prepare(df, DatasetSpec(uri="/d.csv", target="y"), "regression", 1)
+    with torch.no_grad():
+        assert torch.isfinite(build_model(ds, [8], 0.0).preprocess(torch.from_numpy(ds.x_train))).all()
+    head = _trained_head(ds, 5)
+    data = export_onnx(head, ds, _meta(ds)).SerializeToString()
+    verify(data, head, ds, 1e-4)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    odd = np.array([3.4e38, -3.4e38, np.inf, -np.inf, np.nan, 0.0], dtype=np.float32)
+    cols = {"huge": odd.astype(np.float64), "small": odd[::-1].astype(np.float64)}
+    (got,) = sess.run(None, {k: v.astype(np.float32).reshape(-1, 1) for k, v in cols.items()})
+    with torch.no_grad():
+        want = head(torch.from_numpy(ds.encoder.encode(cols))).numpy()
+    assert np.isfinite(want).all()
+    np.testing.assert_allclose(got, want, rtol=1e-4)

@@ -141,3 +141,21 @@ def test_a_checkpoint_of_other_data_is_not_resumed(breast_cancer: pd.DataFrame, 
     meta = ckpt.load(data_fingerprint(ds))
     assert meta is not None
     Checkpointer.restore_torch(meta, _loop(ds).engine)  # type: ignore[arg-type]
+
+
+def test_values_near_the_float32_limit_train() -> None:
+    # A feature and a regression target spanning +-3e38 (float32 holds them) overflowed when scaled in
+    # float32 (x - mean), and the run failed as TrainingDiverged in epoch 1, "lower the learning rate".
+    rng = np.random.default_rng(0)
+    n = 200
+    frame = pd.DataFrame(
+        {
+            "huge": np.r_[3e38, -3e38 * rng.uniform(0.5, 1.0, n - 1)],
+            "x": rng.normal(size=n),
+            "target": np.r_[-2e38, 2e38 * rng.uniform(0.5, 1.0, n - 1)],
+        }
+    )
+    ds = _dataset(frame, "regression")
+    assert np.isfinite(train_targets(ds, ds.y_train)).all()
+    st = _loop(ds, epochs=2).fit(LoopState())
+    assert all(np.isfinite(h["val_loss"]) for h in st.history)

@@ -109,7 +109,8 @@ def train_targets(ds: Dataset, y: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """What the loss sees: class indices, or the standardised regression target."""
     if ds.task == "classification":
         return y
-    return ((y - ds.target_mean) / ds.target_std).astype(np.float32)
+    # in float64: a float32 target spanning +-3e38 overflows in y - mean
+    return ((y.astype(np.float64) - ds.target_mean) / ds.target_std).astype(np.float32)
 
 
 def final_metrics(head: InferenceHead, ds: Dataset) -> dict[str, float]:

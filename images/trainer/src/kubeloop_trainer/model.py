@@ -10,6 +10,9 @@ from torch import nn
 
 from kubeloop_trainer.data import Dataset
 
+MAX_STANDARDISED = 1e6
+"""Bound of a standardised numeric input (standard deviations from the training mean)."""
+
 
 class TabularMLP(nn.Module):
     """``x = [raw numerics (NaN = missing) | one-hot categoricals]`` -> logits or a scaled prediction.
@@ -47,12 +50,18 @@ class TabularMLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Impute, standardise and bound the numeric columns.
+
+        In float64: in float32, ``x - mean`` overflows for a column spanning +-3e38 (which float32 holds)
+        and ``x / std`` for a value far beyond the training range; the network then saw inf and gave NaN.
+        Bounded to +-:data:`MAX_STANDARDISED` (training rows never come near: |z| <= sqrt(rows)), so a
+        value beyond it, or inf, when serving gets the prediction of the bound instead of NaN."""
         if self.n_numeric == 0:
             return x
         num = x[:, : self.n_numeric]
-        num = torch.where(torch.isnan(num), self.median.float(), num)
-        num = (num - self.mean.float()) / self.std.float()
-        return torch.cat([num, x[:, self.n_numeric :]], dim=1)
+        num = torch.where(torch.isnan(num), self.median.float(), num).double()
+        num = ((num - self.mean.double()) / self.std.double()).clamp(-MAX_STANDARDISED, MAX_STANDARDISED)
+        return torch.cat([num.float(), x[:, self.n_numeric :]], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # preprocessing in float32 even when the layers run in bf16/fp16 (DeepSpeed)
