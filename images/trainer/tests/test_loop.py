@@ -159,3 +159,33 @@ def test_values_near_the_float32_limit_train() -> None:
     assert np.isfinite(train_targets(ds, ds.y_train)).all()
     st = _loop(ds, epochs=2).fit(LoopState())
     assert all(np.isfinite(h["val_loss"]) for h in st.history)
+
+
+class _PoisonedEngine(TorchEngine):
+    """Its weights turn NaN at the last step of the first epoch: after the training loss was taken."""
+
+    steps = 0
+
+    def step(self, loss: torch.Tensor) -> None:
+        super().step(loss)
+        self.steps += 1
+        if self.steps == 1:
+            with torch.no_grad():
+                next(self.module.parameters()).fill_(float("nan"))
+
+
+def test_a_validation_loss_that_is_not_finite_is_divergence(breast_cancer: pd.DataFrame) -> None:
+    # The training loss is taken before each step: weights that the last step of an epoch ruins gave a
+    # NaN validation loss that was kept as the best (the first epoch's weights are always kept), and
+    # with epochs 1 the run went on to fail as ExportError, "ONNX output differs from torch by nan".
+    from kubeloop_trainer.errors import TrainingDivergedError
+
+    ds = _dataset(breast_cancer)
+    torch.manual_seed(3)
+    engine = _PoisonedEngine(build_model(ds, [16], 0.0), 0.01, ONE, CPU)
+    cfg = LoopConfig(epochs=1, batch_size=10_000, learning_rate=0.01, seed=3, task=ds.task)
+    loop = Loop(engine, cfg, ONE, CPU, ds.x_train, ds.y_train, ds.x_val, train_targets(ds, ds.y_val))
+    seen: list[int] = []
+    with pytest.raises(TrainingDivergedError, match="validation loss became nan in epoch 1"):
+        loop.fit(LoopState(), lambda r, st: seen.append(r.epoch))
+    assert seen == []

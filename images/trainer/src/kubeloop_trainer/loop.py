@@ -202,6 +202,10 @@ class Loop:
                 f"the training loss became {train_loss} in epoch {epoch}; lower the learning rate"
             )
         val_loss, metric = self._val()
+        if not np.isfinite(val_loss):  # the training loss is taken before each step: not after the last
+            raise TrainingDivergedError(
+                f"the validation loss became {val_loss} in epoch {epoch}; lower the learning rate"
+            )
         return EpochResult(epoch, train_loss, val_loss, metric, time.perf_counter() - t0)
 
     def fit(
