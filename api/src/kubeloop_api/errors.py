@@ -213,6 +213,31 @@ def from_kubernetes(status: int, body: Any, what: str) -> ApiError:
     return from_status(status, message, **kw)
 
 
+def list_parameter_error(err: ApiError, params: Mapping[str, object]) -> ApiError:
+    """The API server's refusal of a list, naming the query parameter it is about (``labelSelector``,
+    ``fieldSelector`` or ``continue``, of those in ``params``): its own messages do not ("found '=',
+    expected: ',' or 'end of string'"). Status, reason and message are kept; any other error is
+    returned as it is."""
+    if err.status_code not in (400, 410) or err.causes:
+        return err
+    msg = err.message
+    given = {k for k, v in params.items() if v not in (None, "")}
+    field = None
+    if "continue" in given and (err.status_code == 410 or msg.startswith("invalid continue token")):
+        field = "continue"
+    elif err.status_code == 400:
+        about_fields = msg.startswith("invalid selector") or "field label" in msg or "field selector" in msg
+        if "fieldSelector" in given and (about_fields or "labelSelector" not in given):
+            field = "fieldSelector"
+        elif "labelSelector" in given:
+            field = "labelSelector"
+    if field is None:
+        return err
+    return type(err)(
+        msg, field=field, details=err.details, headers=err.headers, upstream_reason=err.upstream_reason
+    )
+
+
 def _field_of(loc: Sequence[Any]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header", "cookie"):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.resources import Alias
 from kubeloop_api.deps import Caller, Name, Namespace, StrictJsonRoute, Svc, read_document
-from kubeloop_api.errors import ApiError
+from kubeloop_api.errors import ApiError, list_parameter_error
 from kubeloop_api.identity import Principal
 from kubeloop_api.kube import FIELD_MANAGER, MERGE_PATCH, crd_path
 from kubeloop_api.manifests import (
@@ -149,9 +149,12 @@ def _register(kind: Kind) -> None:
             params["fieldSelector"] = field_selector
         if continue_token:
             params["continue"] = continue_token
-        resp = await svc.kube.request_raw(
-            "GET", crd_path(namespace, k), as_user=caller, params=params, what=f"list {k}"
-        )
+        try:
+            resp = await svc.kube.request_raw(
+                "GET", crd_path(namespace, k), as_user=caller, params=params, what=f"list {k}"
+            )
+        except ApiError as e:
+            raise list_parameter_error(e, params) from None
         return _passthrough(resp)
 
     async def get_object(svc: Svc, caller: Caller, namespace: Namespace, name: Name) -> Response:

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from kubeloop_api.deps import Caller, Name, Namespace, Services, Svc
-from kubeloop_api.errors import NotFoundError, UnavailableError
+from kubeloop_api.errors import ApiError, NotFoundError, UnavailableError, list_parameter_error
 from kubeloop_api.identity import Principal
 from kubeloop_api.kube import crd_path
 from kubeloop_api.manifests import MODELS, Kind
@@ -216,12 +216,15 @@ async def _start(
         selector["labelSelector"] = label_selector
     # The first list runs before the response starts, so that 401/403/404 are HTTP statuses and not
     # events; it doubles as the snapshot (or, when resuming, as the permission check).
-    initial = await _list_all(svc, caller, path, selector, kind) if resume is None else None
-    if resume is not None:
-        await svc.kube.request(
-            "GET", path, as_user=caller, params={**selector, "limit": 1}, what=f"list {kind.value}"
-        )
-    elif name is not None and not initial[0]:  # type: ignore[index]
+    try:
+        initial = await _list_all(svc, caller, path, selector, kind) if resume is None else None
+        if resume is not None:
+            await svc.kube.request(
+                "GET", path, as_user=caller, params={**selector, "limit": 1}, what=f"list {kind.value}"
+            )
+    except ApiError as e:
+        raise list_parameter_error(e, selector) from None
+    if resume is None and name is not None and not initial[0]:  # type: ignore[index]
         raise NotFoundError(f'{kind.value}.kubeloop.io "{name}" not found', details={"name": name})
     return _stream(svc, caller, namespace, kind, resume, name, label_selector, initial, release)
 
