@@ -212,6 +212,27 @@ def test_too_many_classes() -> None:
         )
 
 
+def test_too_many_categories() -> None:
+    # An identifier column (text, one value per row) is a categorical feature by default: its one-hot
+    # block made the model matrix rows x rows float32 (100,000 rows: 32 GB), and the pod died
+    # out of memory with no reason given.
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {
+            "id": [f"c{i:03d}" for i in range(60)],
+            "few": rng.choice(["a", "b"], 60),
+            "y": np.arange(60) % 2,
+        }
+    )
+    spec = DatasetSpec(uri="/d.csv", target="y")
+    with pytest.raises(errors.TooManyCategoriesError, match="'id' has 60 distinct values") as e:
+        prepare(df, spec, "classification", 1, max_categories=50)
+    assert e.value.exit_code == 26
+    assert "dataset.features" in e.value.message
+    ds = prepare(df, spec, "classification", 1, max_categories=60)
+    assert [len(c.categories) for c in ds.encoder.categorical] == [48, 2]
+
+
 def test_every_error_has_its_own_exit_code() -> None:
     codes = [e.exit_code for e in errors.ALL_ERRORS]
     assert len(codes) == len(set(codes))

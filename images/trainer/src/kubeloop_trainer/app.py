@@ -68,6 +68,7 @@ def load_dataset(spec: TrainingJobSpec, settings: TrainerSettings, store: Object
         spec.training.seed,
         min_rows=settings.min_rows,
         max_classes=settings.max_classes,
+        max_categories=settings.max_categories,
     )
 
 

@@ -519,6 +519,7 @@ def prepare(
     *,
     min_rows: int = 10,
     max_classes: int = 1000,
+    max_categories: int = 10000,
 ) -> Dataset:
     """Check the table, split it (stratified for classification) and fit the encoder."""
     target = spec.target
@@ -581,6 +582,13 @@ def prepare(
         numeric_dtype = pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype)
         if name in declared or (not numeric_dtype and not _looks_numeric(col)):
             raw[name] = _categorical_column(col)
+            distinct = len(set(raw[name].tolist()) - {None})
+            if distinct > max_categories:
+                raise errors.TooManyCategoriesError(
+                    f"categorical feature column {name!r} has {distinct} distinct values; at most "
+                    f"{max_categories} categories are allowed, one model input each (an identifier? "
+                    "leave it out of dataset.features)"
+                )
             specs.append(FeatureSpec(name=name, type="categorical"))
         else:
             raw[name] = _numeric_column(name, col, "feature column")

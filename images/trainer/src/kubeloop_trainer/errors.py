@@ -122,6 +122,13 @@ class TemporalColumnError(DataError):
     reason = "TemporalColumn"
 
 
+class TooManyCategoriesError(DataError):
+    """A categorical feature with more distinct values than a one-hot block may have (an identifier)."""
+
+    exit_code = 26
+    reason = "TooManyCategories"
+
+
 # --- everything else (30+) -------------------------------------------------------------------------
 
 
@@ -179,6 +186,7 @@ ALL_ERRORS: tuple[type[TrainerError], ...] = (
     ConstantTargetError,
     DuplicateColumnsError,
     TemporalColumnError,
+    TooManyCategoriesError,
     StorageError,
     TrackingError,
     ExportError,

@@ -65,6 +65,12 @@ class TrainerSettings(BaseSettings):
         default=None, ge=1, description="Test hook: SIGKILL this process after that epoch's checkpoint."
     )
     max_classes: int = Field(default=1000, ge=2, description="Most classes a classification target may have.")
+    max_categories: int = Field(
+        default=10000,
+        ge=2,
+        description="Most distinct values a categorical feature may have (each is a one-hot input: "
+        "the model matrix is rows x categories float32).",
+    )
     min_rows: int = Field(default=10, ge=2, description="Fewest rows a dataset may have.")
 
     def training_spec(self) -> TrainingJobSpec:
