@@ -36,6 +36,7 @@ class ApiError(Exception):
         details: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         upstream_reason: str | None = None,
+        log_detail: str | None = None,
     ) -> None:
         if field and not message.startswith(f"{field}:"):
             message = f"{field}: {message}"
@@ -47,6 +48,14 @@ class ApiError(Exception):
         self.details = dict(details or {})
         self.headers = dict(headers or {})
         self.upstream_reason = upstream_reason
+        self.log_detail = log_detail
+
+    @property
+    def log_text(self) -> str:
+        """The message with what was kept from the caller: a backing service's own error text, which
+        can name internal addresses, database URLs, whatever a proxy echoed (the log redacts
+        credentials)."""
+        return f"{self.message} ({self.log_detail})" if self.log_detail else self.message
 
     def body(self) -> dict[str, Any]:
         details = dict(self.details)
@@ -205,7 +214,9 @@ def from_kubernetes(status: int, body: Any, what: str) -> ApiError:
     if status == 401:
         return UpstreamError(f"the facade's own Kubernetes credentials were refused ({what})")
     if status >= 500:
-        return UpstreamError(f"Kubernetes API failed ({status}) for {what}: {message}")
+        # Its text is about the cluster's insides (an admission webhook's Service address, etcd): logged.
+        reason = f" {kw['upstream_reason']}" if kw.get("upstream_reason") else ""
+        return UpstreamError(f"Kubernetes API failed ({status}{reason}) for {what}", log_detail=message)
     if status == 429:
         retry = kw.get("details", {}).get("retryAfterSeconds")
         if retry:
@@ -263,7 +274,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def api_error(_req: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
         if exc.status_code >= 500:
-            log.warning("%s: %s", type(exc).__name__, exc.message)
+            log.warning("%s: %s", type(exc).__name__, exc.log_text)
         return _response(exc)
 
     async def request_validation(_req: Request, exc: Exception) -> JSONResponse:

@@ -39,17 +39,19 @@ class ObjectInfo:
 
 
 def _error(e: StorageError) -> ApiError:
+    # The store's own text names its address and whatever its client library said: for the log only.
+    # What is not there (a 404) or taken (a 409) is about the caller's object, in the caller's terms.
     if isinstance(e, ObjectNotFoundError):
         return NotFoundError(str(e))
     if isinstance(e, ObjectExistsError):
         return ConflictError(str(e))
     if isinstance(e, StorageUnavailableError):
-        return UnavailableError(f"object storage unreachable: {e}")
+        return UnavailableError("object storage unreachable", log_detail=str(e))
     if isinstance(e, StorageConfigError):
-        return UnavailableError(f"object storage misconfigured: {e}")
+        return UnavailableError("object storage misconfigured", log_detail=str(e))
     if isinstance(e, StorageAccessDeniedError):
-        return UpstreamError(f"object storage refused the facade's credentials: {e}")
-    return UpstreamError(f"object storage failed: {e}")
+        return UpstreamError("object storage refused the facade's credentials", log_detail=str(e))
+    return UpstreamError("object storage failed", log_detail=str(e))
 
 
 class Objects:

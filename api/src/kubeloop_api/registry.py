@@ -95,7 +95,10 @@ class Registry:
             raise NotFoundError(msg or "not found in the model registry")
         if err == "INVALID_PARAMETER_VALUE" or resp.status_code == 400:
             raise InvalidError(msg or "refused by the model registry")
-        raise UpstreamError(f"MLflow answered {resp.status_code} {err}: {msg[:300]}")
+        # MLflow's text on a failure can carry its database URL and host names: for the log only.
+        raise UpstreamError(
+            f"MLflow answered {resp.status_code} {err}".rstrip(), log_detail=msg[:300] or None
+        )
 
     async def ping(self) -> None:
         await self._call("GET", "/registered-models/search", params={"max_results": 1})

@@ -39,7 +39,7 @@ async def readyz(svc: Svc) -> JSONResponse:
         except ApiError as e:
             # Backend error text can name endpoints, buckets or whatever a proxy echoed back: anyone
             # may call this endpoint, so it stays in the log (rate-limited: probes come every few s).
-            svc.readiness.failed(name, e.message)
+            svc.readiness.failed(name, e.log_text)
             return "failed"
         svc.readiness.ok(name)
         return "ok"
