@@ -125,3 +125,21 @@ def test_a_holder_without_the_metric_value_is_beaten() -> None:
     promoted, _ = tracker.promote("m", 2, "champion", "roc_auc", 0.9, None, True)
     assert promoted
     assert registry.aliases == {"champion": "2"}
+
+
+def test_a_holder_whose_run_is_gone_is_beaten() -> None:
+    # The alias holder's run was deleted from MLflow (`mlflow gc`): reading it failed the job with
+    # TrackingError (31, retried) after the new version was registered and uploaded, and every retry
+    # registered one more version.
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    tracker, registry = _tracker({"accuracy": 0.99})
+
+    def gone(run_id: str) -> _Run:
+        raise MlflowException(f"Run with id={run_id} not found", error_code=RESOURCE_DOES_NOT_EXIST)
+
+    registry.get_run = gone  # type: ignore[method-assign]
+    promoted, why = tracker.promote("m", 2, "champion", "accuracy", 0.9, None, True)
+    assert promoted, why
+    assert registry.aliases == {"champion": "2"}

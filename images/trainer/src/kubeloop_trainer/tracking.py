@@ -193,9 +193,25 @@ class Tracker:
             except Exception:
                 holder = None
             if holder is not None and holder.run_id:
-                run = self._call("read the alias holder's run", self.client.get_run, holder.run_id)
-                old = run.data.metrics.get(metric)
+                run = self._holder_run(holder.run_id)
+                old = None if run is None else run.data.metrics.get(metric)
                 if old is not None and not math.isnan(float(old)) and not better(metric, value, float(old)):
                     return False, f"{metric}={value:.4g} does not beat version {holder.version} ({old:.4g})"
         self._call("set the alias", self.client.set_registered_model_alias, name, alias, str(version))
         return True, f"alias {alias!r} now points at version {version}"
+
+    def _holder_run(self, run_id: str) -> Any:
+        """The alias holder's run, or None where it no longer exists (deleted for good, ``mlflow gc``):
+        then the holder has no value to beat. Any other failure is a TrackingError."""
+        from mlflow.exceptions import MlflowException
+
+        def get() -> Any:
+            try:
+                return self.client.get_run(run_id)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                log.warning("MLflow: the alias holder's run %s no longer exists: %s", run_id, e.message)
+                return None
+
+        return self._call("read the alias holder's run", get)
