@@ -251,8 +251,8 @@ def list_parameter_error(err: ApiError, params: Mapping[str, object]) -> ApiErro
 
 def _field_of(loc: Sequence[Any]) -> str:
     parts = [str(p) for p in loc]
-    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
-        parts = parts[1:]
+    if len(parts) > 1 and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]  # a field of the body or a parameter by its name; the body itself is "body"
     return ".".join(parts)
 
 

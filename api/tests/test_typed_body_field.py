@@ -1,0 +1,41 @@
+"""A typed JSON body (scale, canary, alias, tokens, registry aliases) that is not an object at all is
+refused naming ``body``, as every other refusal names its field. Against the in-memory stand-in."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from api_fakekube import FakeKube
+from kubeloop_api.app import create_app
+from kubeloop_api.kube import Kube
+from kubeloop_api.metrics import ApiMetrics
+from kubeloop_api.settings import ApiSettings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+ROUTES = [
+    ("PUT", "/api/v1/namespaces/a/modeldeployments/m/scale"),
+    ("PUT", "/api/v1/namespaces/a/modeldeployments/m/canary"),
+    ("PUT", "/api/v1/namespaces/a/modeldeployments/m/alias"),
+    ("POST", "/api/v1/tokens"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.parametrize("body", [b"null", b"[1]", b"3", b'"replicas"', b""])
+def test_a_typed_body_that_is_no_object_is_a_422_naming_body(method: str, path: str, body: bytes) -> None:
+    fk = FakeKube()
+    fk.users["t"] = {"username": "alice", "groups": []}
+    s = ApiSettings()
+    m = ApiMetrics()
+    app = create_app(s, kube=Kube(s, m, transport=fk.transport()), metrics=m)
+    with TestClient(app) as c:
+        r = c.request(method, path, content=body,
+                      headers={"Authorization": "Bearer t", "Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 422, r.text
+    out = r.json()
+    assert [c["field"] for c in out["details"]["causes"]] == ["body"], out
+    assert out["message"].startswith("body: "), out
