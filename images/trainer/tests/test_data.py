@@ -233,6 +233,24 @@ def test_too_many_categories() -> None:
     assert [len(c.categories) for c in ds.encoder.categorical] == [48, 2]
 
 
+@pytest.mark.parametrize(
+    ("task", "column"),
+    [("classification", "label"), ("classification", "probabilities"), ("regression", "prediction")],
+)
+def test_a_feature_named_like_a_model_output_is_refused_before_training(task: str, column: str) -> None:
+    # ONNX inputs and outputs share one namespace: such a column (a previous model's "prediction",
+    # say) was refused only at export, ExportError (32, an infrastructure error, retried) after the
+    # whole training.
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({column: rng.normal(size=40), "a": rng.normal(size=40), "y": np.arange(40) % 2})
+    with pytest.raises(errors.DataError, match=f"'{column}' is named like an output") as e:
+        prepare(df, DatasetSpec(uri="/d.csv", target="y"), task, 1)  # type: ignore[arg-type]
+    assert e.value.exit_code == 10
+    # the other task's output names are free
+    other = "regression" if task == "classification" else "classification"
+    prepare(df, DatasetSpec(uri="/d.csv", target="y"), other, 1)  # type: ignore[arg-type]
+
+
 def test_every_error_has_its_own_exit_code() -> None:
     codes = [e.exit_code for e in errors.ALL_ERRORS]
     assert len(codes) == len(set(codes))

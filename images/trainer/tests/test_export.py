@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from kubeloop_trainer.data import prepare
-from kubeloop_trainer.errors import ExportError
+from kubeloop_trainer.errors import DataError, ExportError
 from kubeloop_trainer.export import export_onnx, onnx_feed, verify
 from kubeloop_trainer.model import InferenceHead, build_model
 
@@ -113,9 +113,12 @@ def test_verify_refuses_a_model_that_differs(diabetes: pd.DataFrame) -> None:
 
 def test_feature_named_like_an_output_is_refused(breast_cancer: pd.DataFrame) -> None:
     df = breast_cancer.rename(columns={"mean radius": "label"})
-    ds = prepare(df, DatasetSpec(uri="/d.csv", target="target"), "classification", 1)
-    with pytest.raises(ExportError, match="clash"):
-        export_onnx(_trained_head(ds, 1), ds, _meta(ds))
+    with pytest.raises(DataError, match="'label' is named like an output"):  # before training
+        prepare(df, DatasetSpec(uri="/d.csv", target="target"), "classification", 1)
+    # a regression model has no output "label"
+    ds = prepare(df, DatasetSpec(uri="/d.csv", target="target"), "regression", 1)
+    head = _trained_head(ds, 1)
+    verify(export_onnx(head, ds, _meta(ds)).SerializeToString(), head, ds, 1e-4)
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,14 @@ FloatArray = npt.NDArray[np.float32]
 TaskName = Literal["classification", "regression"]
 
 
+MODEL_OUTPUTS: dict[TaskName, tuple[str, ...]] = {
+    "classification": ("probabilities", "label"),
+    "regression": ("prediction",),
+}
+"""The ONNX graph's output names (the serving contract). Inputs are named like the features, and
+inputs and outputs share one namespace, so no feature may have these names."""
+
+
 def task_name(task: Task) -> TaskName:
     """The spec's task as the plain name the data and export code use."""
     return "classification" if task is Task.CLASSIFICATION else "regression"
@@ -562,6 +570,12 @@ def prepare(
         )
     if not names:
         raise errors.EmptyDatasetError("the dataset has no feature columns besides the target")
+    clash = [n for n in names if n in MODEL_OUTPUTS[task]]
+    if clash:
+        raise errors.DataError(
+            f"feature column {clash[0]!r} is named like an output of the {task} model "
+            f"({', '.join(MODEL_OUTPUTS[task])}): rename the column or leave it out of dataset.features"
+        )
     if len(df) < min_rows:
         raise errors.TooFewRowsError(f"the dataset has {len(df)} row(s); at least {min_rows} are needed")
 

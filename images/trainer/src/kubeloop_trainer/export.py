@@ -27,7 +27,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from kubeloop.contracts import ModelMetadata
-from kubeloop_trainer.data import Dataset
+from kubeloop_trainer.data import MODEL_OUTPUTS, Dataset
 from kubeloop_trainer.errors import ExportError
 from kubeloop_trainer.model import InferenceHead
 
@@ -60,9 +60,8 @@ def _rename(graph: onnx.GraphProto, prefix: str) -> None:
 def export_onnx(head: InferenceHead, ds: Dataset, metadata: ModelMetadata) -> onnx.ModelProto:
     """The complete inference graph with ``metadata`` in ``metadata_props``."""
     enc = ds.encoder
-    out_names = ["probabilities", "label"] if ds.task == "classification" else ["prediction"]
-    clash = sorted({f.name for f in enc.features} & set(out_names))
-    if clash:
+    clash = sorted({f.name for f in enc.features} & set(MODEL_OUTPUTS[ds.task]))
+    if clash:  # refused by prepare() before training
         raise ExportError(f"feature name(s) {', '.join(clash)} clash with the ONNX output names")
     p = internal_prefix([f.name for f in enc.features])
     core_x, core_out = p + "core/x", p + "core/out"  # the torch graph's, renamed (_rename)
