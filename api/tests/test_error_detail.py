@@ -125,3 +125,45 @@ def test_kubernetes_failures_name_kubernetes_not_its_error_text(caplog: pytest.L
     _check(r, 502, "Kubernetes API", caplog)
     assert "500" in r.json()["message"]
     assert "create trainingjobs" in r.json()["message"]
+
+
+HTML_404 = (
+    "<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n<p>The requested URL "
+    "was not found on the server.</p>\n"
+)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/a/models",
+        "/api/v1/namespaces/a/models/m",
+        "/api/v1/namespaces/a/models/m/versions/1",
+    ],
+)
+def test_an_mlflow_that_does_not_know_the_request_is_a_502_not_a_missing_model(path: str) -> None:
+    # MLflow says a model, version or run does not exist with RESOURCE_DOES_NOT_EXIST. A bare 404 (its
+    # web server's page for an unknown path: a tracking URI with a wrong path prefix, a proxy in front)
+    # means the facade reached no registry API: the registry failed, the model may well exist.
+    def mlflow(_req: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, text=HTML_404, headers={"content-type": "text/html"})
+
+    s = ApiSettings(mlflow_tracking_uri="http://mlflow.test/wrong-prefix")
+    reg = Registry(s, ApiMetrics(), transport=httpx.MockTransport(mlflow))
+    with TestClient(_app(_fake().handle, registry=reg)) as c:
+        r = c.get(path, headers=A)
+    assert r.status_code == 502, r.text
+    assert r.json()["message"].startswith("MLflow answered 404"), r.text
+
+
+def test_an_mlflow_400_without_its_error_code_is_not_blamed_on_the_caller() -> None:
+    def mlflow(_req: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            400, text="Bad Request: header too large", headers={"content-type": "text/plain"}
+        )
+
+    s = ApiSettings(mlflow_tracking_uri="http://mlflow.test")
+    reg = Registry(s, ApiMetrics(), transport=httpx.MockTransport(mlflow))
+    with TestClient(_app(_fake().handle, registry=reg)) as c:
+        r = c.get("/api/v1/namespaces/a/models", headers=A)
+    assert r.status_code == 502, r.text

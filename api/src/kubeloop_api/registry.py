@@ -91,13 +91,15 @@ class Registry:
             return data if isinstance(data, dict) else {}
         err = str(data.get("error_code", "")) if isinstance(data, dict) else ""
         msg = str(data.get("message", "")) if isinstance(data, dict) else ""
-        if err == "RESOURCE_DOES_NOT_EXIST" or resp.status_code == 404:
+        # Only MLflow's own error codes speak of the request: a bare 404 or 400 (its web server's page for
+        # a path it does not serve, behind a wrong tracking URI; a proxy's) means no registry answered.
+        if err == "RESOURCE_DOES_NOT_EXIST":
             raise NotFoundError(msg or "not found in the model registry")
-        if err == "INVALID_PARAMETER_VALUE" or resp.status_code == 400:
+        if err == "INVALID_PARAMETER_VALUE":
             raise InvalidError(msg or "refused by the model registry")
         # MLflow's text on a failure can carry its database URL and host names: for the log only.
         raise UpstreamError(
-            f"MLflow answered {resp.status_code} {err}".rstrip(), log_detail=msg[:300] or None
+            f"MLflow answered {resp.status_code} {err}".rstrip(), log_detail=(msg or resp.text)[:300] or None
         )
 
     async def ping(self) -> None:
