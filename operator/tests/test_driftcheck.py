@@ -708,3 +708,14 @@ def test_a_check_stopped_by_sigterm_says_so_in_the_status(
     cond = {c["type"]: c for c in kube.obj["status"]["conditions"]}
     assert (cond["Checked"]["status"], cond["Checked"]["reason"]) == ("False", "CheckInterrupted")
     assert "SIGTERM" in cond["Checked"]["message"]
+
+
+def test_a_baseline_uri_outside_object_storage_is_named_as_such(world: World) -> None:
+    md = md_object()
+    md["status"]["baselineUri"] = "https://registry.example/baseline.json"
+    inputs = world.inputs()
+    rec = run_check(world.store, CheckInputs(NS, MON, inputs.spec, md, inputs.bucket), NOW)
+    assert rec.error is not None
+    assert rec.error.reason == "BaselineNotFound"
+    assert "status.baselineUri https://registry.example/baseline.json" in rec.error.message
+    assert "model.onnx, which is not in object storage" not in rec.error.message  # the model is

@@ -86,6 +86,12 @@ def deployed_model(inputs: CheckInputs) -> DeployedModel | CheckProblem:
     # The registry names the version's baseline (status.baselineUri); else it lies beside the model.
     named = status.get("baselineUri")
     ref = _parse(str(named)) if named else baseline_ref(str(uri))
+    if ref is None and named:
+        return CheckProblem(
+            "BaselineNotFound",
+            f"ModelDeployment {name} names status.baselineUri {named}, which is not in object storage "
+            "(an s3://bucket/key URI is needed)",
+        )
     if ref is None:
         return CheckProblem(
             "BaselineNotFound",
