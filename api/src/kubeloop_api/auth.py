@@ -48,11 +48,13 @@ class Access:
 
 
 # Operation -> the RBAC permission it needs in the namespace of the data. Datasets feed TrainingJobs
-# (whoever may create a TrainingJob may upload its data); registered models come out of TrainingJobs
+# (whoever may create a TrainingJob may upload its data, and replace it only if it may also update
+# one: replacing destroys what was there); registered models come out of TrainingJobs
 # (reading them is reading TrainingJob results); an alias decides what ModelDeployments serve, so
 # moving one needs the right to change ModelDeployments; a kept training log is a pod log.
 ACCESS: Final[dict[str, Access]] = {
     "datasets.upload": Access("create", "trainingjobs"),
+    "datasets.overwrite": Access("update", "trainingjobs"),
     "datasets.list": Access("list", "trainingjobs"),
     "datasets.get": Access("get", "trainingjobs"),
     "datasets.delete": Access("delete", "trainingjobs"),

@@ -117,10 +117,14 @@ async def upload(
     target: Annotated[
         str | None, Query(min_length=1, max_length=256, description="Column that must be present.")
     ] = None,
-    overwrite: Annotated[bool, Query(description="Replace an existing dataset of that name.")] = False,
+    overwrite: Annotated[
+        bool, Query(description="Replace an existing dataset of that name (needs update on trainingjobs).")
+    ] = False,
 ) -> dict[str, Any]:
     objects = _objects(svc)
     await svc.authz.require(caller, "datasets.upload", namespace)
+    if overwrite:
+        await svc.authz.require(caller, "datasets.overwrite", namespace)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in _CONTENT_TYPES:
         raise UnsupportedMediaTypeError(
