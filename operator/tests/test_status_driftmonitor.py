@@ -320,6 +320,33 @@ def test_a_check_without_result_keeps_the_streak_of_the_version_scored() -> None
     assert check(status, T0 + timedelta(minutes=2), version="4").consecutive_drifts == 1
 
 
+def test_a_check_with_too_few_samples_keeps_the_streak_of_the_version_scored() -> None:
+    """A quiet hour (fewer logged predictions than window.minSamples) is no evidence either way: it
+    neither breaks nor extends a drift streak of the same model, and a new model's quiet hour ends the
+    old model's streak."""
+
+    def quiet(status: DriftMonitorStatus, at: datetime, version: str) -> DriftMonitorStatus:
+        summary = DriftSummary(
+            drifted=False,
+            share=0.0,
+            samples=3,
+            insufficient_data=True,
+            model_version=version,
+            features=[],
+            baseline_uri=f"s3://kubeloop/models/bc/{version}/baseline.json",
+        )
+        return apply_check(status, CheckRecord(time=at, summary=summary), generation=1)
+
+    status = check(DriftMonitorStatus(), T0, version="3")
+    status = check(status, T0 + timedelta(minutes=1), version="3")
+    status = quiet(status, T0 + timedelta(minutes=2), "3")
+    assert status.consecutive_drifts == 2
+    assert check(status, T0 + timedelta(minutes=3), version="3").consecutive_drifts == 3
+    status = quiet(status, T0 + timedelta(minutes=3), "4")
+    assert status.consecutive_drifts == 0
+    assert check(status, T0 + timedelta(minutes=4), version="4").consecutive_drifts == 1
+
+
 def test_no_drift_decides_nothing() -> None:
     status = check(DriftMonitorStatus(), T0, drifted=False)
     assert decide("watch", spec(), status, [], T0) is None

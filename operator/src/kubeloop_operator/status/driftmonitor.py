@@ -140,13 +140,15 @@ def _consecutive_drifts(status: DriftMonitorStatus, summary: DriftSummary) -> in
     """Drifted checks in a row *of the same model*: a retrain that promotes a new version (or anyone
     repointing the ModelDeployment) starts a new streak, or the old version's drifts would make the new
     version's first drifted check qualify for ``retrain.consecutiveDrifts``. A check without a result
-    leaves the streak alone, so the result before it (``lastResult``) is the one compared with."""
+    leaves the streak alone, so the result before it (``lastResult``) is the one compared with. So does a
+    check with too few samples (a quiet hour tells nothing either way), unless it scored another model."""
+    before = status.last_result
+    same_model = before is not None and scored_model(before) == scored_model(summary)
+    if summary.insufficient_data:
+        return status.consecutive_drifts if same_model else 0
     if not summary.drifted:
         return 0
-    before = status.last_result
-    if before is None or scored_model(before) != scored_model(summary):
-        return 1
-    return status.consecutive_drifts + 1
+    return status.consecutive_drifts + 1 if same_model else 1
 
 
 def _history_entry(rec: CheckRecord, when: str) -> DriftHistoryEntry:
