@@ -251,6 +251,15 @@ def test_a_feature_named_like_a_model_output_is_refused_before_training(task: st
     prepare(df, DatasetSpec(uri="/d.csv", target="y"), other, 1)  # type: ignore[arg-type]
 
 
+def test_classes_of_one_row_each_leave_no_validation_rows() -> None:
+    # The split is stratified: a class of one row stays in training. With no class of two rows there
+    # is nothing to validate on, and the message blamed the row count and the split ("12 rows: too
+    # few for a validation split of 0.2"), which neither more of such rows nor another split fixes.
+    df = pd.DataFrame({"a": np.arange(12.0), "y": [f"k{i}" for i in range(12)]})
+    with pytest.raises(errors.TooFewRowsError, match="every class of target column 'y' has a single row"):
+        prepare(df, DatasetSpec(uri="/d.csv", target="y"), "classification", 1)
+
+
 def test_every_error_has_its_own_exit_code() -> None:
     codes = [e.exit_code for e in errors.ALL_ERRORS]
     assert len(codes) == len(set(codes))

@@ -642,6 +642,11 @@ def prepare(
     train_idx, val_idx = split_indices(
         y if task == "classification" else None, len(df), spec.validation_split, seed
     )
+    if task == "classification" and len(val_idx) == 0:  # a class of one row stays in training
+        raise errors.TooFewRowsError(
+            f"every class of target column {target!r} has a single row, so none can be held out for "
+            "validation (the split is stratified by class); each class needs two rows or more"
+        )
     if len(train_idx) < 2 or len(val_idx) < 1:
         raise errors.TooFewRowsError(
             f"the dataset has {len(df)} row(s): too few for a validation split of {spec.validation_split}"
