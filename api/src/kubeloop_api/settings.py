@@ -136,10 +136,20 @@ class ApiSettings(BaseSettings):
 
     # --- predictions -----------------------------------------------------------------------------------
     predict_timeout_s: float = Field(
-        default=30.0, gt=0, le=600, description="Timeout of a proxied prediction."
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Time a proxied prediction may take in all: reaching the model server, sending the "
+        "request and reading its whole answer (504 past it).",
     )
     predict_max_body_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="Largest prediction request body forwarded."
+    )
+    predict_max_response_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest answer of a model server passed back (502 past it); answers are read whole "
+        "before they are passed on.",
     )
 
     # --- object storage --------------------------------------------------------------------------------

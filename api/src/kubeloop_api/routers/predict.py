@@ -8,19 +8,18 @@ never forwarded to the model server.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final
 from urllib.parse import urlparse
 
 import httpx
 from fastapi import APIRouter, Path, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from kubeloop.naming import model_deployment_service_name
 from kubeloop_api.deps import Caller, Name, Namespace, Services, Svc, read_body
 from kubeloop_api.errors import (
-    ApiError,
     ConflictError,
     InvalidError,
     NotFoundError,
@@ -84,37 +83,59 @@ async def _proxy(
         body = await read_body(request, svc.settings.predict_max_body_bytes)
     headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARD_HEADERS}
     client: httpx.AsyncClient = svc.extra["predict_client"]
+    timeout = svc.settings.predict_timeout_s
     t0 = time.perf_counter()
     code = 0
+    resp: httpx.Response | None = None
     try:
-        req = client.build_request(request.method, base + path, content=body, headers=headers)
-        resp = await client.send(req, stream=True)
-        code = resp.status_code
-    except httpx.TimeoutException as e:
-        raise UpstreamTimeoutError(f'ModelDeployment "{name}" did not answer in time') from e
+        # One deadline for the whole exchange: httpx's timeouts bound each read, so a server dribbling
+        # its answer would otherwise hold the caller and both connections for ever. The answer is read
+        # whole (predictions are documents; half of one is no use) so that this ends in a clean status.
+        async with asyncio.timeout(timeout):
+            req = client.build_request(request.method, base + path, content=body, headers=headers)
+            resp = await client.send(req, stream=True)
+            code = resp.status_code
+            content = await _read_answer(resp, svc.settings.predict_max_response_bytes, name)
+    except (TimeoutError, httpx.TimeoutException) as e:
+        raise UpstreamTimeoutError(f'ModelDeployment "{name}" did not answer within {timeout:g} s') from e
     except httpx.HTTPError as e:
+        if resp is not None:
+            raise UpstreamError(f'ModelDeployment "{name}" broke off its answer ({type(e).__name__})') from e
         raise UnavailableError(
             f'ModelDeployment "{name}" is not reachable ({type(e).__name__}); is it Ready?'
         ) from e
     finally:
+        if resp is not None:
+            await resp.aclose()
         svc.metrics.observe_upstream("model", code, time.perf_counter() - t0)
     if resp.status_code >= 500:
-        text = (await resp.aread()).decode(errors="replace")[:500]
-        await resp.aclose()
+        text = content.decode(errors="replace")[:500]
         raise UpstreamError(f'ModelDeployment "{name}" failed ({resp.status_code}): {text}')
     out_headers = {k: v for k, v in resp.headers.items() if k.lower() in _RETURN_HEADERS}
+    # Decoded bytes: the model server may compress, and Content-Encoding is not passed back.
+    return Response(content, status_code=resp.status_code, headers=out_headers)
 
-    async def relay() -> AsyncIterator[bytes]:
-        # Decoded bytes: the model server may compress, and Content-Encoding is not passed back.
-        try:
-            async for chunk in resp.aiter_bytes():
-                yield chunk
-        except httpx.HTTPError as e:
-            raise ApiError(f"model server stream broke: {type(e).__name__}") from e
-        finally:
-            await resp.aclose()
 
-    return StreamingResponse(relay(), status_code=resp.status_code, headers=out_headers)
+async def _read_answer(resp: httpx.Response, limit: int, name: str) -> bytes:
+    """The whole answer, or 502 as soon as it passes ``limit`` bytes."""
+
+    def too_large() -> UpstreamError:
+        return UpstreamError(
+            f'ModelDeployment "{name}" answered more than the limit of {limit} bytes '
+            "(KUBELOOP_API_PREDICT_MAX_RESPONSE_BYTES)"
+        )
+
+    declared = resp.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large()
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.aiter_bytes():
+        total += len(chunk)
+        if total > limit:
+            raise too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 _JSON_BODY: Final[dict[str, Any]] = {
