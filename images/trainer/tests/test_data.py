@@ -199,6 +199,17 @@ def test_regression_target_must_be_numeric_and_vary() -> None:
         check(df, task="regression")
 
 
+def test_a_target_constant_in_float32_is_constant() -> None:
+    # The model learns float32 targets: values that differ only beyond float32's precision (1 and
+    # 1 + 1e-12) are one value to it. The check looked at float64 and let it train a constant,
+    # reported with r2 0 (and promotable on mse).
+    df = good_frame(40)
+    df["y"] = 1.0 + np.arange(40) * 1e-12
+    assert float(np.std(df["y"])) > 0
+    with pytest.raises(errors.ConstantTargetError, match="'y' is constant"):
+        prepare(df, DatasetSpec(uri="/d.csv", target="y"), "regression", 1)
+
+
 def test_too_many_classes() -> None:
     df = good_frame(40)
     df["y"] = np.arange(40) * 0.5

@@ -632,11 +632,11 @@ def prepare(
                 "convert it first (e.g. to seconds or days)"
             )
         yv = _numeric_column(target, y_col, "target column")
-        if float(np.nanstd(yv)) == 0.0:
-            raise errors.ConstantTargetError(
-                f"target column {target!r} is constant ({yv[0]:g}); nothing to learn"
-            )
         y = yv.astype(np.float32)
+        if float(y.min()) == float(y.max()):  # as the model sees it: float32 (1 and 1 + 1e-12 are one)
+            raise errors.ConstantTargetError(
+                f"target column {target!r} is constant ({float(y[0]):g} in float32); nothing to learn"
+            )
 
     # --- split ---------------------------------------------------------------------------------
     train_idx, val_idx = split_indices(
