@@ -271,6 +271,39 @@ def test_classes_of_one_row_each_leave_no_validation_rows() -> None:
         prepare(df, DatasetSpec(uri="/d.csv", target="y"), "classification", 1)
 
 
+NESTED = {
+    "list": [[1, 2], [3]],
+    "list of text": [["a"], ["b", "c"]],
+    "struct": [{"a": 1}, {"a": 2}],
+    "map": [[("k", 1)], [("k", 2)]],
+}
+
+
+@pytest.mark.parametrize("kind", NESTED, ids=list(NESTED))
+@pytest.mark.parametrize("role", ["feature", "target"])
+def test_nested_parquet_values_are_refused(kind: str, role: str) -> None:
+    # Parquet lists, structs and maps came out of pandas as arrays and dicts that became categories
+    # named by numpy's repr ("['b' 'c']"), which no request to the server ever produces (a JSON list
+    # is "['b', 'c']" there): a feature that never matches when serving, or such class labels.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 40
+    values = NESTED[kind] * (n // 2)
+    arr = pa.array(values, type=pa.map_(pa.string(), pa.int64())) if kind == "map" else pa.array(values)
+    cols = {"x": pa.array(np.arange(n, dtype=float)), "y": pa.array([i % 2 for i in range(n)])}
+    cols["nested" if role == "feature" else "y"] = arr
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols), buf)
+    column = "nested" if role == "feature" else "y"
+    for task in ("classification", "regression"):
+        with pytest.raises(errors.DataError, match=f"column '{column}' holds nested values") as e:
+            prepare(
+                read_table(buf.getvalue(), "/d.parquet"), DatasetSpec(uri="/d.parquet", target="y"), task, 1
+            )  # type: ignore[arg-type]
+        assert e.value.exit_code == 10
+
+
 def test_every_error_has_its_own_exit_code() -> None:
     codes = [e.exit_code for e in errors.ALL_ERRORS]
     assert len(codes) == len(set(codes))

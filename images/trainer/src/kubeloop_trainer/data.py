@@ -373,6 +373,29 @@ def _numeric_column(name: str, col: pd.Series, what: str) -> npt.NDArray[np.floa
     return values
 
 
+_NESTED = (list, tuple, dict, set, np.ndarray)
+
+
+def _check_not_nested(name: str, col: pd.Series, what: str) -> None:
+    """Refuse a column of lists, structs or maps (Parquet): pandas gives arrays and dicts, whose text
+    (numpy's repr, ``['b' 'c']``) no request to the server produces, so as categories they would never
+    match when serving."""
+    if not pd.api.types.is_object_dtype(col.dtype):
+        return
+    nested = next((v for v in col.tolist() if isinstance(v, _NESTED)), None)
+    if nested is not None:
+        raise errors.DataError(
+            f"{what} {name!r} holds nested values (lists, structs or maps, e.g. {_short(nested)}), which are "
+            f"not model inputs or labels: flatten it into columns of numbers or text first"
+            + (", or list dataset.features without it" if what.startswith("feature") else "")
+        )
+
+
+def _short(value: object) -> str:
+    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _looks_numeric(col: pd.Series) -> bool:
     """A text column whose non-missing values are mostly numbers."""
     present = col.dropna()
@@ -580,6 +603,7 @@ def prepare(
         raise errors.TooFewRowsError(f"the dataset has {len(df)} row(s); at least {min_rows} are needed")
 
     y_col = df[target]
+    _check_not_nested(target, y_col, "target column")
     n_missing = int(y_col.isna().sum())
     if task == "classification":  # "" is the missing category, not a class (as for the features)
         n_missing = sum(k is None for k in _categorical_column(y_col).tolist())
@@ -591,6 +615,7 @@ def prepare(
     specs: list[FeatureSpec] = []
     for name in names:
         col = df[name]
+        _check_not_nested(name, col, "feature column")
         if bool(col.isna().all()):
             raise errors.AllMissingColumnError(f"feature column {name!r} has no values (all missing)")
         numeric_dtype = pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype)
