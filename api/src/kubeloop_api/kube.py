@@ -136,9 +136,20 @@ class Kube:
         )
         self.server = base
         self._client = httpx.AsyncClient(base_url=base, timeout=settings.kube_timeout_s, limits=limits, **kw)
+        # Watches and followed logs hold a connection each for minutes: in the pool of the short calls
+        # they would take every connection (sse_max_clients is larger than it), and lists, creates and
+        # TokenReviews would wait for one until they time out. They have their own, bounded by the
+        # number of streams the facade lets in.
+        self._streams = httpx.AsyncClient(
+            base_url=base,
+            timeout=settings.kube_timeout_s,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+            **kw,
+        )
 
     async def close(self) -> None:
         await self._client.aclose()
+        await self._streams.aclose()
 
     def _headers(
         self, as_user: Principal | None, content_type: str | None = None
@@ -230,11 +241,11 @@ class Kube:
         headers = self._headers(as_user)
         timeout = httpx.Timeout(self.settings.kube_timeout_s, read=read_timeout)
         for attempt in range(self.settings.kube_throttle_retries + 1):
-            req = self._client.build_request(
+            req = self._streams.build_request(
                 "GET", path, params=_params(params), headers=headers, timeout=timeout
             )
             try:
-                resp = await self._client.send(req, stream=True)
+                resp = await self._streams.send(req, stream=True)
             except httpx.TimeoutException as e:
                 raise UpstreamTimeoutError(f"Kubernetes API did not answer in time ({what or path})") from e
             except httpx.HTTPError as e:

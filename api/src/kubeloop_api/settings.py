@@ -50,7 +50,9 @@ class ApiSettings(BaseSettings):
         default=1024,
         ge=8,
         le=65536,
-        description="Connection pool size to the API server; every SSE client holds one watch connection.",
+        description="Connection pool size of the short calls to the API server. Long-lived streams (the "
+        "watch behind each SSE client, followed logs) have a connection each besides, bounded by "
+        "sse_max_clients.",
     )
     kube_throttle_retries: int = Field(
         default=8,
