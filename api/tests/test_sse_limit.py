@@ -1,14 +1,13 @@
 """The bound on concurrent status streams (``sse_max_clients``) against the in-memory Kubernetes stand-in,
-with the app driven as uvicorn drives it (HTTP/1.1, ASGI ``spec_version`` 2.3) so that streams really
-are open at the same time and the client's hang-up arrives as a server delivers it."""
+with the app driven as uvicorn drives it (api_asgi)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from api_asgi import Idle, call
 from api_fakekube import FakeKube
 from fastapi import FastAPI
 from kubeloop_api.app import create_app
@@ -20,57 +19,13 @@ TOKEN = "tok-alice"
 WATCH = "/api/v1/watch/namespaces/a/trainingjobs"
 
 
-class _Idle(httpx.AsyncByteStream):
-    """A watch that sends nothing until it is closed."""
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        await asyncio.Event().wait()
-        yield b""
-
-
-async def _call(
-    app: FastAPI, path: str, gone: asyncio.Event, headers: dict[str, str]
-) -> list[dict[str, Any]]:
-    """One GET as uvicorn serves it; the client hangs up once ``gone`` is set. Returns what was sent."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in {**headers, "host": "test"}.items()],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
-    first = [True]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if first[0]:
-            first[0] = False
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await asyncio.wait_for(app(scope, receive, send), 10)
-    return sent
-
-
 def _app(slow_list_s: float, **settings: Any) -> FastAPI:
     fk = FakeKube()
     fk.users[TOKEN] = {"username": "alice", "groups": ["team-a"]}
 
     async def kube(req: httpx.Request) -> httpx.Response:
         if req.url.params.get("watch") == "true":
-            return httpx.Response(200, stream=_Idle())
+            return httpx.Response(200, stream=Idle())
         if req.url.path.endswith("/trainingjobs"):
             await asyncio.sleep(slow_list_s)  # the API server takes a moment to list
         return fk.handle(req)
@@ -90,7 +45,7 @@ def test_status_streams_past_the_limit_are_refused_also_when_they_open_together(
         gone = asyncio.Event()
         headers = {"Authorization": f"Bearer {TOKEN}"}
         async with app.router.lifespan_context(app):
-            calls = [asyncio.create_task(_call(app, WATCH, gone, headers)) for _ in range(5)]
+            calls = [asyncio.create_task(call(app, WATCH, gone, headers)) for _ in range(5)]
             for _ in range(500):  # the refused ones end; the admitted ones stream until the client goes
                 await asyncio.sleep(0.01)
                 if sum(t.done() for t in calls) >= 3:
@@ -121,9 +76,9 @@ def test_a_stream_refused_after_admission_gives_its_place_back() -> None:
         async with app.router.lifespan_context(app):
             headers = {"Authorization": f"Bearer {TOKEN}"}
             for _ in range(3):
-                sent = await _call(app, f"{WATCH}/missing", gone, headers)
+                sent = await call(app, f"{WATCH}/missing", gone, headers)
                 statuses.append(sent[0]["status"])
-            sent = await _call(app, WATCH, gone, headers)
+            sent = await call(app, WATCH, gone, headers)
             statuses.append(sent[0]["status"])
             await asyncio.sleep(0.05)
         return statuses, svc.sse_clients

@@ -12,15 +12,18 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import yaml
 from fastapi import Depends, HTTPException, Path, Request, Response, Security
+from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from kubeloop.resources import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
 from kubeloop_api.errors import (
     BadRequestError,
     InvalidError,
     PayloadTooLargeError,
+    UnavailableError,
     UnsupportedMediaTypeError,
 )
 from kubeloop_api.identity import Principal
@@ -49,8 +52,44 @@ class Services:
     registry: Registry | None = None
     objects: Objects | None = None
     sse_clients: int = 0
+    log_follows: int = 0
     readiness: ReadinessLog = field(default_factory=ReadinessLog)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class HeldStreamingResponse(StreamingResponse):
+    """A long-lived streamed answer that gives back what it holds (``release``: its place among the
+    streams the facade lets in) when it ends, however it ends: also when the client is gone before its
+    body starts, when the body's own ``finally`` never runs."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+def admit_stream(
+    count: Callable[[], int], limit: int, change: Callable[[int], None], what: str
+) -> Callable[[], None]:
+    """A place among at most ``limit`` long-lived streams of one kind, taken at once (before anything
+    that takes a while, so that streams opening together each count from here), or 503 with
+    Retry-After; returns its release (which acts once). ``change(+1/-1)`` keeps the count."""
+    if count() >= limit:
+        raise UnavailableError(f"too many open {what}; retry later", headers={"Retry-After": "5"})
+    change(1)
+    held = [True]
+
+    def release() -> None:
+        if held[0]:
+            held[0] = False
+            change(-1)
+
+    return release
 
 
 def services(request: Request) -> Services:

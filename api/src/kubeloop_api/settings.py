@@ -52,7 +52,7 @@ class ApiSettings(BaseSettings):
         le=65536,
         description="Connection pool size of the short calls to the API server. Long-lived streams (the "
         "watch behind each SSE client, followed logs) have a connection each besides, bounded by "
-        "sse_max_clients.",
+        "sse_max_clients and logs_max_follows.",
     )
     kube_throttle_retries: int = Field(
         default=8,
@@ -132,6 +132,12 @@ class ApiSettings(BaseSettings):
     )
 
     # --- logs ------------------------------------------------------------------------------------------
+    logs_max_follows: int = Field(
+        default=500,
+        ge=1,
+        description="Concurrent followed training logs (follow=true; each holds an API server log stream); "
+        "more are refused with 503 and Retry-After.",
+    )
     logs_max_tail_lines: int = Field(
         default=100000, ge=1, description="Largest tailLines a training-log request may ask for."
     )

@@ -7,13 +7,13 @@ SubjectAccessReview for the same permission.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from enum import StrEnum
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response
 
 from kubeloop.contracts import (
     JOB_COMPLETION_INDEX_ANNOTATION,
@@ -23,7 +23,7 @@ from kubeloop.contracts import (
     training_logs_prefix,
 )
 from kubeloop_api.auth import ACCESS
-from kubeloop_api.deps import Caller, Name, Namespace, Services, Svc
+from kubeloop_api.deps import Caller, HeldStreamingResponse, Name, Namespace, Services, Svc, admit_stream
 from kubeloop_api.errors import ApiError, NotFoundError, UnavailableError
 from kubeloop_api.identity import Principal
 from kubeloop_api.kube import core_path, crd_path
@@ -172,6 +172,15 @@ async def logs(
     )
 
 
+def _admit_follow(svc: Services) -> Callable[[], None]:
+    """A followed log holds an API server log stream for as long as its client stays: bounded."""
+
+    def change(by: int) -> None:
+        svc.log_follows += by
+
+    return admit_stream(lambda: svc.log_follows, svc.settings.logs_max_follows, change, "followed logs")
+
+
 def _which(pod: str | None, rank: int) -> str:
     return f'"{pod}"' if pod else f"of rank {rank}"
 
@@ -186,23 +195,28 @@ async def _stream_live(
     tail_lines: int | None,
     previous: bool,
     timestamps: bool,
-) -> StreamingResponse:
+) -> HeldStreamingResponse:
     params: dict[str, str | int | bool] = {"follow": follow, "previous": previous, "timestamps": timestamps}
     if container:
         params["container"] = container
     if tail_lines is not None:
         params["tailLines"] = tail_lines
+    release = _admit_follow(svc) if follow else (lambda: None)
     stack = AsyncExitStack()
-    # Opened before the response starts: Kubernetes' 400/403/404 become this request's status.
-    resp = await stack.enter_async_context(
-        svc.kube.stream(
-            core_path(namespace, "pods", pod, "log"),
-            as_user=caller,
-            params=params,
-            what=f"logs of pod {pod}",
-            read_timeout=None if follow else svc.settings.kube_timeout_s,
+    try:
+        # Opened before the response starts: Kubernetes' 400/403/404 become this request's status.
+        resp = await stack.enter_async_context(
+            svc.kube.stream(
+                core_path(namespace, "pods", pod, "log"),
+                as_user=caller,
+                params=params,
+                what=f"logs of pod {pod}",
+                read_timeout=None if follow else svc.settings.kube_timeout_s,
+            )
         )
-    )
+    except BaseException:
+        release()
+        raise
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -214,8 +228,9 @@ async def _stream_live(
         finally:
             await stack.aclose()
 
-    return StreamingResponse(
+    return HeldStreamingResponse(
         body(),
+        release,
         media_type="text/plain; charset=utf-8",
         headers={"X-Kubeloop-Log-Source": "live", "X-Kubeloop-Pod": pod, "Cache-Control": "no-cache"},
     )

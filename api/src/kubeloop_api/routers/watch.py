@@ -8,10 +8,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
-from kubeloop_api.deps import Caller, Name, Namespace, Services, Svc
-from kubeloop_api.errors import ApiError, NotFoundError, UnavailableError, list_parameter_error
+from kubeloop_api.deps import Caller, HeldStreamingResponse, Name, Namespace, Services, Svc, admit_stream
+from kubeloop_api.errors import ApiError, NotFoundError, list_parameter_error
 from kubeloop_api.identity import Principal
 from kubeloop_api.kube import crd_path
 from kubeloop_api.manifests import MODELS, Kind
@@ -85,7 +84,7 @@ def _stream(
         on_overflow=m.sse_overflows.inc,
     )
 
-    return _SseResponse(
+    return HeldStreamingResponse(
         stream.events(),
         release,
         media_type="text/event-stream",
@@ -93,37 +92,12 @@ def _stream(
     )
 
 
-class _SseResponse(StreamingResponse):
-    """A status stream that gives its place (:func:`_admit`) back when it ends, however it ends: also
-    when the client is gone before its body starts (the body's own ``finally`` never runs then)."""
-
-    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None], **kw: Any) -> None:
-        super().__init__(content, **kw)
-        self._release = release
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._release()
-
-
 def _admit(svc: Services) -> Callable[[], None]:
-    """A place among the ``sse_max_clients`` streams, taken at once (before the first list, which takes
-    a while: streams opening together must each count from here), or 503; returns its release (once)."""
-    if svc.sse_clients >= svc.settings.sse_max_clients:
-        raise UnavailableError("too many open status streams; retry later", headers={"Retry-After": "5"})
-    svc.sse_clients += 1
-    svc.metrics.sse_clients.inc()
-    held = [True]
+    def change(by: int) -> None:
+        svc.sse_clients += by
+        svc.metrics.sse_clients.inc(by)
 
-    def release() -> None:
-        if held[0]:
-            held[0] = False
-            svc.sse_clients -= 1
-            svc.metrics.sse_clients.dec()
-
-    return release
+    return admit_stream(lambda: svc.sse_clients, svc.settings.sse_max_clients, change, "status streams")
 
 
 class _SingleFlight:
