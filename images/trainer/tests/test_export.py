@@ -182,3 +182,20 @@ def test_extreme_values_stay_finite_in_torch_and_onnx() -> None:
         want = head(torch.from_numpy(ds.encoder.encode(cols))).numpy()
     assert np.isfinite(want).all()
     np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_standardising_is_the_plain_formula_where_it_does_not_overflow() -> None:
+    # the overflow-safe form (halves, then the bound) gives (x - mean) / std to the bit elsewhere
+    from kubeloop_trainer.model import MAX_STANDARDISED, TabularMLP
+
+    g = torch.Generator().manual_seed(0)
+    m = TabularMLP(50, 50, [4], 2)
+    m.mean.copy_(torch.randn(50, generator=g) * torch.logspace(-30, 30, 50))
+    m.std.copy_(torch.rand(50, generator=g) * torch.logspace(-20, 20, 50) + 1e-30)
+    x = torch.randn(2000, 50, generator=g) * torch.logspace(-30, 30, 50)
+    plain = (x - m.mean) / m.std
+    got = m.preprocess(x)
+    fits = torch.isfinite(plain) & (plain.abs() < MAX_STANDARDISED)
+    assert 0 < int(fits.sum()) < fits.numel()
+    assert torch.equal(got[fits], plain[fits])
+    assert bool((got[~fits].abs() == MAX_STANDARDISED).all())

@@ -52,16 +52,20 @@ class TabularMLP(nn.Module):
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Impute, standardise and bound the numeric columns.
 
-        In float64: in float32, ``x - mean`` overflows for a column spanning +-3e38 (which float32 holds)
-        and ``x / std`` for a value far beyond the training range; the network then saw inf and gave NaN.
-        Bounded to +-:data:`MAX_STANDARDISED` (training rows never come near: |z| <= sqrt(rows)), so a
-        value beyond it, or inf, when serving gets the prediction of the bound instead of NaN."""
+        ``(x - mean) / std`` overflowed float32 for a column spanning +-3e38 (which float32 holds), and for
+        a value far beyond the training range; the network then saw inf and gave NaN. Halving every term
+        first (exact in float32's normal range, so the result is the same to the bit) keeps the
+        difference finite, and the bound (+-:data:`MAX_STANDARDISED`; training rows never come near it:
+        |z| <= sqrt(rows)) the quotient, so a value beyond it, or inf, when serving gets the prediction of
+        the bound instead of NaN. (float64 did the same at up to 9 times the cost of a CPU step's
+        preprocessing.)"""
         if self.n_numeric == 0:
             return x
         num = x[:, : self.n_numeric]
-        num = torch.where(torch.isnan(num), self.median.float(), num).double()
-        num = ((num - self.mean.double()) / self.std.double()).clamp(-MAX_STANDARDISED, MAX_STANDARDISED)
-        return torch.cat([num.float(), x[:, self.n_numeric :]], dim=1)
+        num = torch.where(torch.isnan(num), self.median.float(), num)
+        num = (num * 0.5 - self.mean.float() * 0.5) / (self.std.float() * 0.5)
+        num = num.clamp(-MAX_STANDARDISED, MAX_STANDARDISED)
+        return torch.cat([num, x[:, self.n_numeric :]], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # preprocessing in float32 even when the layers run in bf16/fp16 (DeepSpeed)
