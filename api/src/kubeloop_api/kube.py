@@ -299,9 +299,14 @@ class Kube:
         return dict(out.get("status") or {}) if isinstance(out, dict) else {}
 
     async def access_review(self, principal: Principal, attributes: Mapping[str, str]) -> tuple[bool, str]:
+        groups = list(principal.groups)
+        # The API server adds this group to every impersonated user but the anonymous one (and an API
+        # token's record does not carry it): the review must see the groups the impersonated calls have.
+        if principal.username != "system:anonymous" and "system:authenticated" not in groups:
+            groups.append("system:authenticated")
         spec: dict[str, Any] = {
             "user": principal.username,
-            "groups": list(principal.groups),
+            "groups": groups,
             "resourceAttributes": dict(attributes),
         }
         if principal.uid:
