@@ -329,7 +329,7 @@ def decode_document(raw: bytes, ctype: str) -> Any:
         raise BadRequestError("body: empty; expected a JSON object")
     try:
         if ctype in YAML_TYPES:
-            return json_data(yaml.load(raw, Loader=_YamlLoader))
+            return json_data(yaml.load(raw, Loader=_YamlLoader), budget=_Budget(len(raw)))
         return json_data(json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_json_object))
     except DuplicateKeyError as e:
         if ctype not in YAML_TYPES:
@@ -374,12 +374,33 @@ def _no_constant(name: str) -> Any:
 _MAX_DEPTH: Final = 200  # orjson, which encodes what is sent on, stops at 254 levels
 
 
-def json_data(value: Any, path: str = "", depth: int = 0) -> Any:
+class _Budget:
+    """How many values a decoded body may expand to. Without aliases a document has fewer values than
+    bytes; YAML aliases are references, and a few hundred bytes can name 10^8 values ("billion laughs"),
+    which walking (here, on the event loop) and sending on would take minutes and gigabytes. Anchors
+    used for defaults stay far below the bound, 10 values per byte of the body (at least 100,000)."""
+
+    def __init__(self, body_bytes: int) -> None:
+        self.limit = max(100_000, 10 * body_bytes)
+        self.left = self.limit
+
+    def take(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise InvalidError(
+                f"expands to more than {self.limit} values through YAML aliases; write it out",
+                field="body",
+            )
+
+
+def json_data(value: Any, path: str = "", depth: int = 0, budget: _Budget | None = None) -> Any:
     """``value`` as JSON carries it, or 422 naming the field JSON cannot carry: an integer outside int64
     or a float that is not finite (orjson would refuse the one and write ``null`` for the other), a
     YAML-only type, a map key that is not a name, two keys with one name. Integer and boolean map keys
     become names (:func:`key_name`)."""
     field = path or "body"
+    if budget is not None:
+        budget.take()
     if depth > _MAX_DEPTH:
         raise InvalidError(f"nested more than {_MAX_DEPTH} levels deep", field=field)
     if isinstance(value, dict):
@@ -390,10 +411,10 @@ def json_data(value: Any, path: str = "", depth: int = 0) -> Any:
                 raise InvalidError(f"map key {k!r} is not a name; quote it", field=field)
             if key in out:
                 raise InvalidError(f"map key {key!r} given twice", field=field)
-            out[key] = json_data(v, f"{path}.{key}" if path else key, depth + 1)
+            out[key] = json_data(v, f"{path}.{key}" if path else key, depth + 1, budget)
         return out
     if isinstance(value, list):
-        return [json_data(v, f"{field}[{i}]", depth + 1) for i, v in enumerate(value)]
+        return [json_data(v, f"{field}[{i}]", depth + 1, budget) for i, v in enumerate(value)]
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
         raise InvalidError("integer out of range (64 bits)", field=field)
     if isinstance(value, float) and not math.isfinite(value):
