@@ -187,3 +187,34 @@ def test_a_temporal_feature_exits_with_temporal_column(
     assert result.rc == 25, result.stderr[-2000:]
     assert result.termination["reason"] == "TemporalColumn"
     assert "'at'" in result.termination["message"]
+
+
+@pytest.mark.parametrize("prefix", ["feature_", "特征_"])
+def test_a_long_failure_still_fits_the_termination_message(
+    local_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make_spec: Callable[..., dict[str, Any]],
+    prefix: str,
+) -> None:
+    # A spec listing 300 features, pointed at the wrong table: the UnknownFeature message names them
+    # all. The JSON was cut at 4096 characters, so it no longer parsed, and the operator reported
+    # PodFailurePolicy with the raw text instead of the reason (and in UTF-8 4096 characters of
+    # other scripts are more than the kubelet's 4096 bytes).
+    for k, v in local_env.items():
+        monkeypatch.setenv(k, v)
+    data = tmp_path / "d.csv"
+    pd.DataFrame({"a": range(20), "y": [0, 1] * 10}).to_csv(data, index=False)
+    features = [f"{prefix}{i:04d}" for i in range(300)]
+    spec = make_spec(str(data), "y", "classification", dataset={"features": features})
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    term = tmp_path / "term"
+    assert main(["--spec", f"@{spec_file}", "--termination-log", str(term)]) == 15
+    raw = term.read_bytes()
+    assert len(raw) <= 4096
+    failure = json.loads(raw)
+    assert failure["reason"] == "UnknownFeature"
+    assert failure["exitCode"] == 15
+    assert failure["message"].startswith(f"feature(s) '{prefix}0000', '{prefix}0001'")
+    assert failure["message"].endswith("…")

@@ -22,6 +22,7 @@ from kubeloop_trainer.errors import ConfigError, StorageError, TrainerError
 
 TERMINATION_LOG_ENV = "KUBELOOP_TRAINER_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_MAX_BYTES = 4096  # the kubelet keeps this much of a container's termination message
 
 
 def write_termination(message: str, path: str | None = None) -> None:
@@ -113,11 +114,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(err: TrainerError, term: str | None) -> int:
-    failure: TrainingFailure = err.failure()
     print(f"kubeloop-trainer: {err.reason}: {err.message}", file=sys.stderr, flush=True)
     if _is_local_main():
-        write_termination(failure.model_dump_json(by_alias=True), term)
+        write_termination(failure_json(err.failure()), term)
     return err.exit_code
+
+
+def failure_json(failure: TrainingFailure, limit: int = TERMINATION_MAX_BYTES) -> str:
+    """``failure`` as JSON of at most ``limit`` UTF-8 bytes, its message shortened (ending in "…") where
+    needed: cut anywhere else, the JSON would not parse and the operator would lose the reason."""
+    text = failure.model_dump_json(by_alias=True)
+    if len(text.encode()) <= limit:
+        return text
+    message = failure.message
+    lo, hi = 0, len(message)  # the longest prefix that fits: lo fits, hi does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        shorter = failure.model_copy(update={"message": message[:mid] + "…"})
+        if len(shorter.model_dump_json(by_alias=True).encode()) <= limit:
+            lo = mid
+        else:
+            hi = mid
+    return failure.model_copy(update={"message": message[:lo] + "…"}).model_dump_json(by_alias=True)
 
 
 if __name__ == "__main__":
