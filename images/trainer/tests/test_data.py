@@ -304,6 +304,24 @@ def test_nested_parquet_values_are_refused(kind: str, role: str) -> None:
         assert e.value.exit_code == 10
 
 
+def test_float32_categories_are_named_as_written() -> None:
+    # A Parquet float32 column declared categorical (or a float32 class label): 0.1 is stored as the
+    # float32 nearest to it, whose float64 repr named the category "0.10000000149011612"; a request
+    # to the server sends 0.1, "0.1", so the category never matched (and the label read oddly).
+    df = pd.DataFrame(
+        {
+            "rate": np.array([0.1, 0.2, 0.7, np.nan] * 10, dtype=np.float32),
+            "a": np.arange(40.0),
+            "y": np.array([0.1, 2.5] * 20, dtype=np.float32),
+        }
+    )
+    data = parquet_bytes(df)
+    spec = DatasetSpec(uri="/d.parquet", target="y", categorical_features=["rate"])
+    ds = prepare(read_table(data, "/d.parquet"), spec, "classification", 1)
+    assert ds.encoder.categorical[0].categories == ["0.1", "0.2", "0.7"]
+    assert ds.classes == ["0.1", "2.5"]
+
+
 def test_every_error_has_its_own_exit_code() -> None:
     codes = [e.exit_code for e in errors.ALL_ERRORS]
     assert len(codes) == len(set(codes))

@@ -538,7 +538,12 @@ _CONVERT = "convert it to numbers first (e.g. hour of day, day of week, days sin
 
 
 def _categorical_column(col: pd.Series) -> npt.NDArray[np.object_]:
-    """Canonical category strings; None for missing (the empty string counts as missing)."""
+    """Canonical category strings; None for missing (the empty string counts as missing).
+
+    A float32 (or float16) value is taken as its shortest text (``0.1``), not as the float64 it widens
+    to (``0.10000000149011612``): requests to the server carry the number as written."""
+    if col.dtype in (np.float32, np.float16):
+        return np.array([category_key(float(str(v))) or None for v in col.to_numpy()], dtype=object)
     return np.array([category_key(v) or None for v in col.tolist()], dtype=object)
 
 
