@@ -37,7 +37,9 @@ def test_a_yaml_body_expanding_to_millions_of_values_is_refused_at_once(levels: 
     assert 400 <= e.value.status_code < 500
     assert e.value.message.startswith("body: "), e.value.message
     assert "alias" in e.value.message
-    assert took < 1.0, f"{took:.1f} s on the event loop"
+    assert took < 5.0, (
+        f"{took:.1f} s on the event loop"
+    )  # without the bound: 12 s for 6 levels, ~20 min for 8
 
 
 def test_a_yaml_bomb_is_refused_by_the_create_route() -> None:
@@ -53,7 +55,7 @@ def test_a_yaml_bomb_is_refused_by_the_create_route() -> None:
                    headers={"Authorization": "Bearer t", "Content-Type": "application/yaml"})  # fmt: skip
     assert r.status_code in (400, 422), r.text
     assert r.json()["details"]["causes"][0]["field"] == "body"
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < 5.0
 
 
 def test_anchors_used_for_defaults_still_work() -> None:
