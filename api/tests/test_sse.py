@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from kubeloop_api.errors import ForbiddenError
 from kubeloop_api.sse import StatusStream, format_event, summarize
 
@@ -167,3 +169,33 @@ def test_a_snapshot_larger_than_the_buffer_is_one_message() -> None:
         "synced",
         "modified",
     ]
+
+
+def test_a_stream_that_fails_upstream_logs_why_and_tells_the_client_what(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The API server's own text on a 5xx names the cluster's insides: the client's error event says which
+    # service failed, the facade's log says why (as for every other 5xx the facade answers).
+    import kubeloop_api.sse as sse
+    from kubeloop_api.errors import UpstreamError
+
+    async def no_wait(_s: float) -> None:
+        return None
+
+    monkeypatch.setattr(sse.asyncio, "sleep", no_wait)
+
+    async def list_fn() -> tuple[list[dict[str, Any]], str]:
+        return [], "1"
+
+    async def watch_fn(rv: str) -> AsyncIterator[dict[str, Any]]:
+        raise UpstreamError("Kubernetes API failed (500 InternalError) for watch trainingjobs",
+                            log_detail="etcdserver: leader changed at 10.96.0.7:2379")  # fmt: skip
+        yield {}
+
+    stream = StatusStream(list_fn, watch_fn, resume_from=None, buffer=100, heartbeat_s=5)
+    with caplog.at_level(logging.WARNING, logger="kubeloop_api"):
+        events = _parse(asyncio.run(_collect(stream)))
+    assert events[-1]["event"] == "error"
+    assert events[-1]["data"]["code"] == 502
+    assert "10.96.0.7" not in json.dumps(events[-1]["data"])
+    assert any("10.96.0.7" in r.getMessage() for r in caplog.records if r.name.startswith("kubeloop_api"))

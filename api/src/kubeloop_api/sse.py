@@ -149,12 +149,19 @@ class StatusStream:
                     continue
                 except ApiError as e:
                     if e.status_code < 500 or failures >= _WATCH_RETRIES:
-                        self.failure = {"reason": e.reason, "code": e.status_code, "message": e.message}
+                        self._fail(e)
                         return
                     failures += 1
                     await asyncio.sleep(min(5.0, 0.2 * 2**failures) * (0.5 + random.random()))
         except ApiError as e:
-            self.failure = {"reason": e.reason, "code": e.status_code, "message": e.message}
+            self._fail(e)
+
+    def _fail(self, e: ApiError) -> None:
+        """The stream ends with ``e``: the client is told what failed; why a backing service failed
+        (its own text, kept from callers) goes to the log, as for every 5xx the facade answers."""
+        if e.status_code >= 500:
+            log.warning("status stream ended: %s: %s", type(e).__name__, e.log_text)
+        self.failure = {"reason": e.reason, "code": e.status_code, "message": e.message}
 
     def _handle(self, event: dict[str, Any], rv: str) -> str | None:
         etype = str(event.get("type", ""))
