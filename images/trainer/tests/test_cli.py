@@ -41,13 +41,30 @@ def test_missing_spec_is_a_configuration_error(
         ("{not json", "not valid JSON"),
         (
             json.dumps({"dataset": {"uri": "/d.csv", "target": "y"}, "task": "clustering"}),
-            "invalid TrainingJob spec at task",
+            "invalid TrainingJob spec: task: ",
         ),
         (
             json.dumps(
                 {"dataset": {"uri": "/d.csv", "target": "y"}, "task": "regression", "training": {"epochs": 0}}
             ),
-            "invalid TrainingJob spec at training.epochs",
+            "invalid TrainingJob spec: training.epochs: ",
+        ),
+        # a cross-field rule names its field: it read "at spec: Value error, promotion.metric: ..."
+        (
+            json.dumps(
+                {
+                    "dataset": {"uri": "/d.csv", "target": "y"},
+                    "task": "regression",
+                    "promotion": {"metric": "accuracy"},
+                }
+            ),
+            "invalid TrainingJob spec: promotion.metric: 'accuracy' is not a regression metric",
+        ),
+        (
+            json.dumps(
+                {"dataset": {"uri": "/d.csv", "target": "y", "features": ["a", "a"]}, "task": "regression"}
+            ),
+            "invalid TrainingJob spec: dataset.features: must not contain duplicates",
         ),
     ],
 )

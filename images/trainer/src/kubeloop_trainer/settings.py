@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubeloop.contracts import DEFAULT_BUCKET
-from kubeloop.resources import TrainingJobSpec
+from kubeloop.resources import TrainingJobSpec, format_validation_error
 from kubeloop_trainer.errors import ConfigError
 
 
@@ -82,9 +82,9 @@ class TrainerSettings(BaseSettings):
         try:
             return TrainingJobSpec.model_validate(raw)
         except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"]) or "spec"
-            raise ConfigError(f"invalid TrainingJob spec at {loc}: {first['msg']}") from e
+            # the core's form: the field's path first, cross-field rules included (promotion.metric: ...)
+            first = format_validation_error(e).splitlines()[0]
+            raise ConfigError(f"invalid TrainingJob spec: {first}") from e
 
     def scratch_dir(self) -> Path:
         import tempfile
