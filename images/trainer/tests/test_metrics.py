@@ -143,3 +143,26 @@ def test_a_holder_whose_run_is_gone_is_beaten() -> None:
     promoted, why = tracker.promote("m", 2, "champion", "accuracy", 0.9, None, True)
     assert promoted, why
     assert registry.aliases == {"champion": "2"}
+
+
+def test_a_deleted_experiment_is_a_configuration_error() -> None:
+    # Deleted in MLflow's UI, an experiment keeps its name (until `mlflow gc`) and takes no runs: every
+    # TrainingJob of the namespace failed with TrackingError (31, retried), "experiment 1 must be in
+    # the 'active' state", naming neither the experiment nor the way out.
+    from kubeloop_trainer.errors import ConfigError
+    from mlflow.exceptions import MlflowException
+
+    class _Client:
+        def get_experiment_by_name(self, name: str) -> Any:
+            return SimpleNamespace(experiment_id="1", name=name, lifecycle_stage="deleted")
+
+        def create_run(self, *args: Any, **kwargs: Any) -> Any:
+            raise MlflowException("The experiment 1 must be in the 'active' state. Current state is deleted.")
+
+    tracker = Tracker.__new__(Tracker)
+    tracker.client = _Client()  # type: ignore[assignment]
+    tracker.run_id = ""
+    with pytest.raises(ConfigError, match="MLflow experiment 'team-a' is deleted") as e:
+        tracker.start("team-a", "job", {}, {})
+    assert "spec.mlflow.experiment" in e.value.message
+    assert e.value.exit_code == 2

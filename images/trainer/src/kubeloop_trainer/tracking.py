@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from kubeloop_trainer.errors import TrackingError
+from kubeloop_trainer.errors import ConfigError, TrackingError
 from kubeloop_trainer.metrics import better, clears
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,13 @@ class Tracker:
             except Exception:  # created concurrently
                 exp = self._call("read the experiment", self.client.get_experiment_by_name, experiment)
                 exp_id = exp.experiment_id
+        elif getattr(exp, "lifecycle_stage", "active") == "deleted":
+            # it keeps its name until `mlflow gc` and takes no runs; restoring it would bring back the
+            # runs someone deleted with it
+            raise ConfigError(
+                f"the MLflow experiment {experiment!r} is deleted (its name stays taken until mlflow gc): "
+                "restore it in MLflow, or name another in spec.mlflow.experiment"
+            )
         else:
             exp_id = exp.experiment_id
         run = self._call("create a run", self.client.create_run, exp_id, tags=tags, run_name=run_name)
