@@ -60,4 +60,4 @@ def test_streams_holding_every_pooled_connection_do_not_block_other_calls(
         opened, status, took = asyncio.run(run())
     assert opened == [200] * (POOL + 2)
     assert status == 200
-    assert took < 2.0
+    assert took < 4.0  # a call waiting for a pooled connection would wait kube_timeout_s (5 s), then fail
