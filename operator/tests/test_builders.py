@@ -12,7 +12,7 @@ from kubeloop_operator.builders import common
 from kubeloop_operator.builders import trainingjob as b
 
 from kubeloop import podenv
-from kubeloop.contracts import TRAINER_USER_ERROR_EXIT_CODES, Labels, TorchrunEnv, TrainerEnv
+from kubeloop.contracts import TRAINER_NO_RETRY_EXIT_CODES, Labels, TorchrunEnv, TrainerEnv
 from kubeloop.resources import TrainingJob, TrainingJobSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,7 +101,7 @@ def test_user_errors_fail_the_job_without_retry_and_disruptions_do_not_count() -
     assert fail["onExitCodes"] == {
         "containerName": "trainer",
         "operator": "In",
-        "values": sorted(TRAINER_USER_ERROR_EXIT_CODES),
+        "values": sorted(TRAINER_NO_RETRY_EXIT_CODES),
     }
     assert {11, 24, 2} <= set(fail["onExitCodes"]["values"])
     assert 1 not in fail["onExitCodes"]["values"]

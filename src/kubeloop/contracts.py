@@ -308,9 +308,10 @@ class TrainingFailure(BaseModel):
 PROGRESS_EVENT_EPOCH: Final = "epoch"
 
 
-# Trainer exit codes that are the user's problem (invalid configuration, 2, and the dataset problems,
-# 10-29, of kubeloop_trainer.errors): retrying cannot help, so the operator never retries them.
-TRAINER_USER_ERROR_EXIT_CODES: Final = frozenset({2, *range(10, 30)})
+# Trainer exit codes that a retry cannot fix (kubeloop_trainer.errors, ``retryable = False``): invalid
+# configuration (2), the dataset's problems (10-29) and a run whose loss diverged (34: the same seed and
+# settings diverge again). The operator fails the Job at once on them instead of retrying.
+TRAINER_NO_RETRY_EXIT_CODES: Final = frozenset({2, *range(10, 30), 34})
 
 # --- credentials, labels and names on the cluster ---------------------------------------------------
 

@@ -154,11 +154,13 @@ def test_layout_of_kept_training_logs() -> None:
     assert c.training_logs_prefix("ns", "tj", "b").key == "logs/ns/tj"
 
 
-def test_user_error_exit_codes_match_the_trainer() -> None:
+def test_the_exit_codes_never_retried_are_the_trainers_errors_a_retry_cannot_fix() -> None:
     from kubeloop_trainer import errors
 
-    user = {e.exit_code for e in errors.ALL_ERRORS if issubclass(e, errors.DataError | errors.ConfigError)}
-    infra = {e.exit_code for e in errors.ALL_ERRORS} - user
-    assert user <= c.TRAINER_USER_ERROR_EXIT_CODES
-    assert not infra & c.TRAINER_USER_ERROR_EXIT_CODES
-    assert {11, 24} <= c.TRAINER_USER_ERROR_EXIT_CODES
+    final = {e.exit_code for e in errors.ALL_ERRORS if not e.retryable}
+    transient = {e.exit_code for e in errors.ALL_ERRORS} - final
+    assert final <= c.TRAINER_NO_RETRY_EXIT_CODES
+    assert not transient & c.TRAINER_NO_RETRY_EXIT_CODES
+    # the spec and the data (2, 10-29) and a diverging run, which diverges again with the same seed (34)
+    assert {2, 11, 24, errors.TrainingDivergedError.exit_code} <= c.TRAINER_NO_RETRY_EXIT_CODES
+    assert errors.StorageError.exit_code in transient

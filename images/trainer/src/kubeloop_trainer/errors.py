@@ -16,6 +16,9 @@ class TrainerError(Exception):
 
     exit_code: ClassVar[int] = 1
     reason: ClassVar[str] = "TrainerError"
+    # Whether running the same spec on the same data again may succeed; the operator never retries the
+    # others (kubeloop.contracts.TRAINER_NO_RETRY_EXIT_CODES lists their exit codes).
+    retryable: ClassVar[bool] = True
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))  # always one line
@@ -33,6 +36,7 @@ class ConfigError(TrainerError):
 
     exit_code = 2
     reason = "InvalidConfiguration"
+    retryable = False
 
 
 # --- data problems (10-29) -------------------------------------------------------------------------
@@ -40,6 +44,8 @@ class ConfigError(TrainerError):
 
 class DataError(TrainerError):
     """The dataset cannot be trained on."""
+
+    retryable = False
 
     exit_code = 10
     reason = "InvalidDataset"
@@ -165,6 +171,7 @@ class TrainingDivergedError(TrainerError):
 
     exit_code = 34
     reason = "TrainingDiverged"
+    retryable = False  # the same seed and settings diverge again
 
 
 ALL_ERRORS: tuple[type[TrainerError], ...] = (

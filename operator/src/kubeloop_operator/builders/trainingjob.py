@@ -17,7 +17,7 @@ from kubeloop.contracts import (
     JOB_COMPLETION_INDEX_LABEL,
     JOB_NAME_LABEL,
     RENDEZVOUS_PORT,
-    TRAINER_USER_ERROR_EXIT_CODES,
+    TRAINER_NO_RETRY_EXIT_CODES,
     Labels,
 )
 from kubeloop.resources import TrainingJobSpec
@@ -126,7 +126,7 @@ def trainer_container(owner: Owner, spec: TrainingJobSpec, cfg: TrainerPodConfig
 
 
 def pod_failure_policy(spec: TrainingJobSpec) -> dict[str, Any] | None:
-    """The built-in trainer's user errors fail the Job at once (no retry); evictions and preemptions
+    """The built-in trainer's errors that a retry cannot fix fail the Job at once; evictions and preemptions
     do not count against backoffLimit. Bring-your-own images have their own exit codes: none."""
     if spec.model.image is not None:
         return None
@@ -137,7 +137,7 @@ def pod_failure_policy(spec: TrainingJobSpec) -> dict[str, Any] | None:
                 "onExitCodes": {
                     "containerName": CONTAINER,
                     "operator": "In",
-                    "values": sorted(TRAINER_USER_ERROR_EXIT_CODES),
+                    "values": sorted(TRAINER_NO_RETRY_EXIT_CODES),
                 },
             },
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},

@@ -213,14 +213,16 @@ def _sync_job(rt: Runtime, owner: Owner, spec: TrainingJobSpec, job: JobSummary)
 
 
 def _stop(rt: Runtime, owner: Owner, job: JobSummary) -> None:
-    """A user error cannot be fixed by a retry: a backoff limit of 0 makes the Job controller fail
+    """An error a retry cannot fix (the spec, the data, a diverged run): a backoff limit of 0 makes the Job controller fail
     the Job now and stop its other pods (the pod failure policy already does it for one process)."""
     if job.backoff_limit == 0:
         return
     try:
         rt.kube.patch(JOB, owner.namespace, job.name, {"spec": {"backoffLimit": 0}})
     except KubeError as e:
-        log.warning("cannot stop Job %s/%s after a user error: %s", owner.namespace, job.name, e)
+        log.warning(
+            "cannot stop Job %s/%s after an error a retry cannot fix: %s", owner.namespace, job.name, e
+        )
 
 
 def _keep_logs(

@@ -5,7 +5,7 @@ The rules, in the order they apply:
 * A finished run (Succeeded or Failed) keeps its result: later observations (children removed by
   the TTL, pods gone) never rewrite it. Only a log tail that arrives late is added.
 * Failed: the cause is named, most specific first — the deadline, the trainer's own reason from its
-  termination message (its user errors fail the run at once, without retries), OOMKilled, then the
+  termination message (its errors a retry cannot fix fail the run at once, without retries), OOMKilled, then the
   Job's BackoffLimitExceeded with the last pod's exit code and message.
 * Succeeded: the trainer's summary from the rank-0 pod's termination message (metrics, run id,
   version, URIs, whether the alias moved).
@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from kubeloop.contracts import TRAINER_USER_ERROR_EXIT_CODES, TrainingFailure, TrainingSummary
+from kubeloop.contracts import TRAINER_NO_RETRY_EXIT_CODES, TrainingFailure, TrainingSummary
 from kubeloop.resources import (
     LOG_TAIL_MAX_BYTES,
     Condition,
@@ -93,7 +93,7 @@ class Observed:
 class Derived:
     status: TrainingJobStatus
     events: list[EventSpec]
-    # The trainer reported a user error on a pod while the Job may still retry it: stop the Job.
+    # The trainer reported an error a retry cannot fix while the Job may still retry it: stop the Job.
     stop_job: bool = False
 
 
@@ -274,7 +274,7 @@ def _terminal_failure(o: Observed, job: JobSummary, failed: list[PodSummary]) ->
             )
         code = c.exit_code if c is not None else None
         said = one_line(c.message, 512) if c is not None and c.message else "no termination message"
-        if job_reason == "PodFailurePolicy" and code in TRAINER_USER_ERROR_EXIT_CODES:
+        if job_reason == "PodFailurePolicy" and code in TRAINER_NO_RETRY_EXIT_CODES:
             # Failed on this pod by the pod failure policy, before any retry: no backoffLimit involved
             # (the trainer died before writing its termination message, or argparse refused its args).
             return _failure_from_pod(
@@ -299,10 +299,10 @@ def _terminal_failure(o: Observed, job: JobSummary, failed: list[PodSummary]) ->
     )
 
 
-def _user_error_pod(failed: list[PodSummary]) -> PodSummary | None:
+def _no_retry_pod(failed: list[PodSummary]) -> PodSummary | None:
     for p in reversed(failed):
         tf = trainer_failure(p)
-        if tf is not None and tf.exit_code in TRAINER_USER_ERROR_EXIT_CODES:
+        if tf is not None and tf.exit_code in TRAINER_NO_RETRY_EXIT_CODES:
             return p
     return None
 
@@ -397,15 +397,13 @@ def derive(o: Observed) -> Derived:
         running_want = Want("Running", False, "NotStarted", "the Job does not exist yet")
     else:
         created = Want("Created", True, "JobCreated", f"Job {job.name} created")
-        user_error = _user_error_pod(failed)
-        if job.condition("Failed") or job.condition("FailureTarget") or user_error is not None:
+        final = _no_retry_pod(failed)
+        if job.condition("Failed") or job.condition("FailureTarget") or final is not None:
             phase = Phase.FAILED.value
             failure = _terminal_failure(
-                o, job, failed if user_error is None else [*failed[: failed.index(user_error)], user_error]
+                o, job, failed if final is None else [*failed[: failed.index(final)], final]
             )
-            stop_job = user_error is not None and not (
-                job.condition("Failed") or job.condition("FailureTarget")
-            )
+            stop_job = final is not None and not (job.condition("Failed") or job.condition("FailureTarget"))
             s["completion_time"] = failure.time or rfc3339(o.now)
             running_want = Want("Running", False, "Failed", "the run failed")
         elif job.condition("Complete"):
