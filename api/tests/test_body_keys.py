@@ -198,7 +198,7 @@ def _best_of_3(fn: object, arg: bytes) -> float:
 
 def test_large_bodies_decode_in_linear_time() -> None:
     # The collision check is one dict lookup per key: 4x the keys must cost about 4x, not 16x.
-    from kubeloop_api.deps import decode_document
+    from kubeloop_api.bodies import decode_document
 
     def yaml_doc(n: int) -> bytes:
         return yaml.safe_dump(
@@ -220,7 +220,7 @@ def test_large_bodies_decode_in_linear_time() -> None:
 
 def test_json_data_refuses_two_keys_with_one_name() -> None:
     # A map built in Python (not read from a body) may hold 1 and "1": JSON has one name for both.
-    from kubeloop_api.deps import json_data
+    from kubeloop_api.bodies import json_data
     from kubeloop_api.errors import InvalidError
 
     with pytest.raises(InvalidError) as e:
@@ -250,7 +250,7 @@ def test_typed_json_bodies_refuse_duplicate_keys_too(client: TestClient, fake: F
 def test_yaml_bodies_are_parsed_by_libyaml_where_pyyaml_has_it() -> None:
     # The pure-Python parser takes seconds on a manifest near the body limit, holding the event loop.
     import yaml
-    from kubeloop_api import deps
+    from kubeloop_api import bodies
 
     assert yaml.__with_libyaml__, "the locked PyYAML wheel is built with libyaml"
-    assert issubclass(deps._YamlLoader, yaml.CSafeLoader)
+    assert issubclass(bodies._YamlLoader, yaml.CSafeLoader)

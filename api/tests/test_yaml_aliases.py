@@ -11,7 +11,7 @@ import warnings
 import pytest
 from api_fakekube import FakeKube
 from kubeloop_api.app import create_app
-from kubeloop_api.deps import decode_document
+from kubeloop_api.bodies import decode_document
 from kubeloop_api.errors import ApiError
 from kubeloop_api.kube import Kube
 from kubeloop_api.metrics import ApiMetrics

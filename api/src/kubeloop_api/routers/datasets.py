@@ -18,8 +18,9 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path, Query, Request
 
+from kubeloop_api.bodies import body_chunks
 from kubeloop_api.datasets import NAME_PATTERN, Limits, format_of, validate_file
-from kubeloop_api.deps import Caller, Namespace, Services, Svc, body_chunks
+from kubeloop_api.deps import Caller, Namespace, Services, Svc
 from kubeloop_api.errors import (
     ConflictError,
     InvalidError,

@@ -18,7 +18,8 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from kubeloop.naming import model_deployment_service_name
-from kubeloop_api.deps import Caller, Name, Namespace, Services, Svc, read_body
+from kubeloop_api.bodies import read_body
+from kubeloop_api.deps import Caller, Name, Namespace, Services, Svc
 from kubeloop_api.errors import (
     ConflictError,
     InvalidError,

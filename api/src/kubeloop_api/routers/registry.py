@@ -12,7 +12,8 @@ from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.resources import ALIAS_PATTERN, MODEL_NAME_PATTERN, Alias
-from kubeloop_api.deps import Caller, Namespace, Services, StrictJsonRoute, Svc
+from kubeloop_api.bodies import StrictJsonRoute
+from kubeloop_api.deps import Caller, Namespace, Services, Svc
 from kubeloop_api.errors import UnavailableError
 from kubeloop_api.registry import Registry
 

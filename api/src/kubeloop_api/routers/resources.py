@@ -16,7 +16,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.resources import Alias
-from kubeloop_api.deps import Caller, Name, Namespace, StrictJsonRoute, Svc, read_document
+from kubeloop_api.bodies import StrictJsonRoute, read_document
+from kubeloop_api.deps import Caller, Name, Namespace, Svc
 from kubeloop_api.errors import ApiError, list_parameter_error
 from kubeloop_api.identity import Principal
 from kubeloop_api.kube import FIELD_MANAGER, MERGE_PATCH, crd_path

@@ -22,7 +22,8 @@ from fastapi import APIRouter, Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from kubeloop_api.auth import Access
-from kubeloop_api.deps import Caller, Services, StrictJsonRoute, Svc
+from kubeloop_api.bodies import StrictJsonRoute
+from kubeloop_api.deps import Caller, Services, Svc
 from kubeloop_api.errors import InvalidError, NotFoundError, UnauthorizedError
 from kubeloop_api.identity import Principal
 from kubeloop_api.tokens import TokenRecord
