@@ -60,7 +60,7 @@ def facade_as_itself(api_env: ApiEnv, tmp_path_factory: pytest.TempPathFactory) 
         m = api_env.minio
         settings = ApiSettings(
             kubeconfig=str(path), namespace=api_env.home, s3_endpoint=m.endpoint, s3_access_key=m.access_key,
-            s3_secret_key=m.secret_key, s3_region=m.region, bucket=m.bucket,
+            s3_secret_key=m.secret_key, s3_region=m.region, bucket=m.bucket, api_token_record_retention_s=0,
         )  # fmt: skip
         with live_api(settings) as live:
             yield live.url
@@ -101,6 +101,12 @@ def test_the_deploy_rbac_is_enough_and_callers_keep_their_own(
         ) as t:
             expect(t.get(f"/api/v1/namespaces/{ns}/modeldeployments/rbac-md"), 200)
         expect(c.delete(f"/api/v1/tokens/{made['id']}"), 200)
+        # Ended token records past the retention (0 here) are deleted when the next token is made.
+        again = expect(c.post("/api/v1/tokens", json={"name": "after"}), 201)
+        api_env.remember(again["token"])
+        listed = [t["id"] for t in expect(c.get("/api/v1/tokens"), 200)["items"]]
+        assert made["id"] not in listed
+        assert again["id"] in listed
     # Nothing beyond the manifest: the facade's identity cannot, e.g., read Secrets elsewhere.
     with api_env.kube.api_client() as api:
         review = client.AuthorizationV1Api(api).create_subject_access_review(

@@ -7,9 +7,9 @@ show up in a repr, a log line or an error message.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kubeloop.contracts import DEFAULT_BUCKET
@@ -89,6 +89,25 @@ class ApiSettings(BaseSettings):
     )
     api_token_max_ttl_s: int = Field(
         default=365 * 86400, ge=60, description="Longest lifetime an API token may be given."
+    )
+    api_token_max_active_per_owner: int = Field(
+        default=50,
+        ge=1,
+        description="Most usable (not revoked, not expired) API tokens one owner may have; creating another is a "
+        "409. Any caller the cluster authenticates may create tokens, so this bounds the Secrets one caller "
+        "can make.",
+    )
+    api_token_max_records_per_owner: int = Field(
+        default=200,
+        ge=1,
+        description="Most token records (usable or ended) kept per owner: creating a token first deletes the "
+        "owner's oldest ended records beyond it. At least api_token_max_active_per_owner.",
+    )
+    api_token_record_retention_s: int = Field(
+        default=90 * 86400,
+        ge=0,
+        description="How long the record of a revoked or expired API token is kept for the audit trail, from "
+        "its revocation or expiry; older ones are deleted when a token is created.",
     )
     api_token_user_prefix: str = Field(
         default="",
@@ -202,3 +221,13 @@ class ApiSettings(BaseSettings):
     mlflow_token: SecretStr = Field(
         default=SecretStr(""), description="Bearer token for an MLflow server that requires one."
     )
+
+    @model_validator(mode="after")
+    def _token_records_hold_the_active_ones(self) -> Self:
+        if self.api_token_max_records_per_owner < self.api_token_max_active_per_owner:
+            raise ValueError(
+                f"api_token_max_records_per_owner ({self.api_token_max_records_per_owner}) is below "
+                f"api_token_max_active_per_owner ({self.api_token_max_active_per_owner}): the records "
+                "kept must hold the usable tokens"
+            )
+        return self

@@ -13,6 +13,7 @@ created it), ``expiresAt`` and whether it was revoked. Revoked records are kept 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -52,6 +53,12 @@ class TokenRecord(BaseModel):
     revoked_at: datetime | None = Field(default=None, description="When it was revoked.")
     revoked_by: str | None = Field(default=None, description="Who revoked it.")
     sha256: str = Field(default="", exclude=True, description="SHA-256 of the token (hex); never returned.")
+
+    def ended_at(self, now: datetime) -> datetime | None:
+        """When the token stopped being usable (revoked or expired); None while it is usable."""
+        if self.revoked:
+            return self.revoked_at or self.created_at
+        return self.expires_at if self.expires_at <= now else None
 
     def public(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude={"sha256"})
@@ -198,6 +205,13 @@ class TokenStore:
             except (ValueError, KeyError, TypeError):
                 continue
         return sorted(records, key=lambda r: (r.created_at, r.id))
+
+    async def delete(self, token_id: str) -> None:
+        """Delete a token's record (its Secret); one already gone is fine."""
+        with contextlib.suppress(NotFoundError):
+            await self.kube.request(
+                "DELETE", self._path(token_id), as_user=None, what="delete API token record"
+            )
 
     async def revoke(self, token_id: str, by: str) -> TokenRecord:
         for _ in range(5):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path
@@ -24,7 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from kubeloop_api.auth import Access
 from kubeloop_api.bodies import StrictJsonRoute
 from kubeloop_api.deps import Caller, Services, Svc
-from kubeloop_api.errors import InvalidError, NotFoundError, UnauthorizedError
+from kubeloop_api.errors import ConflictError, InvalidError, NotFoundError, UnauthorizedError
 from kubeloop_api.identity import Principal
 from kubeloop_api.tokens import TokenRecord
 
@@ -98,6 +98,43 @@ async def _visible(svc: Services, caller: Principal, token_id: str) -> TokenReco
     raise NotFoundError(f"API token {token_id!r} not found")
 
 
+async def _make_room(svc: Services, owner: str) -> None:
+    """Bound the token Secrets one owner can make (any authenticated caller may create tokens): ended
+    records past ``api_token_record_retention_s`` go (anyone's); an owner with
+    ``api_token_max_active_per_owner`` usable tokens gets a 409; the owner's oldest ended records beyond
+    ``api_token_max_records_per_owner`` (counting the one about to be made) go."""
+    s = svc.settings
+    now = datetime.now(UTC)
+    retained_since = now - timedelta(seconds=s.api_token_record_retention_s)
+    ended: list[tuple[datetime, TokenRecord]] = []
+    active = 0
+    gone: list[TokenRecord] = []
+    for rec in await svc.tokens.list():
+        end = rec.ended_at(now)
+        if end is not None and end <= retained_since:
+            gone.append(rec)
+        elif rec.owner == owner:
+            if end is None:
+                active += 1
+            else:
+                ended.append((end, rec))
+    if active >= s.api_token_max_active_per_owner:
+        await _delete(svc, gone)
+        raise ConflictError(
+            f"{owner} has {active} active API tokens, the most allowed (api_token_max_active_per_owner); "
+            "revoke one first"
+        )
+    excess = active + len(ended) + 1 - s.api_token_max_records_per_owner
+    ended.sort(key=lambda e: e[0])
+    await _delete(svc, gone + [rec for _, rec in ended[: max(0, excess)]])
+
+
+async def _delete(svc: Services, records: list[TokenRecord]) -> None:
+    for rec in records:
+        await svc.tokens.delete(rec.id)
+        svc.authn.forget_token(rec.id)
+
+
 @router.post("", status_code=201, summary="Create an API token (shown once, in this answer)")
 async def create_token(svc: Svc, caller: Caller, req: TokenRequest) -> dict[str, Any]:
     s = svc.settings
@@ -124,6 +161,7 @@ async def create_token(svc: Svc, caller: Caller, req: TokenRequest) -> dict[str,
     )
     if not self_service:
         await _may_impersonate(svc, caller, user, groups)
+    await _make_room(svc, caller.username)
     rec, token = await svc.tokens.create(
         name=req.name,
         user=user,
