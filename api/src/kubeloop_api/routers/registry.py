@@ -29,7 +29,7 @@ Version = Annotated[int, Path(ge=1, le=2**31 - 1, description="Model version num
 
 
 class AliasRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # a JSON "3" is no version number
     version: int = Field(ge=1, le=2**31 - 1, description="Version the alias should point at.")
 
 

@@ -44,20 +44,21 @@ class Propagation(StrEnum):
     Orphan = "Orphan"
 
 
+# Strict: a JSON "3" or true is no number, as for kubectl and the API server (lax mode would take them).
 class ScaleRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     replicas: int = Field(ge=0, le=1000, description="Desired replicas of the ModelDeployment.")
 
 
 class CanaryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
     traffic_percent: int = Field(
         alias="trafficPercent", ge=0, le=100, description="Share of requests sent to the canary, 0..100."
     )
 
 
 class AliasRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     alias: Alias = Field(description="Registry alias the ModelDeployment follows (e.g. champion).")
 
 

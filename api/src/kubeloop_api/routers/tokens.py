@@ -48,7 +48,7 @@ TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="Token id (
 
 
 class TokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)  # "600" is no number
 
     name: str = Field(min_length=1, max_length=63, description="What the token is for (shown in lists).")
     user: IdentityName | None = Field(default=None, description="User the token acts as; default: you.")
