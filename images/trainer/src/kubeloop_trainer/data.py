@@ -8,7 +8,9 @@ matrix is ``[numeric features (raw float32, NaN = missing) ..., one-hot blocks o
 features ...]``. Imputation and scaling of the numeric part happen inside the torch model; missing
 categorical values are replaced by the training mode and unseen categories encode as all zeros.
 Categorical values are canonicalised with :func:`kubeloop.drift.category_key` (the drift checker
-uses the same form).
+uses the same form). A missing value is an empty CSV field or a Parquet null (or ``""``); the text
+spellings of a missing number (:data:`MISSING_TEXT`, ``NA``) are missing in numeric columns only,
+elsewhere categories, as the server reads them.
 """
 
 from __future__ import annotations
@@ -58,6 +60,17 @@ def task_name(task: Task) -> TaskName:
 NUMERIC_SHARE = 0.9
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+MISSING_TEXT = (
+    "NA", "N/A", "n/a", "#N/A", "#N/A N/A", "#NA", "<NA>", "NULL", "null", "None", "NaN", "nan", "-NaN",
+    "-nan", "1.#IND", "-1.#IND", "1.#QNAN", "-1.#QNAN",
+)  # fmt: skip
+"""How R, Excel, databases and pandas write a missing number in a CSV (pandas' default ``na_values``,
+the empty field aside). Missing in a numeric column only: in a text column each is a category
+(``NA`` is Namibia), as the server reads the JSON string "NA"; there only an empty field is missing."""
+
+_TRUE_TEXT = ("True", "TRUE", "true")
+_FALSE_TEXT = ("False", "FALSE", "false")
 
 
 def _format(uri: str, fmt: str, data: bytes) -> str:
@@ -185,8 +198,10 @@ def _read_csv_rows(data: bytes, uri: str, n_fields: int) -> pd.DataFrame:
     cost of the plain read; the scan runs otherwise."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", pd.errors.ParserWarning)
-        # index_col=False: never a data column as the index, whatever the check below decides
-        df = pd.read_csv(io.BytesIO(data), index_col=False)
+        # index_col=False: never a data column as the index, whatever the check below decides.
+        # Only the empty field is missing here: MISSING_TEXT is read as text, then made missing in the
+        # columns that are numbers (_missing_numbers).
+        df = pd.read_csv(io.BytesIO(data), index_col=False, keep_default_na=False, na_values=[""])
     warned = False
     for w in caught:
         if issubclass(w.category, pd.errors.ParserWarning):
@@ -201,7 +216,76 @@ def _read_csv_rows(data: bytes, uri: str, n_fields: int) -> pd.DataFrame:
             raise errors.UnreadableDatasetError(
                 f"dataset {uri} is a malformed CSV: a row has more fields than the header's {n_fields}"
             )
+    return _missing_numbers(df)
+
+
+def _missing_numbers(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` (a CSV read with only empty fields missing) with :data:`MISSING_TEXT` made missing in the
+    text columns that are numbers: at least :data:`NUMERIC_SHARE` of their other values numbers or
+    booleans (the rule :func:`prepare` takes numeric columns by), or nothing but such spellings. Such a
+    column becomes what pandas' default reading gives (float64, the same numbers; booleans as
+    objects); any other text column keeps every value as written.
+
+    Column-wise in Arrow (pandas' text columns are Arrow arrays): a lookup per text column; where a
+    spelling is found, a cast, and where that fails the share counted over the distinct values. A
+    Python pass per value cost several times the read."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    spellings = pa.array(MISSING_TEXT, type=pa.large_string())
+    flags = pa.array(_TRUE_TEXT + _FALSE_TEXT, type=pa.large_string())
+    for name in df.columns:
+        col = df[name]
+        if pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
+            continue
+        try:
+            text = pa.array(col, type=pa.large_string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # not text (no CSV column is)
+            continue
+        spelled = pc.is_in(text, value_set=spellings)
+        if not pc.any(spelled).as_py():
+            continue
+        try:  # every other value a number (an R export): correctly rounded, as pandas' reader
+            # text fails on its first rows, before the whole column is copied and cast
+            pc.cast(pc.filter(text.slice(0, 1000), pc.invert(spelled.slice(0, 1000))), pa.float64())
+            cast = pc.cast(pc.if_else(spelled, pa.scalar(None, pa.large_string()), text), pa.float64())
+            parsed: npt.NDArray[np.float64] = np.asarray(cast, dtype=np.float64)  # null: NaN
+            df[name] = pd.Series(parsed, index=col.index)
+            continue
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+        # the share counted over distinct values (most text columns repeat theirs)
+        distinct = pc.value_counts(text)
+        values, counts = distinct.field("values"), distinct.field("counts")
+        kept = pc.and_not(pc.is_valid(values), pc.is_in(values, value_set=spellings))
+        numbers = pc.and_(
+            kept, pc.or_(pc.match_substring_regex(values, _NUMBER), pc.is_in(values, value_set=flags))
+        )
+        n_kept = pc.sum(pc.if_else(kept, counts, 0)).as_py() or 0
+        if n_kept and (pc.sum(pc.if_else(numbers, counts, 0)).as_py() or 0) < NUMERIC_SHARE * n_kept:
+            continue  # text: NA is a category
+        df[name] = _as_numbers(col.mask(np.asarray(spelled.to_numpy(zero_copy_only=False), dtype=bool)))
     return df
+
+
+# What pd.to_numeric takes for a number: it decides numeric or text only (the values come from the
+# cast in _as_numbers)
+_NUMBER = r"^\s*[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[iI]nf(?:inity)?|INF)\s*$"
+
+
+def _as_numbers(col: pd.Series) -> pd.Series:
+    """A text column of numbers (or booleans) and missing values that Arrow's cast refused, as pandas'
+    default reading types it; text where some values are neither (NonNumericValuesError names them)."""
+    try:  # what Arrow's cast refuses and pandas takes (" 1.5", integers past 64 bits)
+        parsed = pd.to_numeric(col)
+        return parsed if pd.api.types.is_numeric_dtype(parsed.dtype) else col.astype("float64")
+    except (ValueError, TypeError):
+        pass
+    present = col.notna()
+    if bool(col[present].isin(_TRUE_TEXT + _FALSE_TEXT).all()):
+        out = np.where(present.to_numpy(), col.isin(_TRUE_TEXT).to_numpy().astype(object), np.nan)
+        return pd.Series(out, index=col.index, dtype=object)
+    return col
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -507,6 +591,7 @@ def temporal_kind(col: pd.Series) -> str | None:
     if pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
         return None
     present = col.dropna()
+    present = present[~present.isin(MISSING_TEXT)]  # a date column from R writes NA where it has none
     if len(present) == 0:
         return None
     first = present.iloc[0]
