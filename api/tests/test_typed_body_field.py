@@ -4,6 +4,7 @@ refused naming ``body``, as every other refusal names its field. Against the in-
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import pytest
 from api_fakekube import FakeKube
@@ -24,17 +25,22 @@ ROUTES = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path"), ROUTES)
-@pytest.mark.parametrize("body", [b"null", b"[1]", b"3", b'"replicas"', b""])
-def test_a_typed_body_that_is_no_object_is_a_422_naming_body(method: str, path: str, body: bytes) -> None:
+def _send(method: str, path: str, body: bytes) -> Any:
+    """One JSON request as alice to a facade on the in-memory stand-in (the registry configured, unused)."""
     fk = FakeKube()
     fk.users["t"] = {"username": "alice", "groups": []}
-    s = ApiSettings()
+    s = ApiSettings(mlflow_tracking_uri="http://127.0.0.1:9")
     m = ApiMetrics()
     app = create_app(s, kube=Kube(s, m, transport=fk.transport()), metrics=m)
     with TestClient(app) as c:
-        r = c.request(method, path, content=body,
-                      headers={"Authorization": "Bearer t", "Content-Type": "application/json"})  # fmt: skip
+        return c.request(method, path, content=body,
+                         headers={"Authorization": "Bearer t", "Content-Type": "application/json"})  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.parametrize("body", [b"null", b"[1]", b"3", b'"replicas"', b""])
+def test_a_typed_body_that_is_no_object_is_a_422_naming_body(method: str, path: str, body: bytes) -> None:
+    r = _send(method, path, body)
     assert r.status_code == 422, r.text
     out = r.json()
     assert [c["field"] for c in out["details"]["causes"]] == ["body"], out
@@ -69,13 +75,6 @@ def test_a_value_of_the_wrong_json_type_is_a_422_naming_it(
 ) -> None:
     # kubectl and the API server take no "3" or true for a number: the facade does not either (pydantic's
     # lax mode would read "3" as 3 and true as 1).
-    fk = FakeKube()
-    fk.users["t"] = {"username": "alice", "groups": []}
-    s = ApiSettings(mlflow_tracking_uri="http://127.0.0.1:9")
-    m = ApiMetrics()
-    app = create_app(s, kube=Kube(s, m, transport=fk.transport()), metrics=m)
-    with TestClient(app) as c:
-        r = c.request(method, path, content=body,
-                      headers={"Authorization": "Bearer t", "Content-Type": "application/json"})  # fmt: skip
+    r = _send(method, path, body)
     assert r.status_code == 422, r.text
     assert [c["field"] for c in r.json()["details"]["causes"]] == [field], r.text

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubeloop_testing.polling import wait
 from localcluster.pytest_fixtures import KubeCluster
 from nodeagent.pytest_fixtures import NodeAgent
 
@@ -95,17 +96,6 @@ def test_api_server_accepts_every_rendered_object(
     assert all("(server dry run)" in line for line in applied), applied
 
 
-def _wait(what: str, fn: Any, timeout: float, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
 def _get(kube_cluster: KubeCluster, *args: str) -> dict[str, Any] | None:
     proc = kube_cluster.kubectl("get", *args, "-o", "json", check=False)
     return json.loads(proc.stdout) if proc.returncode == 0 else None
@@ -150,13 +140,14 @@ def test_install_runs_checks_reconciles_and_uninstalls(
             conds = {c["type"]: c for c in status.get("conditions", [])}
             return conds.get("DeploymentFound")
 
-        found = _wait("the chart's operator to reconcile the DriftMonitor", reconciled, 90)
+        found = wait("the chart's operator to reconcile the DriftMonitor", reconciled, 90, interval=1.0)
         assert found["status"] == "False", found
         for kind in ("cronjob", "serviceaccount", "role", "rolebinding"):
-            _wait(
+            wait(
                 f"the drift check's {kind}",
                 lambda k=kind: _get(kube_cluster, k, "chart-dm-drift-check", "-n", ns),
                 60,
+                interval=1.0,
             )
     finally:
         helm("uninstall", release, *kube, "--wait", "--timeout", "2m", timeout=150)

@@ -41,6 +41,7 @@ from typing import Any, TypeAlias, TypeVar
 import pytest
 import yaml
 from kubeloop_operator import k8s
+from kubeloop_testing.polling import wait
 from localcluster import platform as lp
 from localcluster.pytest_fixtures import KubeCluster, MinioServer, MlflowServer
 from nodeagent.pytest_fixtures import NodeAgent
@@ -50,18 +51,6 @@ from kubeloop.contracts import Labels
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 OPERATOR_SA = f"system:serviceaccount:{lp.SYSTEM_NAMESPACE}:{lp.OPERATOR}"
-
-
-def wait(what: str, fn: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
-    """Poll ``fn`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 # --- the platform ----------------------------------------------------------------------------------

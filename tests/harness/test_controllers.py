@@ -6,27 +6,16 @@ Whether or not the node agent (issue #4) runs the pods, these tests only need th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
+from kubeloop_testing.polling import wait as wait_for
 from kubernetes import client
 from localcluster.pytest_fixtures import KubeCluster
 
 pytestmark = [pytest.mark.component, pytest.mark.harness]
 
 T = TypeVar("T")
-
-
-def wait_for(what: str, fn: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _container(name: str = "main") -> client.V1Container:

@@ -47,20 +47,13 @@ LastEventId = Annotated[
 def _stream(
     svc: Services,
     caller: Principal,
-    namespace: str,
     kind: Kind,
+    path: str,
+    selector: dict[str, str | int | bool],
     resume: str | None,
-    name: str | None,
-    label_selector: str | None,
     initial: tuple[list[dict[str, Any]], str] | None,
     release: Callable[[], None],
 ) -> StreamingResponse:
-    path = crd_path(namespace, kind.value)
-    selector: dict[str, str | int | bool] = {}
-    if name is not None:
-        selector["fieldSelector"] = f"metadata.name={name}"
-    if label_selector:
-        selector["labelSelector"] = label_selector
     first = [initial]
 
     async def list_fn() -> tuple[list[dict[str, Any]], str]:
@@ -200,7 +193,7 @@ async def _start(
         raise list_parameter_error(e, selector) from None
     if resume is None and name is not None and not initial[0]:  # type: ignore[index]
         raise NotFoundError(f'{kind.value}.kubeloop.io "{name}" not found', details={"name": name})
-    return _stream(svc, caller, namespace, kind, resume, name, label_selector, initial, release)
+    return _stream(svc, caller, kind, path, selector, resume, initial, release)
 
 
 def _register(kind: Kind) -> None:
