@@ -11,6 +11,10 @@ upload costs are paid as in a pod).
     gives to the benchmark request, so every side sends the same bytes back):
     - the floor: a raw ASGI app served by kubeloop-server's own start-up code with the server's uvicorn
       settings (bench/server/floor_app.py): what any Python HTTP server on these settings costs;
+    - the floor of the server's HTTP fast lane (kubeloop_server.protocol answers OIP infer in uvicorn's
+      parser callback, without ASGI, so it costs less than any ASGI app): the same server process with the
+      lane answering the fixed JSON (``server_vs_lane_floor``, ``p50_vs_lane_floor``: like for like; the
+      issue's ``server_vs_floor`` keeps the ASGI floor as its reference);
     - a FastAPI no-op endpoint (FastAPI routing and middleware, uvicorn, uvloop+httptools);
     and the same server with adaptive batching merging only requests already waiting (``MAX_LATENCY_MS=0``:
     no added wait, lone requests inline), reported beside it (``merging_vs_floor``; at c=1 too);
@@ -214,18 +218,21 @@ def start_noop(work: Path, answer: Path) -> Server:
     return spawn("noop-fastapi", cmd, env, work, port, "/v2/models/{model}/infer", "/v2/health/ready")
 
 
-def start_floor(model: Path, work: Path, answer: Path, grpc_answer: Path) -> Server:
+def start_floor(model: Path, work: Path, answer: Path, grpc_answer: Path, kind: str = "asgi") -> Server:
     """The raw ASGI no-op on kubeloop-server's own uvicorn set-up, and a fixed-answer ModelInfer on its own
-    gRPC server (bench/server/floor_app.py)."""
+    gRPC server (bench/server/floor_app.py); ``kind="lane"``: the server's HTTP fast lane answering the fixed
+    reply instead (the like-for-like floor of the lane)."""
     port = free_port()
     grpc_port = free_port()
     env = {
         **server_env(model, port, GRPC_PORT=str(grpc_port)),
         "BENCH_FLOOR_RESPONSE": str(answer),
         "BENCH_FLOOR_GRPC_RESPONSE": str(grpc_answer),
+        "BENCH_FLOOR_KIND": kind,
     }
     cmd = [sys.executable, str(HERE / "floor_app.py")]
-    server = spawn("floor-raw-asgi", cmd, env, work, port, "/v2/models/{model}/infer", "/v2/health/ready")
+    name = "floor-raw-asgi" if kind == "asgi" else "floor-fast-lane"
+    server = spawn(name, cmd, env, work, port, "/v2/models/{model}/infer", "/v2/health/ready")
     server.grpc_port = grpc_port
     settings = [x for x in server.log_path.read_text().splitlines() if x.startswith("floor:")]
     if len(settings) < 2:
@@ -943,6 +950,8 @@ def main_runs(
     r_ml_rounds: list[float] = []
     r_noop_rounds: list[float] = []
     r_floor_rounds: list[float] = []
+    r_lane_rounds: list[float] = []  # against the fast lane's own floor (like for like)
+    r_p50_lane_rounds: list[float] = []
     rps: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     r_grpc_rounds: list[float] = []
@@ -954,6 +963,8 @@ def main_runs(
     with servers_stopped(srv):
         floor = start_floor(small, work, answer, grpc_answer)
         srv.append(floor)
+        lane_floor = start_floor(small, work, answer, grpc_answer, kind="lane")
+        srv.append(lane_floor)
         noop = start_noop(work, answer)
         srv.append(noop)
         mls: list[Server] = []
@@ -971,11 +982,13 @@ def main_runs(
                 rps.setdefault(s.name, []).append(m.rps)
                 cpu.setdefault(s.name, []).append(c)
             r_floor_rounds.append(got[ours.name] / got[floor.name])
+            r_lane_rounds.append(got[ours.name] / got[lane_floor.name])
             r_merge_floor_rounds.append(got[merging.name] / got[floor.name])
             r_noop_rounds.append(got[ours.name] / got[noop.name])
             if mls:
                 r_ml_rounds.append(got[ours.name] / max(got[x.name] for x in mls))
             log(f"round {r + 1} ratios: vs floor {r_floor_rounds[-1]:.2f}x (merging: {r_merge_floor_rounds[-1]:.2f}x), "
+                f"vs the fast lane's floor {r_lane_rounds[-1]:.2f}x, "
                 f"vs FastAPI no-op {r_noop_rounds[-1]:.2f}x"
                 + (f", vs best MLServer {r_ml_rounds[-1]:.2f}x" if mls else ""))  # fmt: skip
         # (d): concurrency 1, ours and the no-ops interleaved
@@ -986,12 +999,17 @@ def main_runs(
         r_p50_floor_rounds: list[float] = []
         for r in range(max(2, a.rounds // 2)):
             lat: dict[str, float] = {}
-            for s in (ours, floor, merging, noop) if r % 2 == 0 else (noop, merging, floor, ours):
+            for s in (
+                (ours, floor, lane_floor, merging, noop)
+                if r % 2 == 0
+                else (noop, merging, lane_floor, floor, ours)
+            ):
                 lat[s.name] = measure(s, 1, f"c=1 round {r + 1}")[0].p50_ms / 1e3
             p50s.append(lat[ours.name])
             p50s_floor.append(lat[floor.name])
             p50s_noop.append(lat[noop.name])
             r_p50_floor_rounds.append(p50s[-1] / p50s_floor[-1])
+            r_p50_lane_rounds.append(p50s[-1] / lat[lane_floor.name])
             r_merge_p50_floor_rounds.append(lat[merging.name] / p50s_floor[-1])
         mixed(ours, mixed_small, 16)
         mixed(merging, mixed_small, 16)
@@ -1112,6 +1130,8 @@ def main_runs(
     p50 = med(p50s)
     r_p50 = p50 / inproc_small
     r_p50_floor = med(r_p50_floor_rounds)
+    r_lane = med(r_lane_rounds)
+    r_p50_lane = med(r_p50_lane_rounds)
     r_merge_floor = med(r_merge_floor_rounds)
     r_merge_p50_floor = med(r_merge_p50_floor_rounds)
     best_ml = max(mls, key=lambda x: med(rps[x.name])) if mls else None
@@ -1123,6 +1143,9 @@ def main_runs(
     log(f"(b) kubeloop-server vs the raw-ASGI floor on our uvicorn settings, per round: "
         f"{', '.join(f'{x:.2f}' for x in r_floor_rounds)} -> {r_floor:.2f}x "
         f"({med(rps[ours.name]):.0f} vs {med(rps[floor.name]):.0f} req/s)")  # fmt: skip
+    log(f"(b) kubeloop-server (its HTTP fast lane) vs the fast lane answering a fixed reply, like for like, per round: "
+        f"{', '.join(f'{x:.2f}' for x in r_lane_rounds)} -> {r_lane:.2f}x ({med(rps[lane_floor.name]):.0f} req/s); "
+        f"p50 at c=1, per round: {', '.join(f'{x:.2f}' for x in r_p50_lane_rounds)} -> {r_p50_lane:.2f}x")  # fmt: skip
     log(f"(b) kubeloop-server with batching merging what is waiting (max_latency_ms 0) vs the floor, per round: "
         f"{', '.join(f'{x:.2f}' for x in r_merge_floor_rounds)} -> {r_merge_floor:.2f}x "
         f"({med(rps[merging.name]):.0f} req/s); its p50 at c=1 vs the floor's, per round: "
@@ -1169,6 +1192,8 @@ def main_runs(
         f"batching_gain={r_batch:.2f} p50_vs_inprocess={r_p50:.2f} p50_vs_floor={r_p50_floor:.2f} "
         f"server_rps={med(rps[ours.name]):.0f} floor_rps={med(rps[floor.name]):.0f} "
         f"noop_rps={med(rps[noop.name]):.0f} "
+        f"server_vs_lane_floor={r_lane:.2f} p50_vs_lane_floor={r_p50_lane:.2f} "
+        f"lane_floor_rps={med(rps[lane_floor.name]):.0f} "
         f"merging_vs_floor={r_merge_floor:.2f} merging_p50_vs_floor={r_merge_p50_floor:.2f} "
         f"merging_rps={med(rps[merging.name]):.0f} "
         f"mlserver_rps={med(rps[best_ml.name]) if best_ml else float('nan'):.0f} "

@@ -12,6 +12,13 @@ printed to stderr (the bench shows them), so a reader can see that both sides ru
 Whatever time a request to kubeloop-server takes beyond a request to this app is ours: routing, parsing,
 validation, session.run, encoding, metrics and logging.
 
+The floor is uvicorn's own httptools protocol (``http="httptools"``) serving the ASGI no-op, whatever
+protocol the server passes: the issue's definition of the HTTP floor. kubeloop-server answers OIP infer in
+its HTTP fast lane (kubeloop_server.protocol: uvicorn's protocol without the ASGI round trip), which costs
+less per request than any ASGI app can, so the ratio against this floor is not like for like on its own.
+``BENCH_FLOOR_KIND=lane`` gives the like-for-like floor of the lane: the unchanged server, fast lane and
+all, with ``ServerApp.infer_now`` answering the fixed response (no parsing, inference, metrics or logging).
+
 The gRPC floor: with ``BENCH_FLOOR_GRPC_RESPONSE`` (a file holding a serialised ModelInferResponse, the one
 kubeloop-server gives to the benchmark's request), the server's own gRPC server (same grpc.aio server,
 options, servicer registration and event loop) answers ``ModelInfer`` with that message and does nothing
@@ -60,16 +67,18 @@ _config_init = uvicorn.Config.__init__
 
 
 def _floor_config_init(self: uvicorn.Config, app: Any, *args: Any, **kwargs: Any) -> None:
-    shown = {"positional": [str(a) for a in args], **{k: str(v) for k, v in kwargs.items()}}
+    used = {**kwargs, "http": "httptools"}  # uvicorn's own protocol, whatever the server's is
+    shown = {"positional": [str(a) for a in args], **{k: str(v) for k, v in used.items()}}
     print(
         f"floor: serving the no-op with kubeloop-server's uvicorn.Config (app {type(app).__name__} swapped "
-        f"for the floor): {json.dumps(shown, sort_keys=True)}",
+        f"for the floor, the server's http={kwargs.get('http')!s} for uvicorn's httptools): "
+        f"{json.dumps(shown, sort_keys=True)}",
         file=sys.stderr,
         flush=True,
     )
     global _server_app
     _server_app = app
-    _config_init(self, floor, *args, **kwargs)
+    _config_init(self, floor, *args, **used)
 
 
 def _patch_grpc(path: str) -> None:
@@ -89,8 +98,23 @@ def _patch_grpc(path: str) -> None:
     )
 
 
+def _patch_lane() -> None:
+    from kubeloop_server.rest import ServerApp
+
+    reply = (200, RESPONSE, b"application/json", None)
+
+    def infer_now(self: Any, *_args: Any) -> Any:
+        return reply
+
+    ServerApp.infer_now = infer_now  # type: ignore[method-assign]
+    print("floor: the server's HTTP fast lane answers a fixed reply", file=sys.stderr, flush=True)
+
+
 def main() -> None:
-    uvicorn.Config.__init__ = _floor_config_init  # type: ignore[method-assign]
+    if os.environ.get("BENCH_FLOOR_KIND", "asgi") == "lane":
+        _patch_lane()
+    else:
+        uvicorn.Config.__init__ = _floor_config_init  # type: ignore[method-assign]
     grpc_answer = os.environ.get("BENCH_FLOOR_GRPC_RESPONSE")
     if grpc_answer:
         _patch_grpc(grpc_answer)

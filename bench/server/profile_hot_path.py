@@ -44,6 +44,7 @@ import uvloop
 from kubeloop_server import codec, grpcapi, rest
 from kubeloop_server.oip import grpc_predict_v2_pb2 as pb
 from kubeloop_server.predlog import PredictionLogger
+from kubeloop_server.protocol import make_protocol
 from kubeloop_server.rest import ServerApp
 from kubeloop_server.settings import ServerSettings
 from kubeloop_testing.onnx_models import mlp_model, random_records
@@ -151,6 +152,42 @@ def uvicorn_runner(app: Any, raw: bytes, n: int) -> Callable[[], None]:
                         raise RuntimeError(f"unexpected answer: {transport.last[:200]!r}")
 
             loop.run_until_complete(drive())
+            proto.connection_lost(None)
+            loop.run_until_complete(asyncio.sleep(0))
+        finally:
+            loop.close()
+
+    return go
+
+
+def lane_runner(app: ServerApp, raw: bytes, n: int, fixed: bool = False) -> Callable[[], None]:
+    """n keep-alive requests through the server's HTTP fast lane (kubeloop_server.protocol: uvicorn's
+    httptools protocol answering in the parser's callback), in memory; ``fixed``: the lane's floor, its
+    answer a fixed reply (the parsing, response write and bookkeeping of the lane, nothing of ours)."""
+    config = Config(
+        app.app,
+        lifespan="off",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        log_level="warning",
+    )
+    config.load()
+    protocol = make_protocol(app)
+    reply = (200, FLOOR_ANSWER, b"application/json", None)
+
+    def go() -> None:
+        loop = uvloop.new_event_loop()
+        try:
+            proto = protocol(config, ServerState(), {}, _loop=loop)
+            transport = MemoryTransport()
+            proto.connection_made(transport)  # type: ignore[arg-type]
+            with contextlib_stack(((app, "infer_now", lambda *_a: reply),) if fixed else ()):
+                for _ in range(n):
+                    transport.writes = 0
+                    proto.data_received(raw)  # answered before it returns: one write
+                    if transport.writes != 1 or not transport.last.startswith(b"HTTP/1.1 200"):
+                        raise RuntimeError(f"unexpected answer: {transport.last[:200]!r}")
             proto.connection_lost(None)
             loop.run_until_complete(asyncio.sleep(0))
         finally:
@@ -271,7 +308,12 @@ def rest_breakdown(app: ServerApp, body: bytes, n: int, rounds: int) -> list[tup
     everything = tuple(p for ps in ablations.values() for p in ps)
     ours = asgi_runner(app.app, body, n)
     uv_ours = uvicorn_runner(app.app, raw, n)
+    lane = lane_runner(app, raw, n)
     variants = {
+        "lane_floor": timed(lane_runner(app, raw, n, fixed=True)),
+        "lane": timed(lane),
+        "lane_stubbed": timed(lane, *everything),
+        **{f"lane {k}": timed(lane, *ps) for k, ps in ablations.items()},
         "uv_floor": timed(uvicorn_runner(floor_app, raw, n)),
         "uv_ours": timed(uv_ours),
         "uv_stubbed": timed(uv_ours, *everything),
@@ -283,6 +325,16 @@ def rest_breakdown(app: ServerApp, body: bytes, n: int, rounds: int) -> list[tup
     }
     b = interleaved(variants, rounds)
     out: list[tuple[str, float]] = [
+        ("HTTP fast lane (what the server runs): uvicorn's httptools protocol, answered without ASGI", b["lane"]),
+        ("  its floor: the lane answering a fixed reply (HTTP parse, response write, bookkeeping)",
+         b["lane_floor"]),
+        ("  = ours over the lane's floor, shared out below (each step: whole - whole without it)",
+         b["lane"] - b["lane_floor"]),
+        *((f"    {k}", b["lane"] - b[f"lane {k}"]) for k in ablations),
+        ("    payload parse, data-plane calls, reply (all the above stubbed)",
+         b["lane_stubbed"] - b["lane_floor"]),
+        ("    steps' sum vs the whole: interleaving",
+         b["lane"] - b["lane_stubbed"] - sum(b["lane"] - b[f"lane {k}"] for k in ablations)),
         ("uvicorn + floor app (HTTP parse, ASGI, response write): the floor", b["uv_floor"]),
         ("uvicorn + our app (logging + metrics on, Parquet flush per row)", b["uv_ours"]),
         ("  = ours over the floor, shared out below (each step: whole - whole without it)",

@@ -131,6 +131,32 @@ def test_floor_reports_the_servers_uvicorn_settings(floors: dict[str, object]) -
     assert any(x.startswith("floor: gRPC ModelInfer answers a fixed") for x in log.splitlines()), log
 
 
+def test_fast_lane_floor_answers_the_fixed_reply(server_bench: ModuleType, tmp_path: Path) -> None:
+    """The like-for-like floor of the server's HTTP fast lane: the server process, lane and all, answering
+    the fixed reply; its answers go through the same check (a wrong one is counted)."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(mlp_model(n_numeric=4, name="tabular", version="1"))
+    (tmp_path / "wrong.json").write_bytes(answer([0.5, 0.25, 0.25]))
+    (tmp_path / "wrong.grpc").write_bytes(grpc_answer([0.5, 0.25, 0.25]))
+    s = server_bench.start_floor(
+        model, tmp_path, tmp_path / "wrong.json", tmp_path / "wrong.grpc", kind="lane"
+    )
+    try:
+        assert s.name == "floor-fast-lane"
+        log = s.log_path.read_text()
+        assert "floor: the server's HTTP fast lane answers a fixed reply" in log, log
+        assert "uvicorn.Config" not in log  # the server's own uvicorn set-up, protocol included
+        body = b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}'
+        expected = server_bench.Expected(("probabilities",), ((0.25, 0.5, 0.25),))
+        m = server_bench.load(
+            s.base + s.infer_path.format(model="tabular"), body, expected, 2, 1.0, "python", tmp_path
+        )
+        assert m.checked > 0, m
+        assert (m.wrong, m.failed) == (m.checked, 0), m
+    finally:
+        s.stop()
+
+
 def test_grpc_load_counts_wrong_answers_from_the_grpc_floor(
     server_bench: ModuleType, floors: dict[str, object]
 ) -> None:

@@ -30,6 +30,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from kubeloop_server.errors import ModelLoadError
+from kubeloop_server.protocol import make_protocol
 from kubeloop_server.rest import ServerApp
 from kubeloop_server.settings import ServerSettings
 
@@ -115,12 +116,17 @@ def main(argv: list[str] | None = None) -> None:
         log.error("model failed to load: %s", e.message)
         write_termination(settings.termination_log, MODEL_LOAD_FAILED, e.message)
         sys.exit(EXIT_START_FAILED)
+    refusal = server_app.fast_lane_refusal()
+    if refusal is None:
+        log.info("HTTP fast lane on: OIP infer for %s is answered without ASGI", server_app.runtime.name)
+    else:
+        log.info("HTTP fast lane off: %s", refusal)
     config = uvicorn.Config(
         server_app.app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=make_protocol(server_app) if refusal is None else "httptools",
         lifespan="on",
         access_log=settings.access_log,
         log_level=settings.log_level,

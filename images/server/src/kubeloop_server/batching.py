@@ -42,6 +42,12 @@ LONELY_BATCHES = 8
 
 
 class Predictor(Protocol):
+    @property
+    def always_inline(self) -> bool:
+        """True when :meth:`try_inline` never returns None (no thread, no queue): the HTTP fast lane may
+        answer without a coroutine."""
+        ...
+
     def try_inline(self, feeds: Feeds, rows: int) -> Outputs | None:
         """The outputs, when this predictor runs the request inline right now (no coroutine, no extra
         event-loop turn); None: ``await predict()`` instead."""
@@ -63,6 +69,10 @@ class DirectPredictor:
         self._metrics = metrics
         self.in_thread = in_thread
         self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def always_inline(self) -> bool:
+        return not self.in_thread
 
     async def start(self) -> None:
         if self.in_thread:
@@ -134,6 +144,10 @@ class AdaptiveBatcher:
         self._turn_requests = 0  # inline requests in this loop turn
         self._lonely = 0  # batches of one request in a row
         self._loop_ref: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def always_inline(self) -> bool:
+        return False  # merging needs the queue, and the queue needs a coroutine
 
     async def start(self) -> None:
         self._stopping = False  # a batcher may be started again after a stop

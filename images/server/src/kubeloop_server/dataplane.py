@@ -160,6 +160,19 @@ class DataPlane:
         self._observe(req.feeds, outputs, req.rows)
         return req, outputs
 
+    def infer_now(
+        self, name: str, version: str | None, decode: Decoder, payload: Any, extra: Any = None
+    ) -> tuple[InferRequest, Outputs]:
+        """:meth:`infer` without a coroutine, for a predictor that always runs inline (``always_inline``):
+        the HTTP fast lane answers from inside the parser's callback."""
+        self.check_model(name, version)
+        req = decode(self.runtime, payload, self.max_rows, self.allow_missing, extra)
+        outputs = self.predictor.try_inline(req.feeds, req.rows)
+        if outputs is None:  # a predictor that is not always inline: the caller broke the contract
+            raise RuntimeError(f"{type(self.predictor).__name__} did not run the request inline")
+        self._observe(req.feeds, outputs, req.rows)
+        return req, outputs
+
     async def forward(self, body: Any) -> dict[str, Any]:
         self.runtime.record_api_check()
         if type(body) is not dict:

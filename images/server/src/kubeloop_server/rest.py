@@ -27,12 +27,12 @@ from starlette.types import Receive, Scope, Send
 from kubeloop.storage import ObjectStore
 from kubeloop_server import __version__
 from kubeloop_server.batching import make_predictor
-from kubeloop_server.codec import decode_infer_request, encode_infer_response
+from kubeloop_server.codec import InferRequest, decode_infer_request, encode_infer_response
 from kubeloop_server.dataplane import DataPlane
 from kubeloop_server.errors import InvalidInputError, PayloadTooLargeError, error_status
 from kubeloop_server.grpcapi import GrpcServer
 from kubeloop_server.metrics import CONTENT_TYPE, ServerMetrics
-from kubeloop_server.model import ModelRuntime
+from kubeloop_server.model import ModelRuntime, Outputs
 from kubeloop_server.predlog import PredictionLogger
 from kubeloop_server.settings import ServerSettings
 from kubeloop_server.storage import fetch_model_bytes, make_store
@@ -52,6 +52,30 @@ _loads = orjson.loads
 # extra headers or None).
 Reply = tuple[int, bytes, bytes, list[tuple[bytes, bytes]] | None]
 Handler = Callable[[Scope, bytes | None], Awaitable[Reply]]
+
+
+def infer_payload(headers: list[tuple[bytes, bytes]], body: bytes | None) -> tuple[Any, memoryview | None]:
+    """An OIP infer request's JSON document and, with the binary tensor data extension
+    (``Inference-Header-Content-Length``), the raw tensors after it (None without the header)."""
+    header_length = None
+    for k, v in headers:
+        if k == HEADER_LENGTH:
+            header_length = v
+        elif k == b"content-encoding" and v.lower() != b"identity":
+            raise InvalidInputError(
+                f"Content-Encoding {v.decode(errors='replace')} is not supported; send the body uncompressed"
+            )
+    if header_length is None:
+        return parse_infer_json(body), None
+    return split_binary_request(body, header_length)
+
+
+def infer_reply(rt: ModelRuntime, req: InferRequest, outputs: Outputs) -> Reply:
+    """The answer to an OIP infer request: JSON, or a JSON header and binary outputs."""
+    payload, json_length = encode_infer_response(rt, req, outputs)
+    if json_length is None:
+        return 200, payload, JSON, None
+    return 200, payload, OCTET_STREAM, [(HEADER_LENGTH, str(json_length).encode())]
 
 
 class ClientDisconnectedError(Exception):
@@ -284,6 +308,33 @@ class ServerApp:
         self.fastapi, routes = self._build_app()
         self.app = FastLane(self.fastapi, routes, rt.name, rt.version)
 
+    # --- the HTTP fast lane (kubeloop_server.protocol) ----------------------------------------------------
+
+    def fast_lane_refusal(self) -> str | None:
+        """Why OIP infer cannot be answered in the HTTP parser's callback; None when it can."""
+        s = self.settings
+        if not s.fast_lane:
+            return "turned off (fast_lane=false)"
+        if s.access_log:
+            return "the access log is on (uvicorn writes it per ASGI request)"
+        if not self.predictor.always_inline:
+            return f"{type(self.predictor).__name__} may queue or use a thread (batching, or a slow model)"
+        return None
+
+    def infer_now(
+        self, model_name: str, model_version: str | None, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> Reply:
+        """The fast lane's OIP infer: what the ASGI ``infer`` endpoint answers, errors included, without a
+        coroutine (only while :meth:`fast_lane_refusal` is None)."""
+        try:
+            doc, binary = infer_payload(headers, body)
+            req, outputs = self.dataplane.infer_now(
+                model_name, model_version, decode_infer_request, doc, binary
+            )
+            return infer_reply(self.runtime, req, outputs)
+        except Exception as e:
+            return error_reply(e)
+
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     def begin_grpc_stop(self) -> None:
@@ -347,25 +398,11 @@ class ServerApp:
             """OIP inference: tensors named as the graph inputs (or, for a packed model, one per feature);
             JSON or the binary tensor data extension (Inference-Header-Content-Length), in and out."""
             p = scope["path_params"]
-            header_length = None
-            for k, v in scope["headers"]:
-                if k == HEADER_LENGTH:
-                    header_length = v
-                elif k == b"content-encoding" and v.lower() != b"identity":
-                    raise InvalidInputError(
-                        f"Content-Encoding {v.decode(errors='replace')} is not supported; send the body uncompressed"
-                    )
-            if header_length is None:
-                doc, binary = parse_infer_json(body), None
-            else:
-                doc, binary = split_binary_request(body, header_length)
+            doc, binary = infer_payload(scope["headers"], body)
             req, outputs = await dp.infer(
                 p["model_name"], p.get("model_version"), decode_infer_request, doc, binary
             )
-            payload, json_length = encode_infer_response(rt, req, outputs)
-            if json_length is None:
-                return 200, payload, JSON, None
-            return 200, payload, OCTET_STREAM, [(HEADER_LENGTH, str(json_length).encode())]
+            return infer_reply(rt, req, outputs)
 
         async def forward(scope: Scope, body: bytes | None) -> Reply:
             """One record (a JSON object keyed by feature name) -> label and probabilities, or prediction."""
