@@ -106,7 +106,7 @@ def _patch_lane() -> None:
     def infer_now(self: Any, *_args: Any) -> Any:
         return reply
 
-    ServerApp.infer_now = infer_now  # type: ignore[method-assign]
+    ServerApp.infer_now = infer_now  # type: ignore[method-assign,assignment]
     print("floor: the server's HTTP fast lane answers a fixed reply", file=sys.stderr, flush=True)
 
 
