@@ -196,6 +196,62 @@ def lane_runner(app: ServerApp, raw: bytes, n: int, fixed: bool = False) -> Call
     return go
 
 
+def lane_wave_runner(app: ServerApp, raw: bytes, n: int, wave: int) -> Callable[[], None]:
+    """n requests through the fast lane, ``wave`` connections at once: each sends one request in the same
+    loop turn (as when their bytes arrive together), then the turn ends (a merging lane runs them then)."""
+    config = Config(
+        app.app,
+        lifespan="off",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        log_level="warning",
+    )
+    config.load()
+    protocol = make_protocol(app)
+
+    def go() -> None:
+        loop = uvloop.new_event_loop()
+        try:
+            conns = []
+            for _ in range(wave):
+                proto = protocol(config, ServerState(), {}, _loop=loop)
+                transport = MemoryTransport()
+                proto.connection_made(transport)  # type: ignore[arg-type]
+                conns.append((proto, transport))
+            waves = n // wave
+            failed: list[bytes] = []
+
+            def send_wave() -> None:
+                for proto, transport in conns:
+                    transport.writes = 0
+                    proto.data_received(raw)
+                loop.call_soon(check_wave)  # queued after whatever the wave queued (a merging lane's run)
+
+            def check_wave() -> None:
+                nonlocal waves
+                for _, transport in conns:
+                    if transport.writes != 1 or not transport.last.startswith(b"HTTP/1.1 200"):
+                        failed.append(transport.last[:200])
+                waves -= 1
+                if waves and not failed:
+                    loop.call_soon(send_wave)  # the next turn
+                else:
+                    loop.stop()
+
+            loop.call_soon(send_wave)
+            loop.run_forever()
+            if failed:
+                raise RuntimeError(f"unexpected answer: {failed[0]!r}")
+            for proto, _ in conns:
+                proto.connection_lost(None)
+            loop.run_until_complete(asyncio.sleep(0))
+        finally:
+            loop.close()
+
+    return go
+
+
 def asgi_runner(app: Any, body: bytes, n: int, wave: int = 1, predictor: Any = None) -> Callable[[], None]:
     """n requests straight into an ASGI app (no HTTP parsing), on uvloop; ``wave`` > 1: that many at once
     (each its own task, started in the same loop turn, as uvicorn starts the requests whose bytes arrived
@@ -386,6 +442,21 @@ def concurrency_breakdown(n: int, rounds: int) -> list[tuple[str, float]]:
     for label, (app, body) in apps.items():
         predlog = app.predlog
         assert predlog is not None
+        raw = (
+            b"POST /v2/models/tabular/infer HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        ) + body
+        for wave in (1, 16):
+            fn = lane_wave_runner(app, raw, n, wave)
+
+            def go_lane(fn: Callable[[], None] = fn, predlog: PredictionLogger = predlog) -> float:
+                predlog.flush()
+                t0 = time.thread_time()
+                fn()
+                predlog.flush()
+                return (time.thread_time() - t0) / n * 1e6
+
+            variants[f"fast lane (HTTP parse included), {label}, {wave} connections at once"] = go_lane
         for wave in (1, 16):
             fn = asgi_runner(app.app, body, n, wave, app.predictor)
 
@@ -396,7 +467,7 @@ def concurrency_breakdown(n: int, rounds: int) -> list[tuple[str, float]]:
                 predlog.flush()
                 return (time.thread_time() - t0) / n * 1e6
 
-            variants[f"{label}, {wave} at once"] = go
+            variants[f"ASGI only, {label}, {wave} at once"] = go
     b = interleaved(variants, rounds)
     return [(k, v) for k, v in b.items()]
 
@@ -497,7 +568,7 @@ def breakdown(n: int, rounds: int, cprofile: bool = False) -> list[tuple[str, li
         sections = [
             ("REST POST /v2/models/tabular/infer, 1 row, 30 features:", rest_breakdown(app, body, n, rounds)),
             (
-                "ASGI, whole requests (logging + metrics on), one at a time or 16 started in one loop turn:",
+                "Whole requests (logging + metrics on), one at a time or 16 in one loop turn:",
                 concurrency_breakdown(n, rounds),
             ),
             ("gRPC ModelInfer, batch 1, raw_input_contents:", grpc_breakdown(app, body, n, rounds)),

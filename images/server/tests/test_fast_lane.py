@@ -97,8 +97,14 @@ def responses(data: bytes) -> list[Response]:
 class Conn:
     """One connection: the server's fast-lane protocol on a uvloop loop, fed raw bytes."""
 
-    def __init__(self, app: ServerApp, protocol: type[InferProtocol] | None = None) -> None:
-        self.loop = uvloop.new_event_loop()
+    def __init__(
+        self,
+        app: ServerApp,
+        protocol: type[InferProtocol] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.own_loop = loop is None
+        self.loop = loop or uvloop.new_event_loop()
         config = Config(app.app, lifespan="off", access_log=False, log_level="warning", server_header=False)
         config.load()
         self.state = ServerState()
@@ -124,7 +130,8 @@ class Conn:
     def close(self) -> None:
         self.proto.connection_lost(None)
         self.settle()
-        self.loop.close()
+        if self.own_loop:
+            self.loop.close()
 
 
 @pytest.fixture
@@ -133,15 +140,18 @@ def lane(make_client: Callable[..., Any], packed_clf: bytes) -> Iterator[tuple[A
     client = make_client(packed_clf, model_name="iris-like", model_version="3", max_body_bytes=4096)
     app: ServerApp = client.server_app
     assert app.fast_lane_refusal() is None
+    protocol = make_protocol(app)  # once per server, as uvicorn's Config has it
+    loop = uvloop.new_event_loop()
     conns: list[Conn] = []
 
     def connect() -> Conn:
-        conns.append(Conn(app))
+        conns.append(Conn(app, protocol, loop))
         return conns[-1]
 
     yield client, connect
     for c in conns:
         c.close()
+    loop.close()
 
 
 INFER = b"/v2/models/iris-like/infer"
@@ -365,3 +375,183 @@ def test_lane_off_when_it_cannot_answer_inline(make_client: Callable[..., Any], 
         refusal = app.fast_lane_refusal()
         assert refusal is not None, overrides
         assert reason in refusal, (overrides, refusal)
+
+
+# --- merging: batching that merges only what is already waiting (max_latency_ms 0) -----------------------------
+
+
+def rows_body(rows: list[list[float]], req_id: str) -> bytes:
+    return orjson.dumps(
+        {
+            "id": req_id,
+            "inputs": [{"name": "input", "shape": [len(rows), 30], "datatype": "FP32", "data": rows}],
+        }
+    )
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of a metric's series (all label values)."""
+    return sum(
+        float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith((name + " ", name + "{"))
+    )
+
+
+@pytest.fixture
+def merging(make_client: Callable[..., Any], packed_clf: bytes) -> Iterator[tuple[Any, Callable[[], Conn]]]:
+    client = make_client(
+        packed_clf, model_name="iris-like", model_version="3", batching_enabled=True, max_latency_ms=0.0,
+        max_batch_size=4,
+    )  # fmt: skip
+    app: ServerApp = client.server_app
+    assert app.fast_lane_refusal() is None
+    assert app.lane_merges
+    protocol = make_protocol(app)  # once per server, as uvicorn's Config has it
+    loop = uvloop.new_event_loop()
+    conns: list[Conn] = []
+
+    def connect() -> Conn:
+        conns.append(Conn(app, protocol, loop))
+        return conns[-1]
+
+    yield client, connect
+    for c in conns:
+        c.close()
+    loop.close()
+
+
+def test_merging_lane_runs_one_turns_requests_together(merging: Any) -> None:
+    """Requests that arrive in one loop turn, on several connections, run as one session.run (up to
+    max_batch_size rows), at the end of the turn; every answer is its own rows, as ASGI answers it, and a
+    bad request among them gets its own error."""
+    client, connect = merging
+    a, b = connect(), connect()
+    bodies_a = [rows_body([ROW], "a1"), rows_body([ROW[::-1], ROW], "a2")]
+    bodies_b = [b'{"inputs": 1}', rows_body([[v * 2 for v in ROW]], "b2")]
+    a.send(b"".join(post(INFER, x) for x in bodies_a))
+    assert bytes(a.transport.data) == b""  # 3 rows wait for the end of the turn
+    b.send(post(INFER, bodies_b[0]))
+    assert bytes(b.transport.data) == b""  # an error waits too: it may not overtake earlier answers
+    b.send(post(INFER, bodies_b[1]))  # 4 rows: max_batch_size, run at once
+    assert len(responses(bytes(a.transport.data))) == 2
+    got_a, got_b = a.answers(), b.answers()
+    for body, got in zip(bodies_a + bodies_b, got_a + got_b, strict=True):
+        want = client.post(INFER.decode(), content=body)
+        assert got.status == want.status_code
+        assert got.body == want.content
+    assert [r.status for r in got_b] == [400, 200]
+    text = client.get("/metrics").text
+    # the lane's 4 rows ran as one run (ASGI's 4 requests above ran one each: 3 single rows... + 1 of 2 rows)
+    assert metric(text, "kubeloop_server_batch_size_rows_count") == 1 + 3
+    assert metric(text, "kubeloop_server_batch_size_rows_sum") == 4 + 4
+
+
+def test_merging_lane_keeps_batches_within_max_batch_size(merging: Any) -> None:
+    client, connect = merging
+    conn = connect()
+    conn.send(b"".join(post(INFER, rows_body([ROW] * k, f"r{k}")) for k in (3, 2, 1, 5)))
+    got = conn.answers()
+    assert [len(r.json()["outputs"][0]["data"]) for r in got] == [9, 6, 3, 15]
+    text = client.get("/metrics").text
+    # 3 | 2+1 | 5 (a request past the limit runs alone)
+    assert metric(text, "kubeloop_server_batch_size_rows_count") == 3
+    assert metric(text, "kubeloop_server_batch_size_rows_sum") == 11
+
+
+def test_merging_lane_answers_before_a_request_asgi_takes(merging: Any) -> None:
+    _, connect = merging
+    conn = connect()
+    conn.send(
+        post(INFER, infer_body()) + b"GET /v2/health/live HTTP/1.1\r\nhost: t\r\n\r\n" + post(INFER, b"{")
+    )
+    assert [r.status for r in conn.answers()] == [200, 200, 400]
+
+
+def test_merging_lane_shutdown_and_departed_clients(merging: Any) -> None:
+    client, connect = merging
+    staying, leaving = connect(), connect()
+    staying.send(post(INFER, infer_body()))
+    leaving.send(post(INFER, infer_body()))
+    staying.proto.shutdown()  # its request waits for the turn: answered, then the connection closes
+    assert not staying.transport.closed
+    leaving.transport.closed = True  # the client went away before the turn ended
+    (got,) = staying.answers()
+    assert got.status == 200
+    assert got.headers[b"connection"] == b"close"
+    assert staying.transport.closed
+    assert bytes(leaving.transport.data) == b""
+    assert 'status="499"' in client.get("/metrics").text
+
+
+def test_merging_lane_records_predictions_once_per_run(
+    make_client: Callable[..., Any], packed_clf: bytes
+) -> None:
+    """The prediction metrics and the prediction log see every row of a merged run, once."""
+    from kubeloop_testing.storage import MemoryStore
+
+    client = make_client(
+        packed_clf, store=MemoryStore(), model_name="iris-like", model_version="3", batching_enabled=True,
+        max_latency_ms=0.0, prediction_logging_enabled=True, s3_endpoint="in-memory:1",
+        prediction_log_flush_rows=10**6, prediction_log_flush_interval_s=3600,
+    )  # fmt: skip
+    app: ServerApp = client.server_app
+    assert app.predlog is not None
+    conn = Conn(app, make_protocol(app))
+    conn.send(b"".join(post(INFER, rows_body([ROW] * k, f"r{k}")) for k in (1, 2, 3)))
+    assert [r.status for r in conn.answers()] == [200, 200, 200]
+    conn.close()
+    assert app.predlog._buffered == 6
+    assert metric(client.get("/metrics").text, "kubeloop_server_predictions_total") == 6
+
+
+class FakeRuntime:
+    """run() doubles its one input, and refuses (as ONNX Runtime would) any negative value."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def run(self, feeds: dict[str, Any]) -> list[Any]:
+        x = feeds["x"]
+        self.calls.append(len(x))
+        if (x < 0).any():
+            raise ValueError("negative")
+        return [x * 2]
+
+
+class FakeMetrics:
+    def __init__(self) -> None:
+        self.runs: list[int] = []
+
+    def observe_run(self, rows: int, seconds: float) -> None:
+        self.runs.append(rows)
+
+
+def test_run_coalesced_one_requests_inputs_never_decide_anothers_answer() -> None:
+    import numpy as np
+    from kubeloop_server.batching import run_coalesced
+
+    ok1, bad, ok2 = np.ones((1, 2)), -np.ones((1, 2)), np.full((2, 2), 3.0)
+    wide = np.ones((1, 3))
+    rt, m = FakeRuntime(), FakeMetrics()
+    batch = [({"x": ok1}, 1), ({"x": bad}, 1), ({"x": ok2}, 2), ({"x": wide}, 1)]
+    results, runs = run_coalesced(rt, m, batch)  # type: ignore[arg-type]
+    # all four cannot be stacked (widths 2 and 3); the width-2 group fails (a negative); then each alone
+    assert rt.calls == [4, 1, 1, 2, 1]  # the stack of all four fails before any run
+    assert isinstance(results[1], ValueError)
+    for k in (0, 2, 3):
+        out = results[k]
+        assert not isinstance(out, Exception)
+        np.testing.assert_array_equal(out[0], batch[k][0]["x"] * 2)
+    assert m.runs == [1, 2, 1]
+    assert [n for *_, n in runs] == [1, 2, 1]
+    # all stackable and fine: one run, each its own rows
+    rt, m = FakeRuntime(), FakeMetrics()
+    results, runs = run_coalesced(rt, m, [({"x": ok1}, 1), ({"x": ok2}, 2)])  # type: ignore[arg-type]
+    assert rt.calls == [3]
+    assert m.runs == [3]
+    np.testing.assert_array_equal(results[1][0], ok2 * 2)  # type: ignore[index]
+    # all stackable, one refused: the merged run fails, then each alone (not the same stack again)
+    rt, m = FakeRuntime(), FakeMetrics()
+    results, runs = run_coalesced(rt, m, [({"x": ok1}, 1), ({"x": bad}, 1)])  # type: ignore[arg-type]
+    assert rt.calls == [2, 1, 1]
+    assert isinstance(results[1], ValueError)
+    assert not isinstance(results[0], Exception)

@@ -319,6 +319,56 @@ class AdaptiveBatcher:
             self._answer(batch, outputs)
 
 
+def run_coalesced(
+    runtime: ModelRuntime, metrics: ServerMetrics, batch: list[tuple[Feeds, int]]
+) -> tuple[list[Outputs | Exception], list[tuple[Feeds, Outputs, int]]]:
+    """Requests already waiting, run together inline (the HTTP fast lane's merging; the rules of
+    :meth:`AdaptiveBatcher._run_split`): one run for all; if that fails, one per group of equal shapes past
+    the batch axis; if a group fails, each on its own, so one request's inputs never decide another's answer.
+    Returns each request's outputs (its rows) or its error, and each successful run's (feeds, outputs, rows)
+    for the prediction metrics and log."""
+    results: list[Outputs | Exception] = [_NOT_RUN] * len(batch)
+    runs: list[tuple[Feeds, Outputs, int]] = []
+
+    def attempt(idx: list[int]) -> bool:
+        try:
+            if len(idx) == 1:
+                feeds = batch[idx[0]][0]
+            else:
+                first = batch[idx[0]][0]
+                feeds = {name: np.concatenate([batch[i][0][name] for i in idx]) for name in first}
+            rows = sum(batch[i][1] for i in idx)
+            t0 = time.perf_counter()
+            outputs = runtime.run(feeds)
+        except Exception as e:
+            if len(idx) > 1:
+                return False
+            results[idx[0]] = e
+            return True
+        metrics.observe_run(rows, time.perf_counter() - t0)
+        runs.append((feeds, outputs, rows))
+        start = 0
+        for i in idx:
+            end = start + batch[i][1]
+            results[i] = outputs if len(idx) == 1 else [o[start:end] for o in outputs]
+            start = end
+        return True
+
+    everyone = list(range(len(batch)))
+    if not attempt(everyone):
+        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+        for i in everyone:
+            groups.setdefault(tuple(a.shape[1:] for a in batch[i][0].values()), []).append(i)
+        for group in groups.values():
+            if len(groups) == 1 or not attempt(group):
+                for i in group:
+                    attempt([i])
+    return results, runs
+
+
+_NOT_RUN = RuntimeError("not run")  # a placeholder; every request gets its outputs or error
+
+
 def make_predictor(
     runtime: ModelRuntime,
     metrics: ServerMetrics,

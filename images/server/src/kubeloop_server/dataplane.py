@@ -134,10 +134,10 @@ class DataPlane:
         outputs = self.predictor.try_inline(feeds, rows)
         if outputs is None:
             outputs = await self.predictor.predict(feeds, rows)
-        self._observe(feeds, outputs, rows)
+        self.observe(feeds, outputs, rows)
         return outputs
 
-    def _observe(self, feeds: Feeds, outputs: Outputs, rows: int) -> None:
+    def observe(self, feeds: Feeds, outputs: Outputs, rows: int) -> None:
         """Prediction metrics and the prediction log, for every protocol."""
         if self._task == "classification":
             self.metrics.observe_classes(outputs[self._pred_out])
@@ -157,8 +157,15 @@ class DataPlane:
         outputs = self.predictor.try_inline(req.feeds, req.rows)
         if outputs is None:
             outputs = await self.predictor.predict(req.feeds, req.rows)
-        self._observe(req.feeds, outputs, req.rows)
+        self.observe(req.feeds, outputs, req.rows)
         return req, outputs
+
+    def decode_now(
+        self, name: str, version: str | None, decode: Decoder, payload: Any, extra: Any = None
+    ) -> InferRequest:
+        """The first half of :meth:`infer` (model check, decoding), for the fast lane's merging."""
+        self.check_model(name, version)
+        return decode(self.runtime, payload, self.max_rows, self.allow_missing, extra)
 
     def infer_now(
         self, name: str, version: str | None, decode: Decoder, payload: Any, extra: Any = None
@@ -170,7 +177,7 @@ class DataPlane:
         outputs = self.predictor.try_inline(req.feeds, req.rows)
         if outputs is None:  # a predictor that is not always inline: the caller broke the contract
             raise RuntimeError(f"{type(self.predictor).__name__} did not run the request inline")
-        self._observe(req.feeds, outputs, req.rows)
+        self.observe(req.feeds, outputs, req.rows)
         return req, outputs
 
     async def forward(self, body: Any) -> dict[str, Any]:

@@ -15,8 +15,11 @@ What takes the lane: ``POST /v2/models/<served name>[/versions/<served version>]
 query string, no percent-escapes), without ``Expect: 100-continue`` or an upgrade, on a connection whose
 previous request is answered. Everything else goes to the ASGI application unchanged, so a request
 pipelined behind one the ASGI app is still answering queues as before, and answers leave in request order
-(a fast-lane request is answered before the parser reads the next one). :meth:`ServerApp.fast_lane_refusal`
-says when the lane is off altogether (access log on, batching, a model slow enough to run in a thread).
+(a fast-lane request is answered before the parser reads the next one; when merging, before the ASGI
+task of a later request on its connection takes its first step). With batching that merges only what is already waiting (``max_latency_ms``
+0) the lane merges the requests of one event-loop turn itself (:class:`Coalescer`).
+:meth:`ServerApp.fast_lane_refusal` says when the lane is off altogether (access log on, batching that
+waits, a model slow enough to run in a thread).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from kubeloop_server.batching import AdaptiveBatcher, run_coalesced
+from kubeloop_server.codec import InferRequest
 from kubeloop_server.errors import PayloadTooLargeError
 from kubeloop_server.rest import PROTOCOL, Reply, ServerApp, error_reply
 
@@ -49,6 +54,68 @@ def fast_routes(name: str, version: str) -> dict[bytes, tuple[str, str | None, s
     return routes
 
 
+class _Waiting:
+    """A fast-lane request decoded and waiting for the end of the loop turn (merging)."""
+
+    __slots__ = ("keep_alive", "label", "proto", "reply", "req", "t0")
+
+    def __init__(
+        self, proto: InferProtocol, label: str, t0: float, got: InferRequest | Reply, keep_alive: bool
+    ) -> None:
+        self.proto = proto
+        self.label = label
+        self.t0 = t0
+        self.req = got if isinstance(got, InferRequest) else None
+        self.reply = got if not isinstance(got, InferRequest) else None
+        self.keep_alive = keep_alive
+
+
+class Coalescer:
+    """The lane's merging, for batching that merges only what is already waiting (``max_latency_ms`` 0, runs
+    on the loop): the requests whose bytes arrived in one event-loop turn run as one ``session.run`` (at
+    most ``max_batch_size`` rows), at the end of that turn (``call_soon``), so a lone request waits for
+    nothing; their prediction metrics and log rows are recorded once per run. Answers leave in arrival
+    order, so each connection's stay in request order."""
+
+    def __init__(self, server_app: ServerApp, max_rows: int) -> None:
+        self.app = server_app
+        self.max_rows = max_rows
+        self.waiting: list[_Waiting] = []
+        self.rows = 0
+
+    def add(self, item: _Waiting, loop: Any) -> None:
+        rows = item.req.rows if item.req is not None else 0
+        if self.rows and self.rows + rows > self.max_rows:
+            self.flush()  # a full batch goes now; this request starts the next
+        if not self.waiting:
+            loop.call_soon(self.flush)
+        self.waiting.append(item)
+        self.rows += rows
+        if self.rows >= self.max_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Answer everything waiting (at the end of the turn, or at once for a full batch)."""
+        waiting, self.waiting, self.rows = self.waiting, [], 0
+        if not waiting:
+            return
+        app = self.app
+        run = [w for w in waiting if w.req is not None]  # add() keeps them within max_rows together
+        if run:
+            results, merged = run_coalesced(
+                app.runtime, app.metrics, [(w.req.feeds, w.req.rows) for w in run if w.req is not None]
+            )
+            for feeds, outputs, n in merged:
+                app.dataplane.observe(feeds, outputs, n)
+            for w, result in zip(run, results, strict=True):
+                assert w.req is not None
+                w.reply = app.lane_reply(w.req, result)
+        for w in waiting:
+            assert w.reply is not None
+            w.proto._waiting -= 1
+            w.proto._respond(w.reply, w.label, w.t0, w.keep_alive)
+
+
 class InferProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol with the fast lane (module docstring); bound to a server by
     :func:`make_protocol`."""
@@ -56,6 +123,7 @@ class InferProtocol(HttpToolsProtocol):
     server_app: ClassVar[ServerApp]
     routes: ClassVar[dict[bytes, tuple[str, str | None, str]]]
     body_limit: ClassVar[int]
+    coalescer: ClassVar[Coalescer | None]  # None: each request runs at once, inline
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -67,6 +135,7 @@ class InferProtocol(HttpToolsProtocol):
         self._reading_paused = False  # by the lane, until the client reads its answers
         self._headers_for: object = None
         self._default_headers = b""
+        self._waiting = 0  # this connection's requests waiting in the coalescer
 
     # --- parser callbacks ------------------------------------------------------------------------------------
 
@@ -88,6 +157,8 @@ class InferProtocol(HttpToolsProtocol):
             self._size = 0
             self._t0 = time.perf_counter()
             return
+        # A merging lane's requests waiting on this connection are answered first without help: the turn's
+        # flush was queued (call_soon) before the ASGI task this starts.
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -105,8 +176,10 @@ class InferProtocol(HttpToolsProtocol):
             super().on_message_complete()
             return
         name, version, label = self._lane
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        got: InferRequest | Reply
         if self._size > self.body_limit:
-            reply = error_reply(
+            got = error_reply(
                 PayloadTooLargeError(
                     f"request body of {self._size} bytes exceeds the limit of {self.body_limit} bytes"
                 )
@@ -114,20 +187,27 @@ class InferProtocol(HttpToolsProtocol):
         else:
             chunks = self._chunks
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            reply = self.server_app.infer_now(name, version, self.headers, body)
+            if self.coalescer is None:
+                got = self.server_app.infer_now(name, version, self.headers, body)
+            else:
+                got = self.server_app.lane_decode(name, version, self.headers, body)
         self._chunks = []
         self._lane = None
-        self._respond(reply, label)
+        if self.coalescer is None:
+            assert not isinstance(got, InferRequest)
+            self._respond(got, label, self._t0, keep_alive)
+            return
+        self._waiting += 1
+        self.coalescer.add(_Waiting(self, label, self._t0, got, keep_alive), self.loop)
 
     # --- answering -----------------------------------------------------------------------------------------
 
-    def _respond(self, reply: Reply, label: str) -> None:
+    def _respond(self, reply: Reply, label: str, t0: float, keep_alive: bool) -> None:
+        if self.transport.is_closing():  # the client left while its request waited for the turn's run
+            self.server_app.metrics.observe_request(PROTOCOL, label, 499, time.perf_counter() - t0)
+            return
         status, payload, ctype, extra = reply
-        keep_alive = (
-            not self._close_after
-            and self.parser.get_http_version() != "1.0"
-            and self.parser.should_keep_alive()
-        )
+        keep_alive = keep_alive and not self._close_after
         defaults = self.server_state.default_headers  # uvicorn renews the list (its Date) once a second
         if defaults is not self._headers_for:
             self._headers_for = defaults
@@ -143,7 +223,7 @@ class InferProtocol(HttpToolsProtocol):
             parts.append(b"connection: close\r\n")
         parts += [b"\r\n", payload]
         self.transport.write(b"".join(parts))
-        self.server_app.metrics.observe_request(PROTOCOL, label, status, time.perf_counter() - self._t0)
+        self.server_app.metrics.observe_request(PROTOCOL, label, status, time.perf_counter() - t0)
         if not keep_alive:
             self.transport.close()
         # uvicorn's own end of a response: the request count, the keep-alive timer, reading resumed.
@@ -164,7 +244,7 @@ class InferProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         """The server is stopping: a fast-lane request being read is still answered, then the connection
         closes (as uvicorn does for a request in an ASGI cycle)."""
-        if self._lane is not None:
+        if self._lane is not None or self._waiting:
             self._close_after = True
             return
         super().shutdown()
@@ -180,4 +260,10 @@ def make_protocol(server_app: ServerApp) -> type[InferProtocol]:
     BoundInferProtocol.server_app = server_app
     BoundInferProtocol.routes = fast_routes(server_app.runtime.name, server_app.runtime.version)
     BoundInferProtocol.body_limit = server_app.settings.max_body_bytes
+    predictor = server_app.predictor
+    BoundInferProtocol.coalescer = (
+        Coalescer(server_app, predictor.max_batch_size)
+        if server_app.lane_merges and isinstance(predictor, AdaptiveBatcher)
+        else None
+    )
     return BoundInferProtocol

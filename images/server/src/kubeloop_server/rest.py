@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from kubeloop.storage import ObjectStore
 from kubeloop_server import __version__
-from kubeloop_server.batching import make_predictor
+from kubeloop_server.batching import AdaptiveBatcher, make_predictor
 from kubeloop_server.codec import InferRequest, decode_infer_request, encode_infer_response
 from kubeloop_server.dataplane import DataPlane
 from kubeloop_server.errors import InvalidInputError, PayloadTooLargeError, error_status
@@ -317,9 +317,38 @@ class ServerApp:
             return "turned off (fast_lane=false)"
         if s.access_log:
             return "the access log is on (uvicorn writes it per ASGI request)"
-        if not self.predictor.always_inline:
-            return f"{type(self.predictor).__name__} may queue or use a thread (batching, or a slow model)"
+        if not (self.predictor.always_inline or self.lane_merges):
+            return (
+                f"{type(self.predictor).__name__} waits or uses a thread (batching with max_latency_ms > 0, "
+                "or a model slow enough to run in a thread)"
+            )
         return None
+
+    @property
+    def lane_merges(self) -> bool:
+        """Batching that merges only what is already waiting, on the loop: the lane merges the requests of
+        one event-loop turn into one run itself (kubeloop_server.protocol.Coalescer)."""
+        p = self.predictor
+        return isinstance(p, AdaptiveBatcher) and p.coalesce_only
+
+    def lane_decode(
+        self, model_name: str, model_version: str | None, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> InferRequest | Reply:
+        """The merging lane's first half: the request decoded, or its error answer."""
+        try:
+            doc, binary = infer_payload(headers, body)
+            return self.dataplane.decode_now(model_name, model_version, decode_infer_request, doc, binary)
+        except Exception as e:
+            return error_reply(e)
+
+    def lane_reply(self, req: InferRequest, outputs: Outputs | Exception) -> Reply:
+        """The merging lane's second half: a request's answer from its rows of a run (or the run's error)."""
+        if isinstance(outputs, Exception):
+            return error_reply(outputs)
+        try:
+            return infer_reply(self.runtime, req, outputs)
+        except Exception as e:
+            return error_reply(e)
 
     def infer_now(
         self, model_name: str, model_version: str | None, headers: list[tuple[bytes, bytes]], body: bytes
