@@ -425,6 +425,7 @@ def test_merging_lane_runs_one_turns_requests_together(merging: Any) -> None:
     bad request among them gets its own error."""
     client, connect = merging
     a, b = connect(), connect()
+    a.proto.coalescer.inline = False  # as after a turn with two requests (test below)
     bodies_a = [rows_body([ROW], "a1"), rows_body([ROW[::-1], ROW], "a2")]
     bodies_b = [b'{"inputs": 1}', rows_body([[v * 2 for v in ROW]], "b2")]
     a.send(b"".join(post(INFER, x) for x in bodies_a))
@@ -448,13 +449,45 @@ def test_merging_lane_runs_one_turns_requests_together(merging: Any) -> None:
 def test_merging_lane_keeps_batches_within_max_batch_size(merging: Any) -> None:
     client, connect = merging
     conn = connect()
-    conn.send(b"".join(post(INFER, rows_body([ROW] * k, f"r{k}")) for k in (3, 2, 1, 5)))
+    conn.send(b"".join(post(INFER, rows_body([ROW] * k, f"r{k}")) for k in (4, 3, 2, 1, 5)))
     got = conn.answers()
-    assert [len(r.json()["outputs"][0]["data"]) for r in got] == [9, 6, 3, 15]
+    assert [len(r.json()["outputs"][0]["data"]) for r in got] == [12, 9, 6, 3, 15]
     text = client.get("/metrics").text
-    # 3 | 2+1 | 5 (a request past the limit runs alone)
-    assert metric(text, "kubeloop_server_batch_size_rows_count") == 3
-    assert metric(text, "kubeloop_server_batch_size_rows_sum") == 11
+    # the first of the turn at once (lone so far), then merging: 3 | 2+1 | 5 (past the limit: alone)
+    assert metric(text, "kubeloop_server_batch_size_rows_count") == 4
+    assert metric(text, "kubeloop_server_batch_size_rows_sum") == 15
+
+
+def test_merging_lane_runs_lone_requests_at_once_and_merges_when_turns_bring_several(merging: Any) -> None:
+    """Requests one at a time run at once (no wait for the end of the turn); a turn that brings two switches
+    to merging; LONELY_BATCHES lone runs in a row switch back."""
+    from kubeloop_server.batching import LONELY_BATCHES
+
+    client, connect = merging
+    conn, other = connect(), connect()
+    coalescer = conn.proto.coalescer
+    for _ in range(3):
+        before = len(conn.transport.data)
+        conn.send(post(INFER, infer_body()))
+        assert len(conn.transport.data) > before  # answered inside the callback
+        conn.settle()  # the turn ends
+    assert coalescer.inline
+    conn.send(post(INFER, infer_body()))  # answered at once: the first of its turn
+    other.send(post(INFER, infer_body()))  # a second in the same turn: waits, merging from now on
+    assert not coalescer.inline
+    assert bytes(other.transport.data) == b""
+    conn.settle()
+    assert len(other.answers()) == 1  # its run, of one request, is the first lone one
+    for k in range(LONELY_BATCHES - 1):
+        assert not coalescer.inline, k
+        before = len(conn.transport.data)
+        conn.send(post(INFER, infer_body()))
+        assert len(conn.transport.data) == before  # waits for the end of the turn
+        conn.settle()
+    assert coalescer.inline
+    assert [r.status for r in conn.answers()] == [200] * (3 + LONELY_BATCHES)
+    text = client.get("/metrics").text
+    assert metric(text, "kubeloop_server_batch_size_rows_count") == 4 + LONELY_BATCHES
 
 
 def test_merging_lane_answers_before_a_request_asgi_takes(merging: Any) -> None:
@@ -469,6 +502,7 @@ def test_merging_lane_answers_before_a_request_asgi_takes(merging: Any) -> None:
 def test_merging_lane_shutdown_and_departed_clients(merging: Any) -> None:
     client, connect = merging
     staying, leaving = connect(), connect()
+    staying.proto.coalescer.inline = False  # merging: requests wait for the end of the turn
     staying.send(post(INFER, infer_body()))
     leaving.send(post(INFER, infer_body()))
     staying.proto.shutdown()  # its request waits for the turn: answered, then the connection closes
@@ -496,6 +530,7 @@ def test_merging_lane_records_predictions_once_per_run(
     app: ServerApp = client.server_app
     assert app.predlog is not None
     conn = Conn(app, make_protocol(app))
+    conn.proto.coalescer.inline = False
     conn.send(b"".join(post(INFER, rows_body([ROW] * k, f"r{k}")) for k in (1, 2, 3)))
     assert [r.status for r in conn.answers()] == [200, 200, 200]
     conn.close()

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from kubeloop_server.batching import AdaptiveBatcher, run_coalesced
+from kubeloop_server.batching import LONELY_BATCHES, AdaptiveBatcher, run_coalesced
 from kubeloop_server.codec import InferRequest
 from kubeloop_server.errors import PayloadTooLargeError
 from kubeloop_server.rest import PROTOCOL, Reply, ServerApp, error_reply
@@ -73,17 +73,34 @@ class _Waiting:
 class Coalescer:
     """The lane's merging, for batching that merges only what is already waiting (``max_latency_ms`` 0, runs
     on the loop): the requests whose bytes arrived in one event-loop turn run as one ``session.run`` (at
-    most ``max_batch_size`` rows), at the end of that turn (``call_soon``), so a lone request waits for
-    nothing; their prediction metrics and log rows are recorded once per run. Answers leave in arrival
-    order, so each connection's stay in request order."""
+    most ``max_batch_size`` rows), at the end of that turn (``call_soon``); their prediction metrics and log
+    rows are recorded once per run. Answers leave in arrival order, so each connection's stay in request
+    order.
+
+    While requests come one at a time there is nothing to merge, and waiting for the end of the turn would
+    only add a loop pass to each. So, as :class:`~kubeloop_server.batching.AdaptiveBatcher` does, the
+    coalescer watches the turns: while no turn has brought two requests, each runs at once; a second one in
+    a turn switches to merging, and :data:`~kubeloop_server.batching.LONELY_BATCHES` runs of a single
+    request in a row switch back."""
 
     def __init__(self, server_app: ServerApp, max_rows: int) -> None:
         self.app = server_app
         self.max_rows = max_rows
         self.waiting: list[_Waiting] = []
         self.rows = 0
+        self.inline = True
+        self._turn_started = False  # inline: this turn has had its request
+        self._lonely = 0  # merging: runs of one request in a row
 
     def add(self, item: _Waiting, loop: Any) -> None:
+        if self.inline:
+            if not self._turn_started:
+                self._turn_started = True
+                loop.call_soon(self._end_turn)
+                self._answer([item])
+                return
+            self.inline = False  # two in one turn: merge from now on
+            self._lonely = 0
         rows = item.req.rows if item.req is not None else 0
         if self.rows and self.rows + rows > self.max_rows:
             self.flush()  # a full batch goes now; this request starts the next
@@ -94,11 +111,20 @@ class Coalescer:
         if self.rows >= self.max_rows:
             self.flush()
 
+    def _end_turn(self) -> None:
+        self._turn_started = False
+
     def flush(self) -> None:
         """Answer everything waiting (at the end of the turn, or at once for a full batch)."""
         waiting, self.waiting, self.rows = self.waiting, [], 0
         if not waiting:
             return
+        self._lonely = self._lonely + 1 if len(waiting) == 1 else 0
+        if self._lonely >= LONELY_BATCHES:
+            self.inline = True
+        self._answer(waiting)
+
+    def _answer(self, waiting: list[_Waiting]) -> None:
         app = self.app
         run = [w for w in waiting if w.req is not None]  # add() keeps them within max_rows together
         if run:
