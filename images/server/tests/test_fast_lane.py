@@ -590,3 +590,83 @@ def test_run_coalesced_one_requests_inputs_never_decide_anothers_answer() -> Non
     assert rt.calls == [2, 1, 1]
     assert isinstance(results[1], ValueError)
     assert not isinstance(results[0], Exception)
+
+
+# --- the real server: sockets, concurrent clients, SIGTERM -----------------------------------------------------
+
+CLIENTS = 32
+
+
+async def _client(port: int, rows: list[list[float]], stop_at: float, out: list[Any]) -> None:
+    """One keep-alive connection sending its rows one request at a time until ``stop_at`` (monotonic);
+    records (row index, sent before SIGTERM?, status, body or error)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    k = 0
+    try:
+        while loop.time() < stop_at and k < len(rows):
+            writer.write(post(INFER, rows_body([rows[k]], f"r{k}")))
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            n = int(
+                next(ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")).split(
+                    b":"
+                )[1]
+            )
+            body = await reader.readexactly(n)
+            out.append((k, int(head.split()[1]), body))
+            k += 1
+            if b"connection: close" in head.lower():
+                break
+    except (OSError, asyncio.IncompleteReadError) as e:
+        out.append((k, 0, repr(e).encode()))
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("merging", [False, True], ids=["inline", "merging"])
+def test_real_server_concurrent_answers_and_sigterm(
+    start_server: Callable[..., Any], tmp_path: Any, packed_clf: bytes, reference: Any, merging: bool
+) -> None:
+    """32 keep-alive clients, each row its own, through the lane of a real server process (merging or not);
+    SIGTERM after 1 s, clients go on sending through the 1 s drain: every request gets its own right
+    answer (a wrong one would mean rows mixed up across merged requests or connections); none fails; the
+    server exits 0 after closing the connections."""
+    import numpy as np
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(packed_clf)
+    env = {"batching_enabled": "true", "max_latency_ms": "0"} if merging else {}
+    srv = start_server(
+        model_uri=str(model), model_name="iris-like", model_version="3", drain_seconds="1.0", **env
+    )
+    assert "HTTP fast lane on" in srv.log(), srv.log()
+    rng = np.random.default_rng(5)
+    rows = [rng.normal(size=(400, 30)).round(3).astype(np.float32) for _ in range(CLIENTS)]
+    results: list[list[Any]] = [[] for _ in range(CLIENTS)]
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + 1.6  # past SIGTERM (at 1.0 s), within the 1 s drain
+        tasks = [
+            asyncio.create_task(_client(srv.port, rows[c].tolist(), stop_at, results[c]))
+            for c in range(CLIENTS)
+        ]
+        await asyncio.sleep(1.0)
+        srv.terminate()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+    assert srv.wait(30) == 0, srv.log()
+    ref = reference(packed_clf).session
+    total = 0
+    for c in range(CLIENTS):
+        assert results[c], f"client {c} got nothing"
+        for k, status, body in results[c]:
+            assert status == 200, (c, k, body[:300])
+            out = orjson.loads(body)
+            assert out["id"] == f"r{k}"
+            want = ref.run(None, {"input": rows[c][k : k + 1]})[0].reshape(-1)
+            np.testing.assert_allclose(out["outputs"][0]["data"], want, rtol=1e-5, atol=1e-6)
+            total += 1
+    assert total > CLIENTS * 20, total
