@@ -264,3 +264,18 @@ def test_a_write_done_by_the_shutdown_deadline_counts_as_written(packed_clf) -> 
     log.stop(10)
     assert (log.written_rows, log.dropped_rows) == (4, 0)
     assert sum(t.num_rows for t in _tables(store)) == 4
+
+
+def test_rows_recorded_after_stop_are_counted_dropped(packed_clf) -> None:  # type: ignore[no-untyped-def]
+    """A request answered after the log stopped (one that outlived the graceful timeout): before, its rows
+    went into a buffer no writer would flush, counted nowhere. Now they are dropped and counted
+    (reason "stopped") and the buffer stays empty."""
+    rt, store, metrics, log = _started_on_blocking_store(packed_clf)
+    store.release.set()
+    log.stop(5)
+    feeds = rt.dummy_feeds(3)
+    log.record(feeds, rt.run(feeds), 3)
+    assert (log.written_rows, log.dropped_rows, log.unconfirmed_rows) == (0, 3, 0)
+    assert log._buffered == 0
+    text = metrics.render().decode()
+    assert _counter(text, 'kubeloop_server_prediction_log_dropped_rows_total{reason="stopped"}') == 3

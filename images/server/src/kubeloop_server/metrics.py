@@ -178,7 +178,8 @@ class ServerMetrics:
         )
         self.log_dropped = Counter(
             "kubeloop_server_prediction_log_dropped_rows",
-            "Sampled prediction-log rows dropped, by reason (buffer_full, storage_error, shutdown_timeout).",
+            "Sampled prediction-log rows dropped, by reason (buffer_full, storage_error, shutdown_timeout, "
+            "stopped: recorded after the log stopped).",
             ["reason"],
             registry=r,
         )

@@ -113,6 +113,8 @@ class PredictionLogger:
         self.unconfirmed_rows = 0
         # Set by stop() when the final flush missed its deadline: the writer counts what it finishes after.
         self._abandoned = False
+        # Set under _lock once no writer will flush again (the last flush is done, or stop() gave up).
+        self._closed = False
 
     # --- request path ------------------------------------------------------------------------------------
 
@@ -130,8 +132,13 @@ class PredictionLogger:
                     return
                 rows = int(take.size)
         with self._lock:
-            if self._buffered + rows > self._max_rows:
+            if self._closed:  # the writer's last flush is over: nothing would ever write these
+                self.dropped_rows += rows
+                reason = "stopped"
                 dropped = True
+            elif self._buffered + rows > self._max_rows:
+                dropped = True
+                reason = "buffer_full"
                 self.dropped_rows += rows
             else:
                 dropped = False
@@ -139,7 +146,7 @@ class PredictionLogger:
                 self._buffered += rows
                 full = self._buffered >= self._flush_rows
         if dropped:
-            self._metrics.log_dropped.labels("buffer_full").inc(rows)
+            self._metrics.log_dropped.labels(reason).inc(rows)
             return
         if full:
             self._wake.set()
@@ -166,6 +173,7 @@ class PredictionLogger:
             if self._thread.is_alive():
                 with self._lock:
                     self._abandoned = True
+                    self._closed = True
                     buffered = sum(c.rows for c in self._buffer)
                     self._buffer = []  # not written later: the writer's last flush finds nothing
                     self._buffered -= buffered
@@ -192,10 +200,15 @@ class PredictionLogger:
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
-            stopping = self._stop.is_set()
-            self.flush()
-            if stopping:
-                return
+            if not self._stop.is_set():
+                self.flush()
+                continue
+            while True:  # the last flushes: until nothing was recorded during one
+                self.flush()
+                with self._lock:
+                    if not self._buffer:
+                        self._closed = True  # record() drops and counts from now on
+                        return
 
     def flush(self) -> None:
         with self._lock:
