@@ -128,12 +128,18 @@ async def floor_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": FLOOR_ANSWER})
 
 
-def uvicorn_runner(app: Any, raw: bytes, n: int) -> Callable[[], None]:
-    """n keep-alive requests through uvicorn's httptools protocol on uvloop, in memory."""
+def uvicorn_config(app: Any) -> Config:
+    """The server's uvicorn settings that matter here, for an in-memory connection."""
     config = Config(
         app, lifespan="off", access_log=False, server_header=False, proxy_headers=False, log_level="warning"
     )
     config.load()
+    return config
+
+
+def uvicorn_runner(app: Any, raw: bytes, n: int) -> Callable[[], None]:
+    """n keep-alive requests through uvicorn's httptools protocol on uvloop, in memory."""
+    config = uvicorn_config(app)
 
     def go() -> None:
         loop = uvloop.new_event_loop()
@@ -164,15 +170,7 @@ def lane_runner(app: ServerApp, raw: bytes, n: int, fixed: bool = False) -> Call
     """n keep-alive requests through the server's HTTP fast lane (kubeloop_server.protocol: uvicorn's
     httptools protocol answering in the parser's callback), in memory; ``fixed``: the lane's floor, its
     answer a fixed reply (the parsing, response write and bookkeeping of the lane, nothing of ours)."""
-    config = Config(
-        app.app,
-        lifespan="off",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        log_level="warning",
-    )
-    config.load()
+    config = uvicorn_config(app.app)
     protocol = make_protocol(app)
     reply = (200, FLOOR_ANSWER, b"application/json", None)
 
@@ -199,15 +197,7 @@ def lane_runner(app: ServerApp, raw: bytes, n: int, fixed: bool = False) -> Call
 def lane_wave_runner(app: ServerApp, raw: bytes, n: int, wave: int) -> Callable[[], None]:
     """n requests through the fast lane, ``wave`` connections at once: each sends one request in the same
     loop turn (as when their bytes arrive together), then the turn ends (a merging lane runs them then)."""
-    config = Config(
-        app.app,
-        lifespan="off",
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        log_level="warning",
-    )
-    config.load()
+    config = uvicorn_config(app.app)
     protocol = make_protocol(app)
 
     def go() -> None:

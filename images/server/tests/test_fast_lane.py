@@ -134,13 +134,11 @@ class Conn:
             self.loop.close()
 
 
-@pytest.fixture
-def lane(make_client: Callable[..., Any], packed_clf: bytes) -> Iterator[tuple[Any, Callable[[], Conn]]]:
-    """(TestClient over the ASGI app, a factory of fast-lane connections to the same server)."""
-    client = make_client(packed_clf, model_name="iris-like", model_version="3", max_body_bytes=4096)
+def _connections(client: Any) -> Iterator[tuple[Any, Callable[[], Conn]]]:
+    """(client, connect): fast-lane connections to the client's server, one protocol class and one loop for
+    all of them, as a uvicorn server has."""
     app: ServerApp = client.server_app
-    assert app.fast_lane_refusal() is None
-    protocol = make_protocol(app)  # once per server, as uvicorn's Config has it
+    protocol = make_protocol(app)
     loop = uvloop.new_event_loop()
     conns: list[Conn] = []
 
@@ -152,6 +150,15 @@ def lane(make_client: Callable[..., Any], packed_clf: bytes) -> Iterator[tuple[A
     for c in conns:
         c.close()
     loop.close()
+
+
+@pytest.fixture
+def lane(make_client: Callable[..., Any], packed_clf: bytes) -> Iterator[tuple[Any, Callable[[], Conn]]]:
+    """(TestClient over the ASGI app, a factory of fast-lane connections to the same server)."""
+    client = make_client(packed_clf, model_name="iris-like", model_version="3", max_body_bytes=4096)
+    app: ServerApp = client.server_app
+    assert app.fast_lane_refusal() is None
+    yield from _connections(client)
 
 
 INFER = b"/v2/models/iris-like/infer"
@@ -405,18 +412,7 @@ def merging(make_client: Callable[..., Any], packed_clf: bytes) -> Iterator[tupl
     app: ServerApp = client.server_app
     assert app.fast_lane_refusal() is None
     assert app.lane_merges
-    protocol = make_protocol(app)  # once per server, as uvicorn's Config has it
-    loop = uvloop.new_event_loop()
-    conns: list[Conn] = []
-
-    def connect() -> Conn:
-        conns.append(Conn(app, protocol, loop))
-        return conns[-1]
-
-    yield client, connect
-    for c in conns:
-        c.close()
-    loop.close()
+    yield from _connections(client)
 
 
 def test_merging_lane_runs_one_turns_requests_together(merging: Any) -> None:
