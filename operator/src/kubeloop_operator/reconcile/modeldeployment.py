@@ -32,8 +32,10 @@ from kubeloop_operator.builders.modeldeployment import (
     build_hpa,
     build_service,
     deployment_name,
+    deployment_patch,
     desired_replicas,
     manifest_hash,
+    owned_hash,
     ref_key,
     selector,
     spec_patch,
@@ -198,7 +200,7 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: MdView, *, resolve: bo
             )
 
         lives = {t: _deployment(view, mem, deployment_name(owner.name, t)) for t in TRACKS}
-        coming = {t: _coming(plans[t], manifests.get(t), lives[t]) for t in plans}
+        coming = {t: _coming(mem, plans[t], manifests.get(t), lives[t]) for t in plans}
         if _is_ready(current) and any(c is not None for c in coming.values()):
             # Ready goes False *before* a Deployment changes, never after: no window in which the
             # status says Ready while a new template or replica count is already on its way.
@@ -242,15 +244,19 @@ def _is_ready(status: ModelDeploymentStatus) -> bool:
 
 
 def _coming(
-    plan: TrackPlan, manifest: dict[str, Any] | None, live: DeploymentSummary | None
+    mem: ObjectMemory, plan: TrackPlan, manifest: dict[str, Any] | None, live: DeploymentSummary | None
 ) -> tuple[DeploymentSummary, ...] | None:
     """What the track's Deployment is about to become (a new template or replica count not yet seen by
-    its controller), or None when nothing is about to change. A Deployment still to be created is
-    absent: ``()``."""
+    its controller, or a hand edit put back), or None when nothing is about to change. A Deployment
+    still to be created is absent: ``()``."""
     if live is None:
         return () if manifest is not None else None
     new_hash = plan.config_hash if manifest is not None else live.config_hash
-    if new_hash == live.config_hash and plan.replicas == live.spec_replicas:
+    if (
+        new_hash == live.config_hash
+        and plan.replicas == live.spec_replicas
+        and not (manifest is not None and _drifted(mem, manifest, live))
+    ):
         return None
     return (
         replace(
@@ -519,7 +525,7 @@ def _ensure_deployment(
                 return None
             before = ((current.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels", {})
             live = _remember(
-                mem, rt.kube.patch(DEPLOYMENT, owner.namespace, name, spec_patch(current, manifest))
+                mem, rt.kube.patch(DEPLOYMENT, owner.namespace, name, deployment_patch(current, manifest))
             )
             was = before.get("kubeloop.io/model-version", "?")
             log.info("rolling Deployment %s/%s to %s (was %s)", owner.namespace, name, what, was)
@@ -532,6 +538,8 @@ def _ensure_deployment(
                     f"rollout/{plan.track}/{plan.config_hash}",
                 )
             )
+        elif _drifted(mem, manifest, live):
+            live = _put_back(rt, mem, owner, plan, manifest, live, events)
         elif live.spec_replicas != plan.replicas:
             obj = rt.kube.patch(DEPLOYMENT, owner.namespace, name, {"spec": {"replicas": plan.replicas}})
             live = _remember(mem, obj)
@@ -545,3 +553,71 @@ def _remember(mem: ObjectMemory, obj: Mapping[str, Any]) -> DeploymentSummary:
     d = summarize_deployment(obj)
     mem.children[_key(DEPLOYMENT, d.name)] = (time.monotonic(), d)
     return d
+
+
+# A hand edit put back: (what was built, what the live Deployment still has after our patch), when
+# the API server keeps an owned field differently from how it was written (a normal form that
+# owned_fields lacks). Patching again could not help: it is not repeated until either side changes.
+_UNFIXABLE: Final = "unfixable"
+
+
+def _drifted(mem: ObjectMemory, manifest: Mapping[str, Any], live: DeploymentSummary) -> bool:
+    """Whether someone edited the fields of the Deployment the operator owns (``kubectl edit`` keeps
+    the config-hash annotation: the live fields themselves are compared)."""
+    if not live.owned_hash or live.deleting:
+        return False
+    want = owned_hash(manifest)
+    if live.owned_hash == want:
+        return False
+    stuck = mem.children.get(f"{_UNFIXABLE}/{live.name}")
+    return not (stuck is not None and stuck[1] == (want, live.owned_hash))
+
+
+def _put_back(
+    rt: Runtime,
+    mem: ObjectMemory,
+    owner: Owner,
+    plan: TrackPlan,
+    manifest: dict[str, Any],
+    live: DeploymentSummary,
+    events: list[EventSpec],
+) -> DeploymentSummary | None:
+    """Restore the fields of a Deployment edited by hand to what the builder makes (one patch, the
+    template the ModelDeployment asks for rolls out again); everything else on it stays."""
+    name = plan.deployment
+    current = rt.kube.get(DEPLOYMENT, owner.namespace, name)
+    if current is None:
+        mem.children.pop(_key(DEPLOYMENT, name), None)
+        return None
+    patch = deployment_patch(current, manifest)
+    if not patch:  # the index lagged behind a change already undone
+        return _remember(mem, current)
+    edited = sorted(patch.get("spec", {}).get("template", {}).get("spec", {})) or sorted(
+        patch.get("spec", {})
+    )
+    fixed = _remember(mem, rt.kube.patch(DEPLOYMENT, owner.namespace, name, patch))
+    want = owned_hash(manifest)
+    if fixed.owned_hash != want:
+        mem.children[f"{_UNFIXABLE}/{name}"] = (time.monotonic(), (want, fixed.owned_hash))
+        log.warning(
+            "Deployment %s/%s still differs from what was written after putting it back; not patching "
+            "it again until it or its ModelDeployment changes",
+            owner.namespace,
+            name,
+        )
+    log.warning(
+        "Deployment %s/%s was edited outside its ModelDeployment (%s): put back",
+        owner.namespace,
+        name,
+        ", ".join(edited),
+    )
+    events.append(
+        EventSpec(
+            "Warning",
+            "DriftReverted",
+            f"{plan.track}: Deployment {name} was edited outside the ModelDeployment "
+            f"({', '.join(edited)}); restored to the ModelDeployment's template",
+            f"drift/{plan.track}/{live.owned_hash}",
+        )
+    )
+    return fixed

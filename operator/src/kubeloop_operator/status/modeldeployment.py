@@ -40,6 +40,7 @@ from kubeloop_operator.builders.modeldeployment import (
     ResolvedModel,
     Track,
     live_hash,
+    owned_hash,
     split_percent,
 )
 from kubeloop_operator.status.conditions import EventSpec, Want, merge, one_line, rfc3339
@@ -77,6 +78,9 @@ class DeploymentSummary:
     available_replicas: int = 0
     conditions: tuple[DeploymentCondition, ...] = ()
     deleting: bool = False
+    owned_hash: str = ""
+    """The hash of the fields the operator owns as they are live (``builders.modeldeployment.owned_hash``):
+    differs from the built Deployment's after a hand edit, which leaves ``config_hash`` as it was."""
 
     def condition(self, type_: str) -> DeploymentCondition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -110,6 +114,7 @@ def summarize_deployment(body: Mapping[str, Any]) -> DeploymentSummary:
             for c in status.get("conditions") or []
         ),
         deleting=bool(meta.get("deletionTimestamp")),
+        owned_hash=owned_hash(body),
     )
 
 

@@ -1,0 +1,133 @@
+"""Against the real kube-apiserver: a server Deployment edited with kubectl (``set image``, ``set env``)
+is put back by the next reconcile — what the operator's watch of its Deployments runs on every change
+of one — while ``kubectl rollout restart`` and replicas set through the ModelDeployment's scale
+subresource stay; a converged Deployment costs no write. The reconciler runs with a resolver that
+pins a fixed file (no registry) and sees the children as the indexes would (read back live)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubeloop_operator.builders.modeldeployment import CONTAINER, ResolvedModel, ref_key
+from kubeloop_operator.k8s import DEPLOYMENT, HPA, MODELDEPLOYMENT, SERVICE, Kube
+from kubeloop_operator.metrics import Metrics
+from kubeloop_operator.reconcile import modeldeployment as rec
+from kubeloop_operator.runtime import Runtime
+from kubeloop_operator.settings import OperatorSettings
+from kubeloop_operator.status.modeldeployment import summarize_child, summarize_deployment
+from localcluster.pytest_fixtures import KubeCluster
+
+from kubeloop.contracts import Labels
+from kubeloop.resources import ModelRef
+
+pytestmark = pytest.mark.component
+
+ROOT = Path(__file__).resolve().parents[2]
+URI = "s3://kubeloop/models/m/1/model.onnx"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+
+
+class CountingKube(Kube):
+    """The operator's API access, counting the writes to Deployments."""
+
+    deployment_writes: list[str]
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if method != "GET" and "/deployments" in path:
+            self.deployment_writes.append(f"{method} {path}")
+        return super().request(method, path, **kwargs)
+
+
+class PinnedResolver:
+    def resolve(self, ref: ModelRef, served_as: str, pinned: ResolvedModel | None = None) -> ResolvedModel:
+        return ResolvedModel(
+            ref=ref_key(ref), name=served_as, version="1", uri=URI, digest="sha256:" + "ab" * 32
+        )
+
+
+@pytest.fixture
+def rt(kube_cluster: KubeCluster) -> Iterator[Runtime]:
+    if kube_cluster.kubectl("get", "crd", "modeldeployments.kubeloop.io", check=False).returncode != 0:
+        kube_cluster.kubectl("apply", "-f", str(ROOT / "crds"))
+        kube_cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.kubeloop.io")
+    kube = CountingKube.connect(str(kube_cluster.kubeconfig))
+    kube.deployment_writes = []
+    runtime = Runtime(settings=OperatorSettings(pod_s3_endpoint="minio:9000"), kube=kube, metrics=Metrics())
+    runtime.resolver = PinnedResolver()  # type: ignore[assignment]
+    yield runtime
+    kube.close()
+
+
+def reconcile(rt: Runtime, ns: str) -> list[str]:
+    """One reconcile of ``md`` as a watch event would run it; the Deployment writes it made."""
+    kube = rt.kube
+    assert isinstance(kube, CountingKube)
+    kube.deployment_writes.clear()
+    body = kube.get(MODELDEPLOYMENT, ns, "md")
+    assert body is not None
+    sel = f"{Labels.OWNER_UID}={body['metadata']['uid']}"
+    view = rec.MdView(
+        deployments=tuple(summarize_deployment(d) for d in kube.list(DEPLOYMENT, ns, label_selector=sel)),
+        services=tuple(summarize_child(s) for s in kube.list(SERVICE, ns, label_selector=sel)),
+        hpas=tuple(summarize_child(h) for h in kube.list(HPA, ns, label_selector=sel)),
+    )
+    rec.reconcile(rt, body, view)
+    return list(kube.deployment_writes)
+
+
+def container(rt: Runtime, ns: str) -> dict[str, Any]:
+    d = rt.kube.get(DEPLOYMENT, ns, "md-stable")
+    assert d is not None
+    c: dict[str, Any] = next(c for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == CONTAINER)
+    return c
+
+
+def test_a_hand_edited_deployment_is_put_back_and_a_restart_and_a_scale_stay(
+    rt: Runtime, kube_cluster: KubeCluster, k8s_namespace: str
+) -> None:
+    ns = k8s_namespace
+
+    def kubectl(*args: str) -> str:
+        return kube_cluster.kubectl(*args, namespace=ns).stdout
+
+    md = {
+        "apiVersion": "kubeloop.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "md", "namespace": ns},
+        "spec": {
+            "model": {"uri": URI},
+            "replicas": 1,
+            # canonicalised by the API server (0.5 -> 500m, 1000m -> 1): no drift for that
+            "resources": {"requests": {"cpu": "0.5"}, "limits": {"cpu": "1000m", "memory": "256Mi"}},
+        },
+    }
+    kube_cluster.kubectl("apply", "-f", "-", namespace=ns, input=json.dumps(md))
+    assert reconcile(rt, ns) == [f"POST {DEPLOYMENT.path(ns)}"]
+    built = container(rt, ns)
+    assert reconcile(rt, ns) == []  # the API server's defaults are no drift: an idle resync writes nothing
+
+    kubectl("set", "image", "deployment/md-stable", f"{CONTAINER}=evil/server:latest")
+    kubectl("set", "env", "deployment/md-stable", f"--containers={CONTAINER}", "DEBUG=1")
+    assert container(rt, ns)["image"] == "evil/server:latest"
+    t0 = time.monotonic()
+    assert reconcile(rt, ns) == [f"PATCH {DEPLOYMENT.path(ns, 'md-stable')}"]
+    assert time.monotonic() - t0 < 10
+    now = container(rt, ns)
+    assert now["image"] == built["image"]
+    assert now["env"] == built["env"]
+    assert reconcile(rt, ns) == []  # put back once: no flapping
+
+    kubectl("rollout", "restart", "deployment/md-stable")
+    assert reconcile(rt, ns) == []
+    kubectl("scale", "modeldeployment/md", "--replicas=3")  # the scale subresource the HPA uses
+    assert reconcile(rt, ns) == [f"PATCH {DEPLOYMENT.path(ns, 'md-stable')}"]
+    d = rt.kube.get(DEPLOYMENT, ns, "md-stable")
+    assert d is not None
+    assert d["spec"]["replicas"] == 3
+    assert RESTARTED_AT in d["spec"]["template"]["metadata"]["annotations"]
+    assert reconcile(rt, ns) == []
