@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -124,6 +125,18 @@ def final_metrics(head: InferenceHead, ds: Dataset) -> dict[str, float]:
     else:
         metrics = regression_metrics(ds.y_val, out)
     return {k: v for k, v in metrics.items() if math.isfinite(v)}
+
+
+# Trainer-private tag on the model versions it registers: which training made the version, so a
+# retried pod of that training reuses its version instead of registering one more (see _registered).
+TRAINING_KEY_TAG = "kubeloop.io/training-key"
+
+
+def training_key(settings: TrainerSettings, spec: TrainingJobSpec) -> str:
+    """One training: the TrainingJob (namespace, name, UID) and the spec its Job runs. Every retried
+    pod of the Job has the same; a re-created TrainingJob (new UID) or another spec has another."""
+    doc = [settings.namespace, settings.name, settings.uid, spec.model_dump(mode="json", by_alias=True)]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def run(settings: TrainerSettings, ctx: DistContext | None = None) -> TrainingSummary | None:
@@ -316,6 +329,10 @@ def _finish(
     best = best_model(template, state)
     head = InferenceHead(best, ds.task, ds.target_mean, ds.target_std)
     metrics = final_metrics(head, ds)
+    key = training_key(settings, spec)
+    earlier = _registered(tracker, store, model_name, key, settings.bucket)
+    if earlier is not None:  # before logging: a resumed run keeps the metrics of the registered model
+        return _finish_earlier(spec, tracker, model_name, earlier, metrics, settings.bucket)
     tracker.log_metrics({**metrics, "best_epoch": float(state.best_epoch), "epochs_run": float(state.epoch)})
 
     metadata = ModelMetadata(
@@ -338,6 +355,7 @@ def _finish(
             MlflowTags.NAMESPACE: settings.namespace,
             MlflowTags.TRAININGJOB: settings.name,
             MlflowTags.UID: settings.uid,
+            TRAINING_KEY_TAG: key,
         },
     )
     onnx_ref = model_onnx(model_name, version, bucket)
@@ -374,24 +392,100 @@ def _finish(
                 log.warning("cannot remove %s: %s", ref.uri, e)
         raise
 
-    promoted = False
-    p = spec.promotion
-    if p is not None:
-        promoted, why = tracker.promote(
-            model_name,
-            version,
-            p.alias,
-            p.metric,
-            metrics.get(p.metric, math.nan),
-            p.threshold,
-            p.require_improvement,
-        )
-        emit({"event": "promotion", "promoted": promoted, "alias": p.alias, "reason": why})
     return TrainingSummary(
         metrics=metrics,
         mlflow_run_id=tracker.run_id,
         model_version=version,
         model_uri=onnx_ref.uri,
         baseline_uri=baseline_ref.uri,
-        promoted=promoted,
+        promoted=_promote(spec, tracker, model_name, version, metrics),
+    )
+
+
+def _promote(
+    spec: TrainingJobSpec, tracker: Tracker, model_name: str, version: int, metrics: dict[str, float]
+) -> bool:
+    p = spec.promotion
+    if p is None:
+        return False
+    promoted, why = tracker.promote(
+        model_name,
+        version,
+        p.alias,
+        p.metric,
+        metrics.get(p.metric, math.nan),
+        p.threshold,
+        p.require_improvement,
+    )
+    emit({"event": "promotion", "promoted": promoted, "alias": p.alias, "reason": why})
+    return promoted
+
+
+def _registered(tracker: Tracker, store: ObjectStore, model_name: str, key: str, bucket: str) -> Any:
+    """The version an earlier attempt of this training registered completely, or None.
+
+    Complete means everything _finish does before promotion is done: the version is READY and tagged
+    with the URIs of its ONNX model and baseline, and both objects are in the store (the URI tags are
+    written last). An attempt killed before that leaves a version nobody can deploy (the operator
+    resolves a version through those tags); it is removed here, as that attempt's rollback would have,
+    and this attempt registers its own. (An attempt still finishing it in a terminating pod then fails
+    to tag or promote it and rolls back its own objects; this attempt's version is another.)"""
+    found = None
+    for mv in tracker.versions_tagged(model_name, TRAINING_KEY_TAG, key):
+        version = int(mv.version)
+        onnx_ref = model_onnx(model_name, version, bucket)
+        baseline_ref = model_baseline(model_name, version, bucket)
+        tags = dict(mv.tags or {})
+        complete = (
+            str(mv.status) == "READY"
+            and tags.get(MlflowTags.MODEL_URI) == onnx_ref.uri
+            and tags.get(MlflowTags.BASELINE_URI) == baseline_ref.uri
+            and store.exists(onnx_ref)
+            and store.exists(baseline_ref)
+        )
+        if complete and found is None:
+            found = mv
+        elif not complete:
+            log.warning(
+                "removing version %s of %s: an earlier attempt of this training registered it "
+                "and failed before finishing it",
+                version,
+                model_name,
+            )
+            tracker.delete_version(model_name, version)
+            for ref in (onnx_ref, baseline_ref):
+                try:
+                    store.delete(ref)
+                except StorageError as e:
+                    log.warning("cannot remove %s: %s", ref.uri, e)
+    return found
+
+
+def _finish_earlier(
+    spec: TrainingJobSpec,
+    tracker: Tracker,
+    model_name: str,
+    mv: Any,
+    metrics: dict[str, float],
+    bucket: str,
+) -> TrainingSummary:
+    """A retried pod: report the version its earlier attempt registered, with that model's metrics
+    (from its run; this attempt's model may differ where it trained from scratch), and do the steps
+    after registration again (promotion is idempotent, marking the run finished follows)."""
+    version = int(mv.version)
+    log.info(
+        "version %s of %s was registered by an earlier attempt of this training: reusing it",
+        version,
+        model_name,
+    )
+    emit({"event": "reused", "model_version": version, "mlflow_run_id": mv.run_id})
+    logged = tracker.run_metrics(mv.run_id)
+    reported = {k: logged[k] for k in metrics if k in logged and math.isfinite(logged[k])}
+    return TrainingSummary(
+        metrics=reported,
+        mlflow_run_id=mv.run_id,
+        model_version=version,
+        model_uri=model_onnx(model_name, version, bucket).uri,
+        baseline_uri=model_baseline(model_name, version, bucket).uri,
+        promoted=_promote(spec, tracker, model_name, version, reported),
     )

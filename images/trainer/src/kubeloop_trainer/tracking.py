@@ -168,6 +168,17 @@ class Tracker:
         )
         return int(mv.version)
 
+    def versions_tagged(self, name: str, tag: str, value: str) -> list[Any]:
+        """The versions of ``name`` whose ``tag`` is ``value``, oldest first ([] if ``name`` is absent)."""
+        query = f"name='{name}' and tags.`{tag}` = '{value}'"
+        found = self._call("search the model versions", self.client.search_model_versions, query)
+        return sorted(found, key=lambda mv: int(mv.version))
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of each metric of ``run_id`` ({} where the run no longer exists)."""
+        run = self._run_or_none(run_id)
+        return {} if run is None else {k: float(v) for k, v in run.data.metrics.items()}
+
     def tag_version(self, name: str, version: int, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self._call("tag the model version", self.client.set_model_version_tag, name, str(version), k, v)
@@ -199,17 +210,21 @@ class Tracker:
                 holder = self.client.get_model_version_by_alias(name, alias)
             except Exception:
                 holder = None
+            if holder is not None and str(holder.version) == str(version):
+                # a retried pod whose earlier attempt moved the alias: a version need not beat itself
+                return True, f"alias {alias!r} already points at version {version}"
             if holder is not None and holder.run_id:
-                run = self._holder_run(holder.run_id)
+                run = self._run_or_none(holder.run_id)
                 old = None if run is None else run.data.metrics.get(metric)
                 if old is not None and not math.isnan(float(old)) and not better(metric, value, float(old)):
                     return False, f"{metric}={value:.4g} does not beat version {holder.version} ({old:.4g})"
         self._call("set the alias", self.client.set_registered_model_alias, name, alias, str(version))
         return True, f"alias {alias!r} now points at version {version}"
 
-    def _holder_run(self, run_id: str) -> Any:
-        """The alias holder's run, or None where it no longer exists (deleted for good, ``mlflow gc``):
-        then the holder has no value to beat. Any other failure is a TrackingError."""
+    def _run_or_none(self, run_id: str) -> Any:
+        """The run (of the alias holder, of a reused version), or None where it no longer exists
+        (deleted for good, ``mlflow gc``): then it has no value to beat. Any other failure is a
+        TrackingError."""
         from mlflow.exceptions import MlflowException
 
         def get() -> Any:
@@ -218,7 +233,7 @@ class Tracker:
             except MlflowException as e:
                 if e.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
-                log.warning("MLflow: the alias holder's run %s no longer exists: %s", run_id, e.message)
+                log.warning("MLflow: run %s no longer exists: %s", run_id, e.message)
                 return None
 
-        return self._call("read the alias holder's run", get)
+        return self._call(f"read run {run_id}", get)
