@@ -309,9 +309,10 @@ PROGRESS_EVENT_EPOCH: Final = "epoch"
 
 
 # Trainer exit codes that a retry cannot fix (kubeloop_trainer.errors, ``retryable = False``): invalid
-# configuration (2), the dataset's problems (10-29) and a run whose loss diverged (34: the same seed and
-# settings diverge again). The operator fails the Job at once on them instead of retrying.
-TRAINER_NO_RETRY_EXIT_CODES: Final = frozenset({2, *range(10, 30), 34})
+# configuration (2), the dataset's problems (10-29), a model that does not export to ONNX (32: the same
+# model fails to export again) and a run whose loss diverged (34: the same seed and settings diverge
+# again). The operator fails the Job at once on them instead of retrying.
+TRAINER_NO_RETRY_EXIT_CODES: Final = frozenset({2, *range(10, 30), 32, 34})
 
 # --- credentials, labels and names on the cluster ---------------------------------------------------
 

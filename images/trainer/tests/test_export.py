@@ -13,7 +13,7 @@ from kubeloop_trainer.errors import DataError, ExportError
 from kubeloop_trainer.export import export_onnx, onnx_feed, verify
 from kubeloop_trainer.model import InferenceHead, build_model
 
-from kubeloop.contracts import ModelMetadata
+from kubeloop.contracts import TRAINER_NO_RETRY_EXIT_CODES, ModelMetadata
 from kubeloop.resources import DatasetSpec
 
 
@@ -109,6 +109,27 @@ def test_verify_refuses_a_model_that_differs(diabetes: pd.DataFrame) -> None:
         head.model.net[0].bias.add_(0.01)  # torch drifts away from the exported graph
     with pytest.raises(ExportError, match="differs from torch"):
         verify(data, head, ds, 1e-4)
+
+
+def test_an_export_failure_is_not_retried(diabetes: pd.DataFrame) -> None:
+    # ExportError (32) was retried up to the Job's backoffLimit, each retry training the whole model
+    # again to fail the same way: export, checker and onnxruntime comparison are pure computation on
+    # the trained model (no storage, no network; uploads fail as StorageError/TrackingError), and the
+    # same spec, seed and data (or the last checkpoint) give the same model.
+    ds = prepare(diabetes, DatasetSpec(uri="/d.csv", target="target"), "regression", 1)
+    head = _trained_head(ds, steps=5)
+    data = export_onnx(head, ds, _meta(ds)).SerializeToString()
+    with torch.no_grad():
+        head.model.net[0].bias.add_(0.01)
+    messages = []
+    for _ in range(2):
+        with pytest.raises(ExportError) as e:
+            verify(data, head, ds, 1e-4)
+        messages.append(e.value.message)
+    assert messages[0] == messages[1]  # a second attempt fails alike
+    assert not ExportError.retryable
+    assert ExportError.exit_code == 32
+    assert ExportError.exit_code in TRAINER_NO_RETRY_EXIT_CODES
 
 
 def test_feature_named_like_an_output_is_refused(breast_cancer: pd.DataFrame) -> None:

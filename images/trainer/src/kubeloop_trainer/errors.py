@@ -157,6 +157,10 @@ class ExportError(TrainerError):
 
     exit_code = 32
     reason = "ExportError"
+    # Export, check and comparison are computation on the trained model alone (uploads fail as
+    # StorageError or TrackingError), and a retry trains the same model from the same spec, seed and
+    # data or checkpoint: it fails the same way.
+    retryable = False
 
 
 class DistributedError(TrainerError):
