@@ -13,17 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubeloop_operator.builders import common
+from kubeloop_operator.builders import driftmonitor as dm
 from kubeloop_operator.builders.modeldeployment import CONTAINER, ResolvedModel, ref_key
-from kubeloop_operator.k8s import DEPLOYMENT, HPA, MODELDEPLOYMENT, SERVICE, Kube
+from kubeloop_operator.handlers.driftmonitor import summarize_cronjob
+from kubeloop_operator.k8s import CRONJOB, DEPLOYMENT, HPA, MODELDEPLOYMENT, SERVICE, Kube
 from kubeloop_operator.metrics import Metrics
 from kubeloop_operator.reconcile import modeldeployment as rec
+from kubeloop_operator.reconcile.driftmonitor import check_pod_config
 from kubeloop_operator.runtime import Runtime
 from kubeloop_operator.settings import OperatorSettings
 from kubeloop_operator.status.modeldeployment import summarize_child, summarize_deployment
 from localcluster.pytest_fixtures import KubeCluster
 
 from kubeloop.contracts import Labels
-from kubeloop.resources import ModelRef
+from kubeloop.resources import DriftMonitorSpec, ModelRef
 
 pytestmark = pytest.mark.component
 
@@ -56,6 +60,7 @@ def rt(kube_cluster: KubeCluster) -> Iterator[Runtime]:
         kube_cluster.kubectl("apply", "-f", str(ROOT / "crds"))
         kube_cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.kubeloop.io")
     kube = CountingKube.connect(str(kube_cluster.kubeconfig))
+    assert isinstance(kube, CountingKube)
     kube.deployment_writes = []
     runtime = Runtime(settings=OperatorSettings(pod_s3_endpoint="minio:9000"), kube=kube, metrics=Metrics())
     runtime.resolver = PinnedResolver()  # type: ignore[assignment]
@@ -93,7 +98,7 @@ def test_a_hand_edited_deployment_is_put_back_and_a_restart_and_a_scale_stay(
     ns = k8s_namespace
 
     def kubectl(*args: str) -> str:
-        return kube_cluster.kubectl(*args, namespace=ns).stdout
+        return str(kube_cluster.kubectl(*args, namespace=ns).stdout)
 
     md = {
         "apiVersion": "kubeloop.io/v1alpha1",
@@ -131,3 +136,25 @@ def test_a_hand_edited_deployment_is_put_back_and_a_restart_and_a_scale_stay(
     assert d["spec"]["replicas"] == 3
     assert RESTARTED_AT in d["spec"]["template"]["metadata"]["annotations"]
     assert reconcile(rt, ns) == []
+
+
+def test_a_drift_monitors_cronjob_read_back_is_no_drift_until_its_job_template_is_edited(
+    rt: Runtime, kube_cluster: KubeCluster, k8s_namespace: str
+) -> None:
+    ns = k8s_namespace
+    owner = common.Owner("kubeloop.io/v1alpha1", "DriftMonitor", ns, "watch", "uid-watch")
+    spec = DriftMonitorSpec.model_validate({"deployment": "bc", "schedule": "*/5 * * * *", "suspend": True})
+    cron = dm.build_cronjob(owner, spec, check_pod_config(rt.settings))
+    del cron["metadata"]["ownerReferences"]  # no such owner: the garbage collector would take it
+    obj, _ = rt.kube.create(cron)
+    assert summarize_cronjob(obj) is not None
+    assert summarize_cronjob(obj).owned_hash == dm.owned_hash(cron)  # type: ignore[union-attr]
+    name = cron["metadata"]["name"]
+    kube_cluster.kubectl("set", "image", f"cronjob/{name}", f"{dm.CONTAINER}=evil/check:latest", namespace=ns)
+    kube_cluster.kubectl("set", "env", f"cronjob/{name}", "DEBUG=1", namespace=ns)
+    live = rt.kube.get(CRONJOB, ns, name)
+    assert live is not None
+    assert dm.owned_hash(live) != dm.owned_hash(cron)
+    fixed = rt.kube.patch(CRONJOB, ns, name, dm.cronjob_patch(cron, live))
+    assert dm.owned_hash(fixed) == dm.owned_hash(cron)
+    assert dm.cronjob_patch(cron, fixed) == {}

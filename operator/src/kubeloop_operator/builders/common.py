@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from kubeloop.contracts import MANAGED_BY_OPERATOR, PART_OF_KUBELOOP, Labels
 from kubeloop.naming import child_name as child_name
 from kubeloop.naming import dns_label_name as dns_label_name
 from kubeloop.naming import short_hash as _hash
-from kubeloop.resources import GPU_RESOURCE, ResourceRequirements, Toleration, overcommit_allowed
+from kubeloop.resources import (
+    GPU_RESOURCE,
+    ResourceRequirements,
+    Toleration,
+    overcommit_allowed,
+    parse_quantity,
+)
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
@@ -134,5 +141,162 @@ def merge_diff(live: Any, desired: Any) -> Any:
             patch[k] = merge_diff(live[k], v) if isinstance(v, Mapping) else v
     for k in live:
         if k not in desired:
+            patch[k] = None
+    return patch
+
+
+# --- the fields of a pod template the operator owns ---------------------------------------------------
+#
+# ``kubectl edit`` keeps a child's hash annotation, so the annotation cannot tell whether the live
+# template is still the one built. :func:`owned_pod_template` projects a pod template (built or live)
+# onto the fields the operator owns, in a normal form in which what the API server fills in (defaults,
+# canonical quantities) and what other tools add (``kubectl rollout restart``'s annotation, a mesh's
+# labels) disappear: a built and a live template project the same unless someone edited one of them.
+
+# Keys of a template's labels and annotations that are the operator's (it removes those it did not set).
+_OWN_KEY_PREFIXES: Final = ("kubeloop.io/", "app.kubernetes.io/")
+# Fields of the pod spec: those the builder sets, and those a hand edit may add that the API server
+# never defaults (their absence is what the builder wants).
+_POD_FIELDS: Final = (
+    "containers",
+    "initContainers",
+    "volumes",
+    "automountServiceAccountToken",
+    "enableServiceLinks",
+    "terminationGracePeriodSeconds",
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "hostNetwork",
+    "serviceAccountName",
+)
+# What the API server fills in for a pod-spec field the builder may leave out: that value is no edit.
+_POD_DEFAULTS: Final[dict[str, Any]] = {"terminationGracePeriodSeconds": 30}
+# The same for a container. Left out: terminationMessagePath (always defaulted) and what none of our
+# containers uses (stdin, tty).
+_CONTAINER_FIELDS: Final = (
+    "name",
+    "image",
+    "imagePullPolicy",
+    "command",
+    "args",
+    "workingDir",
+    "env",
+    "envFrom",
+    "ports",
+    "volumeMounts",
+    "startupProbe",
+    "readinessProbe",
+    "livenessProbe",
+    "lifecycle",
+    "terminationMessagePolicy",
+    "resources",
+    "securityContext",
+)
+
+
+def own_keys(m: Any) -> dict[str, Any]:
+    """The operator's keys of a labels or annotations map."""
+    if not isinstance(m, Mapping):
+        return {}
+    return {k: v for k, v in m.items() if isinstance(k, str) and k.startswith(_OWN_KEY_PREFIXES)}
+
+
+def _quantity(v: Any) -> Any:
+    try:
+        return str(parse_quantity(v).normalize())
+    except (ValueError, ArithmeticError):
+        return v
+
+
+def _resources(r: Any) -> dict[str, Any]:
+    if not isinstance(r, Mapping):
+        return {}
+    limits = {k: _quantity(v) for k, v in (r.get("limits") or {}).items()}
+    # The API server makes a limit without a request the request too.
+    requests = {**limits, **{k: _quantity(v) for k, v in (r.get("requests") or {}).items()}}
+    out: dict[str, Any] = {k: v for k, v in r.items() if k not in ("limits", "requests") and v}
+    if limits:
+        out["limits"] = limits
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def _probe(p: Any) -> Any:
+    if not isinstance(p, Mapping):
+        return p
+    # successThreshold 1 is the API server's default (and the only value liveness and startup allow).
+    return {k: v for k, v in p.items() if not (k == "successThreshold" and v == 1)}
+
+
+def _env(env: Any) -> Any:
+    if not isinstance(env, list):
+        return env
+    out = []
+    for e in env:
+        ref = ((e.get("valueFrom") or {}).get("fieldRef") if isinstance(e, Mapping) else None) or None
+        if isinstance(ref, Mapping) and ref.get("apiVersion") == "v1":  # defaulted
+            e = {
+                **e,
+                "valueFrom": {
+                    **e["valueFrom"],
+                    "fieldRef": {k: v for k, v in ref.items() if k != "apiVersion"},
+                },
+            }
+        out.append(e)
+    return out
+
+
+def _container(c: Any) -> Any:
+    if not isinstance(c, Mapping):
+        return c
+    out: dict[str, Any] = {}
+    for k in _CONTAINER_FIELDS:
+        v = c.get(k)
+        if k == "resources":
+            v = _resources(v)
+        elif k.endswith("Probe"):
+            v = _probe(v)
+        elif k == "env":
+            v = _env(v)
+        if v is not None and v != {} and v != []:
+            out[k] = v
+    return out
+
+
+def owned_pod_template(tpl: Any, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The owned fields of a pod template (see above); ``extra``: more pod-spec fields the builder
+    sets (not in the list because the API server defaults them where the builder does not)."""
+    tpl = tpl if isinstance(tpl, Mapping) else {}
+    meta = tpl.get("metadata") or {}
+    pod = tpl.get("spec") or {}
+    tpl_meta = {f: own_keys(meta.get(f)) for f in ("labels", "annotations")}
+    pod_out: dict[str, Any] = {}
+    for k in (*_POD_FIELDS, *extra):
+        v = pod.get(k)
+        if k in ("containers", "initContainers") and isinstance(v, list):
+            v = [_container(c) for c in v]
+        if v is not None and v != {} and v != [] and not (k in _POD_DEFAULTS and _POD_DEFAULTS[k] == v):
+            pod_out[k] = v
+    return {"metadata": {k: v for k, v in tpl_meta.items() if v}, "spec": pod_out}
+
+
+def owned_patch(have: Mapping[str, Any], want: Mapping[str, Any], raw: Any) -> dict[str, Any]:
+    """The merge patch from projection ``have`` to projection ``want``; values are taken from the built
+    manifest (``raw``, as the builder wrote them) where it has them, lists whole."""
+    raw = raw if isinstance(raw, Mapping) else {}
+    patch: dict[str, Any] = {}
+    for k, v in want.items():
+        if k in have and have[k] == v:
+            continue
+        if isinstance(v, Mapping) and isinstance(have.get(k), Mapping):
+            sub = owned_patch(have[k], v, raw.get(k))
+            if sub:
+                patch[k] = sub
+        else:
+            patch[k] = copy.deepcopy(raw[k]) if k in raw else v
+    for k in have:
+        if k not in want:
             patch[k] = None
     return patch

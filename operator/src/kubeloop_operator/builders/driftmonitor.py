@@ -23,7 +23,16 @@ from typing import Any, Final
 from kubeloop import podenv
 from kubeloop.contracts import DriftCheckEnv, Labels
 from kubeloop.resources import API_VERSION, GROUP, DriftMonitorSpec, LastRetrain, TrainingJob
-from kubeloop_operator.builders.common import Owner, child_name, label_value, labels, metadata
+from kubeloop_operator.builders.common import (
+    Owner,
+    child_name,
+    label_value,
+    labels,
+    metadata,
+    own_keys,
+    owned_patch,
+    owned_pod_template,
+)
 
 COMPONENT: Final = "drift-check"
 APP_NAME: Final = "kubeloop-drift-check"
@@ -216,9 +225,48 @@ def build_children(owner: Owner, spec: DriftMonitorSpec, cfg: DriftCheckPodConfi
     ]
 
 
-def cronjob_patch(cron: Mapping[str, Any]) -> dict[str, Any]:
-    """The merge patch that brings an existing CronJob to ``cron`` (built by :func:`build_cronjob`)."""
-    return {"metadata": {"annotations": {SPEC_HASH_ANNOTATION: spec_hash(cron)}}, "spec": cron["spec"]}
+# The fields of a CronJob's spec and of its job template's spec that build_cronjob sets (the pod template
+# is projected by common.owned_pod_template, restartPolicy with it: the builder sets it).
+_CRONJOB_FIELDS: Final = (
+    "schedule",
+    "timeZone",
+    "suspend",
+    "concurrencyPolicy",
+    "startingDeadlineSeconds",
+    "successfulJobsHistoryLimit",
+    "failedJobsHistoryLimit",
+)
+_JOB_FIELDS: Final = ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
+
+
+def owned_fields(cron: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a CronJob (built or live) the operator owns, in normal form: equal for a built
+    CronJob and the same one as the API server keeps it, different after a hand edit of one of them
+    (``kubectl edit`` keeps the spec-hash annotation)."""
+    spec = cron.get("spec") or {}
+    out: dict[str, Any] = {k: spec[k] for k in _CRONJOB_FIELDS if spec.get(k) is not None}
+    jt = spec.get("jobTemplate") or {}
+    jspec = jt.get("spec") or {}
+    job: dict[str, Any] = {k: jspec[k] for k in _JOB_FIELDS if jspec.get(k) is not None}
+    job["template"] = owned_pod_template(jspec.get("template"), extra=("restartPolicy",))
+    jmeta = {f: own_keys((jt.get("metadata") or {}).get(f)) for f in ("labels", "annotations")}
+    out["jobTemplate"] = {"metadata": {k: v for k, v in jmeta.items() if v}, "spec": job}
+    return out
+
+
+def owned_hash(cron: Mapping[str, Any]) -> str:
+    return _hash(owned_fields(cron))
+
+
+def cronjob_patch(cron: Mapping[str, Any], live: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The merge patch that brings an existing CronJob to ``cron`` (built by :func:`build_cronjob`):
+    with the ``live`` one, only the fields it owns that differ (keys a hand edit added removed, what
+    the API server defaulted and others added kept); without, the whole spec."""
+    spec = cron["spec"] if live is None else owned_patch(owned_fields(live), owned_fields(cron), cron["spec"])
+    patch: dict[str, Any] = {"spec": spec} if spec else {}
+    if (live is None or spec_hash(live) != spec_hash(cron)) and spec_hash(cron):
+        patch["metadata"] = {"annotations": {SPEC_HASH_ANNOTATION: spec_hash(cron)}}
+    return patch
 
 
 def role_patch(role: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,6 @@ is in flight and flushes its prediction log. ``terminationGracePeriodSeconds`` c
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -36,7 +35,7 @@ from typing import Any, Final, Literal
 from kubeloop import podenv
 from kubeloop.contracts import Labels, ServerEnv
 from kubeloop.naming import model_deployment_service_name
-from kubeloop.resources import GROUP, VERSION, ModelDeploymentSpec, ModelRef, parse_quantity
+from kubeloop.resources import GROUP, VERSION, ModelDeploymentSpec, ModelRef
 from kubeloop_operator.builders.common import (
     Owner,
     child_name,
@@ -45,6 +44,8 @@ from kubeloop_operator.builders.common import (
     labels,
     merge_diff,
     metadata,
+    owned_patch,
+    owned_pod_template,
     tolerations,
 )
 
@@ -413,8 +414,6 @@ def live_hash(body: Mapping[str, Any]) -> str:
 # ``paused``, the replica count the scale path decides) disappear: a built and a live Deployment project
 # the same unless someone edited one of the operator's fields.
 
-# Keys of a template's labels and annotations that are the operator's (it removes those it did not set).
-_OWN_KEY_PREFIXES: Final = ("kubeloop.io/", "app.kubernetes.io/")
 # Fields of the Deployment spec the builder sets ("template" is projected on its own).
 _DEPLOYMENT_FIELDS: Final = (
     "selector",
@@ -423,111 +422,6 @@ _DEPLOYMENT_FIELDS: Final = (
     "progressDeadlineSeconds",
     "minReadySeconds",
 )
-# Fields of the pod spec: those the builder sets, and those a hand edit may add that the API server
-# never defaults (their absence is what the builder wants).
-_POD_FIELDS: Final = (
-    "containers",
-    "initContainers",
-    "volumes",
-    "automountServiceAccountToken",
-    "enableServiceLinks",
-    "terminationGracePeriodSeconds",
-    "nodeSelector",
-    "tolerations",
-    "affinity",
-    "hostNetwork",
-    "serviceAccountName",
-)
-# The same for a container. Left out: terminationMessagePath (always defaulted) and what has no meaning
-# for the server (stdin, tty).
-_CONTAINER_FIELDS: Final = (
-    "name",
-    "image",
-    "imagePullPolicy",
-    "command",
-    "args",
-    "workingDir",
-    "env",
-    "envFrom",
-    "ports",
-    "volumeMounts",
-    "startupProbe",
-    "readinessProbe",
-    "livenessProbe",
-    "lifecycle",
-    "terminationMessagePolicy",
-    "resources",
-    "securityContext",
-)
-
-
-def _own_keys(m: Any) -> dict[str, Any]:
-    if not isinstance(m, Mapping):
-        return {}
-    return {k: v for k, v in m.items() if isinstance(k, str) and k.startswith(_OWN_KEY_PREFIXES)}
-
-
-def _quantity(v: Any) -> Any:
-    try:
-        return str(parse_quantity(v).normalize())
-    except (ValueError, ArithmeticError):
-        return v
-
-
-def _resources(r: Any) -> dict[str, Any]:
-    if not isinstance(r, Mapping):
-        return {}
-    limits = {k: _quantity(v) for k, v in (r.get("limits") or {}).items()}
-    # The API server makes a limit without a request the request too.
-    requests = {**limits, **{k: _quantity(v) for k, v in (r.get("requests") or {}).items()}}
-    out: dict[str, Any] = {k: v for k, v in r.items() if k not in ("limits", "requests") and v}
-    if limits:
-        out["limits"] = limits
-    if requests:
-        out["requests"] = requests
-    return out
-
-
-def _probe(p: Any) -> Any:
-    if not isinstance(p, Mapping):
-        return p
-    # successThreshold 1 is the API server's default (and the only value liveness and startup allow).
-    return {k: v for k, v in p.items() if not (k == "successThreshold" and v == 1)}
-
-
-def _env(env: Any) -> Any:
-    if not isinstance(env, list):
-        return env
-    out = []
-    for e in env:
-        ref = ((e.get("valueFrom") or {}).get("fieldRef") if isinstance(e, Mapping) else None) or None
-        if isinstance(ref, Mapping) and ref.get("apiVersion") == "v1":  # defaulted
-            e = {
-                **e,
-                "valueFrom": {
-                    **e["valueFrom"],
-                    "fieldRef": {k: v for k, v in ref.items() if k != "apiVersion"},
-                },
-            }
-        out.append(e)
-    return out
-
-
-def _container(c: Any) -> Any:
-    if not isinstance(c, Mapping):
-        return c
-    out: dict[str, Any] = {}
-    for k in _CONTAINER_FIELDS:
-        v = c.get(k)
-        if k == "resources":
-            v = _resources(v)
-        elif k.endswith("Probe"):
-            v = _probe(v)
-        elif k == "env":
-            v = _env(v)
-        if v is not None and v != {} and v != []:
-            out[k] = v
-    return out
 
 
 def owned_fields(deployment: Mapping[str, Any]) -> dict[str, Any]:
@@ -535,18 +429,7 @@ def owned_fields(deployment: Mapping[str, Any]) -> dict[str, Any]:
     count is not among them. Equal for a built Deployment and the same one as the API server keeps it."""
     spec = deployment.get("spec") or {}
     out: dict[str, Any] = {k: spec[k] for k in _DEPLOYMENT_FIELDS if spec.get(k) is not None}
-    tpl = spec.get("template") or {}
-    meta = tpl.get("metadata") or {}
-    pod = tpl.get("spec") or {}
-    tpl_meta = {f: _own_keys(meta.get(f)) for f in ("labels", "annotations")}
-    pod_out: dict[str, Any] = {}
-    for k in _POD_FIELDS:
-        v = pod.get(k)
-        if k in ("containers", "initContainers") and isinstance(v, list):
-            v = [_container(c) for c in v]
-        if v is not None and v != {} and v != []:
-            pod_out[k] = v
-    out["template"] = {"metadata": {k: v for k, v in tpl_meta.items() if v}, "spec": pod_out}
+    out["template"] = owned_pod_template(spec.get("template"))
     return out
 
 
@@ -563,7 +446,7 @@ def deployment_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dic
     patch: dict[str, Any] = {}
     want_spec = desired.get("spec") or {}
     have_spec = live.get("spec") or {}
-    spec = _owned_patch(owned_fields(live), owned_fields(desired), want_spec)
+    spec = owned_patch(owned_fields(live), owned_fields(desired), want_spec)
     if "replicas" in want_spec and have_spec.get("replicas") != want_spec["replicas"]:
         spec["replicas"] = want_spec["replicas"]
     if spec:
@@ -577,26 +460,6 @@ def deployment_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dic
             meta[field] = changed
     if meta:
         patch["metadata"] = meta
-    return patch
-
-
-def _owned_patch(have: Mapping[str, Any], want: Mapping[str, Any], raw: Any) -> dict[str, Any]:
-    """The merge patch from projection ``have`` to projection ``want``; values are taken from the built
-    manifest (``raw``, as the builder wrote them) where it has them, lists whole."""
-    raw = raw if isinstance(raw, Mapping) else {}
-    patch: dict[str, Any] = {}
-    for k, v in want.items():
-        if k in have and have[k] == v:
-            continue
-        if isinstance(v, Mapping) and isinstance(have.get(k), Mapping):
-            sub = _owned_patch(have[k], v, raw.get(k))
-            if sub:
-                patch[k] = sub
-        else:
-            patch[k] = copy.deepcopy(raw[k]) if k in raw else v
-    for k in have:
-        if k not in want:
-            patch[k] = None
     return patch
 
 

@@ -4,7 +4,8 @@
   job's status write, which is how a drifted result reaches the retraining decision within moments;
 * ``resync`` every ``resync_seconds``, from the kind's :class:`~kubeloop_operator.sweeper.Sweeper` (one
   loop for all DriftMonitors, not a kopf timer per object): follows the retrain's TrainingJob, the
-  ModelDeployment and the CronJob, retries what failed, and writes nothing when nothing changed.
+  ModelDeployment and the CronJob, retries what failed, and writes nothing when nothing changed;
+  a change of the monitor's CronJob (a hand edit, which the resync puts back) brings it forward.
 
 Three in-memory indexes feed it without API requests: the monitors' CronJobs and retraining
 TrainingJobs (by owner UID; both carry ``kubeloop.io/owner-kind=driftmonitor``) and every
@@ -20,7 +21,7 @@ import kopf
 
 from kubeloop.contracts import Labels
 from kubeloop.resources import GROUP, VERSION
-from kubeloop_operator.builders.driftmonitor import SPEC_HASH_ANNOTATION
+from kubeloop_operator.builders.driftmonitor import SPEC_HASH_ANNOTATION, owned_hash
 from kubeloop_operator.reconcile.driftmonitor import KIND, MonitorView, forget, reconcile
 from kubeloop_operator.runtime import Runtime
 from kubeloop_operator.status.conditions import parse_time
@@ -55,6 +56,7 @@ def summarize_cronjob(body: Mapping[str, Any]) -> CronJobView | None:
         last_schedule_time=status.get("lastScheduleTime"),
         active=len(status.get("active") or []),
         schedule=str(spec["schedule"]) if spec.get("schedule") is not None else None,
+        owned_hash=owned_hash(body),
     )
 
 
@@ -141,6 +143,14 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
         concurrency=max(1, s.max_workers // 4),
     )
     rt.sweepers.append(sweeper)
+
+    @kopf.on.event("batch", "v1", "cronjobs", labels=OWNED, id="drift-cronjob", registry=registry)
+    async def on_cronjob(body: kopf.Body, **_: Any) -> None:
+        # A hand edit keeps our annotation but changes the CronJob: its monitor's resync comes now,
+        # not a period later (one that changed nothing writes nothing).
+        uid = _owner(body)
+        if uid is not None:
+            sweeper.retry(uid, 0.0)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="event", registry=registry)
     def on_event(type: str, body: kopf.Body, **kwargs: Any) -> None:

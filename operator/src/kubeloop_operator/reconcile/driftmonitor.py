@@ -211,12 +211,25 @@ def _ensure_identity(
     return None
 
 
+_UNFIXABLE: Final = "unfixable:"
+
+
+def _cron_drifted(mem: ObjectMemory, cron: Mapping[str, Any], seen: CronJobView) -> bool:
+    """Whether the CronJob's owned fields (its job template's too) were edited by hand: ``kubectl
+    edit`` keeps the spec-hash annotation, so they are compared as they are live."""
+    if not seen.owned_hash:
+        return False
+    want = b.owned_hash(cron)
+    stuck = mem.children.get(f"{_UNFIXABLE}{seen.name}")
+    return seen.owned_hash != want and not (stuck is not None and stuck[1] == (want, seen.owned_hash))
+
+
 def _ensure_cronjob(
     rt: Runtime, owner: Owner, spec: DriftMonitorSpec, seen: CronJobView | None, mem: ObjectMemory
 ) -> tuple[bool, ChildProblem | None]:
-    """The CronJob exists and matches the spec (schedule, suspend, image, settings). A hand edit of
-    ``suspend`` or ``schedule`` (``kubectl patch``) keeps our spec-hash annotation, so those two are
-    compared as they are live."""
+    """The CronJob exists and matches the spec (schedule, suspend, image, settings). A hand edit
+    (``kubectl patch``, ``kubectl edit``) keeps our spec-hash annotation, so the fields we own are
+    compared as they are live, and put back."""
     cron = b.build_cronjob(owner, spec, check_pod_config(rt.settings))
     name = b.cronjob_name(owner.name)
     want = b.spec_hash(cron)
@@ -237,15 +250,33 @@ def _ensure_cronjob(
             seen.spec_hash != want
             or seen.suspend != spec.suspend
             or (seen.schedule is not None and seen.schedule != spec.schedule)
+            or _cron_drifted(mem, cron, seen)
         ):
-            rt.kube.patch(CRONJOB, owner.namespace, name, b.cronjob_patch(cron))
-            log.info(
-                "updated CronJob %s/%s (schedule %r, suspend %s)",
-                owner.namespace,
-                name,
-                spec.schedule,
-                spec.suspend,
-            )
+            live = rt.kube.get(CRONJOB, owner.namespace, name)
+            if live is None:  # deleted since the index saw it
+                rt.kube.create(cron)
+                log.info("created CronJob %s/%s", owner.namespace, name)
+            elif patch := b.cronjob_patch(cron, live):
+                obj = rt.kube.patch(CRONJOB, owner.namespace, name, patch)
+                if b.owned_hash(obj) != b.owned_hash(cron):
+                    # The API server keeps a field differently from how it was written: patching
+                    # again could not help, and would write on every resync.
+                    mem.children[f"{_UNFIXABLE}{name}"] = (
+                        time.monotonic(),
+                        (b.owned_hash(cron), b.owned_hash(obj)),
+                    )
+                if seen.spec_hash == want:
+                    log.warning(
+                        "CronJob %s/%s was edited outside its DriftMonitor: put back", owner.namespace, name
+                    )
+                else:
+                    log.info(
+                        "updated CronJob %s/%s (schedule %r, suspend %s)",
+                        owner.namespace,
+                        name,
+                        spec.schedule,
+                        spec.suspend,
+                    )
         else:
             return True, None
     except KubeError as e:

@@ -252,6 +252,9 @@ class CronJobView:
     schedule: str | None = None
     """The live schedule (None: not known). With ``suspend``, what a hand edit changes without
     touching the spec-hash annotation."""
+    owned_hash: str = ""
+    """The hash of the fields the operator owns as they are live (``builders.driftmonitor.owned_hash``):
+    differs from the built CronJob's after a hand edit of its job template too."""
 
 
 @dataclass(frozen=True, slots=True)
