@@ -115,6 +115,7 @@ def test_a_half_registered_version_is_not_reused(
     setup: tuple[dict[str, str], dict[str, Any]],
     run_main: Callable[[dict[str, str]], Any],
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     env, _ = setup
 
@@ -136,3 +137,14 @@ def test_a_half_registered_version_is_not_reused(
     # the incomplete leftover of the failed attempt is gone; the retry's version is complete
     assert _versions() == ["2"]
     assert "kubeloop.io/model-uri" in _client().get_model_version(MODEL, "2").tags
+
+    # a tagged version whose ONNX is gone from the store is neither reused nor removed (it may hold
+    # an alias); a training that finds it registers a complete version of its own
+    for p in (tmp_path / "store").rglob("summary.json"):
+        p.unlink()
+    for p in (tmp_path / "store").rglob("models/retry-model/2/model.onnx"):
+        p.unlink()
+    third = run_main(env)
+    assert third.rc == 0, third.stderr[-2000:]
+    assert third.termination["modelVersion"] == 3
+    assert _versions() == ["2", "3"]

@@ -425,27 +425,23 @@ def _registered(tracker: Tracker, store: ObjectStore, model_name: str, key: str,
     """The version an earlier attempt of this training registered completely, or None.
 
     Complete means everything _finish does before promotion is done: the version is READY and tagged
-    with the URIs of its ONNX model and baseline, and both objects are in the store (the URI tags are
-    written last). An attempt killed before that leaves a version nobody can deploy (the operator
-    resolves a version through those tags); it is removed here, as that attempt's rollback would have,
-    and this attempt registers its own. (An attempt still finishing it in a terminating pod then fails
-    to tag or promote it and rolls back its own objects; this attempt's version is another.)"""
+    with the URIs of its ONNX model and baseline (the tags are written last), and both objects are in
+    the store. An attempt killed before tagging leaves a version nobody deploys or promotes (the
+    operator resolves a version through those tags): it is removed here, as that attempt's rollback
+    would have, and this attempt registers its own. (An attempt still finishing it in a terminating
+    pod then fails to tag it and rolls back its own objects; this attempt's version is another.)
+    A tagged version whose objects are gone is left alone: it may hold an alias."""
     found = None
     for mv in tracker.versions_tagged(model_name, TRAINING_KEY_TAG, key):
         version = int(mv.version)
         onnx_ref = model_onnx(model_name, version, bucket)
         baseline_ref = model_baseline(model_name, version, bucket)
         tags = dict(mv.tags or {})
-        complete = (
-            str(mv.status) == "READY"
-            and tags.get(MlflowTags.MODEL_URI) == onnx_ref.uri
+        tagged = (
+            tags.get(MlflowTags.MODEL_URI) == onnx_ref.uri
             and tags.get(MlflowTags.BASELINE_URI) == baseline_ref.uri
-            and store.exists(onnx_ref)
-            and store.exists(baseline_ref)
         )
-        if complete and found is None:
-            found = mv
-        elif not complete:
+        if not tagged:
             log.warning(
                 "removing version %s of %s: an earlier attempt of this training registered it "
                 "and failed before finishing it",
@@ -458,6 +454,16 @@ def _registered(tracker: Tracker, store: ObjectStore, model_name: str, key: str,
                     store.delete(ref)
                 except StorageError as e:
                     log.warning("cannot remove %s: %s", ref.uri, e)
+        elif found is None:
+            if str(mv.status) == "READY" and store.exists(onnx_ref) and store.exists(baseline_ref):
+                found = mv
+            else:
+                log.warning(
+                    "not reusing version %s of %s (status %s): its model or baseline is missing",
+                    version,
+                    model_name,
+                    mv.status,
+                )
     return found
 
 
