@@ -1,8 +1,10 @@
 """Against the real kube-apiserver: a server Deployment edited with kubectl (``set image``, ``set env``)
 is put back by the next reconcile — what the operator's watch of its Deployments runs on every change
 of one — while ``kubectl rollout restart`` and replicas set through the ModelDeployment's scale
-subresource stay; a converged Deployment costs no write. The reconciler runs with a resolver that
-pins a fixed file (no registry) and sees the children as the indexes would (read back live)."""
+subresource stay, and a converged Deployment costs no write; a DriftMonitor's CronJob and a
+TrainingJob's rendezvous Service as the API server keeps them are no drift until edited, and their
+patch undoes the edit. The reconciler runs with a resolver that pins a fixed file (no registry) and
+sees the children as the indexes would (read back live)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubeloop_operator.builders import common
 from kubeloop_operator.builders import driftmonitor as dm
+from kubeloop_operator.builders import trainingjob as tjb
 from kubeloop_operator.builders.modeldeployment import CONTAINER, ResolvedModel, ref_key
 from kubeloop_operator.handlers.driftmonitor import summarize_cronjob
 from kubeloop_operator.k8s import CRONJOB, DEPLOYMENT, HPA, MODELDEPLOYMENT, SERVICE, Kube
@@ -27,7 +31,7 @@ from kubeloop_operator.status.modeldeployment import summarize_child, summarize_
 from localcluster.pytest_fixtures import KubeCluster
 
 from kubeloop.contracts import Labels
-from kubeloop.resources import DriftMonitorSpec, ModelRef
+from kubeloop.resources import DriftMonitorSpec, ModelRef, TrainingJobSpec
 
 pytestmark = pytest.mark.component
 
@@ -158,3 +162,23 @@ def test_a_drift_monitors_cronjob_read_back_is_no_drift_until_its_job_template_i
     fixed = rt.kube.patch(CRONJOB, ns, name, dm.cronjob_patch(cron, live))
     assert dm.owned_hash(fixed) == dm.owned_hash(cron)
     assert dm.cronjob_patch(cron, fixed) == {}
+
+
+def test_a_rendezvous_service_read_back_is_no_drift_until_edited(
+    rt: Runtime, kube_cluster: KubeCluster, k8s_namespace: str
+) -> None:
+    ns = k8s_namespace
+    owner = common.Owner("kubeloop.io/v1alpha1", "TrainingJob", ns, "tj", "uid-tj")
+    manifest = yaml.safe_load((ROOT / "examples/trainingjob.yaml").read_text())
+    spec = TrainingJobSpec.model_validate({**manifest["spec"], "distributed": {"nodes": 2}})
+    svc = tjb.build_rendezvous_service(owner, spec)
+    assert svc is not None
+    del svc["metadata"]["ownerReferences"]  # no such owner: the garbage collector would take it
+    obj, _ = rt.kube.create(svc)
+    assert common.service_owned_hash(obj) == common.service_owned_hash(svc), obj["spec"]
+    name = svc["metadata"]["name"]
+    edited = rt.kube.patch(SERVICE, ns, name, {"spec": {"selector": {"app": "other"}}})
+    assert common.service_owned_hash(edited) != common.service_owned_hash(svc)
+    patch = common.owned_patch(common.service_owned(edited), common.service_owned(svc), svc["spec"])
+    fixed = rt.kube.patch(SERVICE, ns, name, {"spec": patch})
+    assert common.service_owned_hash(fixed) == common.service_owned_hash(svc)

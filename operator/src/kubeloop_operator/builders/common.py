@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -300,3 +301,31 @@ def owned_patch(have: Mapping[str, Any], want: Mapping[str, Any], raw: Any) -> d
         if k not in want:
             patch[k] = None
     return patch
+
+
+# A Service's fields the operator sets (and those of each port); the API server's defaults are no edit.
+_SERVICE_PORT_FIELDS: Final = ("name", "port", "targetPort", "protocol", "appProtocol")
+
+
+def service_owned(svc: Mapping[str, Any]) -> dict[str, Any]:
+    """A Service's owned fields in normal form: selector, ports, and the type unless it is the
+    default (ClusterIP); clusterIP, sessionAffinity and the like are the API server's."""
+    spec = svc.get("spec") or {}
+    out: dict[str, Any] = {"selector": dict(spec.get("selector") or {})}
+    if spec.get("type", "ClusterIP") != "ClusterIP":
+        out["type"] = spec["type"]
+    ports = []
+    for p in spec.get("ports") or []:
+        if not isinstance(p, Mapping):
+            continue
+        q = {k: p[k] for k in _SERVICE_PORT_FIELDS if p.get(k) is not None}
+        q.setdefault("protocol", "TCP")
+        q.setdefault("targetPort", q.get("port"))
+        ports.append(q)
+    out["ports"] = ports
+    return out
+
+
+def service_owned_hash(svc: Mapping[str, Any]) -> str:
+    """Differs between a built Service and the live one exactly when its owned fields were edited."""
+    return _hash(json.dumps(service_owned(svc), sort_keys=True, separators=(",", ":"), default=str), 16)

@@ -19,6 +19,7 @@ from typing import Any, Final
 import kopf
 
 from kubeloop.contracts import MANAGED_BY_OPERATOR, Labels
+from kubeloop_operator.builders.common import service_owned_hash
 from kubeloop_operator.builders.trainingjob import SPEC_GENERATION_ANNOTATION
 from kubeloop_operator.reconcile import ChildView, ServiceSummary
 from kubeloop_operator.runtime import Runtime
@@ -38,6 +39,14 @@ def _owner(body: Mapping[str, Any]) -> str | None:
     return str(uid) if uid else None
 
 
+def summarize_service(body: Mapping[str, Any]) -> ServiceSummary | None:
+    owner = _owner(body)
+    if owner is None:
+        return None
+    meta = body.get("metadata") or {}
+    return ServiceSummary(str(meta.get("name")), str(meta.get("uid")), owner, service_owned_hash(body))
+
+
 def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
     del rt  # the indexes need nothing but the bodies
 
@@ -53,11 +62,8 @@ def register(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
 
     @kopf.index("", "v1", "services", labels=MANAGED, id=SERVICES, registry=registry)
     async def kubeloop_services(body: kopf.Body, **_: Any) -> dict[str, ServiceSummary] | None:
-        owner = _owner(body)
-        if owner is None:
-            return None
-        meta = body.get("metadata") or {}
-        return {owner: ServiceSummary(str(meta.get("name")), str(meta.get("uid")), owner)}
+        s = summarize_service(body)
+        return {s.owner_uid: s} if s is not None else None
 
 
 def _values(index: Any, uid: str) -> list[Any]:

@@ -19,6 +19,9 @@ class ServiceSummary:
     name: str
     uid: str
     owner_uid: str
+    owned_hash: str = ""
+    """``builders.common.service_owned_hash`` of the live Service: a hand edit of its selector or
+    ports changes it (and keeps every annotation)."""
 
 
 @dataclass(frozen=True)
@@ -34,3 +37,6 @@ class ChildView:
 
     def has_service(self, name: str) -> bool:
         return any(s.name == name for s in self.services)
+
+    def service(self, name: str) -> ServiceSummary | None:
+        return next((s for s in self.services if s.name == name), None)

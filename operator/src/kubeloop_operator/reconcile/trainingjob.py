@@ -17,12 +17,13 @@ from kubeloop.contracts import training_log
 from kubeloop.resources import TrainingJobSpec, TrainingJobStatus, format_validation_error
 from kubeloop.storage import StorageError
 from kubeloop_operator import k8s
-from kubeloop_operator.builders.common import Owner
+from kubeloop_operator.builders.common import Owner, owned_patch, service_owned, service_owned_hash
 from kubeloop_operator.builders.trainingjob import (
     CONTAINER,
     SPEC_GENERATION_ANNOTATION,
     TrainerPodConfig,
     build_children,
+    build_rendezvous_service,
     job_drift,
     job_name,
     rendezvous_service_name,
@@ -101,6 +102,7 @@ def reconcile(rt: Runtime, body: Mapping[str, Any], view: ChildView, *, progress
             job, create_error = _ensure_children(rt, owner, spec, view, mem, job)
             if job is not None:
                 job = _sync_job(rt, owner, spec, job)
+            _sync_service(rt, owner, spec, view, mem)
         pods = [p for p in view.pods if p.owner_uid == owner.uid]
         kept = _keep_logs(rt, owner, pods, mem, current.failure.pod if current.failure else None, final)
         reading = _read_progress(rt, owner, pods, mem, force=progress) if not final else None
@@ -198,6 +200,39 @@ def _ensure_children(
         else:
             mem.children[name] = (time.monotonic(), None)
     return job, None
+
+
+_UNFIXABLE: Final = "unfixable:"
+
+
+def _sync_service(
+    rt: Runtime, owner: Owner, spec: TrainingJobSpec, view: ChildView, mem: ObjectMemory
+) -> None:
+    """The rendezvous Service's selector and ports follow what is built: a hand edit keeps every
+    annotation, so its owned fields are compared as they are live, and put back (once)."""
+    svc = build_rendezvous_service(owner, spec)
+    if svc is None:
+        return
+    name = str(svc["metadata"]["name"])
+    seen = view.service(name)
+    want = service_owned_hash(svc)
+    if seen is None or seen.owner_uid != owner.uid or not seen.owned_hash or seen.owned_hash == want:
+        return
+    stuck = mem.children.get(f"{_UNFIXABLE}{name}")
+    if stuck is not None and stuck[1] == (want, seen.owned_hash):
+        return
+    live = rt.kube.get(SERVICE, owner.namespace, name)
+    if live is None:
+        return
+    patch = owned_patch(service_owned(live), service_owned(svc), svc["spec"])
+    if not patch:
+        return
+    obj = rt.kube.patch(SERVICE, owner.namespace, name, {"spec": patch})
+    if service_owned_hash(obj) != want:
+        # The API server keeps a field differently from how it was written: patching again could
+        # not help, and would write on every resync.
+        mem.children[f"{_UNFIXABLE}{name}"] = (time.monotonic(), (want, service_owned_hash(obj)))
+    log.warning("Service %s/%s was edited outside its TrainingJob: put back", owner.namespace, name)
 
 
 def _sync_job(rt: Runtime, owner: Owner, spec: TrainingJobSpec, job: JobSummary) -> JobSummary:
