@@ -234,3 +234,12 @@ def test_the_reconciler_puts_a_hand_edited_deployment_back_once_and_leaves_a_res
     tpl = dep["spec"]["template"]
     assert tpl["metadata"]["annotations"].pop(RESTARTED_AT) == "t1"
     assert tpl == want
+
+
+def test_an_empty_env_value_the_api_server_drops_is_no_drift() -> None:
+    # The API server stores {"name": "X", "value": ""} as {"name": "X"} (omitempty).
+    want = desired()
+    want["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "EMPTY", "value": ""})
+    live = as_stored(want)
+    live["spec"]["template"]["spec"]["containers"][0]["env"][-1] = {"name": "EMPTY"}
+    assert b.owned_hash(live) == b.owned_hash(want)

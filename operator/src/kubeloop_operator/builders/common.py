@@ -236,6 +236,8 @@ def _env(env: Any) -> Any:
         return env
     out = []
     for e in env:
+        if isinstance(e, Mapping) and e.get("value") == "":  # the API server drops it (omitempty)
+            e = {k: v for k, v in e.items() if k != "value"}
         ref = ((e.get("valueFrom") or {}).get("fieldRef") if isinstance(e, Mapping) else None) or None
         if isinstance(ref, Mapping) and ref.get("apiVersion") == "v1":  # defaulted
             e = {
