@@ -8,18 +8,23 @@ sees the children as the indexes would (read back live)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 import yaml
 from kubeloop_operator.builders import common
 from kubeloop_operator.builders import driftmonitor as dm
 from kubeloop_operator.builders import trainingjob as tjb
 from kubeloop_operator.builders.modeldeployment import CONTAINER, ResolvedModel, ref_key
+from kubeloop_operator.handlers import register_all
 from kubeloop_operator.handlers.driftmonitor import summarize_cronjob
 from kubeloop_operator.k8s import CRONJOB, DEPLOYMENT, HPA, MODELDEPLOYMENT, SERVICE, Kube
 from kubeloop_operator.metrics import Metrics
@@ -182,3 +187,75 @@ def test_a_rendezvous_service_read_back_is_no_drift_until_edited(
     patch = common.owned_patch(common.service_owned(edited), common.service_owned(svc), svc["spec"])
     fixed = rt.kube.patch(SERVICE, ns, name, {"spec": patch})
     assert common.service_owned_hash(fixed) == common.service_owned_hash(svc)
+
+
+# --- the operator itself: its watch of the Deployments --------------------------------------------------
+
+
+@contextmanager
+def operator_in_process(rt: Runtime, ns: str) -> Iterator[None]:
+    """The operator's handlers (register_all) under kopf, in a thread, for ``ns`` only."""
+    registry = kopf.OperatorRegistry()
+    register_all(registry, rt)
+    stop, ready = threading.Event(), threading.Event()
+
+    def run() -> None:
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                standalone=True,
+                clusterwide=False,
+                namespaces=[ns],
+                stop_flag=stop,
+                ready_flag=ready,
+            )
+        )
+
+    thread = threading.Thread(target=run, name="kopf", daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(30), "the operator did not start"
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def wait_for(what: str, fn: Callable[[], bool], timeout: float) -> float:
+    t0 = time.monotonic()
+    while not fn():
+        assert time.monotonic() - t0 < timeout, f"{what}: not within {timeout} s"
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def test_the_operator_puts_a_hand_edit_back_within_seconds_and_leaves_a_restart(
+    rt: Runtime, kube_cluster: KubeCluster, k8s_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = k8s_namespace
+    monkeypatch.setenv("KUBECONFIG", str(kube_cluster.kubeconfig))  # kopf's login
+    rt.settings = rt.settings.model_copy(update={"standalone": True, "namespaces": ns})
+    md = {
+        "apiVersion": "kubeloop.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "md", "namespace": ns},
+        # suspended: the template is there, no server pod runs
+        "spec": {"model": {"uri": URI}, "replicas": 1, "suspend": True},
+    }
+    kube_cluster.kubectl("apply", "-f", "-", namespace=ns, input=json.dumps(md))
+    with operator_in_process(rt, ns):
+        wait_for("the Deployment", lambda: rt.kube.get(DEPLOYMENT, ns, "md-stable") is not None, 30)
+        image = container(rt, ns)["image"]
+        kube_cluster.kubectl(
+            "set", "image", "deployment/md-stable", f"{CONTAINER}=evil/server:latest", namespace=ns
+        )
+        took = wait_for("the image put back", lambda: container(rt, ns)["image"] == image, 10)
+        print(f"hand edit put back in {took:.1f} s")
+        kube_cluster.kubectl("rollout", "restart", "deployment/md-stable", namespace=ns)
+        time.sleep(2)  # the events of the restart have been handled by now
+        d = rt.kube.get(DEPLOYMENT, ns, "md-stable")
+        assert d is not None
+        assert RESTARTED_AT in d["spec"]["template"]["metadata"]["annotations"]
+        assert container(rt, ns)["image"] == image
+        rt.kube.delete(MODELDEPLOYMENT, ns, "md")
+        wait_for("the ModelDeployment gone", lambda: rt.kube.get(MODELDEPLOYMENT, ns, "md") is None, 15)
