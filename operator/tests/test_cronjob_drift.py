@@ -24,6 +24,7 @@ from kubeloop import podenv
 from kubeloop.contracts import Labels
 from kubeloop.resources import DriftMonitorSpec
 
+from .test_deployment_drift import _leaves
 from .test_reconcile_driftmonitor import FakeKube, body, monitor, view, world, writes
 from .test_reconcile_modeldeployment import _merge
 
@@ -116,3 +117,10 @@ def test_a_change_of_a_monitors_cronjob_brings_its_resync_forward() -> None:
     cron["metadata"]["labels"][Labels.OWNER_UID] = "uid-watch"
     asyncio.run(on_cron[0].fn(body=cron))  # type: ignore[arg-type,call-arg]
     assert sweeper._entries["uid-watch"].resync_at <= sweeper.clock()
+
+
+def test_the_projection_keeps_every_field_the_builder_sets() -> None:
+    # A field build_cronjob sets but owned_fields leaves out could be edited by hand unnoticed (and a
+    # spec change of it would not reach the CronJob: the patch carries only owned fields).
+    cron = built()
+    assert _leaves(cron["spec"]) - _leaves(b.owned_fields(cron)) == set()

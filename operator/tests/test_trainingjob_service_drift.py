@@ -10,13 +10,16 @@ import copy
 from typing import Any
 
 from kubeloop_operator import k8s
-from kubeloop_operator.builders.common import service_owned_hash
-from kubeloop_operator.builders.trainingjob import rendezvous_service_name
+from kubeloop_operator.builders.common import Owner, service_owned, service_owned_hash
+from kubeloop_operator.builders.trainingjob import build_rendezvous_service, rendezvous_service_name
 from kubeloop_operator.handlers.children import summarize_service
 from kubeloop_operator.reconcile import ChildView
 from kubeloop_operator.reconcile.trainingjob import reconcile
 from kubeloop_operator.status.pods import summarize_job
 
+from kubeloop.resources import TrainingJobSpec
+
+from .test_deployment_drift import _leaves
 from .test_reconcile_driftmonitor import _merge
 from .test_reconcile_trainingjob import FakeKube, apply_status, runtime, tj
 
@@ -73,3 +76,15 @@ def test_a_hand_edited_rendezvous_service_is_put_back_once() -> None:
     assert svc["spec"]["selector"] == want["selector"]
     assert svc["spec"]["ports"] == want["ports"]
     assert svc["spec"]["clusterIP"] == "10.0.0.9"
+
+
+def test_every_field_the_builder_sets_is_owned() -> None:
+    # publishNotReadyAddresses: rendezvous happens before any pod is ready; turned off by hand, the
+    # workers would find no rank 0.
+    body = distributed()
+    svc = build_rendezvous_service(Owner.from_body(body), TrainingJobSpec.model_validate(body["spec"]))
+    assert svc is not None
+    edited = copy.deepcopy(svc)
+    edited["spec"]["publishNotReadyAddresses"] = False
+    assert service_owned_hash(edited) != service_owned_hash(svc)
+    assert _leaves(svc["spec"]) - _leaves(service_owned(svc)) == set()

@@ -310,12 +310,15 @@ _SERVICE_PORT_FIELDS: Final = ("name", "port", "targetPort", "protocol", "appPro
 
 
 def service_owned(svc: Mapping[str, Any]) -> dict[str, Any]:
-    """A Service's owned fields in normal form: selector, ports, and the type unless it is the
-    default (ClusterIP); clusterIP, sessionAffinity and the like are the API server's."""
+    """A Service's owned fields in normal form: selector, ports, publishNotReadyAddresses, and the
+    type unless it is the default (ClusterIP); clusterIP, sessionAffinity and the like are the API
+    server's."""
     spec = svc.get("spec") or {}
     out: dict[str, Any] = {"selector": dict(spec.get("selector") or {})}
     if spec.get("type", "ClusterIP") != "ClusterIP":
         out["type"] = spec["type"]
+    if spec.get("publishNotReadyAddresses"):  # false is the default
+        out["publishNotReadyAddresses"] = True
     ports = []
     for p in spec.get("ports") or []:
         if not isinstance(p, Mapping):
