@@ -451,13 +451,7 @@ def deployment_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dic
         spec["replicas"] = want_spec["replicas"]
     if spec:
         patch["spec"] = spec
-    meta: dict[str, Any] = {}
-    for field in ("labels", "annotations"):
-        want = (desired.get("metadata") or {}).get(field) or {}
-        have = (live.get("metadata") or {}).get(field) or {}
-        changed = {k: v for k, v in want.items() if have.get(k) != v}
-        if changed:
-            meta[field] = changed
+    meta = _metadata_patch(live, desired)
     if meta:
         patch["metadata"] = meta
     return patch
@@ -474,6 +468,14 @@ def spec_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str,
     spec = _overlay(live.get("spec") or {}, desired.get("spec") or {})
     if spec:
         patch["spec"] = spec
+    meta = _metadata_patch(live, desired)
+    if meta:
+        patch["metadata"] = meta
+    return patch
+
+
+def _metadata_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """Our labels and annotations where the live object lacks them or has other values (others' stay)."""
     meta: dict[str, Any] = {}
     for field in ("labels", "annotations"):
         want = (desired.get("metadata") or {}).get(field) or {}
@@ -481,9 +483,7 @@ def spec_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str,
         changed = {k: v for k, v in want.items() if have.get(k) != v}
         if changed:
             meta[field] = changed
-    if meta:
-        patch["metadata"] = meta
-    return patch
+    return meta
 
 
 def _overlay(live: Any, desired: Any) -> Any:
