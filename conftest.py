@@ -11,6 +11,12 @@ from pathlib import Path
 _HACK = str(Path(__file__).resolve().parent / "hack")
 if _HACK not in sys.path:
     sys.path.insert(0, _HACK)
+# The operator's tests share fakes across modules (``from test_reconcile_modeldeployment import FakeKube``).
+# A relative import cannot do it in the whole suite: importlib mode names operator/tests and api/tests
+# both ``tests``, so their modules (and a conftest in each) collide. Their directory is on the path instead.
+_OPERATOR_TESTS = str(Path(__file__).resolve().parent / "operator" / "tests")
+if _OPERATOR_TESTS not in sys.path:
+    sys.path.append(_OPERATOR_TESTS)
 
 pytest_plugins = ["localcluster.pytest_fixtures", "nodeagent.pytest_fixtures"]
 

@@ -19,14 +19,13 @@ from kubeloop_operator.metrics import Metrics
 from kubeloop_operator.reconcile.driftmonitor import reconcile
 from kubeloop_operator.runtime import Runtime
 from kubeloop_operator.settings import OperatorSettings
+from test_deployment_drift import _leaves
+from test_reconcile_driftmonitor import FakeKube, body, monitor, view, world, writes
+from test_reconcile_modeldeployment import _merge
 
 from kubeloop import podenv
 from kubeloop.contracts import Labels
 from kubeloop.resources import DriftMonitorSpec
-
-from .test_deployment_drift import _leaves
-from .test_reconcile_driftmonitor import FakeKube, body, monitor, view, world, writes
-from .test_reconcile_modeldeployment import _merge
 
 __all__ = ["world"]  # the fixture, imported for its name
 

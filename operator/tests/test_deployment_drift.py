@@ -15,11 +15,8 @@ from kubeloop_operator.builders import modeldeployment as b
 from kubeloop_operator.reconcile import modeldeployment as rec
 from kubeloop_operator.runtime import Runtime
 from kubeloop_operator.status.modeldeployment import summarize_deployment
-
-from kubeloop.resources import ModelDeploymentSpec
-
-from .test_builders_modeldeployment import CFG, OWNER, V3, example_spec
-from .test_reconcile_modeldeployment import (
+from test_builders_modeldeployment import CFG, OWNER, V3, example_spec
+from test_reconcile_modeldeployment import (
     SPEC,
     FakeKube,
     FakeResolver,
@@ -30,6 +27,8 @@ from .test_reconcile_modeldeployment import (
     world,
     writes,
 )
+
+from kubeloop.resources import ModelDeploymentSpec
 
 __all__ = ["world"]  # the fixture, imported for its name
 

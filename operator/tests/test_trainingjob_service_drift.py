@@ -16,12 +16,11 @@ from kubeloop_operator.handlers.children import summarize_service
 from kubeloop_operator.reconcile import ChildView
 from kubeloop_operator.reconcile.trainingjob import reconcile
 from kubeloop_operator.status.pods import summarize_job
+from test_deployment_drift import _leaves
+from test_reconcile_driftmonitor import _merge
+from test_reconcile_trainingjob import FakeKube, apply_status, runtime, tj
 
 from kubeloop.resources import TrainingJobSpec
-
-from .test_deployment_drift import _leaves
-from .test_reconcile_driftmonitor import _merge
-from .test_reconcile_trainingjob import FakeKube, apply_status, runtime, tj
 
 
 class Kube(FakeKube):
