@@ -98,8 +98,11 @@ def setup(store: Any, bucket: str, ns: str, rows: int, features: int, parts: int
             name: pa.array(rng.normal(0.05 * (i % 3), s, n))
             for i, (name, s) in enumerate(zip(names, scales, strict=True))
         }
+        # A whole second before now: the check's window ends at its start time in whole seconds, so a row
+        # stamped later in the same second would fall after it (the suite's tiny run starts the check well
+        # within a second of the write, and then saw 0 rows now and then).
         cols[PREDICTION_LOG_TIMESTAMP] = pa.array(
-            np.full(n, int(time.time() * 1e6), dtype=np.int64), type=pa.timestamp("us", tz="UTC")
+            np.full(n, (int(time.time()) - 1) * 1_000_000, dtype=np.int64), type=pa.timestamp("us", tz="UTC")
         )
         cols[PREDICTION_LOG_MODEL_VERSION] = pa.array([VERSION] * n)
         cols[PREDICTION_LOG_PREDICTION] = pa.array(np.where(rng.random(n) < 0.5, "0", "1").tolist())
