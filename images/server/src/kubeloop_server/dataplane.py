@@ -151,8 +151,7 @@ class DataPlane:
     ) -> tuple[InferRequest, Outputs]:
         """OIP inference for any protocol: ``decode`` (the protocol's codec) turns ``payload`` into a
         validated request; the result goes back to the protocol layer to encode."""
-        self.check_model(name, version)
-        req = decode(self.runtime, payload, self.max_rows, self.allow_missing, extra)
+        req = self.decode_now(name, version, decode, payload, extra)
         # _predict() spelled out: one coroutine less per request when the run is inline
         outputs = self.predictor.try_inline(req.feeds, req.rows)
         if outputs is None:
@@ -163,7 +162,7 @@ class DataPlane:
     def decode_now(
         self, name: str, version: str | None, decode: Decoder, payload: Any, extra: Any = None
     ) -> InferRequest:
-        """The first half of :meth:`infer` (model check, decoding), for the fast lane's merging."""
+        """The first half of :meth:`infer` (model check, decoding); the fast lane's merging calls it alone."""
         self.check_model(name, version)
         return decode(self.runtime, payload, self.max_rows, self.allow_missing, extra)
 
@@ -172,8 +171,7 @@ class DataPlane:
     ) -> tuple[InferRequest, Outputs]:
         """:meth:`infer` without a coroutine, for a predictor that always runs inline (``always_inline``):
         the HTTP fast lane answers from inside the parser's callback."""
-        self.check_model(name, version)
-        req = decode(self.runtime, payload, self.max_rows, self.allow_missing, extra)
+        req = self.decode_now(name, version, decode, payload, extra)
         outputs = self.predictor.try_inline(req.feeds, req.rows)
         if outputs is None:  # a predictor that is not always inline: the caller broke the contract
             raise RuntimeError(f"{type(self.predictor).__name__} did not run the request inline")

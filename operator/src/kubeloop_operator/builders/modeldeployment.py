@@ -443,18 +443,12 @@ def deployment_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dic
     """The merge patch that brings a live Deployment's owned fields (:func:`owned_fields`), replica
     count and our metadata to the built ``desired`` one, and nothing else: defaults, other tools'
     annotations and labels stay. ``{}`` when there is nothing to change."""
-    patch: dict[str, Any] = {}
     want_spec = desired.get("spec") or {}
     have_spec = live.get("spec") or {}
     spec = owned_patch(owned_fields(live), owned_fields(desired), want_spec)
     if "replicas" in want_spec and have_spec.get("replicas") != want_spec["replicas"]:
         spec["replicas"] = want_spec["replicas"]
-    if spec:
-        patch["spec"] = spec
-    meta = _metadata_patch(live, desired)
-    if meta:
-        patch["metadata"] = meta
-    return patch
+    return _with_metadata(spec, live, desired)
 
 
 # --- patches -----------------------------------------------------------------------------------------
@@ -464,8 +458,14 @@ def spec_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str,
     """The patch that brings a live child's spec and our annotations/labels to the desired manifest,
     leaving fields the API server defaulted alone (they are not in the desired spec, so only the
     fields we set are compared, recursively)."""
+    return _with_metadata(_overlay(live.get("spec") or {}, desired.get("spec") or {}), live, desired)
+
+
+def _with_metadata(
+    spec: dict[str, Any], live: Mapping[str, Any], desired: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A patch of ``spec`` (when not empty) and of our labels and annotations (when they differ)."""
     patch: dict[str, Any] = {}
-    spec = _overlay(live.get("spec") or {}, desired.get("spec") or {})
     if spec:
         patch["spec"] = spec
     meta = _metadata_patch(live, desired)
