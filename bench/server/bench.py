@@ -16,8 +16,10 @@ upload costs are paid as in a pod).
       lane answering the fixed JSON (``server_vs_lane_floor``, ``p50_vs_lane_floor``: like for like; the
       issue's ``server_vs_floor`` keeps the ASGI floor as its reference);
     - a FastAPI no-op endpoint (FastAPI routing and middleware, uvicorn, uvloop+httptools);
-    and the same server with adaptive batching merging only requests already waiting (``MAX_LATENCY_MS=0``:
-    no added wait, lone requests inline), reported beside it (``merging_vs_floor``; at c=1 too);
+    and the same server as a ModelDeployment with the default ``spec.batching`` runs it (adaptive batching
+    on, ``maxLatencyMs`` 0: requests that arrive together share one run, lone requests run at once, no
+    added wait; the settings come from kubeloop's ``BatchingSpec`` defaults), reported beside it
+    (``deployed_vs_floor``, ``deployed_p50_vs_floor``: c=16 and c=1 against the same floor);
 (c) adaptive batching on a compute-heavy wide MLP: single-row requests at concurrency 64, rows/s with
     batching on against off;
 (d) p50 latency at concurrency 1 against in-process ``session.run`` p50 on the small model and against the
@@ -45,8 +47,8 @@ reported per server; any of them from our server or the no-ops (any wrong answer
 benchmark (exit 1, after the RESULT line).
 
 Last line: ``RESULT server_vs_mlserver=<r> server_vs_noop=<r> server_vs_floor=<r> batching_gain=<r>
-p50_vs_inprocess=<r> p50_vs_floor=<r>`` followed by the per-side figures behind them, the merging
-server's ``merging_vs_floor`` and ``merging_p50_vs_floor``, ``grpc_vs_mlserver``, ``grpc_vs_floor`` and
+p50_vs_inprocess=<r> p50_vs_floor=<r>`` followed by the per-side figures behind them, the default
+ModelDeployment configuration's ``deployed_vs_floor`` and ``deployed_p50_vs_floor``, ``grpc_vs_mlserver``, ``grpc_vs_floor`` and
 ``grpc_floor_vs_mlserver``,
 ``binary_vs_json_1000rows``, the prediction log's written/dropped rows, the load average at start and end,
 and the check counts (``checked=<n> wrong=<n> failed=<n>``).
@@ -85,6 +87,8 @@ from kubeloop_server.model import ModelRuntime, cpu_limit
 from kubeloop_server.oip import grpc_predict_v2_pb2 as pb
 from kubeloop_testing.onnx_models import mlp_model, random_records
 from loadgen import run_load  # bench/server/loadgen.py (this script's directory is on sys.path)
+
+from kubeloop.resources import BatchingSpec
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -938,15 +942,19 @@ def main_runs(
     log("\n-- (a)/(b): OIP infer, batch 1, small model, concurrency 16, 1 server process each --")
     ours = start_ours("kubeloop-server", small, work, **logging_env("small"))
     srv = [ours]
-    # The same server with adaptive batching merging only what is already waiting (max_latency_ms 0: no added
+    # The same server as a default ModelDeployment runs it (spec.batching's defaults: merging only what is
+    # already waiting, no added wait; lone requests run at once), reported beside the server's own default
+    # (batching off), which the other ratios keep: MLServer's default does not batch either.
     # wait; lone requests run inline): reported beside the default (batching off), which the ratios keep.
-    merging = start_ours(
-        "kubeloop-server-merging", small, work, BATCHING_ENABLED="true", MAX_LATENCY_MS="0",
-        **logging_env("small-merging"),
+    spec = BatchingSpec()
+    deployed = start_ours(
+        "kubeloop-server-deployed", small, work, BATCHING_ENABLED=str(spec.enabled).lower(),
+        MAX_BATCH_SIZE=str(spec.max_batch_size), MAX_LATENCY_MS=repr(spec.max_latency_ms),
+        **logging_env("small-deployed"),
     )  # fmt: skip
-    srv.append(merging)
-    r_merge_floor_rounds: list[float] = []
-    r_merge_p50_floor_rounds: list[float] = []
+    srv.append(deployed)
+    r_dep_floor_rounds: list[float] = []
+    r_dep_p50_floor_rounds: list[float] = []
     r_ml_rounds: list[float] = []
     r_noop_rounds: list[float] = []
     r_floor_rounds: list[float] = []
@@ -983,11 +991,11 @@ def main_runs(
                 cpu.setdefault(s.name, []).append(c)
             r_floor_rounds.append(got[ours.name] / got[floor.name])
             r_lane_rounds.append(got[ours.name] / got[lane_floor.name])
-            r_merge_floor_rounds.append(got[merging.name] / got[floor.name])
+            r_dep_floor_rounds.append(got[deployed.name] / got[floor.name])
             r_noop_rounds.append(got[ours.name] / got[noop.name])
             if mls:
                 r_ml_rounds.append(got[ours.name] / max(got[x.name] for x in mls))
-            log(f"round {r + 1} ratios: vs floor {r_floor_rounds[-1]:.2f}x (merging: {r_merge_floor_rounds[-1]:.2f}x), "
+            log(f"round {r + 1} ratios: vs floor {r_floor_rounds[-1]:.2f}x (as deployed: {r_dep_floor_rounds[-1]:.2f}x), "
                 f"vs the fast lane's floor {r_lane_rounds[-1]:.2f}x, "
                 f"vs FastAPI no-op {r_noop_rounds[-1]:.2f}x"
                 + (f", vs best MLServer {r_ml_rounds[-1]:.2f}x" if mls else ""))  # fmt: skip
@@ -1000,9 +1008,9 @@ def main_runs(
         for r in range(max(2, a.rounds // 2)):
             lat: dict[str, float] = {}
             for s in (
-                (ours, floor, lane_floor, merging, noop)
+                (ours, floor, lane_floor, deployed, noop)
                 if r % 2 == 0
-                else (noop, merging, lane_floor, floor, ours)
+                else (noop, deployed, lane_floor, floor, ours)
             ):
                 lat[s.name] = measure(s, 1, f"c=1 round {r + 1}")[0].p50_ms / 1e3
             p50s.append(lat[ours.name])
@@ -1010,9 +1018,9 @@ def main_runs(
             p50s_noop.append(lat[noop.name])
             r_p50_floor_rounds.append(p50s[-1] / p50s_floor[-1])
             r_p50_lane_rounds.append(p50s[-1] / lat[lane_floor.name])
-            r_merge_p50_floor_rounds.append(lat[merging.name] / p50s_floor[-1])
+            r_dep_p50_floor_rounds.append(lat[deployed.name] / p50s_floor[-1])
         mixed(ours, mixed_small, 16)
-        mixed(merging, mixed_small, 16)
+        mixed(deployed, mixed_small, 16)
 
         # (e): gRPC, the same model, every server through the same generator and request bytes
         log("\n-- (e): OIP gRPC ModelInfer, batch 1, small model, concurrency 16 over 2 HTTP/2 connections; the same "
@@ -1132,8 +1140,8 @@ def main_runs(
     r_p50_floor = med(r_p50_floor_rounds)
     r_lane = med(r_lane_rounds)
     r_p50_lane = med(r_p50_lane_rounds)
-    r_merge_floor = med(r_merge_floor_rounds)
-    r_merge_p50_floor = med(r_merge_p50_floor_rounds)
+    r_dep_floor = med(r_dep_floor_rounds)
+    r_dep_p50_floor = med(r_dep_p50_floor_rounds)
     best_ml = max(mls, key=lambda x: med(rps[x.name])) if mls else None
     log("\n== summary (medians over rounds; ratios are medians of per-round ratios) ==")
     for name in rps:
@@ -1146,10 +1154,11 @@ def main_runs(
     log(f"(b) kubeloop-server (its HTTP fast lane) vs the fast lane answering a fixed reply, like for like, per round: "
         f"{', '.join(f'{x:.2f}' for x in r_lane_rounds)} -> {r_lane:.2f}x ({med(rps[lane_floor.name]):.0f} req/s); "
         f"p50 at c=1, per round: {', '.join(f'{x:.2f}' for x in r_p50_lane_rounds)} -> {r_p50_lane:.2f}x")  # fmt: skip
-    log(f"(b) kubeloop-server with batching merging what is waiting (max_latency_ms 0) vs the floor, per round: "
-        f"{', '.join(f'{x:.2f}' for x in r_merge_floor_rounds)} -> {r_merge_floor:.2f}x "
-        f"({med(rps[merging.name]):.0f} req/s); its p50 at c=1 vs the floor's, per round: "
-        f"{', '.join(f'{x:.2f}' for x in r_merge_p50_floor_rounds)} -> {r_merge_p50_floor:.2f}x")  # fmt: skip
+    log(f"(b) kubeloop-server as a default ModelDeployment runs it (batching on, max_latency_ms {spec.max_latency_ms:g}: "
+        "merging what is already waiting) vs the floor, per round: "
+        f"{', '.join(f'{x:.2f}' for x in r_dep_floor_rounds)} -> {r_dep_floor:.2f}x "
+        f"({med(rps[deployed.name]):.0f} req/s); its p50 at c=1 vs the floor's, per round: "
+        f"{', '.join(f'{x:.2f}' for x in r_dep_p50_floor_rounds)} -> {r_dep_p50_floor:.2f}x")  # fmt: skip
     log(f"(b) kubeloop-server vs no-op FastAPI, per round: {', '.join(f'{x:.2f}' for x in r_noop_rounds)} "
         f"-> {r_noop:.2f}x ({med(rps[ours.name]):.0f} vs {med(rps[noop.name]):.0f} req/s; goal >= 0.7)")  # fmt: skip
     log(f"(c) batching on {med(rows['on']):.0f} rows/s vs off {med(rows['off']):.0f} rows/s, per round: "
@@ -1194,8 +1203,8 @@ def main_runs(
         f"noop_rps={med(rps[noop.name]):.0f} "
         f"server_vs_lane_floor={r_lane:.2f} p50_vs_lane_floor={r_p50_lane:.2f} "
         f"lane_floor_rps={med(rps[lane_floor.name]):.0f} "
-        f"merging_vs_floor={r_merge_floor:.2f} merging_p50_vs_floor={r_merge_p50_floor:.2f} "
-        f"merging_rps={med(rps[merging.name]):.0f} "
+        f"deployed_vs_floor={r_dep_floor:.2f} deployed_p50_vs_floor={r_dep_p50_floor:.2f} "
+        f"deployed_rps={med(rps[deployed.name]):.0f} "
         f"mlserver_rps={med(rps[best_ml.name]) if best_ml else float('nan'):.0f} "
         f"server_p50_us={p50 * 1e6:.0f} floor_p50_us={med(p50s_floor) * 1e6:.0f} "
         f"inprocess_p50_us={inproc_small * 1e6:.1f} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -96,22 +97,22 @@ def test_torchrun_env_takes_the_rank_from_the_completion_index() -> None:
         podenv.torchrun_env(podenv.Torchrun(nnodes=0, nproc_per_node=1, master_addr="x"))
 
 
-def _md_spec(logging: bool = True) -> ModelDeployment:
+_BATCHING = {"enabled": True, "maxBatchSize": 16, "maxLatencyMs": 3}
+
+
+def _md_spec(logging: bool = True, batching: dict[str, Any] | None = _BATCHING) -> ModelDeployment:
+    spec: dict[str, Any] = {
+        "model": {"name": "m", "alias": "champion"},
+        "predictionLogging": {"enabled": logging, "sampleRate": 0.5},
+    }
+    if batching is not None:
+        spec["batching"] = batching
     return ModelDeployment.from_manifest(
-        {
-            "apiVersion": "kubeloop.io/v1alpha1",
-            "kind": "ModelDeployment",
-            "metadata": {"name": "md"},
-            "spec": {
-                "model": {"name": "m", "alias": "champion"},
-                "batching": {"enabled": True, "maxBatchSize": 16, "maxLatencyMs": 3},
-                "predictionLogging": {"enabled": logging, "sampleRate": 0.5},
-            },
-        }
+        {"apiVersion": "kubeloop.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "md"}, "spec": spec}
     )
 
 
-def test_server_env_is_what_the_server_settings_read(monkeypatch: pytest.MonkeyPatch) -> None:
+def _server_settings(md: ModelDeployment, monkeypatch: pytest.MonkeyPatch) -> Any:
     from kubeloop_server.settings import ServerSettings
 
     store = podenv.ObjectStoreAccess("127.0.0.1:9000", "ak", "sk", bucket="b")
@@ -124,10 +125,21 @@ def test_server_env_is_what_the_server_settings_read(monkeypatch: pytest.MonkeyP
         pod_name="p-1",
         grpc_port=9091,
     )
-    env = podenv.to_process_env(podenv.server_env(_md_spec().spec, ctx))
+    env = podenv.to_process_env(podenv.server_env(md.spec, ctx))
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    s = ServerSettings()  # type: ignore[call-arg]
+    return ServerSettings()  # type: ignore[call-arg]
+
+
+def test_default_batching_merges_without_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ModelDeployment that says nothing of batching gets the server's merging without a wait: no added
+    latency for a lone request."""
+    s = _server_settings(_md_spec(batching=None), monkeypatch)
+    assert (s.batching_enabled, s.max_batch_size, s.max_latency_ms) == (True, 32, 0.0)
+
+
+def test_server_env_is_what_the_server_settings_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = _server_settings(_md_spec(), monkeypatch)
     assert (s.model_uri, s.model_name, s.model_version) == ("s3://b/models/m/3/model.onnx", "m", "3")
     assert (s.namespace, s.deployment, s.pod_name, s.port, s.grpc_port) == ("ns", "md", "p-1", 8081, 9091)
     assert (s.batching_enabled, s.max_batch_size, s.max_latency_ms) == (True, 16, 3.0)

@@ -370,12 +370,20 @@ def test_a_client_that_does_not_read_stops_being_read(lane: Any) -> None:
     assert [r.status for r in conn.answers()] == [200]
 
 
+def test_batching_without_a_wait_keeps_the_lane(make_client: Callable[..., Any], packed_clf: bytes) -> None:
+    """Batching as a ModelDeployment has it by default (no wait; the settings' default max_latency_ms): the
+    lane stays on and merges."""
+    app: ServerApp = make_client(packed_clf, batching_enabled=True).server_app
+    assert app.fast_lane_refusal() is None
+    assert app.lane_merges
+
+
 def test_lane_off_when_it_cannot_answer_inline(make_client: Callable[..., Any], packed_clf: bytes) -> None:
     """Batching, a thread per run, the access log or the setting: the whole server stays on ASGI."""
     for overrides, reason in [
         ({"fast_lane": False}, "fast_lane=false"),
         ({"access_log": True}, "access log"),
-        ({"batching_enabled": True}, "AdaptiveBatcher"),
+        ({"batching_enabled": True, "max_latency_ms": 2.0}, "AdaptiveBatcher"),
         ({"run_in_thread": "always"}, "DirectPredictor"),
     ]:
         app: ServerApp = make_client(packed_clf, **overrides).server_app

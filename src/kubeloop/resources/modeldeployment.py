@@ -85,7 +85,15 @@ class BatchingSpec(KubeloopModel):
 
     enabled: bool = Field(default=True, description="Merge concurrent requests into one model call.")
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="Most rows in one model call.")
-    max_latency_ms: float = Field(default=2.0, gt=0.0, le=1000.0, description="Longest wait to fill a batch.")
+    # 0 is Triton's dynamic-batcher default (no queue delay): a lone request runs at once, so batching costs
+    # nothing at low traffic, and requests that arrive together under load still share one run.
+    max_latency_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1000.0,
+        description="Longest a request waits for others to join its batch. 0 merges only requests already "
+        "waiting (those that arrive together) and adds no wait.",
+    )
 
 
 class CanarySpec(KubeloopModel):

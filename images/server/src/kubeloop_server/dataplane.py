@@ -167,14 +167,22 @@ class DataPlane:
         return decode(self.runtime, payload, self.max_rows, self.allow_missing, extra)
 
     def infer_now(
-        self, name: str, version: str | None, decode: Decoder, payload: Any, extra: Any = None
+        self,
+        name: str,
+        version: str | None,
+        decode: Decoder,
+        payload: Any,
+        extra: Any = None,
+        predictor: Predictor | None = None,
     ) -> tuple[InferRequest, Outputs]:
-        """:meth:`infer` without a coroutine, for a predictor that always runs inline (``always_inline``):
-        the HTTP fast lane answers from inside the parser's callback."""
+        """:meth:`infer` without a coroutine, for a predictor that always runs inline (``always_inline``;
+        the server's own unless ``predictor`` is given): the HTTP fast lane answers from inside the parser's
+        callback."""
         req = self.decode_now(name, version, decode, payload, extra)
-        outputs = self.predictor.try_inline(req.feeds, req.rows)
+        p = self.predictor if predictor is None else predictor
+        outputs = p.try_inline(req.feeds, req.rows)
         if outputs is None:  # a predictor that is not always inline: the caller broke the contract
-            raise RuntimeError(f"{type(self.predictor).__name__} did not run the request inline")
+            raise RuntimeError(f"{type(p).__name__} did not run the request inline")
         self.observe(req.feeds, outputs, req.rows)
         return req, outputs
 

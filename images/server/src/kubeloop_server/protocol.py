@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from kubeloop_server.batching import LONELY_BATCHES, AdaptiveBatcher, run_coalesced
+from kubeloop_server.batching import LONELY_BATCHES, AdaptiveBatcher, DirectPredictor, run_coalesced
 from kubeloop_server.codec import InferRequest
 from kubeloop_server.errors import PayloadTooLargeError
 from kubeloop_server.rest import PROTOCOL, Reply, ServerApp, error_reply
@@ -91,15 +91,24 @@ class Coalescer:
         self.inline = True
         self._turn_started = False  # inline: this turn has had its request
         self._lonely = 0  # merging: runs of one request in a row
+        # What a request that runs at once runs with: the lane's unmerged path (ServerApp.infer_now), which
+        # costs less than a batch of one.
+        self.direct = DirectPredictor(server_app.runtime, server_app.metrics, in_thread=False)
+
+    def claim_inline(self, loop: Any) -> bool:
+        """True when the request being read runs at once (the first of its turn while requests come one at a
+        time); the caller then answers it through :attr:`direct`. Nothing is waiting then: while
+        :attr:`inline`, a second request in a turn is the first to wait."""
+        if not self.inline or self._turn_started:
+            return False
+        self._turn_started = True
+        loop.call_soon(self._end_turn)
+        return True
 
     def add(self, item: _Waiting, loop: Any) -> None:
-        if self.inline:
-            if not self._turn_started:
-                self._turn_started = True
-                loop.call_soon(self._end_turn)
-                self._answer([item])
-                return
-            self.inline = False  # two in one turn: merge from now on
+        """A request that did not run at once (:meth:`claim_inline`) waits for the end of the turn."""
+        if self.inline:  # two in one turn: merge from now on
+            self.inline = False
             self._lonely = 0
         rows = item.req.rows if item.req is not None else 0
         if self.rows and self.rows + rows > self.max_rows:
@@ -203,6 +212,10 @@ class InferProtocol(HttpToolsProtocol):
             return
         name, version, label = self._lane
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        chunks, self._chunks = self._chunks, []
+        self._lane = None
+        coalescer = self.coalescer
+        now = coalescer is None or coalescer.claim_inline(self.loop)
         got: InferRequest | Reply
         if self._size > self.body_limit:
             got = error_reply(
@@ -211,20 +224,19 @@ class InferProtocol(HttpToolsProtocol):
                 )
             )
         else:
-            chunks = self._chunks
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            if self.coalescer is None:
-                got = self.server_app.infer_now(name, version, self.headers, body)
+            if now:
+                got = self.server_app.infer_now(
+                    name, version, self.headers, body, None if coalescer is None else coalescer.direct
+                )
             else:
                 got = self.server_app.lane_decode(name, version, self.headers, body)
-        self._chunks = []
-        self._lane = None
-        if self.coalescer is None:
+        if now or coalescer is None:
             assert not isinstance(got, InferRequest)
             self._respond(got, label, self._t0, keep_alive)
             return
         self._waiting += 1
-        self.coalescer.add(_Waiting(self, label, self._t0, got, keep_alive), self.loop)
+        coalescer.add(_Waiting(self, label, self._t0, got, keep_alive), self.loop)
 
     # --- answering -----------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from kubeloop.storage import ObjectStore
 from kubeloop_server import __version__
-from kubeloop_server.batching import AdaptiveBatcher, make_predictor
+from kubeloop_server.batching import AdaptiveBatcher, Predictor, make_predictor
 from kubeloop_server.codec import InferRequest, decode_infer_request, encode_infer_response
 from kubeloop_server.dataplane import DataPlane
 from kubeloop_server.errors import InvalidInputError, PayloadTooLargeError, error_status
@@ -351,14 +351,20 @@ class ServerApp:
             return error_reply(e)
 
     def infer_now(
-        self, model_name: str, model_version: str | None, headers: list[tuple[bytes, bytes]], body: bytes
+        self,
+        model_name: str,
+        model_version: str | None,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        predictor: Predictor | None = None,
     ) -> Reply:
         """The fast lane's OIP infer: what the ASGI ``infer`` endpoint answers, errors included, without a
-        coroutine (only while :meth:`fast_lane_refusal` is None)."""
+        coroutine (only while :meth:`fast_lane_refusal` is None; ``predictor``: see
+        :meth:`DataPlane.infer_now`)."""
         try:
             doc, binary = infer_payload(headers, body)
             req, outputs = self.dataplane.infer_now(
-                model_name, model_version, decode_infer_request, doc, binary
+                model_name, model_version, decode_infer_request, doc, binary, predictor
             )
             return infer_reply(self.runtime, req, outputs)
         except Exception as e:

@@ -127,11 +127,12 @@ class ServerSettings(BaseSettings):
     )
     max_batch_size: int = Field(default=32, ge=1, description="Most rows in one merged session.run.")
     max_latency_ms: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0,
-        description="Longest a request waits, from its arrival, for others to join its batch. 0 merges only "
-        "requests already waiting (those that arrived together), adding no wait; with a model fast enough to "
-        "run on the event loop, requests that come one at a time then run at once, without queueing.",
+        description="Longest a request waits, from its arrival, for others to join its batch. 0 (the default, "
+        "as a ModelDeployment's spec.batching.maxLatencyMs) merges only requests already waiting (those that "
+        "arrived together), adding no wait; with a model fast enough to run on the event loop, requests that "
+        "come one at a time then run at once, without queueing.",
     )
 
     # --- prediction logging -----------------------------------------------------------------------------
