@@ -542,6 +542,40 @@ def test_merging_lane_records_predictions_once_per_run(
     assert metric(client.get("/metrics").text, "kubeloop_server_predictions_total") == 6
 
 
+@pytest.mark.parametrize("merging", [False, True])
+def test_lane_records_predictions_after_the_answer_is_written(
+    make_client: Callable[..., Any], packed_clf: bytes, merging: bool
+) -> None:
+    """The prediction metrics and log are no part of the answer: the lane writes it first (the client is not
+    kept waiting for them), then records every row, once, before the callback returns."""
+    from kubeloop_testing.storage import MemoryStore
+
+    client = make_client(
+        packed_clf, store=MemoryStore(), model_name="iris-like", model_version="3", batching_enabled=merging,
+        max_latency_ms=0.0, prediction_logging_enabled=True, s3_endpoint="in-memory:1",
+        prediction_log_flush_rows=10**6, prediction_log_flush_interval_s=3600,
+    )  # fmt: skip
+    app: ServerApp = client.server_app
+    assert app.predlog is not None and app.fast_lane_refusal() is None
+    conn = Conn(app, make_protocol(app))
+    if merging:
+        conn.proto.coalescer.inline = False
+    seen_at_write: list[int] = []
+    write = conn.transport.write
+
+    def spy(data: bytes) -> None:
+        seen_at_write.append(app.predlog._buffered)
+        write(data)
+
+    conn.transport.write = spy  # type: ignore[method-assign]
+    conn.send(b"".join(post(INFER, rows_body([ROW] * k, f"r{k}")) for k in (1, 2)))
+    assert [r.status for r in conn.answers()] == [200, 200]
+    conn.close()
+    assert seen_at_write == [0, 0] if merging else seen_at_write == [0, 1]
+    assert app.predlog._buffered == 3
+    assert metric(client.get("/metrics").text, "kubeloop_server_predictions_total") == 3
+
+
 class FakeRuntime:
     """run() doubles its one input, and refuses (as ONNX Runtime would) any negative value."""
 

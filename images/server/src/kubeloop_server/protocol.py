@@ -140,8 +140,6 @@ class Coalescer:
             results, merged = run_coalesced(
                 app.runtime, app.metrics, [(w.req.feeds, w.req.rows) for w in run if w.req is not None]
             )
-            for feeds, outputs, n in merged:
-                app.dataplane.observe(feeds, outputs, n)
             for w, result in zip(run, results, strict=True):
                 assert w.req is not None
                 w.reply = app.lane_reply(w.req, result)
@@ -149,6 +147,9 @@ class Coalescer:
             assert w.reply is not None
             w.proto._waiting -= 1
             w.proto._respond(w.reply, w.label, w.t0, w.keep_alive)
+        if run:  # the prediction metrics and log, once the answers are on their way
+            for feeds, outputs, n in merged:
+                app.dataplane.observe(feeds, outputs, n)
 
 
 class InferProtocol(HttpToolsProtocol):
@@ -234,6 +235,7 @@ class InferProtocol(HttpToolsProtocol):
         if now or coalescer is None:
             assert not isinstance(got, InferRequest)
             self._respond(got, label, self._t0, keep_alive)
+            self.server_app.dataplane.observe_deferred()
             return
         self._waiting += 1
         coalescer.add(_Waiting(self, label, self._t0, got, keep_alive), self.loop)

@@ -360,11 +360,13 @@ class ServerApp:
     ) -> Reply:
         """The fast lane's OIP infer: what the ASGI ``infer`` endpoint answers, errors included, without a
         coroutine (only while :meth:`fast_lane_refusal` is None; ``predictor``: see
-        :meth:`DataPlane.infer_now`)."""
+        :meth:`DataPlane.infer_now`). The prediction metrics and log are left for
+        ``dataplane.observe_deferred()``, which the lane calls once the answer is written: the client does
+        not wait for them."""
         try:
             doc, binary = infer_payload(headers, body)
             req, outputs = self.dataplane.infer_now(
-                model_name, model_version, decode_infer_request, doc, binary, predictor
+                model_name, model_version, decode_infer_request, doc, binary, predictor, defer_observe=True
             )
             return infer_reply(self.runtime, req, outputs)
         except Exception as e:
