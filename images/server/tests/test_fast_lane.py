@@ -556,7 +556,8 @@ def test_lane_records_predictions_after_the_answer_is_written(
         prediction_log_flush_rows=10**6, prediction_log_flush_interval_s=3600,
     )  # fmt: skip
     app: ServerApp = client.server_app
-    assert app.predlog is not None and app.fast_lane_refusal() is None
+    assert app.predlog is not None
+    assert app.fast_lane_refusal() is None
     conn = Conn(app, make_protocol(app))
     if merging:
         conn.proto.coalescer.inline = False
