@@ -108,7 +108,12 @@ def _md_spec(logging: bool = True, batching: dict[str, Any] | None = _BATCHING) 
     if batching is not None:
         spec["batching"] = batching
     return ModelDeployment.from_manifest(
-        {"apiVersion": "kubeloop.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "md"}, "spec": spec}
+        {
+            "apiVersion": "kubeloop.io/v1alpha1",
+            "kind": "ModelDeployment",
+            "metadata": {"name": "md"},
+            "spec": spec,
+        }
     )
 
 
