@@ -520,21 +520,33 @@ def test_merging_lane_shutdown_and_departed_clients(merging: Any) -> None:
     assert 'status="499"' in client.get("/metrics").text
 
 
-def test_merging_lane_records_predictions_once_per_run(
-    make_client: Callable[..., Any], packed_clf: bytes
-) -> None:
-    """The prediction metrics and the prediction log see every row of a merged run, once."""
+def _logging_lane(
+    make_client: Callable[..., Any], model: bytes, merging: bool
+) -> tuple[Any, ServerApp, Conn]:
+    """A server logging every prediction to memory (never flushed during the test), and a lane connection;
+    ``merging``: batching without a wait, the coalescer already merging."""
     from kubeloop_testing.storage import MemoryStore
 
     client = make_client(
-        packed_clf, store=MemoryStore(), model_name="iris-like", model_version="3", batching_enabled=True,
+        model, store=MemoryStore(), model_name="iris-like", model_version="3", batching_enabled=merging,
         max_latency_ms=0.0, prediction_logging_enabled=True, s3_endpoint="in-memory:1",
         prediction_log_flush_rows=10**6, prediction_log_flush_interval_s=3600,
     )  # fmt: skip
     app: ServerApp = client.server_app
     assert app.predlog is not None
+    assert app.fast_lane_refusal() is None
     conn = Conn(app, make_protocol(app))
-    conn.proto.coalescer.inline = False
+    if merging:
+        conn.proto.coalescer.inline = False
+    return client, app, conn
+
+
+def test_merging_lane_records_predictions_once_per_run(
+    make_client: Callable[..., Any], packed_clf: bytes
+) -> None:
+    """The prediction metrics and the prediction log see every row of a merged run, once."""
+    client, app, conn = _logging_lane(make_client, packed_clf, merging=True)
+    assert app.predlog is not None
     conn.send(b"".join(post(INFER, rows_body([ROW] * k, f"r{k}")) for k in (1, 2, 3)))
     assert [r.status for r in conn.answers()] == [200, 200, 200]
     conn.close()
@@ -548,19 +560,8 @@ def test_lane_records_predictions_after_the_answer_is_written(
 ) -> None:
     """The prediction metrics and log are no part of the answer: the lane writes it first (the client is not
     kept waiting for them), then records every row, once, before the callback returns."""
-    from kubeloop_testing.storage import MemoryStore
-
-    client = make_client(
-        packed_clf, store=MemoryStore(), model_name="iris-like", model_version="3", batching_enabled=merging,
-        max_latency_ms=0.0, prediction_logging_enabled=True, s3_endpoint="in-memory:1",
-        prediction_log_flush_rows=10**6, prediction_log_flush_interval_s=3600,
-    )  # fmt: skip
-    app: ServerApp = client.server_app
+    client, app, conn = _logging_lane(make_client, packed_clf, merging)
     assert app.predlog is not None
-    assert app.fast_lane_refusal() is None
-    conn = Conn(app, make_protocol(app))
-    if merging:
-        conn.proto.coalescer.inline = False
     seen_at_write: list[int] = []
     write = conn.transport.write
 
