@@ -23,6 +23,7 @@ class FakeKube:
         self.requests: list[httpx.Request] = []
         self.allow: Callable[[dict[str, Any]], bool] = lambda spec: True
         self.deny_impersonated: Callable[[str, str, str], bool] = lambda user, verb, ns: False
+        self.review_error: int | None = None  # TokenReview answers this status instead of a review
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -42,6 +43,8 @@ class FakeKube:
         path = req.url.path
         body = json.loads(req.content) if req.content else None
         if path == "/apis/authentication.k8s.io/v1/tokenreviews":
+            if self.review_error is not None:
+                return self._status(self.review_error, "ServiceUnavailable", "the API server is unavailable")
             user = self.users.get(body["spec"]["token"])
             status = {"authenticated": True, "user": user} if user else {"authenticated": False}
             return httpx.Response(201, json={**body, "status": status})

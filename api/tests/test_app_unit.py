@@ -74,6 +74,46 @@ def test_token_review_answers_are_cached_under_the_tokens_hash(client: TestClien
     assert list(authn._cache) == [digest("tok-alice")]
 
 
+def test_a_rejected_token_is_refused_from_memory_for_a_while(fake: FakeKube) -> None:
+    """A client retrying a bad token costs the API server one TokenReview per auth_failure_cache_ttl_s, not
+    one per request; the refusal is the same 401. Only the cluster's own "no" is remembered: an error
+    reaching the API server is not, and 0 turns the memory off."""
+    with TestClient(_app(fake, auth_failure_cache_ttl_s=60)) as c:
+        bad = {"Authorization": "Bearer not-a-token"}
+        for _ in range(3):
+            r = c.get("/api/v1/namespaces/a/trainingjobs", headers=bad)
+            assert (r.status_code, r.json()["reason"]) == (401, "Unauthorized")
+        reviews = [r for r in fake.requests if r.url.path.endswith("/tokenreviews")]
+        assert len(reviews) == 1
+        authn = c.app.state.services.authn  # type: ignore[attr-defined]
+        assert list(authn._rejected) == [digest("not-a-token")]  # the hash, never the token
+        metrics = c.get("/metrics", headers=A).text
+        assert 'kubeloop_api_auth_failures_total{reason="rejected"} 3.0' in metrics
+        # The memory ends: the cluster is asked again (and may now accept the token).
+        authn._rejected[digest("not-a-token")] = 0.0
+        fake.users["not-a-token"] = {"username": "carol", "groups": []}
+        assert c.get("/api/v1/namespaces/a/trainingjobs", headers=bad).status_code == 200
+    with TestClient(_app(fake, auth_failure_cache_ttl_s=60)) as c:
+        fake.review_error = 503
+        assert c.get("/api/v1/namespaces/a/trainingjobs", headers=A).status_code >= 500
+        authn = c.app.state.services.authn  # type: ignore[attr-defined]
+        assert list(authn._rejected) == []
+        fake.review_error = None
+        assert c.get("/api/v1/namespaces/a/trainingjobs", headers=A).status_code == 200
+    with TestClient(_app(fake, auth_failure_cache_ttl_s=0)) as c:
+        before = len([r for r in fake.requests if r.url.path.endswith("/tokenreviews")])
+        for _ in range(2):
+            assert (
+                c.get(
+                    "/api/v1/namespaces/a/trainingjobs", headers={"Authorization": "Bearer nope"}
+                ).status_code
+                == 401
+            )
+        after = len([r for r in fake.requests if r.url.path.endswith("/tokenreviews")])
+        assert after - before == 2
+        assert not c.app.state.services.authn._rejected  # type: ignore[attr-defined]
+
+
 def test_every_kubernetes_call_impersonates_the_caller(client: TestClient, fake: FakeKube) -> None:
     assert client.post("/api/v1/namespaces/a/trainingjobs", json=TJ, headers=A).status_code == 201
     assert client.get("/api/v1/namespaces/a/trainingjobs/tj1", headers=A).status_code == 200

@@ -3,8 +3,9 @@
 Authentication: ``Authorization: Bearer <token>``. Tokens that start with ``klp_`` are API tokens
 (:mod:`kubeloop_api.tokens`); anything else is handed to the API server's TokenReview, so every token
 the cluster accepts works (ServiceAccount tokens, OIDC, …). Answers are cached for
-``auth_cache_ttl_s`` under the token's SHA-256 (never the token). No credential, or one that is not
-accepted: 401. Tokens never reach a log line: this module logs nothing about them but the reason.
+``auth_cache_ttl_s`` under the token's SHA-256 (never the token); a token the TokenReview rejected is
+refused from memory for ``auth_failure_cache_ttl_s`` (the API server's webhook authenticator caches
+denials too), not an error reaching the API server. No credential, or one that is not accepted: 401. Tokens never reach a log line: this module logs nothing about them but the reason.
 
 Authorisation: everything that is a Kubernetes call is made impersonating the caller, so RBAC decides
 (403 from the API server, passed on). Operations on object storage and MLflow are not Kubernetes calls;
@@ -97,6 +98,7 @@ class Authenticator:
         self.settings = settings
         self.metrics = metrics
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._rejected: OrderedDict[str, float] = OrderedDict()  # token digest -> refused until (monotonic)
 
     def _fail(self, reason: str, message: str) -> UnauthorizedError:
         self.metrics.auth_failures.labels(reason).inc()
@@ -133,9 +135,18 @@ class Authenticator:
                 raise
             principal = rec.principal(self.settings.api_token_user_prefix)
         else:
+            refused_until = self._rejected.get(key)
+            if refused_until is not None:
+                if refused_until > now:
+                    raise self._fail("rejected", "token not accepted by the cluster")
+                del self._rejected[key]
             status = await self.kube.token_review(token, self.settings.token_audiences)
             user = status.get("user") or {}
             if not status.get("authenticated") or not user.get("username"):
+                if self.settings.auth_failure_cache_ttl_s > 0:
+                    self._rejected[key] = now + self.settings.auth_failure_cache_ttl_s
+                    while len(self._rejected) > _CACHE_MAX:
+                        self._rejected.popitem(last=False)
                 raise self._fail("rejected", "token not accepted by the cluster")
             principal = Principal(
                 username=str(user["username"]),

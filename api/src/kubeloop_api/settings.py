@@ -74,6 +74,13 @@ class ApiSettings(BaseSettings):
         description="How long a successful TokenReview or API-token check is reused (revocation through "
         "this facade takes effect at once; elsewhere within this time).",
     )
+    auth_failure_cache_ttl_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="How long a token the cluster's TokenReview rejected is refused without asking again, so "
+        "a client retrying a bad token does not cost the API server a review per request; 0 asks every time.",
+    )
     sar_cache_ttl_s: float = Field(
         default=5.0, ge=0, le=300, description="How long a SubjectAccessReview answer is reused."
     )
