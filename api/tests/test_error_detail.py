@@ -96,6 +96,27 @@ def test_mlflow_failures_name_mlflow_not_its_error_text(caplog: pytest.LogCaptur
     assert "500" in r.json()["message"]
 
 
+@pytest.mark.parametrize(("retry_after", "passed_on"), [("7", "7"), (None, None), ("soon", None)])
+def test_mlflow_unavailable_is_a_503_with_its_retry_after(
+    caplog: pytest.LogCaptureFixture, retry_after: str | None, passed_on: str | None
+) -> None:
+    """MLflow's 503 (overloaded, restarting) stays a 503, so the caller knows to retry, with MLflow's own
+    Retry-After when it is a number of seconds; its text still goes to the log only."""
+
+    def mlflow(_req: httpx.Request) -> httpx.Response:
+        headers = {"Retry-After": retry_after} if retry_after else {}
+        return httpx.Response(503, text=f"upstream {INTERNAL} overloaded", headers=headers)
+
+    s = ApiSettings(mlflow_tracking_uri="http://mlflow.test")
+    reg = Registry(s, ApiMetrics(), transport=httpx.MockTransport(mlflow))
+    fk = _fake()
+    with TestClient(_app(fk.handle, registry=reg)) as c, caplog.at_level(logging.WARNING):
+        r = c.get("/api/v1/namespaces/a/models", headers=A)
+    _check(r, 503, "MLflow", caplog)
+    assert r.json()["reason"] == "ServiceUnavailable"
+    assert r.headers.get("retry-after") == passed_on
+
+
 def test_kubernetes_failures_name_kubernetes_not_its_error_text(caplog: pytest.LogCaptureFixture) -> None:
     fk = _fake()
 

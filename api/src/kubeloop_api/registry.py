@@ -98,9 +98,14 @@ class Registry:
         if err == "INVALID_PARAMETER_VALUE":
             raise InvalidError(msg or "refused by the model registry")
         # MLflow's text on a failure can carry its database URL and host names: for the log only.
-        raise UpstreamError(
-            f"MLflow answered {resp.status_code} {err}".rstrip(), log_detail=(msg or resp.text)[:300] or None
-        )
+        detail = (msg or resp.text)[:300] or None
+        if resp.status_code == 503:
+            # Unavailable for now (overloaded, restarting, its proxy's backend down): the caller may retry,
+            # after MLflow's own Retry-After when it sent one, which a 502 would not tell it.
+            retry = resp.headers.get("retry-after", "").strip()
+            headers = {"Retry-After": retry} if retry.isascii() and retry.isdigit() else None
+            raise UnavailableError(f"MLflow answered 503 {err}".rstrip(), headers=headers, log_detail=detail)
+        raise UpstreamError(f"MLflow answered {resp.status_code} {err}".rstrip(), log_detail=detail)
 
     async def ping(self) -> None:
         await self._call("GET", "/registered-models/search", params={"max_results": 1})
