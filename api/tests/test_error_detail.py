@@ -80,6 +80,15 @@ def test_object_store_failures_name_the_store_not_its_error_text(
     _check(r, status, "object storage", caplog)
 
 
+def _list_models_with(mlflow: Any, caplog: pytest.LogCaptureFixture) -> httpx.Response:
+    """GET the models list, MLflow answering as ``mlflow`` does."""
+    s = ApiSettings(mlflow_tracking_uri="http://mlflow.test")
+    reg = Registry(s, ApiMetrics(), transport=httpx.MockTransport(mlflow))
+    fk = _fake()
+    with TestClient(_app(fk.handle, registry=reg)) as c, caplog.at_level(logging.WARNING):
+        return c.get("/api/v1/namespaces/a/models", headers=A)
+
+
 def test_mlflow_failures_name_mlflow_not_its_error_text(caplog: pytest.LogCaptureFixture) -> None:
     def mlflow(_req: httpx.Request) -> httpx.Response:
         msg = (
@@ -87,11 +96,7 @@ def test_mlflow_failures_name_mlflow_not_its_error_text(caplog: pytest.LogCaptur
         )
         return httpx.Response(500, json={"error_code": "INTERNAL_ERROR", "message": msg})
 
-    s = ApiSettings(mlflow_tracking_uri="http://mlflow.test")
-    reg = Registry(s, ApiMetrics(), transport=httpx.MockTransport(mlflow))
-    fk = _fake()
-    with TestClient(_app(fk.handle, registry=reg)) as c, caplog.at_level(logging.WARNING):
-        r = c.get("/api/v1/namespaces/a/models", headers=A)
+    r = _list_models_with(mlflow, caplog)
     _check(r, 502, "MLflow", caplog)
     assert "500" in r.json()["message"]
 
@@ -107,11 +112,7 @@ def test_mlflow_unavailable_is_a_503_with_its_retry_after(
         headers = {"Retry-After": retry_after} if retry_after else {}
         return httpx.Response(503, text=f"upstream {INTERNAL} overloaded", headers=headers)
 
-    s = ApiSettings(mlflow_tracking_uri="http://mlflow.test")
-    reg = Registry(s, ApiMetrics(), transport=httpx.MockTransport(mlflow))
-    fk = _fake()
-    with TestClient(_app(fk.handle, registry=reg)) as c, caplog.at_level(logging.WARNING):
-        r = c.get("/api/v1/namespaces/a/models", headers=A)
+    r = _list_models_with(mlflow, caplog)
     _check(r, 503, "MLflow", caplog)
     assert r.json()["reason"] == "ServiceUnavailable"
     assert r.headers.get("retry-after") == passed_on
