@@ -351,6 +351,9 @@ class MlflowTags:
     UID: Final = "kubeloop.io/uid"
     MODEL_URI: Final = "kubeloop.io/model-uri"
     BASELINE_URI: Final = "kubeloop.io/baseline-uri"
+    # Which training registered a version (a hash of the TrainingJob's identity and spec): a retried pod
+    # of that training reuses the version instead of registering one more.
+    TRAINING_KEY: Final = "kubeloop.io/training-key"
 
 
 MANAGED_BY_OPERATOR: Final = "kubeloop-operator"

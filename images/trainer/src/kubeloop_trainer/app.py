@@ -127,11 +127,6 @@ def final_metrics(head: InferenceHead, ds: Dataset) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if math.isfinite(v)}
 
 
-# Trainer-private tag on the model versions it registers: which training made the version, so a
-# retried pod of that training reuses its version instead of registering one more (see _registered).
-TRAINING_KEY_TAG = "kubeloop.io/training-key"
-
-
 def training_key(settings: TrainerSettings, spec: TrainingJobSpec) -> str:
     """One training: the TrainingJob (namespace, name, UID) and the spec its Job runs. Every retried
     pod of the Job has the same; a re-created TrainingJob (new UID) or another spec has another."""
@@ -355,7 +350,7 @@ def _finish(
             MlflowTags.NAMESPACE: settings.namespace,
             MlflowTags.TRAININGJOB: settings.name,
             MlflowTags.UID: settings.uid,
-            TRAINING_KEY_TAG: key,
+            MlflowTags.TRAINING_KEY: key,
         },
     )
     onnx_ref = model_onnx(model_name, version, bucket)
@@ -432,7 +427,7 @@ def _registered(tracker: Tracker, store: ObjectStore, model_name: str, key: str,
     pod then fails to tag it and rolls back its own objects; this attempt's version is another.)
     A tagged version whose objects are gone is left alone: it may hold an alias."""
     found = None
-    for mv in tracker.versions_tagged(model_name, TRAINING_KEY_TAG, key):
+    for mv in tracker.versions_tagged(model_name, MlflowTags.TRAINING_KEY, key):
         version = int(mv.version)
         onnx_ref = model_onnx(model_name, version, bucket)
         baseline_ref = model_baseline(model_name, version, bucket)
