@@ -5,7 +5,8 @@ Authentication: ``Authorization: Bearer <token>``. Tokens that start with ``klp_
 the cluster accepts works (ServiceAccount tokens, OIDC, …). Answers are cached for
 ``auth_cache_ttl_s`` under the token's SHA-256 (never the token); a token the TokenReview rejected is
 refused from memory for ``auth_failure_cache_ttl_s`` (the API server's webhook authenticator caches
-denials too), not an error reaching the API server. No credential, or one that is not accepted: 401. Tokens never reach a log line: this module logs nothing about them but the reason.
+denials too; an error reaching the API server is not remembered). No credential, or one that is not
+accepted: 401. Tokens never reach a log line: this module logs nothing about them but the reason.
 
 Authorisation: everything that is a Kubernetes call is made impersonating the caller, so RBAC decides
 (403 from the API server, passed on). Operations on object storage and MLflow are not Kubernetes calls;
