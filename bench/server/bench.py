@@ -48,9 +48,8 @@ benchmark (exit 1, after the RESULT line).
 
 Last line: ``RESULT server_vs_mlserver=<r> server_vs_noop=<r> server_vs_floor=<r> batching_gain=<r>
 p50_vs_inprocess=<r> p50_vs_floor=<r>`` followed by the per-side figures behind them, the default
-ModelDeployment configuration's ``deployed_vs_floor`` and ``deployed_p50_vs_floor``, ``grpc_vs_mlserver``, ``grpc_vs_floor`` and
-``grpc_floor_vs_mlserver``,
-``binary_vs_json_1000rows``, the prediction log's written/dropped rows, the load average at start and end,
+ModelDeployment configuration's ``deployed_vs_floor`` and ``deployed_p50_vs_floor``, ``grpc_vs_mlserver``,
+``grpc_vs_floor`` and ``grpc_floor_vs_mlserver``, ``binary_vs_json_1000rows``, the prediction log's written/dropped rows, the load average at start and end,
 and the check counts (``checked=<n> wrong=<n> failed=<n>``).
 """
 
@@ -945,7 +944,6 @@ def main_runs(
     # The same server as a default ModelDeployment runs it (spec.batching's defaults: merging only what is
     # already waiting, no added wait; lone requests run at once), reported beside the server's own default
     # (batching off), which the other ratios keep: MLServer's default does not batch either.
-    # wait; lone requests run inline): reported beside the default (batching off), which the ratios keep.
     spec = BatchingSpec()
     deployed = start_ours(
         "kubeloop-server-deployed", small, work, BATCHING_ENABLED=str(spec.enabled).lower(),
