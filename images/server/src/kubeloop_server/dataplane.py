@@ -53,7 +53,7 @@ class DataPlane:
         self._task = rt.task
         # Only read when the task is set, which means the graph has a prediction output.
         self._pred_out = rt.prediction_output if rt.prediction_output is not None else 0
-        self._unobserved: list[tuple[Feeds, Outputs, int]] = []  # infer_now(defer_observe=True)
+        self._unobserved: list[tuple[Feeds, Outputs, int]] = []  # run by infer_now, not yet observed
         metrics.log_unlogged_inputs.set(len(rt.unlogged_inputs))
         metrics.log_prediction_logged.set(0 if rt.prediction_output is None else 1)
 
@@ -175,21 +175,17 @@ class DataPlane:
         payload: Any,
         extra: Any = None,
         predictor: Predictor | None = None,
-        defer_observe: bool = False,
     ) -> tuple[InferRequest, Outputs]:
         """:meth:`infer` without a coroutine, for a predictor that always runs inline (``always_inline``;
         the server's own unless ``predictor`` is given): the HTTP fast lane answers from inside the parser's
-        callback. ``defer_observe``: the prediction metrics and log wait for :meth:`observe_deferred`, which
-        the caller promises to call once the answer is on its way (they are no part of the answer)."""
+        callback. The prediction metrics and log wait for :meth:`observe_deferred`, which the caller calls
+        once the answer is on its way (they are no part of the answer)."""
         req = self.decode_now(name, version, decode, payload, extra)
         p = self.predictor if predictor is None else predictor
         outputs = p.try_inline(req.feeds, req.rows)
         if outputs is None:  # a predictor that is not always inline: the caller broke the contract
             raise RuntimeError(f"{type(p).__name__} did not run the request inline")
-        if defer_observe:
-            self._unobserved.append((req.feeds, outputs, req.rows))
-        else:
-            self.observe(req.feeds, outputs, req.rows)
+        self._unobserved.append((req.feeds, outputs, req.rows))
         return req, outputs
 
     def observe_deferred(self) -> None:

@@ -366,7 +366,7 @@ class ServerApp:
         try:
             doc, binary = infer_payload(headers, body)
             req, outputs = self.dataplane.infer_now(
-                model_name, model_version, decode_infer_request, doc, binary, predictor, defer_observe=True
+                model_name, model_version, decode_infer_request, doc, binary, predictor
             )
             return infer_reply(self.runtime, req, outputs)
         except Exception as e:
