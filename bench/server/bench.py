@@ -27,9 +27,8 @@ upload costs are paid as in a pod).
 (e) OIP gRPC ``ModelInfer`` at batch 1, concurrency 16, against MLServer's gRPC on the same model: both
     through the same Python grpc.aio generator (bench/server/grpc_loadgen.py) and the same request bytes
     (``raw_input_contents``, as Triton's client sends them); and against the gRPC floor: the floor's process
-    (kubeloop-server's own gRPC server, settings and event loop) answering ModelInfer with the fixed message
-    our server gives to that request, so ``grpc_floor_vs_mlserver`` is the most any server on this gRPC
-    stack could show against MLServer here;
+    (kubeloop-server's own gRPC wire, settings and event loop) answering ModelInfer with the fixed message
+    our server gives to that request, serialised per call: what our gRPC stack alone costs;
 (f) one 1,000-row request with the binary tensor data extension (in and out) against the same request
     as JSON (in and out), our server, the same Python load generator.
 
@@ -1173,7 +1172,7 @@ def main_runs(
     log(f"(e) gRPC: kubeloop-server {med(grps[ours.name]):.0f} req/s (server CPU {med(gcpu[ours.name]):.0f} us/req)"
         + "".join(f", {x.name} {med(grps[x.name]):.0f} req/s (server CPU {med(gcpu[x.name]):.0f} us/req)" for x in [floor, *mls])
         + f"; vs best MLServer, per round: {', '.join(f'{x:.2f}' for x in r_grpc_rounds)} -> {r_grpc:.2f}x (goal >= 3)")  # fmt: skip
-    log(f"(e) gRPC: kubeloop-server vs the gRPC floor (our grpc.aio server answering a fixed message), per round: "
+    log(f"(e) gRPC: kubeloop-server vs the gRPC floor (our gRPC wire answering a fixed message), per round: "
         f"{', '.join(f'{x:.2f}' for x in r_grpc_floor_rounds)} -> {r_grpc_floor:.2f}x; the floor itself vs best "
         f"MLServer, per round: {', '.join(f'{x:.2f}' for x in r_grpc_floor_ml_rounds)} -> {r_grpc_floor_ml:.2f}x "
         "(the most any server on this gRPC stack and generator could show)")  # fmt: skip

@@ -20,9 +20,9 @@ less per request than any ASGI app can, so the ratio against this floor is not l
 all, with ``ServerApp.infer_now`` answering the fixed response (no parsing, inference, metrics or logging).
 
 The gRPC floor: with ``BENCH_FLOOR_GRPC_RESPONSE`` (a file holding a serialised ModelInferResponse, the one
-kubeloop-server gives to the benchmark's request), the server's own gRPC server (same grpc.aio server,
-options, servicer registration and event loop) answers ``ModelInfer`` with that message and does nothing
-else: what the gRPC stack alone costs per call on these settings.
+kubeloop-server gives to the benchmark's request), the server's own gRPC wire (kubeloop_server.h2grpc:
+same framing, routing and event loop) answers ``ModelInfer`` with that message, serialised per call, and
+does nothing else: what the gRPC stack alone costs per call on these settings.
 """
 
 from __future__ import annotations
@@ -87,10 +87,10 @@ def _patch_grpc(path: str) -> None:
 
     answer = pb.ModelInferResponse.FromString(Path(path).read_bytes())
 
-    async def model_infer(self: Any, request: Any, context: Any) -> Any:
-        return answer  # grpc serialises it per call, as it does kubeloop-server's answer
+    def model_infer(self: Any, request: Any) -> bytes:
+        return bytes(answer.SerializeToString())  # serialised per call, as kubeloop-server's answer is
 
-    grpcapi.InferenceServicer.ModelInfer = model_infer  # type: ignore[method-assign]
+    grpcapi.InferenceServicer.model_infer = model_infer  # type: ignore[method-assign]
     print(
         f"floor: gRPC ModelInfer answers a fixed {answer.ByteSize()}-byte message",
         file=sys.stderr,

@@ -9,6 +9,7 @@ the field; anything that is not a :class:`ServerError` becomes a 500 / INTERNAL,
 from __future__ import annotations
 
 import logging
+from typing import Final
 
 log = logging.getLogger("kubeloop_server.errors")
 
@@ -66,11 +67,45 @@ class ModelLoadError(ServerError):
     grpc_code = "INTERNAL"
 
 
+class UnimplementedError(ServerError):
+    """A method or extension this server does not serve (gRPC's model repository RPCs)."""
+
+    status_code = 501
+    grpc_code = "UNIMPLEMENTED"
+
+
 class InferenceError(ServerError):
     """ONNX Runtime failed on inputs that passed validation: a model fault, reported as a 500."""
 
     status_code = 500
     grpc_code = "INTERNAL"
+
+
+# gRPC status codes by name (grpc/doc/statuscodes.md): the numbers that travel in grpc-status
+GRPC_CODES: Final = {
+    name: number
+    for number, name in enumerate(
+        [
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        ]
+    )
+}
 
 
 def error_status(exc: BaseException) -> tuple[int, str, str]:

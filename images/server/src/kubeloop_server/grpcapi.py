@@ -1,12 +1,14 @@
 """The OIP v2 gRPC layer: ``inference.GRPCInferenceService`` (KServe's grpc_predict_v2.proto) over the
 same data plane as REST.
 
-A thin servicer on grpc's asyncio server, in the same event loop as the HTTP server: each RPC decodes its
-message (:func:`decode_grpc_request`, sharing every tensor check with REST through
-:mod:`kubeloop_server.codec`), calls one data-plane method and encodes the answer. Errors become gRPC
-status codes through :func:`kubeloop_server.errors.error_status`, the same mapping that gives REST its
-HTTP statuses. Outputs travel as ``raw_output_contents`` (as Triton answers); inputs may come either way.
-Requests are counted and timed in the same metrics as REST, with ``protocol="grpc"``.
+A thin servicer on the server's own gRPC wire (:mod:`kubeloop_server.h2grpc`), in the same event loop as
+the HTTP server: each RPC decodes its message (:func:`decode_grpc_request`, sharing every tensor check with
+REST through :mod:`kubeloop_server.codec`), calls one data-plane method and encodes the answer. Errors
+become gRPC status codes through :func:`kubeloop_server.errors.error_status`, the same mapping that gives
+REST its HTTP statuses. Outputs travel as ``raw_output_contents`` (as Triton answers); inputs may come
+either way. Requests are counted and timed in the same metrics as REST, with ``protocol="grpc"``. With a
+predictor that runs at once (batching off), ModelInfer is answered inside the read that completed it and
+its prediction metrics and log follow the write, as on the HTTP fast lane; otherwise it waits in a task.
 
 Shutdown follows the REST server's: readiness (``ServerReady``, ``ModelReady``) turns false on SIGTERM
 while RPCs are still served; when the HTTP listener closes, :meth:`GrpcServer.begin_stop` stops accepting
@@ -14,18 +16,12 @@ RPCs and lets those in flight finish (``graceful_timeout_s``), before the batche
 log flushes.
 """
 
-# ruff: noqa: N802  # the servicer's methods are the proto's RPC names (ServerLive, ModelInfer, ...)
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-import grpc
 import numpy as np
-from grpc import aio
 
 from kubeloop_server.codec import (
     CONTENTS_FIELD,
@@ -42,17 +38,16 @@ from kubeloop_server.codec import (
     tensor_from_values,
 )
 from kubeloop_server.dataplane import DataPlane
-from kubeloop_server.errors import InvalidInputError, error_status
+from kubeloop_server.errors import InvalidInputError, UnimplementedError
+from kubeloop_server.h2grpc import GrpcWire, Method
 from kubeloop_server.metrics import ServerMetrics
 from kubeloop_server.model import ModelRuntime, Outputs, TensorSpec
 from kubeloop_server.oip import grpc_predict_v2_pb2 as pb
-from kubeloop_server.oip import grpc_predict_v2_pb2_grpc as pb_grpc
 
 log = logging.getLogger("kubeloop_server.grpc")
 
-CODES: Final = {c.name: c for c in grpc.StatusCode}
 PROTOCOL: Final = "grpc"
-Msg = TypeVar("Msg")
+SERVICE: Final = "/inference.GRPCInferenceService/"
 
 
 # --- decoding and encoding ------------------------------------------------------------------------------------
@@ -179,8 +174,9 @@ def encode_grpc_response(rt: ModelRuntime, req: InferRequest, outputs: Outputs) 
 # --- the service ---------------------------------------------------------------------------------------------
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """The six OIP RPCs over the data plane; the model repository RPCs answer UNIMPLEMENTED."""
+class InferenceServicer:
+    """The six OIP RPCs over the data plane; the model repository RPCs answer UNIMPLEMENTED. Each method
+    takes the parsed request and returns the serialised reply, or raises (the wire maps the error)."""
 
     def __init__(self, dataplane: DataPlane, metrics: ServerMetrics) -> None:
         self.dp = dataplane
@@ -192,144 +188,98 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             platform=dataplane.model_metadata(rt.name, None)["platform"],
             inputs=[pb.ModelMetadataResponse.TensorMetadata(**i.as_oip()) for i in rt.inputs],
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**o.as_oip()) for o in rt.outputs],
-        )
+        ).SerializeToString()
         meta = dataplane.server_metadata()
         self._server_metadata = pb.ServerMetadataResponse(
             name=meta["name"], version=meta["version"], extensions=meta["extensions"]
+        ).SerializeToString()
+        self._live = pb.ServerLiveResponse(live=True).SerializeToString()
+
+    def methods(self) -> dict[str, Method]:
+        """The routes, by HTTP/2 path. ModelInfer runs at once when the predictor always does."""
+        dp = self.dp
+        infer_async = None if dp.predictor.always_inline else self.model_infer_async
+        repo = "the model repository extension is not supported: this server serves one model"
+
+        def unimplemented(_req: Any) -> bytes:
+            raise UnimplementedError(repo)
+
+        routes = [
+            Method("ServerLive", pb.ServerLiveRequest.FromString, lambda _r: self._live),
+            Method("ServerReady", pb.ServerReadyRequest.FromString, self.server_ready),
+            Method("ModelReady", pb.ModelReadyRequest.FromString, self.model_ready),
+            Method("ServerMetadata", pb.ServerMetadataRequest.FromString, lambda _r: self._server_metadata),
+            Method("ModelMetadata", pb.ModelMetadataRequest.FromString, self.model_metadata),
+            Method(
+                "ModelInfer",
+                pb.ModelInferRequest.FromString,
+                self.model_infer,
+                infer_async,
+                dp.observe_deferred,
+            ),
+            Method("RepositoryModelLoad", pb.RepositoryModelLoadRequest.FromString, unimplemented),
+            Method("RepositoryModelUnload", pb.RepositoryModelUnloadRequest.FromString, unimplemented),
+        ]
+        return {SERVICE + m.name: m for m in routes}
+
+    def server_ready(self, _req: pb.ServerReadyRequest) -> bytes:
+        return pb.ServerReadyResponse(ready=self.dp.is_ready()).SerializeToString()
+
+    def model_ready(self, req: pb.ModelReadyRequest) -> bytes:
+        ready, _ = self.dp.model_ready(req.name, req.version or None)
+        return pb.ModelReadyResponse(ready=ready).SerializeToString()
+
+    def model_metadata(self, req: pb.ModelMetadataRequest) -> bytes:
+        self.dp.check_model(req.name, req.version or None)
+        return self._metadata
+
+    def model_infer(self, request: pb.ModelInferRequest) -> bytes:
+        """At once, with a predictor that always runs inline; the wire calls ``observe_deferred`` after
+        the write."""
+        req, outputs = self.dp.infer_now(
+            request.model_name, request.model_version or None, decode_grpc_request, request
         )
+        return encode_grpc_response(self.dp.runtime, req, outputs).SerializeToString()
 
-    def _call(
-        self, method: str, context: aio.ServicerContext[Any, Any], empty: Msg, fn: Callable[[], Msg]
-    ) -> Msg:
-        """Run a synchronous RPC body: time it, count it, map its errors to a status code."""
-        t0 = time.perf_counter()
-        try:
-            reply = fn()
-            code = "OK"
-        except Exception as e:
-            _, code, message = error_status(e)
-            context.set_code(CODES[code])
-            context.set_details(message)
-            reply = empty
-        self.metrics.observe_request(PROTOCOL, method, code, time.perf_counter() - t0)
-        return reply
-
-    async def ServerLive(
-        self, request: pb.ServerLiveRequest, context: aio.ServicerContext[Any, Any]
-    ) -> pb.ServerLiveResponse:
-        return self._call(
-            "ServerLive", context, pb.ServerLiveResponse(), lambda: pb.ServerLiveResponse(live=True)
-        )
-
-    async def ServerReady(
-        self, request: pb.ServerReadyRequest, context: aio.ServicerContext[Any, Any]
-    ) -> pb.ServerReadyResponse:
-        return self._call(
-            "ServerReady",
-            context,
-            pb.ServerReadyResponse(),
-            lambda: pb.ServerReadyResponse(ready=self.dp.is_ready()),
-        )
-
-    async def ModelReady(
-        self, request: pb.ModelReadyRequest, context: aio.ServicerContext[Any, Any]
-    ) -> pb.ModelReadyResponse:
-        def ready() -> pb.ModelReadyResponse:
-            is_ready, _ = self.dp.model_ready(request.name, request.version or None)
-            return pb.ModelReadyResponse(ready=is_ready)
-
-        return self._call("ModelReady", context, pb.ModelReadyResponse(), ready)
-
-    async def ServerMetadata(
-        self, request: pb.ServerMetadataRequest, context: aio.ServicerContext[Any, Any]
-    ) -> pb.ServerMetadataResponse:
-        return self._call(
-            "ServerMetadata", context, pb.ServerMetadataResponse(), lambda: self._server_metadata
-        )
-
-    async def ModelMetadata(
-        self, request: pb.ModelMetadataRequest, context: aio.ServicerContext[Any, Any]
-    ) -> pb.ModelMetadataResponse:
-        def metadata() -> pb.ModelMetadataResponse:
-            self.dp.check_model(request.name, request.version or None)
-            return self._metadata
-
-        return self._call("ModelMetadata", context, pb.ModelMetadataResponse(), metadata)
-
-    async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: aio.ServicerContext[Any, Any]
-    ) -> pb.ModelInferResponse:
-        t0 = time.perf_counter()
+    async def model_infer_async(self, request: pb.ModelInferRequest) -> bytes:
         metrics = self.metrics
         metrics.in_flight += 1
         try:
             req, outputs = await self.dp.infer(
                 request.model_name, request.model_version or None, decode_grpc_request, request
             )
-            reply = encode_grpc_response(self.dp.runtime, req, outputs)
-            code = "OK"
-        except Exception as e:
-            _, code, message = error_status(e)
-            context.set_code(CODES[code])
-            context.set_details(message)
-            reply = pb.ModelInferResponse()
-        metrics.in_flight -= 1
-        metrics.observe_request(PROTOCOL, "ModelInfer", code, time.perf_counter() - t0)
-        return reply
-
-    async def RepositoryModelLoad(
-        self, request: pb.RepositoryModelLoadRequest, context: aio.ServicerContext[Any, Any]
-    ) -> pb.RepositoryModelLoadResponse:
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details("the model repository extension is not supported: this server serves one model")
-        self.metrics.observe_request(PROTOCOL, "RepositoryModelLoad", "UNIMPLEMENTED", 0.0)
-        return pb.RepositoryModelLoadResponse()
-
-    async def RepositoryModelUnload(
-        self, request: pb.RepositoryModelUnloadRequest, context: aio.ServicerContext[Any, Any]
-    ) -> pb.RepositoryModelUnloadResponse:
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details("the model repository extension is not supported: this server serves one model")
-        self.metrics.observe_request(PROTOCOL, "RepositoryModelUnload", "UNIMPLEMENTED", 0.0)
-        return pb.RepositoryModelUnloadResponse()
+            return encode_grpc_response(self.dp.runtime, req, outputs).SerializeToString()
+        finally:
+            metrics.in_flight -= 1
 
 
 class GrpcServer:
-    """grpc's asyncio server on its own port, sharing the event loop (and the data plane) with REST."""
+    """The OIP gRPC service on its own port, sharing the event loop (and the data plane) with REST."""
 
     def __init__(
         self, dataplane: DataPlane, metrics: ServerMetrics, host: str, port: int, max_message_bytes: int
     ) -> None:
         self.servicer = InferenceServicer(dataplane, metrics)
-        self.address = f"{host}:{port}"
-        self.max_message_bytes = max_message_bytes
-        self.server: aio.Server | None = None
+        self.host = host
+        self.requested_port = port
+        self.metrics = metrics
+        self.wire = GrpcWire(self.servicer.methods(), self._observe, max_message_bytes)
         self.port = 0
-        self._stopping: asyncio.Future[None] | None = None
+
+    def _observe(self, method: str, code: str, seconds: float) -> None:
+        self.metrics.observe_request(PROTOCOL, method, code, seconds)
 
     async def start(self) -> None:
-        server = aio.server(
-            options=[
-                ("grpc.max_receive_message_length", self.max_message_bytes),
-                # grpc sets SO_REUSEPORT by default: a second server would then share a busy port silently.
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
         try:
-            self.port = server.add_insecure_port(self.address)
-        except RuntimeError as e:
-            raise RuntimeError(f"gRPC cannot listen on {self.address}: {e}") from e
-        await server.start()
-        self.server = server
-        log.info("gRPC (OIP v2, inference.GRPCInferenceService) listening on %s", self.address)
+            await self.wire.start(self.host, self.requested_port)
+        except OSError as e:
+            raise RuntimeError(f"gRPC cannot listen on {self.host}:{self.requested_port}: {e}") from e
+        self.port = self.wire.port
+        log.info("gRPC (OIP v2, inference.GRPCInferenceService) listening on %s:%d", self.host, self.port)
 
     def begin_stop(self, grace_s: float) -> None:
-        """Stop accepting RPCs now; those in flight get ``grace_s`` to finish (idempotent)."""
-        if self.server is not None and self._stopping is None:
-            self._stopping = asyncio.ensure_future(self.server.stop(grace_s))
+        """Stop accepting RPCs now; those in flight get until :meth:`stop`'s grace to finish (idempotent)."""
+        self.wire.begin_stop()
 
     async def stop(self, grace_s: float) -> None:
-        self.begin_stop(grace_s)
-        if self._stopping is not None:
-            await self._stopping
+        await self.wire.stop(grace_s)

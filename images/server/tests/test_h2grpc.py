@@ -1,0 +1,356 @@
+"""The server's own gRPC wire (kubeloop_server.h2grpc), driven below grpcio: an independent HTTP/2 client
+(python-hyper's h2) for flow control and malformed calls, raw frames for broken connections, and a fuzz
+of generated frame sequences. Every refusal names its problem; nothing crashes the server, and a normal
+grpcio call works after each case."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import unquote
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import hpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kubeloop_server.oip import grpc_predict_v2_pb2 as pb
+from kubeloop_testing.onnx_models import random_records
+
+ROW = np.array([random_records(1, seed=21)[0][f"f{i}"] for i in range(30)], dtype=np.float32)
+INFER = b"/inference.GRPCInferenceService/ModelInfer"
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def infer_message(rows: np.ndarray) -> bytes:
+    req = pb.ModelInferRequest(model_name="iris-like", id="w")
+    req.inputs.add(name="input", datatype="FP32", shape=list(rows.shape))
+    req.raw_input_contents.append(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+    return bytes(req.SerializeToString())
+
+
+def framed(message: bytes, flag: int = 0) -> bytes:
+    return bytes([flag]) + len(message).to_bytes(4, "big") + message
+
+
+class H2Client:
+    """A blocking HTTP/2 client on h2: one call at a time, flow control honoured both ways."""
+
+    def __init__(self, port: int, **local_settings: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        self.conn.initiate_connection()
+        if local_settings:
+            self.conn.update_settings(
+                {getattr(h2.settings.SettingCodes, k): v for k, v in local_settings.items()}
+            )
+        self.acknowledge = True
+        self._send()
+
+    def _send(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            self.sock.sendall(out)
+
+    def _events(self) -> list[Any]:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        return list(self.conn.receive_data(data))
+
+    def call(
+        self, body: bytes | None, path: bytes = INFER, headers: tuple[tuple[bytes, bytes], ...] = (),
+        method: bytes = b"POST", content_type: bytes = b"application/grpc",
+    ) -> tuple[dict[bytes, bytes], bytes]:  # fmt: skip
+        """(response headers and trailers merged, DATA bytes) of one call."""
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(
+            sid,
+            [(b":method", method), (b":scheme", b"http"), (b":path", path), (b":authority", b"test"),
+             (b"content-type", content_type), (b"te", b"trailers"), *headers],
+            end_stream=body is None,
+        )  # fmt: skip
+        self._send()
+        got: dict[bytes, bytes] = {}
+        data = bytearray()
+        pending = body or b""
+        sent_all = body is None
+        while True:
+            while not sent_all:
+                room = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
+                if room <= 0 and pending:
+                    break
+                chunk, pending = pending[:room], pending[room:]
+                self.conn.send_data(sid, chunk, end_stream=not pending)
+                sent_all = not pending
+            self._send()
+            for ev in self._events():
+                if isinstance(ev, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    got.update(dict(ev.headers))
+                elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+                    data += ev.data
+                    if self.acknowledge:
+                        self.conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                    self._send()
+                    return got, bytes(data)
+                elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == sid:
+                    got[b"rst"] = str(int(ev.error_code)).encode()
+                    return got, bytes(data)
+            self._send()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def wire(make_grpc: Callable[..., tuple[Any, Any]], packed_clf: bytes) -> Callable[..., tuple[int, Any]]:
+    """``wire(**settings)`` -> (the gRPC port, a grpcio stub) of an in-process server on ``packed_clf``."""
+
+    def make(**overrides: Any) -> tuple[int, Any]:
+        client, stub = make_grpc(packed_clf, **overrides)
+        return int(client.server_app.settings.grpc_port), stub
+
+    return make
+
+
+def expected_probabilities(reference: Any, model: bytes, rows: np.ndarray) -> np.ndarray:
+    return np.asarray(reference(model).session.run(None, {"input": rows})[0], dtype=np.float32)
+
+
+def answer_outputs(data: bytes) -> dict[str, np.ndarray]:
+    assert data[0] == 0
+    assert int.from_bytes(data[1:5], "big") == len(data) - 5
+    res = pb.ModelInferResponse.FromString(data[5:])
+    dt = {"FP32": np.float32, "INT64": np.int64}
+    return {
+        o.name: np.frombuffer(raw, dtype=dt[o.datatype]).reshape(list(o.shape))
+        for o, raw in zip(res.outputs, res.raw_output_contents, strict=True)
+    }
+
+
+def test_flow_control_both_ways_with_an_independent_http2_client(wire, reference, packed_clf) -> None:  # type: ignore[no-untyped-def]
+    """A 1.2 MB request crosses the server's 1 MiB stream window; its ~100 kB answer goes out against the
+    client's 1,000-byte window, frame by frame, as the client acknowledges."""
+    port, _ = wire(max_request_rows=20_000, max_body_bytes=4 << 20)
+    rows = np.tile(ROW, (10_000, 1)) + np.arange(10_000, dtype=np.float32)[:, None] / 1e4
+    c = H2Client(port, INITIAL_WINDOW_SIZE=1000)
+    try:
+        head, data = c.call(framed(infer_message(rows)))
+    finally:
+        c.close()
+    assert head[b":status"] == b"200", head
+    assert head[b"grpc-status"] == b"0", head
+    out = answer_outputs(data)
+    np.testing.assert_allclose(
+        out["probabilities"], expected_probabilities(reference, packed_clf, rows), rtol=1e-5
+    )
+
+
+def test_compressed_requests_from_grpcio(wire, reference, packed_clf) -> None:  # type: ignore[no-untyped-def]
+    port, _ = wire()
+    want = expected_probabilities(reference, packed_clf, ROW[None, :])
+    req = pb.ModelInferRequest.FromString(infer_message(ROW[None, :]))
+    for algo in (grpc.Compression.Gzip, grpc.Compression.Deflate):
+        with grpc.insecure_channel(f"127.0.0.1:{port}", compression=algo) as ch:
+            call = ch.unary_unary(
+                INFER.decode(), pb.ModelInferRequest.SerializeToString, pb.ModelInferResponse.FromString
+            )
+            res = call(req, timeout=10)
+        got = np.frombuffer(res.raw_output_contents[0], "<f4")
+        np.testing.assert_allclose(got, want[0], rtol=1e-6)
+
+
+MSG = infer_message(ROW[None, :])
+BOMB = gzip.compress(b"\0" * (8 << 20))
+# (case, call kwargs, gRPC status, words the message must hold)
+CALLS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("unknown method", {"body": framed(MSG), "path": b"/inference.GRPCInferenceService/Nope"}, 12, "unknown method /inference.GRPCInferenceService/Nope"),
+    ("unknown service", {"body": framed(MSG), "path": b"/x.Y/ModelInfer"}, 12, "unknown method /x.Y/ModelInfer"),
+    ("GET", {"body": None, "method": b"GET"}, 12, "gRPC calls are POST requests, not GET"),
+    ("content-type", {"body": framed(MSG), "content_type": b"application/json"}, 3, "content-type 'application/json' is not application/grpc"),
+    ("encoding", {"body": framed(MSG, 1), "headers": ((b"grpc-encoding", b"br"),)}, 12, "grpc-encoding 'br' is not supported"),
+    ("no message", {"body": None}, 3, "the call carries no request message"),
+    ("short prefix", {"body": b"\0\0\0"}, 3, "5-byte prefix is cut short"),
+    ("length too long", {"body": framed(MSG)[:-1]}, 3, f"prefix says {len(MSG)} bytes but {len(MSG) - 1} follow"),
+    ("two messages", {"body": framed(MSG) + framed(MSG)}, 3, "a unary call carries one message"),
+    ("flag 2", {"body": framed(MSG, 2)}, 3, "message prefix flag 2 is neither 0 nor 1"),
+    ("compressed, no encoding", {"body": framed(MSG, 1)}, 3, "flagged compressed but grpc-encoding names none"),
+    ("bad gzip", {"body": framed(b"not gzip", 1), "headers": ((b"grpc-encoding", b"gzip"),)}, 3, "the gzip message does not decompress"),
+    ("cut gzip", {"body": framed(gzip.compress(MSG)[:-12], 1), "headers": ((b"grpc-encoding", b"gzip"),)}, 3, "the gzip message is cut short"),
+    ("bad deflate", {"body": framed(b"\x78\x9c\xff\xff", 1), "headers": ((b"grpc-encoding", b"deflate"),)}, 3, "the deflate message does not decompress"),
+    ("not protobuf", {"body": framed(b"\xff\xff\xff")}, 3, "not a valid ModelInfer request message"),
+    ("zip bomb", {"body": framed(BOMB, 1), "headers": ((b"grpc-encoding", b"gzip"),)}, 8, "decompressed message exceeds the limit of 65536 bytes"),
+    ("too big", {"body": framed(b"\0" * 70_000)}, 8, "the request message exceeds the limit of 65536 bytes"),
+]  # fmt: skip
+
+
+def test_malformed_calls_get_a_status_naming_the_problem(wire) -> None:  # type: ignore[no-untyped-def]
+    port, stub = wire(max_body_bytes=65536)
+    c = H2Client(port)
+    try:
+        for case, kwargs, code, words in CALLS:
+            head, data = c.call(**kwargs)
+            assert head.get(b"grpc-status") == str(code).encode(), (case, head)
+            message = head.get(b"grpc-message", b"").decode()
+            assert words in unquote(message), (case, unquote(message))
+            assert data == b"", case
+        ok, data = c.call(framed(MSG))  # the same connection still serves
+        assert ok[b"grpc-status"] == b"0"
+    finally:
+        c.close()
+    assert len(CALLS) >= 15
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+
+
+def raw_frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + sid.to_bytes(4, "big") + payload
+
+
+def headers_block(path: bytes = INFER) -> bytes:
+    return bytes(hpack.Encoder().encode(
+        [(b":method", b"POST"), (b":scheme", b"http"), (b":path", path), (b":authority", b"t"),
+         (b"content-type", b"application/grpc")]
+    ))  # fmt: skip
+
+
+def exchange(port: int, data: bytes, preface: bool = True) -> bytes:
+    """Everything the server sends back before it closes (or goes quiet for 2 s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall((PREFACE + raw_frame(4, 0, 0) if preface else b"") + data)
+        out = bytearray()
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return bytes(out)
+
+
+def frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    out, pos = [], 0
+    while len(data) - pos >= 9:
+        n = int.from_bytes(data[pos : pos + 3], "big")
+        out.append(
+            (
+                data[pos + 3],
+                data[pos + 4],
+                int.from_bytes(data[pos + 5 : pos + 9], "big"),
+                data[pos + 9 : pos + 9 + n],
+            )
+        )
+        pos += 9 + n
+    return out
+
+
+def goaway_code(data: bytes) -> int | None:
+    for kind, _, _, payload in frames(data):
+        if kind == 7 and int.from_bytes(payload[4:8], "big") != 0:
+            return int.from_bytes(payload[4:8], "big")
+    return None
+
+
+BROKEN: list[tuple[str, bytes, int]] = [
+    ("DATA on stream 0", raw_frame(0, 1, 0, b"x"), 1),
+    ("HEADERS on an even stream", raw_frame(1, 5, 2, headers_block()), 1),
+    ("a frame over 1 MiB", (2 << 20).to_bytes(3, "big") + b"\0\0\0\0\0\0", 6),
+    ("HPACK garbage", raw_frame(1, 5, 1, b"\xff\xff\xff\xff\xff\xff"), 9),
+    ("CONTINUATION alone", raw_frame(9, 4, 1, headers_block()), 1),
+    ("interrupted header block", raw_frame(1, 0, 1, headers_block()) + raw_frame(6, 0, 0, b"\0" * 8), 1),
+    ("PING of 3 bytes", raw_frame(6, 0, 0, b"abc"), 6),
+    ("SETTINGS on a stream", raw_frame(4, 0, 1, b""), 1),
+    ("SETTINGS of 5 bytes", raw_frame(4, 0, 0, b"\0" * 5), 6),
+    ("window above 2^31-1", raw_frame(4, 0, 0, b"\0\x04\x80\0\0\0"), 3),
+    ("WINDOW_UPDATE of 0", raw_frame(8, 0, 0, b"\0\0\0\0"), 1),
+    ("PUSH_PROMISE", raw_frame(5, 4, 1, b"\0\0\0\2"), 1),
+    ("DATA on an idle stream", raw_frame(0, 1, 5, framed(MSG)), 1),
+    ("padding past the frame", raw_frame(0, 8, 1, b"\x09abc"), 1),
+    ("RST_STREAM on stream 0", raw_frame(3, 0, 0, b"\0\0\0\0"), 1),
+]
+
+
+def test_broken_connections_get_goaway_with_the_error_and_the_server_goes_on(wire) -> None:  # type: ignore[no-untyped-def]
+    port, stub = wire()
+    for case, data, code in BROKEN:
+        assert goaway_code(exchange(port, data)) == code, case
+    refusal = exchange(port, b"POST /v2/models/x/infer HTTP/1.1\r\nhost: x\r\n\r\n", preface=False)
+    assert refusal.startswith(b"HTTP/1.1 400 ")
+    assert b"this port serves gRPC" in refusal
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+
+
+def test_ping_gets_its_ack_and_the_stream_limit_is_enforced(wire) -> None:  # type: ignore[no-untyped-def]
+    port, _ = wire()
+    enc = hpack.Encoder()
+    opened = b"".join(
+        raw_frame(1, 4, 2 * i + 1, bytes(enc.encode([(b":method", b"POST"), (b":path", INFER)])))
+        for i in range(1025)
+    )  # 1,025 requests whose bodies never come: one more than the server's 1,024
+    got = frames(exchange(port, raw_frame(6, 0, 0, b"12345678") + opened))
+    assert (6, 1, 0, b"12345678") in got
+    resets = [(sid, int.from_bytes(p, "big")) for kind, _, sid, p in got if kind == 3]
+    assert resets == [(2049, 7)]  # REFUSED_STREAM for the 1,025th
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 11),
+            st.integers(0, 255),
+            st.sampled_from([0, 1, 2, 3, 5, 7]),
+            # the lengths control frames must have (RST_STREAM, WINDOW_UPDATE 4; PRIORITY 5; SETTINGS 6;
+            # PING 8), and any other
+            st.one_of([st.binary(min_size=k, max_size=k) for k in (4, 5, 6, 8)] + [st.binary(max_size=40)]),
+        ),
+        max_size=8,
+    ),
+)
+def test_generated_frame_sequences_never_break_the_server(
+    grpc_wire_port: tuple[int, Any],
+    caplog: pytest.LogCaptureFixture,
+    sequence: list[tuple[int, int, int, bytes]],
+) -> None:
+    port, stub = grpc_wire_port
+    with caplog.at_level(logging.WARNING):
+        data = b"".join(
+            raw_frame(kind, flags, sid, headers_block() if kind == 1 and payload[:1] == b"H" else payload)
+            for kind, flags, sid, payload in sequence
+        )
+        exchange(port, data + raw_frame(0, 1, 1, framed(MSG)))
+        bad = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert bad == [], [r.getMessage() for r in bad]
+    assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+
+
+@pytest.fixture(scope="module")
+def grpc_wire_port(tmp_path_factory: pytest.TempPathFactory, packed_clf: bytes) -> Iterator[tuple[int, Any]]:
+    """One in-process server for the whole fuzz (a fresh one per example would dominate its time)."""
+    from kubeloop_server.model import ModelRuntime
+    from kubeloop_server.rest import ServerApp
+    from kubeloop_server.settings import ServerSettings
+    from starlette.testclient import TestClient
+
+    path = tmp_path_factory.mktemp("wire") / "model.onnx"
+    path.write_bytes(packed_clf)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    s = ServerSettings(model_uri=str(path), grpc_port=port, host="127.0.0.1")
+    app = ServerApp(
+        s, runtime=ModelRuntime(packed_clf, name=s.model_name, version=s.model_version), store=None
+    )
+    with TestClient(app.app) as _client, grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as ch:
+        from kubeloop_server.oip import grpc_predict_v2_pb2_grpc as pb_grpc
+
+        yield s.grpc_port, pb_grpc.GRPCInferenceServiceStub(ch)
