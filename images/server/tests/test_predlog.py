@@ -7,6 +7,7 @@ import re
 import threading
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from kubeloop_server.metrics import ServerMetrics
 from kubeloop_server.model import ModelRuntime
@@ -279,3 +280,40 @@ def test_rows_recorded_after_stop_are_counted_dropped(packed_clf) -> None:  # ty
     assert log._buffered == 0
     text = metrics.render().decode()
     assert _counter(text, 'kubeloop_server_prediction_log_dropped_rows_total{reason="stopped"}') == 3
+
+
+def test_a_flush_of_many_small_chunks_keeps_every_row_in_order(packed_clf) -> None:  # type: ignore[no-untyped-def]
+    """A flush merges its chunks in slices (letting the serving thread take the GIL between them): 700 chunks
+    of 1 to 3 rows, some sampled, come out as the same rows, in order, each with its chunk's time."""
+    rt = ModelRuntime(packed_clf)
+    store = MemoryStore()
+    log = PredictionLogger(
+        rt, store, ServerMetrics(), bucket="kubeloop", namespace="ns", deployment="md", sample_rate=1.0,
+        flush_rows=10**6, flush_interval_s=3600, max_buffer_rows=10**6,
+    )  # fmt: skip
+    want: list[float] = []
+    stamps: list[int] = []
+    clock = iter(range(1_700_000_000_000, 1_800_000_000_000, 1_000))
+    log._random = lambda: 0.0  # single rows: always kept when sampling
+    for k in range(700):
+        rows = 1 + k % 3
+        x = np.zeros((rows, 30), dtype=np.float32)
+        x[:, 0] = np.arange(rows) + 10 * k
+        log.sample_rate = 0.5 if k % 7 == 0 and rows > 1 else 1.0
+        at = next(clock)
+        before = len(log._buffer)
+        np.random.seed(k)
+        log.record({"input": x}, rt.run({"input": x}), rows)
+        if len(log._buffer) == before:  # every row sampled out
+            continue
+        chunk = log._buffer[-1]
+        chunk.at = at / 1e6
+        kept = range(rows) if chunk.take is None else chunk.take.tolist()
+        want += [float(x[i, 0]) for i in kept]
+        stamps += [at] * len(kept)
+    assert len(log._buffer) > 2 * 256  # more than two slices
+    log.flush()
+    table = pa.concat_tables(_tables(store))
+    assert table.column("f0").to_pylist() == want
+    got = [round(t.timestamp() * 1e6) for t in table.column(PREDICTION_LOG_TIMESTAMP).to_pylist()]
+    assert got == stamps

@@ -61,8 +61,38 @@ def _kept(arr: np.ndarray, take: np.ndarray | None) -> np.ndarray:
     return arr if take is None else arr[take]
 
 
+# A flush merges thousands of one-row chunks; done in one go it holds the GIL for milliseconds, and the
+# event loop's thread, waiting for it, answers nothing meanwhile (c=1 p99 went from 0.3 to 2+ ms). In slices
+# of this many chunks with the GIL let go between them, the loop waits at most one slice.
+SLICE = 256
+
+
+def _yield_gil() -> None:
+    time.sleep(0)
+
+
 def _merge(parts: list[np.ndarray]) -> np.ndarray:
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) <= SLICE:
+        return np.concatenate(parts)
+    pieces = []
+    for i in range(0, len(parts), SLICE):
+        pieces.append(np.concatenate(parts[i : i + SLICE]))
+        _yield_gil()
+    return np.concatenate(pieces)
+
+
+def _stamps(chunks: list[_Chunk]) -> np.ndarray:
+    """Each row's time in microseconds, built in slices as :func:`_merge` is."""
+    pieces = []
+    for i in range(0, len(chunks), SLICE):
+        part = chunks[i : i + SLICE]
+        pieces.append(
+            np.repeat(np.array([int(c.at * 1e6) for c in part], dtype=np.int64), [c.rows for c in part])
+        )
+        _yield_gil()
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
 class PredictionLogger:
@@ -286,9 +316,7 @@ class PredictionLogger:
                 for name in inputs
             }
             cols = rt.log_values(merged)
-            stamps = np.repeat(
-                np.array([int(c.at * 1e6) for c in group], dtype=np.int64), [c.rows for c in group]
-            )
+            stamps = _stamps(group)
             data: dict[str, Any] = {}
             for lc in rt.log_columns:
                 col = cols[lc.name]
