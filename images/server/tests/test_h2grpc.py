@@ -354,3 +354,24 @@ def grpc_wire_port(tmp_path_factory: pytest.TempPathFactory, packed_clf: bytes) 
         from kubeloop_server.oip import grpc_predict_v2_pb2_grpc as pb_grpc
 
         yield s.grpc_port, pb_grpc.GRPCInferenceServiceStub(ch)
+
+
+def test_a_connection_holds_a_bounded_amount_of_unfinished_requests(wire) -> None:  # type: ignore[no-untyped-def]
+    """33 streams each send 1 MiB and never finish: the one that takes the connection past 32 MiB is refused
+    with RESOURCE_EXHAUSTED (each alone is within max_body_bytes); the others are left waiting."""
+    port, stub = wire(max_body_bytes=2 << 20)
+    enc = hpack.Encoder()
+    chunk = b"\0" * (1 << 20)
+    data = b"".join(
+        raw_frame(1, 4, sid, bytes(enc.encode([(b":method", b"POST"), (b":path", INFER)])))
+        + raw_frame(0, 0, sid, chunk)
+        for sid in range(1, 67, 2)
+    )
+    dec = hpack.Decoder()
+    statuses = {
+        sid: dict(dec.decode(payload, raw=True)).get(b"grpc-status")
+        for kind, _, sid, payload in frames(exchange(port, data))
+        if kind == 1
+    }
+    assert statuses == {65: b"8"}, statuses
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live

@@ -14,7 +14,8 @@ What a client gets:
 * ``grpc-timeout`` honoured for calls that wait (DEADLINE_EXCEEDED); a client's RST_STREAM cancels;
 * a bounded server: frames up to ``MAX_FRAME``, header blocks up to ``MAX_HEADER_LIST``, ``MAX_STREAMS``
   open streams per connection (more are refused with REFUSED_STREAM), messages up to
-  ``max_message_bytes`` (RESOURCE_EXHAUSTED), flow-control windows enforced;
+  ``max_message_bytes`` and unfinished requests up to ``max_held_bytes`` per connection (both
+  RESOURCE_EXHAUSTED), flow-control windows enforced;
 * a malformed call gets a gRPC status naming the problem; a broken connection gets GOAWAY with the
   HTTP/2 error code and is closed; an HTTP/1 request on this port gets a 400 saying it is gRPC's port;
 * graceful stop as grpc-core does it: GOAWAY(2^31-1) and a PING; once the PING's answer is back, every
@@ -243,6 +244,7 @@ class _Connection(asyncio.Protocol):
         self.peer_max_frame = 16384
         self.send_window = 65535  # connection-level, ours to spend
         self.recv_window = CONN_WINDOW  # ours, granted at connection_made
+        self.held = 0  # bytes of requests still arriving (streams not ended), bounded by max_held_bytes
         self.out: list[bytes] = []
         self.goaway_last: int | None = None  # set by the final GOAWAY: streams above it are refused
         self.draining = False
@@ -381,12 +383,19 @@ class _Connection(asyncio.Protocol):
         if payload:
             s.chunks.append(payload)
             s.size += len(payload)
+            self.held += len(payload)
             if s.size > self.server.max_message_bytes + 5:
                 self._answer(s, None, "RESOURCE_EXHAUSTED",
                              f"the request message exceeds the limit of {self.server.max_message_bytes} bytes")  # fmt: skip
                 return
+            if self.held > self.server.max_held_bytes:
+                self._answer(s, None, "RESOURCE_EXHAUSTED",
+                             f"this connection holds {self.held} bytes of requests still arriving, over its limit of "
+                             f"{self.server.max_held_bytes}; send fewer large requests at once")  # fmt: skip
+                return
         if flags & END_STREAM:
             s.ended = True
+            self.held -= s.size
             ready.append(s)
         elif s.recv_window < STREAM_WINDOW // 2:
             self.out.append(frame(WINDOW_UPDATE, 0, sid, (STREAM_WINDOW - s.recv_window).to_bytes(4, "big")))
@@ -541,8 +550,9 @@ class _Connection(asyncio.Protocol):
                 raise H2ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM payload not 4 bytes")
             if sid > self.last_sid:
                 raise H2ConnectionError(PROTOCOL_ERROR, f"RST_STREAM on idle stream {sid}")
-            s = self.streams.pop(sid, None)
+            s = self.streams.get(sid)
             if s is not None:
+                self._forget(s)
                 if s in ready:
                     ready.remove(s)
                 if s.task is not None:
@@ -676,15 +686,21 @@ class _Connection(asyncio.Protocol):
             if not self._send_stream(s) and self.send_window <= 0:
                 break
 
-    def _close_stream(self, s: _Stream) -> None:
+    def _forget(self, s: _Stream) -> None:
         self.streams.pop(s.sid, None)
+        if not s.ended:  # its bytes no longer count against the connection's holding
+            self.held -= s.size
+            s.size = 0
+
+    def _close_stream(self, s: _Stream) -> None:
+        self._forget(s)
         if not s.ended:  # answered before the client finished sending (RFC 9113 8.1)
             self.out.append(frame(RST_STREAM, 0, s.sid, NO_ERROR.to_bytes(4, "big")))
         if self.goaway_last is not None and not self.streams:
             asyncio.get_running_loop().call_soon(self._close)
 
     def _reset(self, s: _Stream, code: int) -> None:
-        self.streams.pop(s.sid, None)
+        self._forget(s)
         if s.task is not None:
             s.task.cancel()
         self.out.append(frame(RST_STREAM, 0, s.sid, code.to_bytes(4, "big")))
@@ -757,6 +773,9 @@ class GrpcWire:
         self.methods = {k.encode(): v for k, v in methods.items()}
         self.observe = observe
         self.max_message_bytes = max_message_bytes
+        # What one connection may hold of unfinished requests: a few full-size messages at once, not one per
+        # stream (1,024 streams of max_message_bytes each would be gigabytes).
+        self.max_held_bytes = max(4 * (max_message_bytes + 5), 32 << 20)
         self.conns: set[_Connection] = set()
         self.server: asyncio.Server | None = None
         self.stopping = False
