@@ -289,6 +289,8 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:  # after GOAWAY with an error, or the HTTP/1 refusal: nothing more is read
+            return
         if self.need:  # a frame longer than one read: gather its parts and join them once
             self.parts.append(data)
             self.have += len(data)
