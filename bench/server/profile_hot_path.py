@@ -18,7 +18,8 @@ takes from the caches).
 
 gRPC: ``ModelInfer`` at batch 1 (``raw_input_contents``, as Triton's client sends it) as the wire runs a
 call at once: the protobuf parse, the servicer (answer serialised), then the deferred observation, with the
-same ablations; the wire's own per-call cost (HTTP/2 framing, HPACK) is outside what this measures.
+same ablations but request metrics; the wire's own per-call cost (HTTP/2 framing, HPACK, the request
+metrics) is outside what this measures.
 
 CPU microseconds per request of this thread (``time.thread_time``), best of ``--rounds`` runs of ``--n``
 requests; the load average is printed, since the machine is shared.
@@ -511,7 +512,6 @@ def grpc_breakdown(app: ServerApp, body: bytes, n: int, rounds: int) -> list[tup
         "session.run (ONNX Runtime, 1 row)": ((rt, "_run", lambda *_a: list(outs)),),
         "decode + validate": ((grpcapi, "decode_grpc_request", lambda *_a: req),),
         "encode (response message)": ((grpcapi, "encode_grpc_response", lambda *_a: reply),),
-        "request metrics": ((m, "observe_request", lambda *_a: None),),
         "run + prediction metrics": (
             (m, "observe_run", lambda *_a: None),
             (m, "observe_classes", lambda *_a: None),
