@@ -52,6 +52,7 @@ PRIORITY_FLAG: Final = 0x20
 # error codes (RFC 9113 section 7)
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
 STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 5, 6, 7, 8, 9
+ENHANCE_YOUR_CALM: Final = 11
 # settings identifiers
 S_HEADER_TABLE_SIZE, S_ENABLE_PUSH, S_MAX_CONCURRENT_STREAMS, S_INITIAL_WINDOW_SIZE = 1, 2, 3, 4
 S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE = 5, 6
@@ -60,6 +61,10 @@ MAX_WINDOW: Final = 2**31 - 1
 MAX_FRAME: Final = 1 << 20  # what we accept (advertised); the peer's own limit governs what we send
 MAX_HEADER_LIST: Final = 64 * 1024
 MAX_STREAMS: Final = 1024
+MAX_CONTINUATIONS: Final = 16  # frames one header block may span
+MAX_SETTINGS: Final = 32  # entries one SETTINGS frame may carry
+MAX_STATUS_MESSAGE: Final = 1024  # bytes of grpc-message, percent-encoded: the trailers stay one small frame
+NEW_MODE, TRAILERS_MODE, CLOSED_MODE = 0, 1, 2  # what a header block is to its stream
 STREAM_WINDOW: Final = 1 << 20  # each call may send this much before waiting for a WINDOW_UPDATE
 CONN_WINDOW: Final = 16 << 20
 DRAIN_PING: Final = b"kl-drain"
@@ -119,8 +124,12 @@ def frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
 
 def status_block(code: str, message: str) -> bytes:
     # grpc-message is percent-encoded UTF-8 (PROTOCOL-HTTP2); bounded so a header block fits one frame
-    msg = quote(message[:2000], safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode()
-    return literal(b"grpc-status", str(GRPC_CODES[code]).encode()) + literal(b"grpc-message", msg)
+    msg = quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    if len(msg) > MAX_STATUS_MESSAGE:
+        cut = msg[: MAX_STATUS_MESSAGE - 3]
+        escape = cut.rfind("%", len(cut) - 2)  # never cut a %XX escape in two
+        msg = (cut if escape < 0 else cut[:escape]) + "..."
+    return literal(b"grpc-status", str(GRPC_CODES[code]).encode()) + literal(b"grpc-message", msg.encode())
 
 
 def parse_timeout(value: bytes) -> float | None:
@@ -186,7 +195,7 @@ class Method:
     after: Callable[[], None] | None = None
 
 
-# (method name, gRPC code name, seconds) for every call, answered or refused
+# (method name, gRPC code name, seconds) for every call answered with a status or cancelled by its client
 Observe = Callable[[str, str, float], None]
 
 
@@ -236,10 +245,10 @@ class _Connection(asyncio.Protocol):
         self.preface = False
         self.decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_LIST)
         self.streams: dict[int, _Stream] = {}  # open: receiving, running, or sending
+        self.blocked: dict[int, _Stream] = {}  # streams whose answer waits for flow-control window
         self.last_sid = 0
-        self.cont: tuple[_Stream, bool, int, list[bytes]] | None = (
-            None  # a header block awaiting CONTINUATION
-        )
+        # a header block awaiting CONTINUATION: its stream, mode, first flags, parts and their size
+        self.cont: tuple[_Stream, int, int, list[bytes], int] | None = None
         self.peer_window = 65535  # the peer's SETTINGS_INITIAL_WINDOW_SIZE
         self.peer_max_frame = 16384
         self.send_window = 65535  # connection-level, ours to spend
@@ -396,9 +405,7 @@ class _Connection(asyncio.Protocol):
                              f"{self.server.max_held_bytes}; send fewer large requests at once")  # fmt: skip
                 return
         if flags & END_STREAM:
-            s.ended = True
-            self.held -= s.size
-            ready.append(s)
+            self._end(s, ready)
         elif s.recv_window < STREAM_WINDOW // 2:
             self.out.append(frame(WINDOW_UPDATE, 0, sid, (STREAM_WINDOW - s.recv_window).to_bytes(4, "big")))
             s.recv_window = STREAM_WINDOW
@@ -418,45 +425,56 @@ class _Connection(asyncio.Protocol):
                 raise H2ConnectionError(FRAME_SIZE_ERROR, "HEADERS too short for its priority fields")
         s = self.streams.get(sid)
         if s is None:
-            if sid <= self.last_sid:
-                raise H2ConnectionError(STREAM_CLOSED, f"HEADERS on closed stream {sid}")
-            self.last_sid = sid
-            s = _Stream(sid, self.peer_window)
-            s.t0 = time.perf_counter()
-            new = True
+            if sid <= self.last_sid:  # a stream we closed: its late header block is decoded and dropped
+                s, mode = _Stream(sid, 0), CLOSED_MODE
+            else:
+                self.last_sid = sid
+                s, mode = _Stream(sid, self.peer_window), NEW_MODE
+                s.t0 = time.perf_counter()
         elif s.ended or s.task is not None:
-            raise H2ConnectionError(STREAM_CLOSED, f"HEADERS on stream {sid} after its end")
+            mode = CLOSED_MODE  # the client already ended this stream: decoded, then the stream is reset
         else:
-            new = False  # trailers of a request: decoded (HPACK's state), otherwise ignored
+            mode = TRAILERS_MODE  # a request's trailers: decoded (HPACK's state), otherwise ignored
         block = payload[start:end]
+        if len(block) > MAX_HEADER_LIST:
+            raise H2ConnectionError(COMPRESSION_ERROR, f"a header block over {MAX_HEADER_LIST} bytes")
         if flags & END_HEADERS:
-            self._header_block(s, new, flags, block, ready)
+            self._header_block(s, mode, flags, block, ready)
         else:
-            self.cont = (s, new, flags, [block])
+            self.cont = (s, mode, flags, [block], len(block))
 
     def _continuation(self, sid: int, flags: int, payload: bytes, ready: list[_Stream]) -> None:
         if self.cont is None:
             raise H2ConnectionError(PROTOCOL_ERROR, "CONTINUATION without a header block before it")
-        s, new, first_flags, parts = self.cont
+        s, mode, first_flags, parts, size = self.cont
         if s.sid != sid:
             raise H2ConnectionError(PROTOCOL_ERROR, "CONTINUATION on another stream than its HEADERS")
-        parts.append(payload)
-        if sum(len(p) for p in parts) > MAX_HEADER_LIST:
+        size += len(payload)
+        if size > MAX_HEADER_LIST:
             raise H2ConnectionError(COMPRESSION_ERROR, f"a header block over {MAX_HEADER_LIST} bytes")
+        if len(parts) >= MAX_CONTINUATIONS or (not payload and not flags & END_HEADERS):
+            # a flood of tiny or empty CONTINUATION frames costs us per frame and moves the block nowhere
+            raise H2ConnectionError(ENHANCE_YOUR_CALM, f"a header block in over {MAX_CONTINUATIONS} frames")
+        parts.append(payload)
         if flags & END_HEADERS:
             self.cont = None
-            self._header_block(s, new, first_flags, b"".join(parts), ready)
+            self._header_block(s, mode, first_flags, b"".join(parts), ready)
+        else:
+            self.cont = (s, mode, first_flags, parts, size)
 
-    def _header_block(self, s: _Stream, new: bool, flags: int, block: bytes, ready: list[_Stream]) -> None:
+    def _header_block(self, s: _Stream, mode: int, flags: int, block: bytes, ready: list[_Stream]) -> None:
         try:
             headers = self.decoder.decode(block, raw=True)
         except hpack.HPACKError as e:
             raise H2ConnectionError(COMPRESSION_ERROR, f"header block does not decode: {e}") from None
-        if not new:
+        if mode == CLOSED_MODE:
+            if self.streams.get(s.sid) is s:
+                self._reset(s, STREAM_CLOSED)
+            return
+        if mode == TRAILERS_MODE:
             if not flags & END_STREAM:
                 raise H2ConnectionError(PROTOCOL_ERROR, "request trailers without END_STREAM")
-            s.ended = True
-            ready.append(s)
+            self._end(s, ready)
             return
         if self.goaway_last is not None or len(self.streams) >= MAX_STREAMS:
             self.out.append(frame(RST_STREAM, 0, s.sid, REFUSED_STREAM.to_bytes(4, "big")))
@@ -474,8 +492,7 @@ class _Connection(asyncio.Protocol):
                 s.timeout = parse_timeout(value)
         self.streams[s.sid] = s
         if flags & END_STREAM:
-            s.ended = True
-            ready.append(s)
+            self._end(s, ready)
 
     def _control(self, kind: int, sid: int, flags: int, payload: bytes, ready: list[_Stream]) -> None:
         n = len(payload)
@@ -490,6 +507,9 @@ class _Connection(asyncio.Protocol):
                 return
             if n % 6:
                 raise H2ConnectionError(FRAME_SIZE_ERROR, "SETTINGS payload not a multiple of 6")
+            if n > 6 * MAX_SETTINGS:
+                raise H2ConnectionError(ENHANCE_YOUR_CALM, f"a SETTINGS frame of over {MAX_SETTINGS} entries")
+            window = self.peer_window
             for i in range(0, n, 6):
                 key = int.from_bytes(payload[i : i + 2], "big")
                 value = int.from_bytes(payload[i + 2 : i + 6], "big")
@@ -498,10 +518,7 @@ class _Connection(asyncio.Protocol):
                         raise H2ConnectionError(
                             FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1"
                         )
-                    delta = value - self.peer_window
-                    self.peer_window = value
-                    for st in self.streams.values():
-                        st.send_window += delta
+                    window = value
                 elif key == S_MAX_FRAME_SIZE:
                     if not 16384 <= value <= 16777215:
                         raise H2ConnectionError(
@@ -510,6 +527,13 @@ class _Connection(asyncio.Protocol):
                     self.peer_max_frame = value
                 elif key == S_ENABLE_PUSH and value > 1:
                     raise H2ConnectionError(PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH neither 0 nor 1")
+            if window != self.peer_window:  # applies to every open stream's window (RFC 9113 6.9.2)
+                delta = window - self.peer_window
+                self.peer_window = window
+                for st in self.streams.values():
+                    st.send_window += delta
+                    if st.send_window > MAX_WINDOW:
+                        raise H2ConnectionError(FLOW_CONTROL_ERROR, f"stream {st.sid}'s window above 2^31-1")
             self.out.append(frame(SETTINGS, ACK, 0))
             self._send_pending()
         elif kind == PING:
@@ -543,7 +567,9 @@ class _Connection(asyncio.Protocol):
                 s.send_window += inc
                 if s.send_window > MAX_WINDOW:
                     self._reset(s, FLOW_CONTROL_ERROR)
-                    return
+                elif s.sid in self.blocked:
+                    self._send_stream(s)
+                return
             self._send_pending()
         elif kind == RST_STREAM:
             if sid == 0:
@@ -559,7 +585,8 @@ class _Connection(asyncio.Protocol):
                     ready.remove(s)
                 if s.task is not None:
                     s.task.cancel()
-                self.server.observe(self.server.label(s.path), "CANCELLED", time.perf_counter() - s.t0)
+                if not s.pending:  # one with an answer on its way was observed when answered
+                    self.server.observe(self.server.label(s.path), "CANCELLED", time.perf_counter() - s.t0)
         elif kind == PRIORITY:
             if n != 5:
                 raise H2ConnectionError(FRAME_SIZE_ERROR, "PRIORITY payload not 5 bytes")
@@ -670,6 +697,7 @@ class _Connection(asyncio.Protocol):
             body = s.pending[0]
             room = min(s.send_window, self.send_window, self.peer_max_frame)
             if room <= 0:
+                self.blocked[s.sid] = s
                 return False
             chunk, rest = body[:room], body[room:]
             s.send_window -= len(chunk)
@@ -684,22 +712,33 @@ class _Connection(asyncio.Protocol):
         return True
 
     def _send_pending(self) -> None:
-        for s in [st for st in self.streams.values() if st.pending]:
+        if not self.blocked:
+            return
+        for s in list(self.blocked.values()):
             if not self._send_stream(s) and self.send_window <= 0:
                 break
 
+    def _end(self, s: _Stream, ready: list[_Stream]) -> None:
+        """The client's half of the stream is done: the request is complete."""
+        s.ended = True
+        self.held -= s.size  # no longer arriving
+        ready.append(s)
+
     def _forget(self, s: _Stream) -> None:
         self.streams.pop(s.sid, None)
+        self.blocked.pop(s.sid, None)
         if not s.ended:  # its bytes no longer count against the connection's holding
             self.held -= s.size
             s.size = 0
+        if (
+            self.goaway_last is not None and not self.streams
+        ):  # drained: close once this read's writes are out
+            asyncio.get_running_loop().call_soon(self._close)
 
     def _close_stream(self, s: _Stream) -> None:
-        self._forget(s)
         if not s.ended:  # answered before the client finished sending (RFC 9113 8.1)
             self.out.append(frame(RST_STREAM, 0, s.sid, NO_ERROR.to_bytes(4, "big")))
-        if self.goaway_last is not None and not self.streams:
-            asyncio.get_running_loop().call_soon(self._close)
+        self._forget(s)
 
     def _reset(self, s: _Stream, code: int) -> None:
         self._forget(s)
