@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote
@@ -417,3 +418,29 @@ def test_a_long_status_message_stays_small(wire) -> None:  # type: ignore[no-unt
     assert len(message) <= 1024
     assert message.endswith(b"...")
     assert unquote(message.decode()).startswith("unknown method /\ufffd")
+
+
+def test_a_connection_that_never_speaks_http2_is_closed(make_grpc, packed_clf) -> None:  # type: ignore[no-untyped-def]
+    """A socket that sends nothing (or half a preface) is closed after the preface timeout; one that sends
+    the preface in time stays open."""
+    client, stub = make_grpc(packed_clf)
+    app = client.server_app
+    assert app.grpc is not None
+    app.grpc.wire.preface_timeout_s = 0.3
+    port = app.settings.grpc_port
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as quiet,
+        socket.create_connection(("127.0.0.1", port), timeout=5) as half,
+        socket.create_connection(("127.0.0.1", port), timeout=5) as talker,
+    ):
+        half.sendall(PREFACE[:10])
+        talker.sendall(PREFACE + raw_frame(4, 0, 0))
+        t0 = time.monotonic()
+        assert quiet.recv(100) == b""  # closed by the server
+        assert half.recv(100) == b""
+        assert time.monotonic() - t0 < 3
+        talker.settimeout(1.0)
+        assert frames(talker.recv(65536))[0][0] == 4  # its SETTINGS, and nothing closes it
+        with pytest.raises(TimeoutError):
+            talker.recv(100)
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live

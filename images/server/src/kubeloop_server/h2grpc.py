@@ -12,7 +12,7 @@ What a client gets:
   pod network or a mesh carries TLS);
 * request messages compressed with gzip or deflate, or not; answers uncompressed (gRPC allows it);
 * ``grpc-timeout`` honoured for calls that wait (DEADLINE_EXCEEDED); a client's RST_STREAM cancels;
-* a bounded server: frames up to ``MAX_FRAME``, header blocks up to ``MAX_HEADER_LIST``, ``MAX_STREAMS``
+* a bounded server: 10 s for a new connection to send HTTP/2's preface, frames up to ``MAX_FRAME``, header blocks up to ``MAX_HEADER_LIST``, ``MAX_STREAMS``
   open streams per connection (more are refused with REFUSED_STREAM), messages up to
   ``max_message_bytes`` and unfinished requests up to ``max_held_bytes`` per connection (both
   RESOURCE_EXHAUSTED), flow-control windows enforced;
@@ -256,6 +256,7 @@ class _Connection(asyncio.Protocol):
         self.held = 0  # bytes of requests still arriving (streams not ended), bounded by max_held_bytes
         self.out: list[bytes] = []
         self.goaway_last: int | None = None  # set by the final GOAWAY: streams above it are refused
+        self.preface_timer: asyncio.TimerHandle | None = None
         self.draining = False
         self.closed = False
 
@@ -264,6 +265,8 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of asyncio's
         self.server.conns.add(self)
+        # a connection that never says it is HTTP/2 holds a socket for nothing: closed after a while
+        self.preface_timer = asyncio.get_running_loop().call_later(self.server.preface_timeout_s, self._close)
         if self.server.stopping:
             self.begin_drain()
 
@@ -283,6 +286,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.preface_timer is not None:
+            self.preface_timer.cancel()
         self.server.conns.discard(self)
         for s in self.streams.values():
             if s.task is not None:
@@ -321,6 +326,9 @@ class _Connection(asyncio.Protocol):
                 return
             buf = buf[len(PREFACE) :]
             self.preface = True
+            if self.preface_timer is not None:
+                self.preface_timer.cancel()
+                self.preface_timer = None
             self._send_settings()  # after the client's preface, so an HTTP/1 client reads only its 400
         ready: list[_Stream] = []
         pos = 0
@@ -818,6 +826,7 @@ class GrpcWire:
         # stream (1,024 streams of max_message_bytes each would be gigabytes).
         self.max_held_bytes = max(4 * (max_message_bytes + 5), 32 << 20)
         self.conns: set[_Connection] = set()
+        self.preface_timeout_s = 10.0
         self.server: asyncio.Server | None = None
         self.stopping = False
         self.port = 0
