@@ -9,7 +9,7 @@ import gzip
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -347,27 +347,11 @@ def test_generated_frame_sequences_never_break_the_server(
     assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
 
 
-@pytest.fixture(scope="module")
-def grpc_wire_port(tmp_path_factory: pytest.TempPathFactory, packed_clf: bytes) -> Iterator[tuple[int, Any]]:
-    """One in-process server for the whole fuzz (a fresh one per example would dominate its time)."""
-    from kubeloop_server.model import ModelRuntime
-    from kubeloop_server.rest import ServerApp
-    from kubeloop_server.settings import ServerSettings
-    from starlette.testclient import TestClient
-
-    path = tmp_path_factory.mktemp("wire") / "model.onnx"
-    path.write_bytes(packed_clf)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    s = ServerSettings(model_uri=str(path), grpc_port=port, host="127.0.0.1")
-    app = ServerApp(
-        s, runtime=ModelRuntime(packed_clf, name=s.model_name, version=s.model_version), store=None
-    )
-    with TestClient(app.app) as _client, grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as ch:
-        from kubeloop_server.oip import grpc_predict_v2_pb2_grpc as pb_grpc
-
-        yield s.grpc_port, pb_grpc.GRPCInferenceServiceStub(ch)
+@pytest.fixture
+def grpc_wire_port(wire: Callable[..., tuple[int, Any]]) -> tuple[int, Any]:
+    """One server for the whole fuzz: a function-scoped fixture is made once per test, and hypothesis runs
+    every example inside that one call (a fresh server per example would dominate its time)."""
+    return wire()
 
 
 def test_a_connection_holds_a_bounded_amount_of_unfinished_requests(wire) -> None:  # type: ignore[no-untyped-def]

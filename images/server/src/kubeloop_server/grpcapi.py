@@ -277,7 +277,7 @@ class GrpcServer:
         self.port = self.wire.port
         log.info("gRPC (OIP v2, inference.GRPCInferenceService) listening on %s:%d", self.host, self.port)
 
-    def begin_stop(self, grace_s: float) -> None:
+    def begin_stop(self) -> None:
         """Stop accepting RPCs now; those in flight get until :meth:`stop`'s grace to finish (idempotent)."""
         self.wire.begin_stop()
 

@@ -36,7 +36,13 @@ from urllib.parse import quote
 
 import hpack
 
-from kubeloop_server.errors import GRPC_CODES, InvalidInputError, PayloadTooLargeError, error_status
+from kubeloop_server.errors import (
+    GRPC_CODES,
+    InvalidInputError,
+    PayloadTooLargeError,
+    UnimplementedError,
+    error_status,
+)
 
 log = logging.getLogger("kubeloop_server.grpc")
 
@@ -81,15 +87,6 @@ class H2ConnectionError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-class GrpcStatusError(Exception):
-    """A call refused by the wire itself (no method, bad framing, bad encoding): its gRPC code by name."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 # --- the fixed parts of answers: HPACK literals that never touch the dynamic table ----------------------------
@@ -143,8 +140,7 @@ def parse_timeout(value: bytes) -> float | None:
 def unframe(body: bytes, encoding: bytes, limit: int) -> bytes:
     """The one length-prefixed message of a unary call (decompressed when flagged)."""
     if len(body) < 5:
-        raise GrpcStatusError(
-            "INVALID_ARGUMENT",
+        raise InvalidInputError(
             "the call carries no request message"
             if not body
             else "the request message's 5-byte prefix is cut short",
@@ -152,30 +148,25 @@ def unframe(body: bytes, encoding: bytes, limit: int) -> bytes:
     compressed = body[0]
     length = int.from_bytes(body[1:5], "big")
     if compressed > 1:
-        raise GrpcStatusError("INVALID_ARGUMENT", f"message prefix flag {compressed} is neither 0 nor 1")
+        raise InvalidInputError(f"message prefix flag {compressed} is neither 0 nor 1")
     if length != len(body) - 5:
-        raise GrpcStatusError(
-            "INVALID_ARGUMENT",
+        raise InvalidInputError(
             f"the message prefix says {length} bytes but {len(body) - 5} follow; a unary call carries one message",
         )
     msg = body[5:]
     if not compressed:
         return msg
     if encoding in (b"", b"identity"):
-        raise GrpcStatusError(
-            "INVALID_ARGUMENT", "the message is flagged compressed but grpc-encoding names none"
-        )
+        raise InvalidInputError("the message is flagged compressed but grpc-encoding names none")
     d = zlib.decompressobj(wbits=31 if encoding == b"gzip" else 15)
     try:
         out = d.decompress(msg, limit + 1)
     except zlib.error as e:
-        raise GrpcStatusError(
-            "INVALID_ARGUMENT", f"the {encoding.decode()} message does not decompress: {e}"
-        ) from None
+        raise InvalidInputError(f"the {encoding.decode()} message does not decompress: {e}") from None
     if len(out) > limit or d.unconsumed_tail:
         raise PayloadTooLargeError(f"the decompressed message exceeds the limit of {limit} bytes")
     if not d.eof:
-        raise GrpcStatusError("INVALID_ARGUMENT", f"the {encoding.decode()} message is cut short")
+        raise InvalidInputError(f"the {encoding.decode()} message is cut short")
     return out
 
 
@@ -230,7 +221,7 @@ class _Stream:
         self.send_window = send_window
         self.ended = False  # the client's half is closed
         self.task: asyncio.Task[None] | None = None
-        self.pending: list[memoryview] = []  # answer bytes waiting for flow-control window
+        self.pending: bytes | memoryview = b""  # answer bytes not yet sent (waiting for flow-control window)
         self.t0 = 0.0
 
 
@@ -612,39 +603,30 @@ class _Connection(asyncio.Protocol):
             return  # reset or answered in the meantime
         try:
             method, msg = self._prepare(s)
+            if method.run_async is not None:
+                s.task = asyncio.get_running_loop().create_task(self._run(s, method.run_async(msg)))
+                return
+            reply = method.run(msg)
         except Exception as e:
-            _, code, message = _status(e)
+            _, code, message = error_status(e)
             self._answer(s, None, code, message)
             return
-        if method.run_async is None:
-            try:
-                reply = method.run(msg)
-            except Exception as e:
-                _, code, message = _status(e)
-                self._answer(s, None, code, message)
-                return
-            self._answer(s, reply, "OK", "")
-            if method.after is not None and method.after not in after:
-                after.append(method.after)
-            return
-        s.task = asyncio.get_running_loop().create_task(self._run(s, method.run_async(msg)))
+        self._answer(s, reply, "OK", "")
+        if method.after is not None and method.after not in after:
+            after.append(method.after)
 
     def _prepare(self, s: _Stream) -> tuple[Method, Any]:
         if s.method != b"POST":
-            raise GrpcStatusError(
-                "UNIMPLEMENTED", f"gRPC calls are POST requests, not {s.method.decode(errors='replace')}"
-            )
+            raise UnimplementedError(f"gRPC calls are POST requests, not {s.method.decode(errors='replace')}")
         if not s.ctype.startswith(b"application/grpc"):
-            raise GrpcStatusError(
-                "INVALID_ARGUMENT",
+            raise InvalidInputError(
                 f"content-type {s.ctype.decode(errors='replace')!r} is not application/grpc",
             )
         method = self.server.methods.get(s.path)
         if method is None:
-            raise GrpcStatusError("UNIMPLEMENTED", f"unknown method {s.path.decode(errors='replace')}")
+            raise UnimplementedError(f"unknown method {s.path.decode(errors='replace')}")
         if s.encoding not in ENCODINGS and s.encoding:
-            raise GrpcStatusError(
-                "UNIMPLEMENTED",
+            raise UnimplementedError(
                 f"grpc-encoding {s.encoding.decode(errors='replace')!r} is not supported; use identity, gzip or deflate",
             )
         body = s.chunks[0] if len(s.chunks) == 1 else b"".join(s.chunks)
@@ -668,7 +650,7 @@ class _Connection(asyncio.Protocol):
         except TimeoutError:
             self._answer(s, None, "DEADLINE_EXCEEDED", f"the call's deadline of {s.timeout:g} s passed")
         except Exception as e:
-            _, code, message = _status(e)
+            _, code, message = error_status(e)
             self._answer(s, None, code, message)
         else:
             self._answer(s, reply, "OK", "")
@@ -687,34 +669,26 @@ class _Connection(asyncio.Protocol):
             self._close_stream(s)
             return
         self.out.append(frame(HEADERS, END_HEADERS, sid, RESPONSE_HEADERS))
-        body = len(reply).to_bytes(5, "big") + reply
-        if len(body) <= s.send_window and len(body) <= self.send_window and len(body) <= self.peer_max_frame:
-            s.send_window -= len(body)
-            self.send_window -= len(body)
-            self.out.append(frame(DATA, 0, sid, body))
-            self.out.append(frame(HEADERS, END_HEADERS | END_STREAM, sid, OK_TRAILERS))
-            self._close_stream(s)
-            return
-        s.pending = [memoryview(body)]
+        s.pending = len(reply).to_bytes(5, "big") + reply
         self._send_stream(s)
 
     def _send_stream(self, s: _Stream) -> bool:
         """Send what the windows allow of a stream's pending answer; True once all of it (and the trailers)
         is out."""
         while s.pending:
-            body = s.pending[0]
             room = min(s.send_window, self.send_window, self.peer_max_frame)
             if room <= 0:
                 self.blocked[s.sid] = s
                 return False
-            chunk, rest = body[:room], body[room:]
+            body = s.pending
+            if len(body) <= room:  # the usual case: all of it at once, no copy
+                chunk, s.pending = bytes(body), b""
+            else:  # a view, so the rest is not copied for every frame
+                view = memoryview(body)
+                chunk, s.pending = bytes(view[:room]), view[room:]
             s.send_window -= len(chunk)
             self.send_window -= len(chunk)
-            self.out.append(frame(DATA, 0, s.sid, bytes(chunk)))
-            if rest:
-                s.pending[0] = rest
-            else:
-                s.pending.pop(0)
+            self.out.append(frame(DATA, 0, s.sid, chunk))
         self.out.append(frame(HEADERS, END_HEADERS | END_STREAM, s.sid, OK_TRAILERS))
         self._close_stream(s)
         return True
@@ -807,12 +781,6 @@ class _Connection(asyncio.Protocol):
             self.transport.write(HTTP1_REFUSAL)
             self.transport.close()
         self.closed = True
-
-
-def _status(e: BaseException) -> tuple[int, str, str]:
-    if isinstance(e, GrpcStatusError):
-        return 0, e.code, e.message
-    return error_status(e)
 
 
 class GrpcWire:

@@ -377,7 +377,7 @@ class ServerApp:
     def begin_grpc_stop(self) -> None:
         """The HTTP listener is closing: gRPC stops accepting RPCs too; those in flight may finish."""
         if self.grpc is not None:
-            self.grpc.begin_stop(self.settings.graceful_timeout_s)
+            self.grpc.begin_stop()
 
     @asynccontextmanager
     async def lifespan(self, _app: Any) -> AsyncIterator[None]:
