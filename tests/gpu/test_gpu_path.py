@@ -123,6 +123,11 @@ def test_trainingjob_on_gpu_then_served_by_the_cuda_provider(tmp_path: Path) -> 
     )
     assert summary.model_version == 1
     assert summary.metrics["accuracy"] > 0.9
+    # one GPU with DeepSpeed: the steps were replayed from the trainer's CUDA graph, not run eagerly
+    graph_log = [line for line in proc.stderr.splitlines() if "CUDA graph:" in line]
+    print(graph_log[-1] if graph_log else "no CUDA graph line in the trainer's log")
+    assert graph_log, proc.stderr[-3000:]
+    assert "capture refused" not in graph_log[-1], graph_log
 
     store = LocalStore(tmp_path / "store")
     onnx_path = tmp_path / "model.onnx"

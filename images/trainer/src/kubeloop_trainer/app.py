@@ -35,6 +35,7 @@ from kubeloop_trainer.data import Dataset, data_fingerprint, prepare, read_table
 from kubeloop_trainer.distributed import DistContext
 from kubeloop_trainer.errors import ConfigError
 from kubeloop_trainer.export import export_onnx, onnx_feed, set_metadata, verify
+from kubeloop_trainer.graphs import back_to_default_stream, graphs_wanted, use_own_stream
 from kubeloop_trainer.loop import EpochResult, Loop, LoopConfig, LoopState, TorchEngine, best_model
 from kubeloop_trainer.metrics import classification_metrics, regression_metrics
 from kubeloop_trainer.model import InferenceHead, TabularMLP, build_model
@@ -187,6 +188,9 @@ def run(settings: TrainerSettings, ctx: DistContext | None = None) -> TrainingSu
     model = build_model(ds, spec.model.hidden_layers, spec.model.dropout)
     template = build_model(ds, spec.model.hidden_layers, spec.model.dropout)  # fp32, fitted buffers
     tr = spec.training
+    ds_spec = spec.distributed.deepspeed or DeepSpeedSpec()
+    graphs = graphs_wanted(settings.cuda_graphs, deepspeed, ds_spec.zero_stage, device, ctx.world_size)
+    own_stream = use_own_stream(device) if graphs else None  # from the engine's set-up on (graphs.py)
     engine: Any
     if deepspeed:
         from kubeloop_trainer.ds_engine import DeepSpeedEngine
@@ -194,11 +198,12 @@ def run(settings: TrainerSettings, ctx: DistContext | None = None) -> TrainingSu
         engine = DeepSpeedEngine(
             model,
             tr.learning_rate,
-            spec.distributed.deepspeed or DeepSpeedSpec(),
+            ds_spec,
             tr.batch_size,
             ctx,
             device,
             allow_shm=settings.deepspeed_shm,
+            capturable=graphs,
         )
     else:
         engine = TorchEngine(model, tr.learning_rate, ctx, device)
@@ -289,6 +294,7 @@ def run(settings: TrainerSettings, ctx: DistContext | None = None) -> TrainingSu
         train_targets(ds, ds.y_train),
         ds.x_val,
         train_targets(ds, ds.y_val),
+        cuda_graphs=graphs,
     )
     try:
         state = loop.fit(state, on_epoch)
@@ -297,7 +303,16 @@ def run(settings: TrainerSettings, ctx: DistContext | None = None) -> TrainingSu
             tracker.end(False)
         raise
     finally:
+        if own_stream is not None:
+            back_to_default_stream(device, own_stream)
         distributed.shutdown()
+    if loop.graphed is not None:
+        g = loop.graphed
+        log.info(
+            "CUDA graph: %d training steps replayed from one captured graph%s",
+            g.replays,
+            " (capture refused; the other steps ran eagerly)" if g.eager else "",
+        )
     if tracker is None:
         return None
     try:

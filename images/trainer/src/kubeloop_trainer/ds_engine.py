@@ -46,11 +46,13 @@ class DeepSpeedEngine:
         ctx: DistContext,
         device: torch.device,
         allow_shm: bool = False,
+        capturable: bool = False,
     ) -> None:
         deepspeed = _import_deepspeed(device, allow_shm)
         self.zero_stage = spec.zero_stage
         self.config = deepspeed_config(spec, global_batch, ctx.world_size, device.type == "cuda")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+        # capturable: the step count lives on the device, so that a CUDA graph can replay the step
+        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, capturable=capturable)
         try:
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
                 model=model.to(device), optimizer=optimizer, config=self.config, dist_init_required=True

@@ -178,6 +178,13 @@ class TrainingDivergedError(TrainerError):
     retryable = False  # the same seed and settings diverge again
 
 
+class CudaGraphError(TrainerError):
+    """The training step raised while being captured as a CUDA graph (kubeloop_trainer.graphs)."""
+
+    exit_code = 35
+    reason = "CudaGraphCaptureFailed"
+
+
 ALL_ERRORS: tuple[type[TrainerError], ...] = (
     TrainerError,
     ConfigError,
@@ -203,4 +210,5 @@ ALL_ERRORS: tuple[type[TrainerError], ...] = (
     ExportError,
     DistributedError,
     TrainingDivergedError,
+    CudaGraphError,
 )

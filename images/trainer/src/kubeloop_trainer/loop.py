@@ -22,6 +22,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from kubeloop_trainer.distributed import DistContext
 from kubeloop_trainer.errors import TrainingDivergedError
+from kubeloop_trainer.graphs import GraphedStep
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -145,6 +146,7 @@ class Loop:
         y_train: np.ndarray[Any, Any],
         x_val: np.ndarray[Any, Any],
         y_val: np.ndarray[Any, Any],
+        cuda_graphs: bool = False,
     ) -> None:
         self.engine = engine
         self.cfg = cfg
@@ -154,6 +156,17 @@ class Loop:
         self.y_train = torch.from_numpy(np.ascontiguousarray(y_train)).to(device)
         self.x_val = torch.from_numpy(np.ascontiguousarray(x_val)).to(device)
         self.y_val = torch.from_numpy(np.ascontiguousarray(y_val)).to(device)
+        # One process on a CUDA device only: a graph holds one rank's collectives, untested across ranks.
+        self.graphed: GraphedStep | None = None
+        if cuda_graphs and device.type == "cuda" and ctx.world_size == 1:
+            self.graphed = GraphedStep(self._mean_loss_step, cfg.batch_size, device)
+
+    def _mean_loss_step(self, batch: torch.Tensor) -> torch.Tensor:
+        xb = self.x_train.index_select(0, batch)
+        yb = self.y_train.index_select(0, batch)
+        loss = loss_sum(self.engine.forward(xb), yb, self.cfg.task, mean=True)
+        self.engine.step(loss)
+        return loss.detach()
 
     def _val(self) -> tuple[float, float]:
         self.engine.train(False)
@@ -184,13 +197,13 @@ class Loop:
             if world > 1:
                 lo, hi = (nb * rank) // world, (nb * (rank + 1)) // world
                 batch = batch[lo:hi]
-            xb = self.x_train.index_select(0, batch)
-            yb = self.y_train.index_select(0, batch)
             if world == 1:  # the mean loss directly: one op less per step
-                loss = loss_sum(self.engine.forward(xb), yb, cfg.task, mean=True)
-                self.engine.step(loss)
-                total += loss.detach() * nb
+                graphed = self.graphed is not None and nb == bs
+                loss = self.graphed(batch) if graphed else self._mean_loss_step(batch)  # type: ignore[misc]
+                total += loss * nb
             else:
+                xb = self.x_train.index_select(0, batch)
+                yb = self.y_train.index_select(0, batch)
                 loss = loss_sum(self.engine.forward(xb), yb, cfg.task)
                 self.engine.step(loss * (world / nb))
                 total += loss.detach()

@@ -61,6 +61,11 @@ class TrainerSettings(BaseSettings):
         description="On the CPU accelerator, let DeepSpeed build its shared-memory collective op "
         "(a long C++ build at first use); gloo is used otherwise.",
     )
+    cuda_graphs: bool = Field(
+        default=True,
+        description="On one CUDA GPU with DeepSpeed ZeRO stage 1, replay each full batch's training step from "
+        "one captured CUDA graph (kubeloop_trainer.graphs); false runs every step eagerly.",
+    )
     crash_after_epoch: int | None = Field(
         default=None, ge=1, description="Test hook: SIGKILL this process after that epoch's checkpoint."
     )
