@@ -14,7 +14,12 @@ Like for like by default:
 
 Ours is the trainer's own engine (``kubeloop_trainer.ds_engine.DeepSpeedEngine``, ZeRO stage 1 with
 bf16, built by the trainer's ``deepspeed_config``) driven exactly as ``Loop.run_epoch`` drives an
-engine in a single process (mean loss, ``engine.step``).
+engine in a single process (mean loss, ``engine.step``). On a CUDA device that includes the trainer's
+CUDA graph: each full batch's step is replayed from one captured graph
+(``kubeloop_trainer.graphs.GraphedStep``). Like for like, the plain loop is then captured by the same
+``GraphedStep``, and both optimizers are AdamW with ``capturable=True``. The ``eager`` variant times the
+trainer with graphs off (``KUBELOOP_TRAINER_CUDA_GRAPHS=false``) against the plain loop run eagerly: the
+headline of earlier runs. On the CPU (the dry run) nothing is captured.
 
 Three shapes: ``example`` is examples/trainingjob.yaml on the breast-cancer table (30 features,
 hidden [64, 32], batch 64): a tiny model where per-step framework overhead dominates. ``wide``
@@ -60,6 +65,7 @@ import kubeloop_trainer.ds_engine as ds_engine
 import torch
 from kubeloop_trainer.distributed import DistContext, deepspeed_config, init_process_group
 from kubeloop_trainer.ds_engine import DeepSpeedEngine
+from kubeloop_trainer.graphs import GraphedStep, use_own_stream
 from kubeloop_trainer.loop import loss_sum
 from kubeloop_trainer.model import TabularMLP
 
@@ -106,6 +112,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # stay eager), and DeepCompile, which puts ZeRO-1's gradient handling into the compiled graph.
     "compile": {},
     "deepcompile": {"compile": {"deepcompile": True}},
+    # The trainer's config with every step run eagerly (KUBELOOP_TRAINER_CUDA_GRAPHS=false), against the
+    # plain loop run eagerly too; on a CUDA device "trainer" itself replays a captured graph (GRAPHED).
+    "eager": {},
 }
 
 
@@ -126,6 +135,18 @@ PATCHES: dict[str, Callable[[DeepSpeedEngine], None]] = {"skip_1rank_reduce": _s
 # Variants where DeepSpeed compiles the model (``engine.compile()``, inductor). Like for like, the plain
 # loop they are timed against compiles its model too, with torch.compile and the same backend.
 COMPILED = frozenset({"compile", "deepcompile"})
+
+# On a CUDA device the trainer replays each full batch's step from a captured CUDA graph
+# (kubeloop_trainer.graphs.GraphedStep). Like for like, the plain loop it is timed against is captured by the
+# same GraphedStep, and both sides use AdamW with ``capturable=True`` (a captured step keeps its step count
+# on the device).
+GRAPHED = frozenset({"trainer"})
+
+
+def loop_mode(variant: str, device: torch.device) -> str:
+    if variant in COMPILED:
+        return "compiled"
+    return "graphed" if variant in GRAPHED and device.type == "cuda" else "eager"
 
 
 def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -208,6 +229,7 @@ def make_engine(shape: Shape, device: torch.device, ctx: DistContext, variant: s
             shape.batch,
             ctx,
             device,
+            capturable=loop_mode(variant, device) == "graphed",
         )
     finally:
         ds_engine.deepspeed_config = deepspeed_config
@@ -225,14 +247,28 @@ def bench_shape(
     x, y = make_data(shape, device, rows)
     nth = batches(rows, shape.batch, device, seed=2)
 
-    def plain_loop(compiled: bool) -> tuple[Callable[[int], None], torch.optim.Optimizer, Callable[..., Any]]:
-        model = make_model(shape, seed=0).to(device)
-        model.train(True)
-        opt = torch.optim.AdamW(model.parameters(), lr=LR)
-        fwd = torch.compile(model) if compiled else model
+    graphs: dict[str, GraphedStep] = {}
+
+    def stepper(
+        step_on: Callable[[torch.Tensor], torch.Tensor], mode: str, side: str
+    ) -> Callable[[int], None]:
+        """One step per batch number, from the trainer's GraphedStep when the mode is graphed."""
+        run: Callable[[torch.Tensor], torch.Tensor] = step_on
+        if mode == "graphed":
+            run = graphs[side] = GraphedStep(step_on, shape.batch, device)
 
         def step(i: int) -> None:
-            idx = nth(i)
+            run(nth(i))
+
+        return step
+
+    def plain_loop(mode: str) -> tuple[Callable[[int], None], torch.optim.Optimizer, Callable[..., Any]]:
+        model = make_model(shape, seed=0).to(device)
+        model.train(True)
+        opt = torch.optim.AdamW(model.parameters(), lr=LR, capturable=mode == "graphed")
+        fwd = torch.compile(model) if mode == "compiled" else model
+
+        def step_on(idx: torch.Tensor) -> torch.Tensor:
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 out = fwd(xb)
@@ -240,26 +276,28 @@ def bench_shape(
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
+            return loss.detach()
 
-        return step, opt, fwd
+        return stepper(step_on, mode, "plain"), opt, fwd
 
-    loops: dict[bool, tuple[Callable[[int], None], torch.optim.Optimizer, Callable[..., Any]]] = {}
+    def failed(variant: str, e: Exception) -> None:  # a variant this DeepSpeed or machine cannot run
+        where = " <- ".join(
+            f"{Path(f.filename).name}:{f.lineno}"
+            for f in reversed(traceback.extract_tb(e.__traceback__)[-5:])
+        )
+        print(f"{shape.name} [{variant}]: failed: {type(e).__name__}: {str(e)[:400]} @ {where}", flush=True)
+
+    loops: dict[str, tuple[Callable[[int], None], torch.optim.Optimizer, Callable[..., Any]]] = {}
     results: dict[str, float] = {}
     for variant in variants:
-        compiled = variant in COMPILED
-        if compiled not in loops:
-            loops[compiled] = plain_loop(compiled)
-        plain_step, opt, plain = loops[compiled]
+        mode = loop_mode(variant, device)
         try:
+            if mode not in loops:
+                loops[mode] = plain_loop(mode)
+            plain_step, opt, plain = loops[mode]
             ours = make_engine(shape, device, ctx, variant)
-        except Exception as e:  # a variant this DeepSpeed or machine cannot run; the others still can
-            where = " <- ".join(
-                f"{Path(f.filename).name}:{f.lineno}"
-                for f in reversed(traceback.extract_tb(e.__traceback__)[-5:])
-            )
-            print(
-                f"{shape.name} [{variant}]: failed: {type(e).__name__}: {str(e)[:400]} @ {where}", flush=True
-            )
+        except Exception as e:  # the others still run
+            failed(variant, e)
             continue
         ours.train(True)
         # Like for like: the plain loop's optimizer has the settings of the one DeepSpeed received.
@@ -268,12 +306,13 @@ def bench_shape(
         if ds_defaults != plain_defaults:
             raise SystemExit(f"optimizers differ: deepspeed {ds_defaults} vs plain {plain_defaults}")
 
-        def ours_step(i: int, engine: DeepSpeedEngine = ours) -> None:
-            idx = nth(i)
+        def ours_on(idx: torch.Tensor, engine: DeepSpeedEngine = ours) -> torch.Tensor:
             xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             loss = loss_sum(engine.forward(xb), yb, "classification", mean=True)
             engine.step(loss)
+            return loss.detach()
 
+        ours_step = stepper(ours_on, mode, "ours")
         ours_s: list[float] = []
         plain_s: list[float] = []
         for r in range(rounds):
@@ -286,12 +325,18 @@ def bench_shape(
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 final_plain = float(loss_sum(plain(xb), yb, "classification", True))
         o, p = statistics.median(ours_s), statistics.median(plain_s)
+        replayed = ""
+        if mode == "graphed":  # proof that both sides ran from their graphs, not eagerly after a refusal
+            g_ours, g_plain = graphs["ours"], graphs["plain"]
+            replayed = f" | graph replays: deepspeed {g_ours.replays}, plain {g_plain.replays}"
+            if g_ours.eager or g_plain.eager:
+                replayed += f" (capture refused: deepspeed {g_ours.eager}, plain {g_plain.eager})"
         print(
             f"{shape.name} [{variant}, {type(ours.engine.optimizer).__name__}]: features={shape.features} "
             f"hidden={list(shape.hidden)} batch={shape.batch} steps={shape.steps}x{rounds} | deepspeed zero1 "
             f"bf16 {o * 1e3:.3f} ms/step (rounds {[round(s * 1e3, 3) for s in ours_s]}) | plain torch "
-            f"{'torch.compile ' if compiled else ''}autocast bf16 {p * 1e3:.3f} ms/step (rounds {[round(s * 1e3, 3) for s in plain_s]}) | ratio "
-            f"{o / p:.3f} | loss after training: deepspeed {final_ours:.4f}, plain {final_plain:.4f}",
+            f"{'torch.compile ' if mode == 'compiled' else 'CUDA graph ' if mode == 'graphed' else ''}autocast bf16 {p * 1e3:.3f} ms/step (rounds {[round(s * 1e3, 3) for s in plain_s]}) | ratio "
+            f"{o / p:.3f} | loss after training: deepspeed {final_ours:.4f}, plain {final_plain:.4f}{replayed}",
             flush=True,
         )
         suffix = shape.name if variant == "trainer" else f"{shape.name}_{variant}"
@@ -313,7 +358,7 @@ def profile_shape(shape: Shape, device: torch.device, ctx: DistContext, steps: i
     rows = shape.batch * 16
     x, y = make_data(shape, device, rows)
     nth = batches(rows, shape.batch, device, seed=2)
-    engine = make_engine(shape, device, ctx, "trainer")
+    engine = make_engine(shape, device, ctx, "eager")  # host time per phase: the steps run eagerly
     engine.train(True)
     plain = make_model(shape, seed=0).to(device)
     opt = torch.optim.AdamW(plain.parameters(), lr=LR)
@@ -429,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         print(f"GPU: {torch.cuda.get_device_name(device)}; torch {torch.__version__}", flush=True)
+        use_own_stream(device)  # as the trainer does when it graphs; every variant and both sides alike
     ctx = DistContext()
     init_process_group(ctx, device, always=True)
     wanted = set(args.shapes.split(","))
