@@ -428,3 +428,126 @@ def test_a_connection_that_never_speaks_http2_is_closed(make_grpc, packed_clf) -
         with pytest.raises(TimeoutError):
             talker.recv(100)
     assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+
+
+def _wire_of(make_grpc: Callable[..., tuple[Any, Any]], packed_clf: bytes) -> tuple[Any, int, Any]:
+    client, stub = make_grpc(packed_clf)
+    app = client.server_app
+    assert app.grpc is not None
+    return app.grpc.wire, int(app.settings.grpc_port), stub
+
+
+def test_an_answer_the_client_never_lets_through_is_reset_and_its_bytes_freed(make_grpc, packed_clf) -> None:  # type: ignore[no-untyped-def]
+    """A client that opens no flow-control window holds its answer on the server; after the stall timeout
+    the stream is reset with CANCEL and nothing of it is kept. The connection and the server go on."""
+    wire, port, stub = _wire_of(make_grpc, packed_clf)
+    wire.stall_timeout_s = 0.3
+    c = H2Client(port, INITIAL_WINDOW_SIZE=0)
+    try:
+        t0 = time.monotonic()
+        head, data = c.call(framed(MSG))
+        waited = time.monotonic() - t0
+        assert head[b":status"] == b"200", head
+        assert head[b"rst"] == b"8", head  # CANCEL
+        assert data == b""  # not one byte could move
+        assert 0.25 < waited < 3, waited
+        mine = c.sock.getsockname()
+        (conn,) = [k for k in wire.conns if k.transport.get_extra_info("peername") == mine]
+        assert not conn.blocked
+        assert not conn.streams
+        c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+        c._send()
+        head, data = c.call(framed(MSG))  # the same connection, now with a window
+        assert head[b"grpc-status"] == b"0", head
+        assert answer_outputs(data)["probabilities"].shape == (1, 3)
+    finally:
+        c.close()
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+
+
+def test_an_idle_connection_is_closed_and_a_busy_one_is_not(make_grpc, packed_clf) -> None:  # type: ignore[no-untyped-def]
+    wire, port, _ = _wire_of(make_grpc, packed_clf)
+    wire.idle_timeout_s = 0.4
+    wire.stall_timeout_s = 0.4
+    busy = H2Client(port)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
+            idle.sendall(PREFACE + raw_frame(4, 0, 0))
+            t0 = time.monotonic()
+            for _ in range(12):  # 1.2 s of calls, 0.1 s apart, on one connection
+                head, _ = busy.call(framed(MSG))
+                assert head[b"grpc-status"] == b"0", head
+                time.sleep(0.1)
+            got = bytearray()
+            while chunk := idle.recv(65536):
+                got += chunk
+            assert time.monotonic() - t0 < 3
+            goaway = [payload for kind, _, _, payload in frames(bytes(got)) if kind == 7]
+            assert goaway, frames(bytes(got))
+            assert int.from_bytes(goaway[0][4:8], "big") == 0  # NO_ERROR: a graceful close
+            assert goaway[0][8:] == b"idle"
+        head, _ = busy.call(framed(MSG))  # the busy one stayed open throughout
+        assert head[b"grpc-status"] == b"0", head
+    finally:
+        busy.close()
+
+
+def test_connections_past_the_limit_are_told_why_and_closed(make_grpc, packed_clf) -> None:  # type: ignore[no-untyped-def]
+    wire, port, stub = _wire_of(make_grpc, packed_clf)
+    wire.max_connections = len(wire.conns) + 2
+    first, second = H2Client(port), H2Client(port)
+    try:
+        refused = exchange(port, b"")
+        assert goaway_code(refused) == 11, frames(refused)  # ENHANCE_YOUR_CALM
+        assert b"too many connections" in refused
+        assert len(wire.conns) == wire.max_connections
+        for c in (first, second):  # those already open are served
+            head, _ = c.call(framed(MSG))
+            assert head[b"grpc-status"] == b"0", head
+        first.close()
+        deadline = time.monotonic() + 5
+        while len(wire.conns) >= wire.max_connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        third = H2Client(port)  # room again
+        try:
+            head, _ = third.call(framed(MSG))
+            assert head[b"grpc-status"] == b"0", head
+        finally:
+            third.close()
+    finally:
+        first.close()
+        second.close()
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+
+
+def test_window_updates_that_move_nothing_do_not_keep_a_stalled_answer(make_grpc, packed_clf) -> None:  # type: ignore[no-untyped-def]
+    """Connection-level WINDOW_UPDATEs while the stream's own window stays 0: the answer does not move, so
+    the stall clock is not restarted by them and the stream is still reset in time."""
+    wire, port, _ = _wire_of(make_grpc, packed_clf)
+    wire.stall_timeout_s = 0.3
+    c = H2Client(port, INITIAL_WINDOW_SIZE=0)
+    try:
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(
+            sid,
+            [(b":method", b"POST"), (b":scheme", b"http"), (b":path", INFER), (b":authority", b"test"),
+             (b"content-type", b"application/grpc"), (b"te", b"trailers")],
+        )  # fmt: skip
+        c.conn.send_data(sid, framed(MSG), end_stream=True)
+        c._send()
+        c.sock.settimeout(0.1)
+        t0 = time.monotonic()
+        reset = None
+        while reset is None and time.monotonic() - t0 < 3:
+            c.conn.increment_flow_control_window(1000)  # the connection's window, not the stream's
+            c._send()
+            try:
+                events = c._events()
+            except TimeoutError:
+                continue
+            reset = next((e for e in events if isinstance(e, h2.events.StreamReset)), None)
+        assert reset is not None
+        assert reset.error_code == 8  # CANCEL
+        assert time.monotonic() - t0 < 2
+    finally:
+        c.close()

@@ -15,7 +15,10 @@ What a client gets:
 * a bounded server: 10 s for a new connection to send HTTP/2's preface, frames up to ``MAX_FRAME``, header blocks up to ``MAX_HEADER_LIST``, ``MAX_STREAMS``
   open streams per connection (more are refused with REFUSED_STREAM), messages up to
   ``max_message_bytes`` and unfinished requests up to ``max_held_bytes`` per connection (both
-  RESOURCE_EXHAUSTED), flow-control windows enforced;
+  RESOURCE_EXHAUSTED), flow-control windows enforced; an answer the client's window has not let move
+  for ``stall_timeout_s`` (30 s) is reset with CANCEL, a connection with no call and no frame for
+  ``idle_timeout_s`` (300 s) gets GOAWAY(NO_ERROR) and is closed, and past ``max_connections`` (4,096)
+  a new connection gets GOAWAY(ENHANCE_YOUR_CALM, "too many connections") and is closed;
 * a malformed call gets a gRPC status naming the problem; a broken connection gets GOAWAY with the
   HTTP/2 error code and is closed; an HTTP/1 request on this port gets a 400 saying it is gRPC's port;
 * graceful stop as grpc-core does it: GOAWAY(2^31-1) and a PING; once the PING's answer is back, every
@@ -202,6 +205,7 @@ class _Stream:
         "recv_window",
         "send_window",
         "sid",
+        "since",
         "size",
         "t0",
         "task",
@@ -223,11 +227,13 @@ class _Stream:
         self.task: asyncio.Task[None] | None = None
         self.pending: bytes | memoryview = b""  # answer bytes not yet sent (waiting for flow-control window)
         self.t0 = 0.0
+        self.since = 0.0  # while blocked: when its answer last moved (loop time)
 
 
 class _Connection(asyncio.Protocol):
     def __init__(self, server: GrpcWire) -> None:
         self.server = server
+        self.loop = asyncio.get_running_loop()  # made by the loop's server, in the loop
         self.transport: asyncio.Transport | None = None
         self.buf = b""  # less than a frame header
         self.parts: list[bytes] = []  # a frame being gathered: its parts, their length, the frame's length
@@ -248,6 +254,10 @@ class _Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.goaway_last: int | None = None  # set by the final GOAWAY: streams above it are refused
         self.preface_timer: asyncio.TimerHandle | None = None
+        self.watch: asyncio.TimerHandle | None = None  # the stall and idle checks (_watch)
+        self.reads = 0  # data_received calls, to tell an idle connection from a busy one
+        self.seen_reads = 0
+        self.quiet_since = 0.0
         self.draining = False
         self.closed = False
 
@@ -255,6 +265,14 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of asyncio's
+        if len(self.server.conns) >= self.server.max_connections:
+            # each connection holds a socket and buffers: past the limit, a new one is told why and closed
+            log.warning("refusing a gRPC connection: %d are open, the most allowed", len(self.server.conns))
+            goaway = (0).to_bytes(4, "big") + ENHANCE_YOUR_CALM.to_bytes(4, "big") + b"too many connections"
+            self.transport.write(frame(SETTINGS, 0, 0) + frame(GOAWAY, 0, 0, goaway))
+            self.transport.close()
+            self.closed = True
+            return
         self.server.conns.add(self)
         # a connection that never says it is HTTP/2 holds a socket for nothing: closed after a while
         self.preface_timer = asyncio.get_running_loop().call_later(self.server.preface_timeout_s, self._close)
@@ -279,6 +297,8 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.preface_timer is not None:
             self.preface_timer.cancel()
+        if self.watch is not None:
+            self.watch.cancel()
         self.server.conns.discard(self)
         for s in self.streams.values():
             if s.task is not None:
@@ -296,6 +316,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:  # after GOAWAY with an error, or the HTTP/1 refusal: nothing more is read
             return
+        self.reads += 1
         if self.need:  # a frame longer than one read: gather its parts and join them once
             self.parts.append(data)
             self.have += len(data)
@@ -320,6 +341,8 @@ class _Connection(asyncio.Protocol):
             if self.preface_timer is not None:
                 self.preface_timer.cancel()
                 self.preface_timer = None
+            self.quiet_since = self.loop.time()
+            self.watch = self.loop.call_later(self.server.watch_interval_s, self._watch)
             self._send_settings()  # after the client's preface, so an HTTP/1 client reads only its 400
         ready: list[_Stream] = []
         pos = 0
@@ -675,11 +698,15 @@ class _Connection(asyncio.Protocol):
     def _send_stream(self, s: _Stream) -> bool:
         """Send what the windows allow of a stream's pending answer; True once all of it (and the trailers)
         is out."""
+        moved = False
         while s.pending:
             room = min(s.send_window, self.send_window, self.peer_max_frame)
             if room <= 0:
+                if moved or s.sid not in self.blocked:  # the stall clock (_watch) runs from here
+                    s.since = self.loop.time()
                 self.blocked[s.sid] = s
                 return False
+            moved = True
             body = s.pending
             if len(body) <= room:  # the usual case: all of it at once, no copy
                 chunk, s.pending = bytes(body), b""
@@ -729,6 +756,35 @@ class _Connection(asyncio.Protocol):
         self.out.append(frame(RST_STREAM, 0, s.sid, code.to_bytes(4, "big")))
 
     # --- connection ------------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Every few seconds: reset streams whose answers the client has not let move for stall_timeout_s
+        (each holds its answer's bytes), and close a connection with no stream and no frame for
+        idle_timeout_s (it holds a socket and its buffers)."""
+        self.watch = None
+        if self.closed:
+            return
+        server, now = self.server, self.loop.time()
+        for s in [s for s in self.blocked.values() if now - s.since >= server.stall_timeout_s]:
+            log.info(
+                "resetting gRPC stream %d: its answer (%d bytes left) waited %.0f s for the client's "
+                "flow-control window",
+                s.sid,
+                len(s.pending),
+                now - s.since,
+            )
+            self._reset(s, CANCEL)
+        if self.streams or self.reads != self.seen_reads:
+            self.seen_reads, self.quiet_since = self.reads, now
+        elif now - self.quiet_since >= server.idle_timeout_s:
+            log.info("closing a gRPC connection idle for %.0f s", now - self.quiet_since)
+            self.goaway_last = self.last_sid
+            last = self.last_sid.to_bytes(4, "big")
+            self.out.append(frame(GOAWAY, 0, 0, last + NO_ERROR.to_bytes(4, "big") + b"idle"))
+            self._close()
+            return
+        self._flush()
+        self.watch = self.loop.call_later(server.watch_interval_s, self._watch)
 
     def _flush(self) -> None:
         if self.out and self.transport is not None and not self.closed:
@@ -795,9 +851,17 @@ class GrpcWire:
         self.max_held_bytes = max(4 * (max_message_bytes + 5), 32 << 20)
         self.conns: set[_Connection] = set()
         self.preface_timeout_s = 10.0
+        # What misbehaving clients may hold: answers the client will not take, idle connections, sockets.
+        self.stall_timeout_s = 30.0
+        self.idle_timeout_s = 300.0
+        self.max_connections = 4096
         self.server: asyncio.Server | None = None
         self.stopping = False
         self.port = 0
+
+    @property
+    def watch_interval_s(self) -> float:
+        return max(0.05, min(self.stall_timeout_s, self.idle_timeout_s) / 4)
 
     def label(self, path: bytes) -> str:
         """A bounded metrics label: the method's name, or "unknown" for a path we do not serve."""
