@@ -4,7 +4,8 @@ capture, and on a GPU the real thing against eager steps."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from kubeloop_trainer.distributed import DistContext
 from kubeloop_trainer.errors import CudaGraphError
 from kubeloop_trainer.graphs import GraphedStep, back_to_default_stream, graphs_wanted, use_own_stream
-from kubeloop_trainer.loop import Loop, LoopConfig, TorchEngine
+from kubeloop_trainer.loop import Loop, LoopConfig, TorchEngine, loss_sum
 from kubeloop_trainer.model import TabularMLP
 
 
@@ -96,7 +97,7 @@ def test_a_step_that_raises_while_captured_stops_training_with_a_named_retryable
     g = Recorded([], fail_in_step=True)
     for b in batches(GraphedStep.WARMUP):
         g(b)
-    with pytest.raises(CudaGraphError, match="KUBELOOP_TRAINER_CUDA_GRAPHS=false") as e:
+    with pytest.raises(CudaGraphError, match="the next attempt trains without CUDA graphs") as e:
         g(batches(GraphedStep.WARMUP + 1)[-1])
     assert "operation not permitted when stream is capturing" in e.value.message
     assert e.value.exit_code == 35
@@ -124,21 +125,24 @@ def _table() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
 
 
 @pytest.mark.parametrize(
-    ("enabled", "deepspeed", "stage", "device", "world", "want"),
+    ("enabled", "deepspeed", "stage", "precision", "device", "world", "want"),
     [
-        (True, True, 1, "cuda", 1, True),
-        (False, True, 1, "cuda", 1, False),  # KUBELOOP_TRAINER_CUDA_GRAPHS=false
-        (True, False, 1, "cuda", 1, False),  # the torch backend
-        (True, True, 2, "cuda", 1, False),
-        (True, True, 3, "cuda", 1, False),
-        (True, True, 1, "cpu", 1, False),
-        (True, True, 1, "cuda", 2, False),
+        (True, True, 1, "bf16", "cuda", 1, True),
+        (False, True, 1, "bf16", "cuda", 1, False),  # KUBELOOP_TRAINER_CUDA_GRAPHS=false
+        (True, False, 1, "bf16", "cuda", 1, False),  # the torch backend
+        (True, True, 0, "bf16", "cuda", 1, False),
+        (True, True, 2, "bf16", "cuda", 1, False),
+        (True, True, 3, "bf16", "cuda", 1, False),
+        (True, True, 1, "fp16", "cuda", 1, False),  # its overflow check reads the GPU every step
+        (True, True, 1, "fp32", "cuda", 1, False),  # so does its gradient norm
+        (True, True, 1, "bf16", "cpu", 1, False),
+        (True, True, 1, "bf16", "cuda", 2, False),
     ],
 )
 def test_which_runs_are_graphed(
-    enabled: bool, deepspeed: bool, stage: int, device: str, world: int, want: bool
+    enabled: bool, deepspeed: bool, stage: int, precision: str, device: str, world: int, want: bool
 ) -> None:
-    assert graphs_wanted(enabled, deepspeed, stage, torch.device(device), world) is want
+    assert graphs_wanted(enabled, deepspeed, stage, precision, torch.device(device), world) is want
 
 
 def test_no_graph_on_the_cpu() -> None:
@@ -226,3 +230,93 @@ def test_deepspeed_steps_replayed_from_a_cuda_graph_train_like_eager_ones(
             rtol=1e-3,
             atol=1e-4,
         )
+
+
+def test_a_checkpoint_saved_by_a_graphed_run_resumes_in_one_that_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The optimizer state of a graphed run says capturable (its step count on the GPU). Loaded into a run
+    without graphs (here on the CPU, where torch refuses a capturable AdamW step), it is made to fit."""
+    from kubeloop_trainer.distributed import init_process_group
+    from kubeloop_trainer.ds_engine import DeepSpeedEngine
+
+    from kubeloop.resources import DeepSpeedSpec
+
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    cpu, ctx = torch.device("cpu"), DistContext()
+    init_process_group(ctx, cpu, always=True)
+    x, y = torch.randn(16, 5), torch.randint(0, 2, (16,))
+
+    def engine() -> DeepSpeedEngine:
+        torch.manual_seed(0)
+        model = TabularMLP(5, 5, (8,), n_outputs=2, dropout=0.0)
+        return DeepSpeedEngine(model, 1e-2, DeepSpeedSpec(zero_stage=1, precision="bf16"), 16, ctx, cpu)
+
+    try:
+        saved = engine()
+        saved.step(loss_sum(saved.forward(x), y, "classification", mean=True))
+        for group in saved.engine.basic_optimizer.param_groups:  # as a graphed run's optimizer is
+            group["capturable"] = True
+        saved.save(tmp_path / "ckpt", {"epoch": 1})
+        resumed = engine()
+        assert resumed.load(tmp_path / "ckpt")["epoch"] == 1
+        assert [g["capturable"] for g in resumed.engine.basic_optimizer.param_groups] == [False]
+        before = [p.detach().clone() for p in resumed.module.parameters()]
+        resumed.step(loss_sum(resumed.forward(x), y, "classification", mean=True))  # refused unless it fits
+        assert any(not torch.equal(a, b) for a, b in zip(before, resumed.module.parameters(), strict=True))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_run_that_failed_inside_a_capture_is_retried_without_graphs(
+    local_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run_main: Callable[[dict[str, str]], Any],
+    make_spec: Callable[..., dict[str, Any]],
+) -> None:
+    """A TrainingJob cannot turn graphs off, so the trainer does: the attempt whose step raised inside the
+    capture notes it next to its checkpoints (exit 35, retried), and the retry trains eagerly."""
+    import json
+
+    import pandas as pd
+    from kubeloop_trainer import app
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(60, 3)), columns=["a", "b", "c"])
+    frame["y"] = (frame["a"] > 0).astype(int)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    env = {
+        **local_env,
+        "KUBELOOP_TRAINER_SPEC": json.dumps(make_spec(str(tmp_path / "t.csv"), "y", "classification")),
+    }
+    # as on one GPU with DeepSpeed ZeRO-1 bf16 (this machine has none: the stream switch is left out)
+    monkeypatch.setattr(app, "graphs_wanted", lambda *args: True)
+    monkeypatch.setattr(app, "use_own_stream", lambda device: None)
+    asked: list[bool] = []
+
+    class Spy(app.Loop):  # type: ignore[misc,name-defined]
+        def __init__(self, *args: Any, cuda_graphs: bool = False) -> None:
+            asked.append(cuda_graphs)
+            super().__init__(*args, cuda_graphs=cuda_graphs)
+
+    monkeypatch.setattr(app, "Loop", Spy)
+    real_fit = app.Loop.fit
+
+    def failing_fit(self: Any, *args: Any) -> Any:
+        raise CudaGraphError("the training step failed while being captured as a CUDA graph (boom)")
+
+    monkeypatch.setattr(Spy, "fit", failing_fit)
+    first = run_main(env)
+    assert first.rc == 35, first.stderr[-2000:]
+    assert first.termination["reason"] == "CudaGraphCaptureFailed"
+    notes = list((tmp_path / "store").rglob("cuda-graphs-refused.json"))
+    assert len(notes) == 1
+    assert json.loads(notes[0].read_text()) == {"uid": "uid-1", "reason": first.termination["message"]}
+
+    monkeypatch.setattr(Spy, "fit", real_fit)
+    second = run_main(env)
+    assert second.rc == 0, second.stderr[-2000:]
+    assert asked == [True, False]
+    assert "training without CUDA graphs" in second.stderr

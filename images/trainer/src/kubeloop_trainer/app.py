@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -33,7 +34,7 @@ from kubeloop_trainer.baseline import baseline_json
 from kubeloop_trainer.checkpoint import Checkpointer
 from kubeloop_trainer.data import Dataset, data_fingerprint, prepare, read_tables, task_name
 from kubeloop_trainer.distributed import DistContext
-from kubeloop_trainer.errors import ConfigError
+from kubeloop_trainer.errors import ConfigError, CudaGraphError
 from kubeloop_trainer.export import export_onnx, onnx_feed, set_metadata, verify
 from kubeloop_trainer.graphs import back_to_default_stream, graphs_wanted, use_own_stream
 from kubeloop_trainer.loop import EpochResult, Loop, LoopConfig, LoopState, TorchEngine, best_model
@@ -189,7 +190,12 @@ def run(settings: TrainerSettings, ctx: DistContext | None = None) -> TrainingSu
     template = build_model(ds, spec.model.hidden_layers, spec.model.dropout)  # fp32, fitted buffers
     tr = spec.training
     ds_spec = spec.distributed.deepspeed or DeepSpeedSpec()
-    graphs = graphs_wanted(settings.cuda_graphs, deepspeed, ds_spec.zero_stage, device, ctx.world_size)
+    graphs = graphs_wanted(
+        settings.cuda_graphs, deepspeed, ds_spec.zero_stage, ds_spec.precision, device, ctx.world_size
+    )
+    if graphs and ckpt.graphs_refused():
+        log.warning("an earlier attempt failed inside a CUDA graph capture: training without CUDA graphs")
+        graphs = False
     own_stream = use_own_stream(device) if graphs else None  # from the engine's set-up on (graphs.py)
     engine: Any
     if deepspeed:
@@ -298,13 +304,19 @@ def run(settings: TrainerSettings, ctx: DistContext | None = None) -> TrainingSu
     )
     try:
         state = loop.fit(state, on_epoch)
-    except BaseException:
+    except BaseException as e:
+        if isinstance(e, CudaGraphError) and ctx.is_main:
+            try:
+                ckpt.refuse_graphs(e.message)
+            except Exception as store_error:  # the failure itself is what the pod reports
+                log.warning("could not note the failed CUDA graph capture: %s", store_error)
         if tracker is not None:
             tracker.end(False)
         raise
     finally:
         if own_stream is not None:
-            back_to_default_stream(device, own_stream)
+            with contextlib.suppress(RuntimeError):  # a CUDA error must not hide the run's own outcome
+                back_to_default_stream(device, own_stream)
         distributed.shutdown()
     if loop.graphed is not None:
         g = loop.graphed

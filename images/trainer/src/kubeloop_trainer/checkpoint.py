@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
+GRAPHS_REFUSED = "cuda-graphs-refused.json"
 DEEPSPEED_DIR = "deepspeed"
 
 
@@ -62,6 +63,21 @@ class Checkpointer:
         for obj in list(self.store.list(folder(self.prefix))):
             if not obj.ref.key.endswith("/" + SUMMARY):
                 self.store.delete(obj.ref)
+
+    # --- CUDA graphs (kubeloop_trainer.graphs) -----------------------------------------------------
+
+    def graphs_refused(self) -> bool:
+        """Whether an earlier attempt of this UID failed inside a CUDA graph capture."""
+        try:
+            doc = json.loads(self.store.get(self.prefix.child(GRAPHS_REFUSED)))
+        except ObjectNotFoundError:
+            return False
+        return bool(doc.get("uid") == self.uid)
+
+    def refuse_graphs(self, reason: str) -> None:
+        """Notes a failed capture, so that the retry trains without graphs (a TrainingJob cannot ask)."""
+        doc = {"uid": self.uid, "reason": reason}
+        self.store.put(self.prefix.child(GRAPHS_REFUSED), json.dumps(doc).encode(), "application/json")
 
     # --- checkpoints -------------------------------------------------------------------------------
 

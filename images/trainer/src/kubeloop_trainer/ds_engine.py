@@ -50,6 +50,7 @@ class DeepSpeedEngine:
     ) -> None:
         deepspeed = _import_deepspeed(device, allow_shm)
         self.zero_stage = spec.zero_stage
+        self.capturable = capturable
         self.config = deepspeed_config(spec, global_batch, ctx.world_size, device.type == "cuda")
         # capturable: the step count lives on the device, so that a CUDA graph can replay the step
         optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, capturable=capturable)
@@ -89,4 +90,17 @@ class DeepSpeedEngine:
         path, client_state = self.engine.load_checkpoint(str(directory), tag="ckpt")
         if path is None:
             raise DistributedError(f"no DeepSpeed checkpoint under {directory}")
+        self._fit_capturable()
         return dict(client_state or {})
+
+    def _fit_capturable(self) -> None:
+        """A loaded optimizer state brings the settings it was saved with; whether its step count lives on
+        the device (a CUDA-graphed run) is this run's choice, not the checkpoint's."""
+        opt = self.engine.basic_optimizer
+        for group in opt.param_groups:
+            group["capturable"] = self.capturable
+        for param, state in opt.state.items():
+            step = state.get("step")
+            if isinstance(step, torch.Tensor):
+                where = param.device if self.capturable else torch.device("cpu")
+                state["step"] = step.to(device=where, dtype=torch.float32)

@@ -18,10 +18,12 @@ ZeRO engine on one GPU hit exactly that when only the steps ran on a side stream
 
 Only full batches are replayed; the shorter last batch of an epoch runs eagerly (a graph has fixed
 shapes). A capture whose step ran to its end but that CUDA refused at the end (e.g. another thread's
-CUDA call invalidated it) leaves the engine as it was before that step, since nothing ran: that batch
-and all later ones then run eagerly. A step that raised inside the capture may have left the engine
-half-way through its Python bookkeeping, so training stops with a retryable error rather than go on
-with gradients it cannot vouch for.
+CUDA call invalidated it) leaves the model and optimizer as they were before that step, since nothing
+ran on the device (DeepSpeed's own step counters moved on by one; replays never move them, and nothing
+of ours reads them): that batch and all later ones then run eagerly. A step that raised inside the
+capture may have left the engine half-way through its Python bookkeeping, so training stops with a
+retryable error rather than go on with gradients it cannot vouch for; the trainer notes the refusal
+next to its checkpoints, and the retry trains without graphs.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ class GraphedStep:
             if not finished:
                 raise CudaGraphError(
                     f"the training step failed while being captured as a CUDA graph ({type(e).__name__}: "
-                    f"{str(e)[:300]}); set KUBELOOP_TRAINER_CUDA_GRAPHS=false to train without CUDA graphs"
+                    f"{str(e)[:300]}); the next attempt trains without CUDA graphs"
                 ) from e
             log.warning(
                 "CUDA graph capture refused (%s: %s); training on without graphs", type(e).__name__, e
@@ -128,12 +130,21 @@ class GraphedStep:
 
 
 def graphs_wanted(
-    enabled: bool, deepspeed: bool, zero_stage: int, device: torch.device, world_size: int
+    enabled: bool, deepspeed: bool, zero_stage: int, precision: str, device: torch.device, world_size: int
 ) -> bool:
-    """Whether a run replays its steps from a CUDA graph: DeepSpeed ZeRO stage 1 on one CUDA GPU, where
-    DeepSpeed's per-step Python is what a launch-bound step pays for, and where it was measured. Stages 2
-    and 3 add per-parameter hooks and partitioning, and a graph would hold one rank's collectives."""
-    return enabled and deepspeed and zero_stage == 1 and device.type == "cuda" and world_size == 1
+    """Whether a run replays its steps from a CUDA graph: DeepSpeed ZeRO stage 1 in bf16 on one CUDA GPU,
+    where DeepSpeed's per-step Python is what a launch-bound step pays for, and where it was measured.
+    fp16 checks every step for overflow and fp32 computes the gradient norm, each reading a value back
+    from the GPU, which a capture cannot do; stages 2 and 3 add per-parameter hooks and partitioning; and
+    a graph would hold one rank's collectives."""
+    return (
+        enabled
+        and deepspeed
+        and zero_stage == 1
+        and precision == "bf16"
+        and device.type == "cuda"
+        and world_size == 1
+    )
 
 
 def use_own_stream(device: torch.device) -> Any:
