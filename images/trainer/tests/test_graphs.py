@@ -4,6 +4,7 @@ capture, and on a GPU the real thing against eager steps."""
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,17 @@ class Recorded(GraphedStep):
         assert self.captured is not None
         _, index, loss = self.captured
         loss.copy_(graph.work(index))
+
+
+def group_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rendezvous of an in-process group of one, on a free port, set through monkeypatch so that it is
+    gone after the test: trainers that later tests start inherit the environment and would reuse it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}
+    for key, value in {**env, "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(key, value)
 
 
 def batches(n: int) -> list[torch.Tensor]:
@@ -197,9 +209,7 @@ def test_deepspeed_steps_replayed_from_a_cuda_graph_train_like_eager_ones(
 
     device = torch.device("cuda", 0)
     torch.cuda.set_device(device)
-    # a group of one on a free port, undone afterwards: tests after this one start trainers of their own
-    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)
+    group_of_one(monkeypatch)
     ctx = DistContext()
     init_process_group(ctx, device, always=True)
     stream = use_own_stream(device)  # as the trainer does when it graphs
@@ -242,8 +252,7 @@ def test_a_checkpoint_saved_by_a_graphed_run_resumes_in_one_that_is_not(
 
     from kubeloop.resources import DeepSpeedSpec
 
-    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(key, raising=False)
+    group_of_one(monkeypatch)
     cpu, ctx = torch.device("cpu"), DistContext()
     init_process_group(ctx, cpu, always=True)
     x, y = torch.randn(16, 5), torch.randint(0, 2, (16,))
