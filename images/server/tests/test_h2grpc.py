@@ -5,6 +5,7 @@ grpcio call works after each case."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import socket
@@ -430,8 +431,10 @@ def test_a_connection_that_never_speaks_http2_is_closed(make_grpc, packed_clf) -
     assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
 
 
-def _wire_of(make_grpc: Callable[..., tuple[Any, Any]], packed_clf: bytes) -> tuple[Any, int, Any]:
-    client, stub = make_grpc(packed_clf)
+def _wire_of(
+    make_grpc: Callable[..., tuple[Any, Any]], packed_clf: bytes, **overrides: Any
+) -> tuple[Any, int, Any]:
+    client, stub = make_grpc(packed_clf, **overrides)
     app = client.server_app
     assert app.grpc is not None
     return app.grpc.wire, int(app.settings.grpc_port), stub
@@ -467,21 +470,21 @@ def test_an_answer_the_client_never_lets_through_is_reset_and_its_bytes_freed(ma
 
 def test_an_idle_connection_is_closed_and_a_busy_one_is_not(make_grpc, packed_clf) -> None:  # type: ignore[no-untyped-def]
     wire, port, _ = _wire_of(make_grpc, packed_clf)
-    wire.idle_timeout_s = 0.4
-    wire.stall_timeout_s = 0.4
+    wire.idle_timeout_s = 1.0
+    wire.stall_timeout_s = 1.0
     busy = H2Client(port)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
             idle.sendall(PREFACE + raw_frame(4, 0, 0))
             t0 = time.monotonic()
-            for _ in range(12):  # 1.2 s of calls, 0.1 s apart, on one connection
+            for _ in range(25):  # 2.5 s of calls, 0.1 s apart, on one connection: past the idle timeout
                 head, _ = busy.call(framed(MSG))
                 assert head[b"grpc-status"] == b"0", head
                 time.sleep(0.1)
             got = bytearray()
             while chunk := idle.recv(65536):
                 got += chunk
-            assert time.monotonic() - t0 < 3
+            assert time.monotonic() - t0 < 10
             goaway = [payload for kind, _, _, payload in frames(bytes(got)) if kind == 7]
             assert goaway, frames(bytes(got))
             assert int.from_bytes(goaway[0][4:8], "big") == 0  # NO_ERROR: a graceful close
@@ -517,6 +520,7 @@ def test_connections_past_the_limit_are_told_why_and_closed(make_grpc, packed_cl
     finally:
         first.close()
         second.close()
+    wire.max_connections = 4096  # the stub's own connection may not be open yet
     assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
 
 
@@ -551,3 +555,81 @@ def test_window_updates_that_move_nothing_do_not_keep_a_stalled_answer(make_grpc
         assert time.monotonic() - t0 < 2
     finally:
         c.close()
+
+
+def test_answers_queued_behind_a_slow_reader_are_not_taken_for_stalled(make_grpc, packed_clf) -> None:  # type: ignore[no-untyped-def]
+    """Two ~240 kB answers over a connection window the client opens 8 kB every 50 ms: the second waits
+    behind the first for longer than the stall timeout, yet the client is reading, so both arrive whole."""
+    wire, port, _ = _wire_of(make_grpc, packed_clf, max_request_rows=20_000, max_body_bytes=4 << 20)
+    wire.stall_timeout_s = 0.5
+    rows = np.tile(ROW, (20_000, 1))
+    c = H2Client(port, INITIAL_WINDOW_SIZE=2**31 - 1)  # stream windows never limit; the connection's does
+    data: dict[int, int] = {}
+    ended: dict[int, dict[bytes, bytes]] = {}
+
+    def take(events: list[Any]) -> None:
+        for ev in events:
+            assert not isinstance(ev, h2.events.StreamReset), f"stream {ev.stream_id} reset ({ev.error_code})"
+            if isinstance(ev, h2.events.DataReceived):
+                data[ev.stream_id] = data.get(ev.stream_id, 0) + len(ev.data)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                ended[ev.stream_id] = dict(ev.headers)
+
+    try:
+        sids = []
+        for _ in range(2):
+            sid = c.conn.get_next_available_stream_id()
+            c.conn.send_headers(
+                sid,
+                [(b":method", b"POST"), (b":scheme", b"http"), (b":path", INFER), (b":authority", b"test"),
+                 (b"content-type", b"application/grpc"), (b"te", b"trailers")],
+            )  # fmt: skip
+            body = framed(infer_message(rows))
+            while body:  # the request, against the server's windows
+                room = min(c.conn.local_flow_control_window(sid), c.conn.max_outbound_frame_size)
+                if room <= 0:
+                    take(c._events())
+                    continue
+                c.conn.send_data(sid, body[:room], end_stream=len(body) <= room)
+                body = body[room:]
+                c._send()
+            sids.append(sid)
+        c.sock.settimeout(0.05)
+        t0 = time.monotonic()
+        while len(ended) < 2 and time.monotonic() - t0 < 30:
+            c.conn.increment_flow_control_window(8192)  # the connection's window, a little at a time
+            c._send()
+            time.sleep(0.05)
+            with contextlib.suppress(TimeoutError):
+                take(c._events())
+        took = time.monotonic() - t0
+        assert [ended[sid][b"grpc-status"] for sid in sids] == [b"0", b"0"], ended
+        assert data[sids[0]] == data[sids[1]] > 200_000, data
+        assert took > 2 * wire.stall_timeout_s, took  # the second answer did wait that long
+    finally:
+        c.close()
+
+
+def test_a_client_that_reads_nothing_cannot_keep_its_closed_connection(make_grpc, packed_clf) -> None:  # type: ignore[no-untyped-def]
+    """A client that sends PINGs but never reads their answers fills the socket, so the server stops reading
+    it, finds it idle and closes it; the close cannot flush, and the connection is aborted after the
+    grace instead of holding a socket (and a place under max_connections) for ever."""
+    wire, port, stub = _wire_of(make_grpc, packed_clf)
+    wire.idle_timeout_s = 0.3
+    wire.close_grace_s = 0.5
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.settimeout(3)
+        pings = raw_frame(6, 0, 0, b"12345678") * 400_000  # 6.8 MB of PINGs: as much again of answers
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            s.sendall(PREFACE + raw_frame(4, 0, 0) + pings)
+        mine = s.getsockname()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if not [k for k in list(wire.conns) if k.transport.get_extra_info("peername") == mine]:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the connection is still open")
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live

@@ -15,10 +15,12 @@ What a client gets:
 * a bounded server: 10 s for a new connection to send HTTP/2's preface, frames up to ``MAX_FRAME``, header blocks up to ``MAX_HEADER_LIST``, ``MAX_STREAMS``
   open streams per connection (more are refused with REFUSED_STREAM), messages up to
   ``max_message_bytes`` and unfinished requests up to ``max_held_bytes`` per connection (both
-  RESOURCE_EXHAUSTED), flow-control windows enforced; an answer the client's window has not let move
-  for ``stall_timeout_s`` (30 s) is reset with CANCEL, a connection with no call and no frame for
-  ``idle_timeout_s`` (300 s) gets GOAWAY(NO_ERROR) and is closed, and past ``max_connections`` (4,096)
-  a new connection gets GOAWAY(ENHANCE_YOUR_CALM, "too many connections") and is closed;
+  RESOURCE_EXHAUSTED), flow-control windows enforced; an answer waiting for window is reset with
+  CANCEL once none of the connection's answers has moved for ``stall_timeout_s`` (30 s), a connection
+  with no call and no frame for ``idle_timeout_s`` (300 s) gets GOAWAY(NO_ERROR) and is closed, past
+  ``max_connections`` (4,096) a new connection gets GOAWAY(ENHANCE_YOUR_CALM, "too many connections")
+  and is closed, and a close that cannot flush (the client reads nothing) ends in an abort after
+  ``close_grace_s`` (10 s);
 * a malformed call gets a gRPC status naming the problem; a broken connection gets GOAWAY with the
   HTTP/2 error code and is closed; an HTTP/1 request on this port gets a 400 saying it is gRPC's port;
 * graceful stop as grpc-core does it: GOAWAY(2^31-1) and a PING; once the PING's answer is back, every
@@ -251,6 +253,7 @@ class _Connection(asyncio.Protocol):
         self.send_window = 65535  # connection-level, ours to spend
         self.recv_window = CONN_WINDOW  # ours, granted at connection_made
         self.held = 0  # bytes of requests still arriving (streams not ended), bounded by max_held_bytes
+        self.sent = 0  # DATA bytes sent: whether a connection's answers move at all (_send_pending)
         self.out: list[bytes] = []
         self.goaway_last: int | None = None  # set by the final GOAWAY: streams above it are refused
         self.preface_timer: asyncio.TimerHandle | None = None
@@ -260,6 +263,7 @@ class _Connection(asyncio.Protocol):
         self.quiet_since = 0.0
         self.draining = False
         self.closed = False
+        self.lost = False  # connection_lost has run
 
     # --- asyncio.Protocol ------------------------------------------------------------------------------
 
@@ -270,7 +274,7 @@ class _Connection(asyncio.Protocol):
             log.warning("refusing a gRPC connection: %d are open, the most allowed", len(self.server.conns))
             goaway = (0).to_bytes(4, "big") + ENHANCE_YOUR_CALM.to_bytes(4, "big") + b"too many connections"
             self.transport.write(frame(SETTINGS, 0, 0) + frame(GOAWAY, 0, 0, goaway))
-            self.transport.close()
+            self._close_transport()
             self.closed = True
             return
         self.server.conns.add(self)
@@ -295,6 +299,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.lost = True
         if self.preface_timer is not None:
             self.preface_timer.cancel()
         if self.watch is not None:
@@ -715,6 +720,7 @@ class _Connection(asyncio.Protocol):
                 chunk, s.pending = bytes(view[:room]), view[room:]
             s.send_window -= len(chunk)
             self.send_window -= len(chunk)
+            self.sent += len(chunk)
             self.out.append(frame(DATA, 0, s.sid, chunk))
         self.out.append(frame(HEADERS, END_HEADERS | END_STREAM, s.sid, OK_TRAILERS))
         self._close_stream(s)
@@ -723,9 +729,15 @@ class _Connection(asyncio.Protocol):
     def _send_pending(self) -> None:
         if not self.blocked:
             return
+        sent = self.sent
         for s in list(self.blocked.values()):
             if not self._send_stream(s) and self.send_window <= 0:
                 break
+        if self.sent != sent and self.blocked:
+            # the client is taking answers: those queued behind the connection's window are not stalled
+            now = self.loop.time()
+            for s in self.blocked.values():
+                s.since = now
 
     def _end(self, s: _Stream, ready: list[_Stream]) -> None:
         """The client's half of the stream is done: the request is complete."""
@@ -812,8 +824,20 @@ class _Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         self._flush()
-        if self.transport is not None and not self.closed:
+        if not self.closed:
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close once what is written has gone out; a client that does not read it (its window or its
+        socket full) would hold the connection open for ever, so it is aborted after close_grace_s."""
+        if self.transport is not None:
             self.transport.close()
+            self.loop.call_later(self.server.close_grace_s, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self.lost and self.transport is not None:
+            log.info("aborting a gRPC connection whose client did not read what was left to send")
+            self.transport.abort()
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
@@ -835,7 +859,7 @@ class _Connection(asyncio.Protocol):
     def _refuse_http1(self) -> None:
         if self.transport is not None:
             self.transport.write(HTTP1_REFUSAL)
-            self.transport.close()
+            self._close_transport()
         self.closed = True
 
 
@@ -855,6 +879,7 @@ class GrpcWire:
         self.stall_timeout_s = 30.0
         self.idle_timeout_s = 300.0
         self.max_connections = 4096
+        self.close_grace_s = 10.0
         self.server: asyncio.Server | None = None
         self.stopping = False
         self.port = 0
