@@ -113,6 +113,16 @@ class H2Client:
                     return got, bytes(data)
             self._send()
 
+    def open_call(self) -> int:
+        """A ModelInfer stream with its request headers sent, for tests that drive the rest themselves."""
+        sid: int = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(
+            sid,
+            [(b":method", b"POST"), (b":scheme", b"http"), (b":path", INFER), (b":authority", b"test"),
+             (b"content-type", b"application/grpc"), (b"te", b"trailers")],
+        )  # fmt: skip
+        return sid
+
     def close(self) -> None:
         self.sock.close()
 
@@ -531,12 +541,7 @@ def test_window_updates_that_move_nothing_do_not_keep_a_stalled_answer(make_grpc
     wire.stall_timeout_s = 0.3
     c = H2Client(port, INITIAL_WINDOW_SIZE=0)
     try:
-        sid = c.conn.get_next_available_stream_id()
-        c.conn.send_headers(
-            sid,
-            [(b":method", b"POST"), (b":scheme", b"http"), (b":path", INFER), (b":authority", b"test"),
-             (b"content-type", b"application/grpc"), (b"te", b"trailers")],
-        )  # fmt: skip
+        sid = c.open_call()
         c.conn.send_data(sid, framed(MSG), end_stream=True)
         c._send()
         c.sock.settimeout(0.1)
@@ -578,12 +583,7 @@ def test_answers_queued_behind_a_slow_reader_are_not_taken_for_stalled(make_grpc
     try:
         sids = []
         for _ in range(2):
-            sid = c.conn.get_next_available_stream_id()
-            c.conn.send_headers(
-                sid,
-                [(b":method", b"POST"), (b":scheme", b"http"), (b":path", INFER), (b":authority", b"test"),
-                 (b"content-type", b"application/grpc"), (b"te", b"trailers")],
-            )  # fmt: skip
+            sid = c.open_call()
             body = framed(infer_message(rows))
             while body:  # the request, against the server's windows
                 room = min(c.conn.local_flow_control_window(sid), c.conn.max_outbound_frame_size)
