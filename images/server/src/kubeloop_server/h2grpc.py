@@ -279,7 +279,7 @@ class _Connection(asyncio.Protocol):
             return
         self.server.conns.add(self)
         # a connection that never says it is HTTP/2 holds a socket for nothing: closed after a while
-        self.preface_timer = asyncio.get_running_loop().call_later(self.server.preface_timeout_s, self._close)
+        self.preface_timer = self.loop.call_later(self.server.preface_timeout_s, self._close)
         if self.server.stopping:
             self.begin_drain()
 
@@ -632,7 +632,7 @@ class _Connection(asyncio.Protocol):
         try:
             method, msg = self._prepare(s)
             if method.run_async is not None:
-                s.task = asyncio.get_running_loop().create_task(self._run(s, method.run_async(msg)))
+                s.task = self.loop.create_task(self._run(s, method.run_async(msg)))
                 return
             reply = method.run(msg)
         except Exception as e:
@@ -754,7 +754,7 @@ class _Connection(asyncio.Protocol):
         if (
             self.goaway_last is not None and not self.streams
         ):  # drained: close once this read's writes are out
-            asyncio.get_running_loop().call_soon(self._close)
+            self.loop.call_soon(self._close)
 
     def _close_stream(self, s: _Stream) -> None:
         if not s.ended:  # answered before the client finished sending (RFC 9113 8.1)

@@ -6,7 +6,7 @@ ZeRO path adds Python of its own on top. Captured once as a CUDA graph, a whole 
 
 Every batch is trained exactly once, in order, whatever happens:
 
-* the first ``WARMUP`` full batches run eagerly on a side stream (CUDA's rule before a capture: lazy
+* the first ``WARMUP`` full batches run eagerly on the run's own stream (CUDA's rule before a capture: lazy
   initialisations such as cuBLAS workspaces and optimizer state must not happen inside it);
 * the next full batch is captured (recording runs nothing on the device) and then replayed;
 * every later full batch copies its row indices into the captured index tensor and replays.
@@ -56,7 +56,7 @@ class GraphedStep:
         self.captured: tuple[Any, torch.Tensor, torch.Tensor] | None = None
         self.eager = False  # capture was refused: run every batch eagerly
         self.replays = 0
-        self.stream: Any = None  # the side stream of the warm-up steps and of the capture
+        self.stream: Any = None  # the run's own stream: the warm-up steps' and the capture's
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.shape != (self.batch_size,):
@@ -81,19 +81,19 @@ class GraphedStep:
 
     # The CUDA calls, apart so that the schedule above is testable without a GPU.
     def _side(self) -> Any:
-        if self.stream is None:  # the run's own stream (use_own_stream), else one for the graph alone
+        """The run's own stream (use_own_stream), where the warm-ups and the capture happen: CUDA cannot
+        capture on the default stream, and a side stream for the steps alone was refused on the GPU (see the
+        module doc)."""
+        if self.stream is None:
             current = torch.cuda.current_stream(self.device)
-            own = current != torch.cuda.default_stream(self.device)
-            self.stream = current if own else torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+            if current == torch.cuda.default_stream(self.device):
+                raise RuntimeError("a graphed run must do its CUDA work on its own stream (use_own_stream)")
+            self.stream = current
         return self.stream
 
     def _on_side_stream(self, batch: torch.Tensor) -> torch.Tensor:
-        side = self._side()
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            loss = self.step(batch)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        return loss
+        self._side()
+        return self.step(batch)
 
     def _new_graph(self) -> Any:
         return torch.cuda.CUDAGraph()
