@@ -169,35 +169,23 @@ def uvicorn_runner(app: Any, raw: bytes, n: int) -> Callable[[], None]:
 
 def lane_runner(app: ServerApp, raw: bytes, n: int, fixed: bool = False) -> Callable[[], None]:
     """n keep-alive requests through the server's HTTP fast lane (kubeloop_server.protocol: uvicorn's
-    httptools protocol answering in the parser's callback), in memory; ``fixed``: the lane's floor, its
-    answer a fixed reply (the parsing, response write and bookkeeping of the lane, nothing of ours)."""
-    config = uvicorn_config(app.app)
-    protocol = make_protocol(app)
+    httptools protocol answering in the parser's callback), in memory, one per loop turn, as a lone client's
+    requests arrive; ``fixed``: the lane's floor, its answer a fixed reply (the parsing, response write and
+    bookkeeping of the lane, nothing of ours)."""
     reply = (200, FLOOR_ANSWER, b"application/json", None)
+    go = lane_wave_runner(app, raw, n, 1)
 
-    def go() -> None:
-        loop = uvloop.new_event_loop()
-        try:
-            proto = protocol(config, ServerState(), {}, _loop=loop)
-            transport = MemoryTransport()
-            proto.connection_made(transport)  # type: ignore[arg-type]
-            with contextlib_stack(((app, "infer_now", lambda *_a: reply),) if fixed else ()):
-                for _ in range(n):
-                    transport.writes = 0
-                    proto.data_received(raw)  # answered before it returns: one write
-                    if transport.writes != 1 or not transport.last.startswith(b"HTTP/1.1 200"):
-                        raise RuntimeError(f"unexpected answer: {transport.last[:200]!r}")
-            proto.connection_lost(None)
-            loop.run_until_complete(asyncio.sleep(0))
-        finally:
-            loop.close()
+    def go_fixed() -> None:
+        with contextlib_stack(((app, "infer_now", lambda *_a: reply),)):
+            go()
 
-    return go
+    return go_fixed if fixed else go
 
 
 def lane_wave_runner(app: ServerApp, raw: bytes, n: int, wave: int) -> Callable[[], None]:
     """n requests through the fast lane, ``wave`` connections at once: each sends one request in the same
-    loop turn (as when their bytes arrive together), then the turn ends (a merging lane runs them then)."""
+    loop turn (as when their bytes arrive together), then the turn ends (a merging lane runs them then, and
+    without merging the answers after the turn's first leave then)."""
     config = uvicorn_config(app.app)
     protocol = make_protocol(app)
 

@@ -281,6 +281,57 @@ def test_pipelined_answers_keep_request_order(lane: Any) -> None:
     assert "not valid JSON" in got[2].json()["error"]
 
 
+def test_answers_read_in_one_turn_leave_together_at_its_end(lane: Any) -> None:
+    """Without merging, while requests come one to a loop turn each answer is written at once; once a turn
+    brings several, answers wait for the end of their turn and leave together, in the order they were read
+    (an ASGI request read after them on a connection is answered after them), until a turn answers one."""
+    client, connect = lane
+    a, b, c = connect(), connect(), connect()
+    a.send(post(INFER, infer_body(id="a")))
+    assert [r.json()["id"] for r in responses(bytes(a.transport.data))] == ["a"]  # first: at once
+    b.send(post(INFER, infer_body(id="b1")) + post(INFER, b"{"))
+    c.send(post(INFER, infer_body(id="c")) + b"GET /v2/health/ready HTTP/1.1\r\nhost: t\r\n\r\n")
+    assert bytes(b.transport.data) == bytes(c.transport.data) == b""  # an error waits too
+    a.loop.run_until_complete(asyncio.sleep(0))  # the turn ends
+    got_b = responses(bytes(b.transport.data))
+    assert [r.status for r in got_b] == [200, 400]
+    assert got_b[0].body == client.post(INFER.decode(), content=infer_body(id="b1")).content
+    assert [r.status for r in c.answers()] == [200, 200]
+    assert c.answers()[0].json()["id"] == "c"
+    assert c.answers()[1].json() == {"ready": True}
+    ids = lambda: [r.json()["id"] for r in responses(bytes(a.transport.data))]  # noqa: E731
+    a.send(post(INFER, infer_body(id="a2")))  # the turn after a busy one: waits for the end of the turn
+    assert ids() == ["a"]
+    a.loop.run_until_complete(asyncio.sleep(0))
+    assert ids() == ["a", "a2"]
+    a.send(post(INFER, infer_body(id="a3")))  # the last turn answered one: at once again
+    assert ids() == ["a", "a2", "a3"]
+    b.send(post(INFER, infer_body(id="b3")))  # a second in this turn: waits; the turn answered two
+    a.loop.run_until_complete(asyncio.sleep(0))
+    assert responses(bytes(b.transport.data))[-1].json()["id"] == "b3"
+    a.send(post(INFER, infer_body(id="a4")))
+    assert ids() == ["a", "a2", "a3"]
+
+
+def test_answers_waiting_for_the_turn_end_and_shutdown_or_departed_clients(lane: Any) -> None:
+    """An answer waiting for the end of the turn is still given when the server shuts down (then the
+    connection closes), and is dropped (499) when its client left meanwhile."""
+    client, connect = lane
+    first, staying, leaving = connect(), connect(), connect()
+    first.send(post(INFER, infer_body()))
+    staying.send(post(INFER, infer_body()))
+    leaving.send(post(INFER, infer_body()))
+    staying.proto.shutdown()
+    assert not staying.transport.closed
+    leaving.transport.closed = True
+    (got,) = staying.answers()
+    assert got.status == 200
+    assert got.headers[b"connection"] == b"close"
+    assert staying.transport.closed
+    assert bytes(leaving.transport.data) == b""
+    assert 'status="499"' in client.get("/metrics").text
+
+
 def test_body_over_the_limit_is_413_and_the_connection_lives(lane: Any) -> None:
     _, connect = lane
     conn = connect()
