@@ -163,7 +163,7 @@ class Outbox:
     writer a wake-up through the kernel (an inter-processor interrupt on a virtual machine). At 16
     connections, writing each answer as soon as it was computed woke the load generator once per request;
     under wrk on this project's 2-core machine those wake-ups took about 40 µs of the server's CPU per
-    request, nearly half of it (92 against about 50 µs per request, from /proc's per-thread CPU time).
+    request, nearly half of it (99-139 against 58-67 µs per request in ``make bench-server``).
     Answers that leave together wake it once. An answer waits only while the requests read in the same turn
     are computed. Answers on one connection keep their order: they share the one queue, and an ASGI
     request read after them starts its task only after the end of the turn (``call_soon``, first in first
