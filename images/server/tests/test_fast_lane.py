@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 import uvloop
@@ -627,6 +628,65 @@ def test_lane_records_predictions_after_the_answer_is_written(
     assert seen_at_write == [0, 0] if merging else seen_at_write == [0, 1]
     assert app.predlog._buffered == 3
     assert metric(client.get("/metrics").text, "kubeloop_server_predictions_total") == 3
+
+
+def test_a_busy_turns_answers_are_logged_as_one_chunk(
+    make_client: Callable[..., Any], packed_clf: bytes
+) -> None:
+    """The requests answered together at the end of a turn are observed together: one prediction-log chunk
+    holding their rows in the order they were read, and every row counted once."""
+    client, app, conn = _logging_lane(make_client, packed_clf, merging=False)
+    assert app.predlog is not None
+    other = Conn(app, type(conn.proto), conn.loop)  # the same server: one outbox
+    rows = {"r1": [ROW], "r2": [ROW[::-1], [v * 2 for v in ROW]], "r3": [[v / 2 for v in ROW]]}
+    conn.send(post(INFER, rows_body(rows["r1"], "r1")))  # alone in its turn: written and observed at once
+    assert len(app.predlog._buffer) == 1
+    other.send(post(INFER, rows_body(rows["r2"], "r2")))
+    conn.send(post(INFER, rows_body(rows["r3"], "r3")))
+    assert len(app.predlog._buffer) == 1  # waiting for the end of the turn
+    got = conn.answers() + other.answers()
+    assert [r.json()["id"] for r in got] == ["r1", "r3", "r2"]
+    first, turn = app.predlog._buffer
+    assert (first.rows, turn.rows) == (1, 3)
+    np.testing.assert_array_equal(turn.feeds["input"], np.array(rows["r2"] + rows["r3"], dtype=np.float32))
+    for r in got:  # as ASGI answers them (these requests are logged too: after the checks above)
+        key = r.json()["id"]
+        assert r.body == client.post(INFER.decode(), content=rows_body(rows[key], key)).content
+    other.close()
+    conn.close()
+    # the ASGI requests above counted their 4 rows too
+    assert metric(client.get("/metrics").text, "kubeloop_server_predictions_total") == 4 + 4
+
+
+def test_deferred_observation_merges_only_tensors_that_line_up(
+    make_client: Callable[..., Any], packed_clf: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests are observed as one run only when every tensor lines up past the batch axis and every model
+    output has one entry per row; otherwise one by one, as they were run."""
+    dp = make_client(packed_clf).server_app.dataplane
+    seen: list[tuple[Any, Any, int]] = []
+    monkeypatch.setattr(dp, "observe", lambda f, o, n: seen.append((f, o, n)))
+    n_out = len(dp.runtime.outputs)
+    a = ({"input": np.ones((1, 30), np.float32)}, [np.ones((1, 3), np.float32)] * n_out, 1)
+    b = ({"input": np.zeros((2, 30), np.float32)}, [np.zeros((2, 3), np.float32)] * n_out, 2)
+    odd = ({"input": np.ones((1, 5), np.float32)}, [np.ones((1, 3), np.float32)] * n_out, 1)
+    dp._unobserved = [a, b]
+    dp.observe_deferred()
+    ((feeds, outputs, n),) = seen
+    assert n == 3
+    np.testing.assert_array_equal(feeds["input"], np.concatenate([a[0]["input"], b[0]["input"]]))
+    assert [o.shape for o in outputs] == [(3, 3)] * n_out
+    for pending in ([a, odd], [odd]):
+        seen.clear()
+        dp._unobserved = list(pending)
+        dp.observe_deferred()
+        assert seen == pending
+    seen.clear()
+    monkeypatch.setattr(dp.runtime, "batchable", False)
+    dp._unobserved = [a, b]
+    dp.observe_deferred()
+    assert seen == [a, b]
+    assert dp._unobserved == []
 
 
 class FakeRuntime:
