@@ -314,25 +314,6 @@ def test_answers_read_in_one_turn_leave_together_at_its_end(lane: Any) -> None:
     assert ids() == ["a", "a2", "a3"]
 
 
-def test_answers_waiting_for_the_turn_end_and_shutdown_or_departed_clients(lane: Any) -> None:
-    """An answer waiting for the end of the turn is still given when the server shuts down (then the
-    connection closes), and is dropped (499) when its client left meanwhile."""
-    client, connect = lane
-    first, staying, leaving = connect(), connect(), connect()
-    first.send(post(INFER, infer_body()))
-    staying.send(post(INFER, infer_body()))
-    leaving.send(post(INFER, infer_body()))
-    staying.proto.shutdown()
-    assert not staying.transport.closed
-    leaving.transport.closed = True
-    (got,) = staying.answers()
-    assert got.status == 200
-    assert got.headers[b"connection"] == b"close"
-    assert staying.transport.closed
-    assert bytes(leaving.transport.data) == b""
-    assert 'status="499"' in client.get("/metrics").text
-
-
 def test_body_over_the_limit_is_413_and_the_connection_lives(lane: Any) -> None:
     _, connect = lane
     conn = connect()
@@ -555,10 +536,19 @@ def test_merging_lane_answers_before_a_request_asgi_takes(merging: Any) -> None:
     assert [r.status for r in conn.answers()] == [200, 200, 400]
 
 
-def test_merging_lane_shutdown_and_departed_clients(merging: Any) -> None:
-    client, connect = merging
+@pytest.mark.parametrize("server", ["lane", "merging"])
+def test_requests_waiting_for_the_turn_end_on_shutdown_and_departed_clients(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    """A request waiting for the end of its turn (its answer in the outbox, or the request in the merging
+    lane's coalescer) is still answered when the server shuts down (then the connection closes), and is
+    dropped (499) when its client left meanwhile."""
+    client, connect = request.getfixturevalue(server)
     staying, leaving = connect(), connect()
-    staying.proto.coalescer.inline = False  # merging: requests wait for the end of the turn
+    if server == "merging":
+        staying.proto.coalescer.inline = False  # merging: requests wait for the end of the turn
+    else:
+        connect().send(post(INFER, infer_body()))  # the turn's first answer leaves at once, later ones wait
     staying.send(post(INFER, infer_body()))
     leaving.send(post(INFER, infer_body()))
     staying.proto.shutdown()  # its request waits for the turn: answered, then the connection closes
