@@ -184,8 +184,8 @@ def lane_runner(app: ServerApp, raw: bytes, n: int, fixed: bool = False) -> Call
 
 def lane_wave_runner(app: ServerApp, raw: bytes, n: int, wave: int) -> Callable[[], None]:
     """n requests through the fast lane, ``wave`` connections at once: each sends one request in the same
-    loop turn (as when their bytes arrive together), then the turn ends (a merging lane runs them then, and
-    without merging the answers after the turn's first leave then)."""
+    loop turn (as when their bytes arrive together), then the turn ends (a merging lane runs them then;
+    without merging, the answers held for the end of the turn leave then)."""
     config = uvicorn_config(app.app)
     protocol = make_protocol(app)
 
