@@ -34,7 +34,7 @@ class Recorded(GraphedStep):
         self.refuse = refuse
         self.fail_in_step = fail_in_step
         self.recording = False
-        self.side: list[list[int]] = []
+        self.warm_ups: list[list[int]] = []
 
     def _step(self, batch: torch.Tensor) -> torch.Tensor:
         if self.recording:
@@ -44,8 +44,8 @@ class Recorded(GraphedStep):
         self.trained.append(batch.tolist())
         return batch.sum().float()
 
-    def _on_side_stream(self, batch: torch.Tensor) -> torch.Tensor:
-        self.side.append(batch.tolist())
+    def _warm_up(self, batch: torch.Tensor) -> torch.Tensor:
+        self.warm_ups.append(batch.tolist())
         return self.step(batch)
 
     def _new_graph(self) -> Any:
@@ -88,7 +88,7 @@ def test_every_batch_is_trained_once_in_order_and_replayed_after_the_warm_up() -
     g = Recorded(trained)
     losses = [float(g(b)) for b in batches(10)]
     assert trained == [b.tolist() for b in batches(10)]
-    assert g.side == [b.tolist() for b in batches(GraphedStep.WARMUP)]  # warm-up steps on a side stream
+    assert g.warm_ups == [b.tolist() for b in batches(GraphedStep.WARMUP)]  # eager, on the run's stream
     assert g.replays == 10 - GraphedStep.WARMUP  # the captured batch is replayed too: recording ran nothing
     assert not g.eager
     assert losses == [float(b.sum()) for b in batches(10)]  # each replay's loss is its own batch's
@@ -168,7 +168,7 @@ def test_the_loop_sends_full_batches_through_the_graph_and_the_short_last_one_ea
     graphed = _loop(3, x, y)
 
     class Replayed(GraphedStep):  # the loop's own step, "captured" (recorded, not run) then replayed
-        def _on_side_stream(self, batch: torch.Tensor) -> torch.Tensor:
+        def _warm_up(self, batch: torch.Tensor) -> torch.Tensor:
             return self.step(batch)
 
         def _capture(self, batch: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:

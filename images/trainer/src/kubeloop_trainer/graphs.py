@@ -67,7 +67,7 @@ class GraphedStep:
             return self.step(batch)
         if self.warmed < self.WARMUP:
             self.warmed += 1
-            return self._on_side_stream(batch)
+            return self._warm_up(batch)
         if self.captured is None:
             self.captured = self._capture(batch)
             if self.captured is None:
@@ -80,7 +80,7 @@ class GraphedStep:
         return loss
 
     # The CUDA calls, apart so that the schedule above is testable without a GPU.
-    def _side(self) -> Any:
+    def _run_stream(self) -> Any:
         """The run's own stream (use_own_stream), where the warm-ups and the capture happen: CUDA cannot
         capture on the default stream, and a side stream for the steps alone was refused on the GPU (see the
         module doc)."""
@@ -91,8 +91,8 @@ class GraphedStep:
             self.stream = current
         return self.stream
 
-    def _on_side_stream(self, batch: torch.Tensor) -> torch.Tensor:
-        self._side()
+    def _warm_up(self, batch: torch.Tensor) -> torch.Tensor:
+        self._run_stream()
         return self.step(batch)
 
     def _new_graph(self) -> Any:
@@ -103,7 +103,7 @@ class GraphedStep:
         # cycle. thread_local: calls other threads make meanwhile (NCCL's watchdog polling its events) do not
         # invalidate the capture, as they do under the default "global" mode.
         gc.collect()
-        return torch.cuda.graph(graph, stream=self._side(), capture_error_mode="thread_local")
+        return torch.cuda.graph(graph, stream=self._run_stream(), capture_error_mode="thread_local")
 
     def _replay(self, graph: Any) -> None:
         graph.replay()

@@ -198,8 +198,10 @@ class Loop:
                 lo, hi = (nb * rank) // world, (nb * (rank + 1)) // world
                 batch = batch[lo:hi]
             if world == 1:  # the mean loss directly: one op less per step
-                graphed = self.graphed is not None and nb == bs
-                loss = self.graphed(batch) if graphed else self._mean_loss_step(batch)  # type: ignore[misc]
+                if self.graphed is not None and nb == bs:
+                    loss = self.graphed(batch)
+                else:
+                    loss = self._mean_loss_step(batch)
                 total += loss * nb
             else:
                 xb = self.x_train.index_select(0, batch)
