@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,44 @@ def crd_dir() -> Path:
     return CRD_DIR
 
 
+def _openapi_schema_names(kube_cluster: KubeCluster, group: str, version: str) -> set[str]:
+    proc = kube_cluster.kubectl("get", "--raw", f"/openapi/v3/apis/{group}/{version}", check=False)
+    if proc.returncode != 0:
+        return set()
+    return set(json.loads(proc.stdout).get("components", {}).get("schemas", {}))
+
+
+def wait_for_openapi(kube_cluster: KubeCluster, crds: list[dict[str, Any]], timeout: float = 30.0) -> None:
+    """Wait until the API server publishes every CRD's schema in its OpenAPI v3 document.
+
+    ``Established`` only says the resource is served: the OpenAPI controller publishes the schema
+    afterwards, and on a fresh API server that lags by up to a few hundred milliseconds, during
+    which ``kubectl explain`` says it cannot find the resource.
+    """
+    wanted: dict[tuple[str, str], set[str]] = {}
+    for crd in crds:
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        reversed_group = ".".join(reversed(group.split(".")))
+        for v in crd["spec"]["versions"]:
+            if v.get("served", True):
+                wanted.setdefault((group, v["name"]), set()).add(f"{reversed_group}.{v['name']}.{kind}")
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = {
+            n for (g, v), names in wanted.items() for n in names - _openapi_schema_names(kube_cluster, g, v)
+        }
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the API server did not publish {sorted(missing)} in OpenAPI v3 within {timeout}s"
+            )
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def kubeloop_crds(kube_cluster: KubeCluster, crd_dir: Path) -> list[dict[str, Any]]:
-    """`kubectl apply -f crds/` on the cluster, then wait until every CRD is Established."""
+    """`kubectl apply -f crds/` on the cluster, then wait until every CRD is Established and published."""
     docs = [d for f in sorted(crd_dir.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
     crds = [d for d in docs if d.get("kind") == "CustomResourceDefinition"]
     assert crds, f"no CustomResourceDefinition in {crd_dir}"
@@ -35,4 +72,5 @@ def kubeloop_crds(kube_cluster: KubeCluster, crd_dir: Path) -> list[dict[str, An
     # Refreshes kubectl's discovery cache (short names, categories) and checks what the server serves.
     served = kube_cluster.kubectl("api-resources", "--api-group=kubeloop.io", "-o", "name").stdout.split()
     assert sorted(served) == sorted(f"{c['spec']['names']['plural']}.kubeloop.io" for c in crds), served
+    wait_for_openapi(kube_cluster, crds)
     return crds
