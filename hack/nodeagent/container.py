@@ -102,6 +102,8 @@ class Container:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     probe_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     killing: str = ""  # why the agent is stopping it ("" when it is not)
+    pre_stop: tuple[int, asyncio.Task[None]] | None = None
+    """The preStop hook run for the process with this pid: a second kill waits for it, never reruns it."""
 
     @property
     def name(self) -> str:

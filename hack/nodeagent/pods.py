@@ -37,6 +37,7 @@ log = logging.getLogger("nodeagent.pods")
 
 LAUNCHER = Path(__file__).resolve().parent / "launcher.py"
 MAX_TERMINATION_MESSAGE = 4096
+MIN_GRACE_AFTER_PRE_STOP_S = 2.0  # the kubelet's minimumGracePeriodInSeconds
 
 __all__ = ["PodWorker"]
 
@@ -547,6 +548,19 @@ class PodWorker:
             return
         c.killing = why
         pid = c.pid
+        hook = (c.spec.get("lifecycle") or {}).get("preStop")
+        if hook and grace > 0:
+            # As the kubelet: the hook runs before SIGTERM and its time comes out of the grace period,
+            # leaving SIGTERM at least MIN_GRACE_AFTER_PRE_STOP_S. A Service's endpoints drop the pod
+            # while its hook runs, so a server sleeping there is still listening when the last
+            # connections routed to it arrive.
+            if c.pre_stop is None or c.pre_stop[0] != pid:
+                c.pre_stop = (pid, asyncio.create_task(self.prober.pre_stop(c, hook, grace)))
+            t0 = time.monotonic()
+            await asyncio.shield(c.pre_stop[1])
+            grace = max(grace - (time.monotonic() - t0), MIN_GRACE_AFTER_PRE_STOP_S)
+            if c.pid != pid:
+                return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
         try:

@@ -139,6 +139,55 @@ class Prober:
             return False, str(exc)
         return True, ""
 
+    async def pre_stop(self, c: Container, handler: Obj, budget: float) -> None:
+        """Run a container's preStop handler (sleep, exec or httpGet) as the kubelet does before its
+        SIGTERM: for at most ``budget`` seconds and no longer than the container lives. A failed or
+        cut-short hook is a ``FailedPreStopHook`` event; the stop goes on either way."""
+        owner = self.owner
+        action: Any
+        if "sleep" in handler:
+            seconds = float(handler["sleep"].get("seconds") or 0)
+            action = self._sleep(seconds)
+        elif "exec" in handler:
+            action = self._exec(c, handler["exec"].get("command") or [], budget)
+        elif "httpGet" in handler:
+            action = self._http(c, handler["httpGet"])
+        else:
+            # tcpSocket is accepted by the API for backward compatibility but never run by the kubelet.
+            return
+        run = asyncio.ensure_future(action)
+        exited = asyncio.ensure_future(c.exited.wait())
+        try:
+            done, _ = await asyncio.wait({run, exited}, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (run, exited):
+                t.cancel()
+        if run not in done:
+            if exited not in done:
+                owner.host.event(
+                    owner.pod,
+                    "Warning",
+                    "FailedPreStopHook",
+                    f"PreStopHook of container {c.name} did not complete within the grace period ({budget:g}s)",
+                )
+            return
+        try:
+            ok, detail = run.result()
+        except (OSError, ValueError) as exc:
+            ok, detail = False, str(exc)
+        if not ok:
+            owner.host.event(
+                owner.pod,
+                "Warning",
+                "FailedPreStopHook",
+                f"PreStopHook of container {c.name} failed: {detail}",
+            )
+
+    @staticmethod
+    async def _sleep(seconds: float) -> tuple[bool, str]:
+        await asyncio.sleep(seconds)
+        return True, ""
+
     async def _http(self, c: Container, spec: Obj) -> tuple[bool, str]:
         host = spec.get("host") or self.owner.pod_ip
         port = self._port(c, spec["port"])

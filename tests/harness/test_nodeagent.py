@@ -237,6 +237,89 @@ def test_deployment_becomes_available_and_serves_through_its_cluster_ip(
     print(f"Deployment Available after {available_after:.1f} s")
 
 
+# A server that records, in /out, when it came up, when its preStop httpGet arrived and when SIGTERM did.
+_MARKING_SERVER = """
+import http.server, os, signal, time
+name = os.environ["NAME"]
+def mark(what):
+    with open(f"/out/{name}-{what}", "w") as f:
+        f.write(repr(time.time()))
+def term(*_):
+    mark("term")
+    os._exit(0)
+signal.signal(signal.SIGTERM, term)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        mark("hook")
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+srv = http.server.HTTPServer(("0.0.0.0", 8080), H)
+mark("up")
+srv.serve_forever()
+"""
+
+
+def test_pre_stop_hooks_run_before_sigterm_within_the_grace_period(
+    kube_cluster: Any, k8s_namespace: str, node_agent: NodeAgent, tmp_path: Path
+) -> None:
+    """A Service's endpoints drop a deleted pod while its preStop hook runs: a server must still be
+    listening then, so SIGTERM waits for the hook (sleep, exec, httpGet), within the grace period."""
+    ns = k8s_namespace
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    hooks: dict[str, tuple[dict[str, Any], int]] = {
+        "sleep": ({"sleep": {"seconds": 2}}, 30),
+        "exec": ({"exec": {"command": ["sh", "-c", "date +%s.%N > /out/exec-hook && sleep 1"]}}, 30),
+        "http": ({"httpGet": {"port": 8080, "path": "/drain"}}, 30),
+        # Longer than the grace period (the API refuses such a sleep hook, not an exec one): cut at
+        # 3 s, then SIGTERM with the kubelet's 2 s minimum.
+        "long": ({"exec": {"command": ["sleep", "60"]}}, 3),
+    }
+    apply(
+        kube_cluster,
+        ns,
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name},
+                "spec": {
+                    "terminationGracePeriodSeconds": grace,
+                    "volumes": [{"name": "out", "hostPath": {"path": str(out), "type": "Directory"}}],
+                    "containers": [
+                        {
+                            "name": "srv",
+                            "image": PY,
+                            "command": ["python", "-c", _MARKING_SERVER],
+                            "env": [{"name": "NAME", "value": name}],
+                            "volumeMounts": [{"name": "out", "mountPath": "/out"}],
+                            "lifecycle": {"preStop": hook},
+                        }
+                    ],
+                },
+            }
+            for name, (hook, grace) in hooks.items()
+        ],
+    )
+    wait_for("every server up", lambda: all((out / f"{n}-up").exists() for n in hooks), timeout=90)
+    deleted_at = time.time()
+    kube_cluster.kubectl("delete", "pod", *hooks, "--wait=false", namespace=ns)
+    wait_for("SIGTERM in every pod", lambda: all((out / f"{n}-term").exists() for n in hooks), timeout=60)
+
+    def at(what: str) -> float:
+        return float((out / what).read_text()) - deleted_at
+
+    assert 2.0 <= at("sleep-term") < 10, at("sleep-term")
+    assert 0 < at("exec-hook") < at("exec-term") - 1.0, (at("exec-hook"), at("exec-term"))
+    assert 0 < at("http-hook") < at("http-term"), (at("http-hook"), at("http-term"))
+    assert 3.0 <= at("long-term") < 10, at("long-term")
+    events = kget(kube_cluster, ns, "events", "--field-selector", "reason=FailedPreStopHook")["items"]
+    assert {e["involvedObject"]["name"] for e in events} == {"long"}, [e["message"] for e in events]
+
+
 # --------------------------------------------------------------------------- 2. Jobs
 def test_indexed_job_with_two_completions_completes(
     kube_cluster: Any, k8s_namespace: str, node_agent: NodeAgent
