@@ -188,15 +188,17 @@ def test_deployment_becomes_available_and_serves_through_its_cluster_ip(
             == 2
         ),
     )
-    # From the host, through the kernel's DNAT; both replicas answer (random balancing).
+    # From the host, through the kernel's DNAT; both replicas answer (random balancing). The slices list
+    # both endpoints before the agent's rules route to the second one (as with kube-proxy, the rules follow
+    # the slices a moment later), so the requests go on until both have answered or 20 s have passed.
     seen: set[str] = set()
+    deadline = time.monotonic() + 20
     with httpx.Client(trust_env=False, timeout=5) as client:
-        for _ in range(40):
+        while seen != names and time.monotonic() < deadline:
             r = wait_for("service answer", lambda: client.get(f"http://{svc_ip}/index.html"), timeout=20)
             assert r.status_code == 200
             seen.add(r.text.strip())
-            if seen == names:
-                break
+            time.sleep(0.02)
     assert seen == names, f"answers came from {seen}, expected both of {names}"
 
     # From another pod: by ClusterIP and by the injected service environment variables.
