@@ -236,6 +236,11 @@ class Prober:
             proc.kill()
             await proc.wait()
             return False, f"command timed out after {timeout:g}s"
+        except asyncio.CancelledError:
+            # A preStop hook cut short by the grace period: the command must not outlive it.
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
         if proc.returncode == 0:
             return True, ""
         return (

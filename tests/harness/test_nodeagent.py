@@ -248,7 +248,8 @@ def mark(what):
         f.write(repr(time.time()))
 def term(*_):
     mark("term")
-    os._exit(0)
+    if not os.environ.get("STAY"):
+        os._exit(0)
 signal.signal(signal.SIGTERM, term)
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -277,8 +278,9 @@ def test_pre_stop_hooks_run_before_sigterm_within_the_grace_period(
         "exec": ({"exec": {"command": ["sh", "-c", "date +%s.%N > /out/exec-hook && sleep 1"]}}, 30),
         "http": ({"httpGet": {"port": 8080, "path": "/drain"}}, 30),
         # Longer than the grace period (the API refuses such a sleep hook, not an exec one): cut at
-        # 3 s, then SIGTERM with the kubelet's 2 s minimum.
-        "long": ({"exec": {"command": ["sleep", "60"]}}, 3),
+        # 3 s, its command killed, then SIGTERM with the kubelet's 2 s minimum (this server stays up
+        # after SIGTERM, so its hook would write long-late at 4 s were it not killed at the cut).
+        "long": ({"exec": {"command": ["sh", "-c", "sleep 4 && date > /out/long-late"]}}, 3),
     }
     apply(
         kube_cluster,
@@ -296,7 +298,8 @@ def test_pre_stop_hooks_run_before_sigterm_within_the_grace_period(
                             "name": "srv",
                             "image": PY,
                             "command": ["python", "-c", _MARKING_SERVER],
-                            "env": [{"name": "NAME", "value": name}],
+                            "env": [{"name": "NAME", "value": name}]
+                            + ([{"name": "STAY", "value": "1"}] if name == "long" else []),
                             "volumeMounts": [{"name": "out", "mountPath": "/out"}],
                             "lifecycle": {"preStop": hook},
                         }
@@ -318,6 +321,8 @@ def test_pre_stop_hooks_run_before_sigterm_within_the_grace_period(
     assert 0 < at("exec-hook") < at("exec-term") - 1.0, (at("exec-hook"), at("exec-term"))
     assert 0 < at("http-hook") < at("http-term"), (at("http-hook"), at("http-term"))
     assert 3.0 <= at("long-term") < 10, at("long-term")
+    wait_for("the pods gone", lambda: not kget(kube_cluster, ns, "pods")["items"], timeout=60)
+    assert not (out / "long-late").exists(), "a preStop command outlived the grace period's cut"
     events = kget(kube_cluster, ns, "events", "--field-selector", "reason=FailedPreStopHook")["items"]
     assert {e["involvedObject"]["name"] for e in events} == {"long"}, [e["message"] for e in events]
 
