@@ -173,8 +173,8 @@ class Prober:
             return
         try:
             ok, detail = run.result()
-        except (OSError, ValueError) as exc:
-            ok, detail = False, str(exc)
+        except Exception as exc:  # whatever the hook met, the container must still be stopped
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
         if not ok:
             owner.host.event(
                 owner.pod,

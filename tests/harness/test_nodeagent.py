@@ -277,6 +277,8 @@ def test_pre_stop_hooks_run_before_sigterm_within_the_grace_period(
         "sleep": ({"sleep": {"seconds": 2}}, 30),
         "exec": ({"exec": {"command": ["sh", "-c", "date +%s.%N > /out/exec-hook && sleep 1"]}}, 30),
         "http": ({"httpGet": {"port": 8080, "path": "/drain"}}, 30),
+        # A hook that fails (nothing listens on 9999): an event, and SIGTERM at once.
+        "broken": ({"httpGet": {"port": 9999, "path": "/"}}, 30),
         # Longer than the grace period (the API refuses such a sleep hook, not an exec one): cut at
         # 3 s, its command killed, then SIGTERM with the kubelet's 2 s minimum (this server stays up
         # after SIGTERM, so its hook would write long-late at 4 s were it not killed at the cut).
@@ -320,11 +322,12 @@ def test_pre_stop_hooks_run_before_sigterm_within_the_grace_period(
     assert 2.0 <= at("sleep-term") < 10, at("sleep-term")
     assert 0 < at("exec-hook") < at("exec-term") - 1.0, (at("exec-hook"), at("exec-term"))
     assert 0 < at("http-hook") < at("http-term"), (at("http-hook"), at("http-term"))
+    assert 0 < at("broken-term") < 2.0, at("broken-term")
     assert 3.0 <= at("long-term") < 10, at("long-term")
     wait_for("the pods gone", lambda: not kget(kube_cluster, ns, "pods")["items"], timeout=60)
     assert not (out / "long-late").exists(), "a preStop command outlived the grace period's cut"
     events = kget(kube_cluster, ns, "events", "--field-selector", "reason=FailedPreStopHook")["items"]
-    assert {e["involvedObject"]["name"] for e in events} == {"long"}, [e["message"] for e in events]
+    assert {e["involvedObject"]["name"] for e in events} == {"long", "broken"}, [e["message"] for e in events]
 
 
 # --------------------------------------------------------------------------- 2. Jobs
