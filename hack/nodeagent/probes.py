@@ -162,26 +162,21 @@ class Prober:
         finally:
             for t in (run, exited):
                 t.cancel()
-        if run not in done:
-            if exited not in done:
-                owner.host.event(
-                    owner.pod,
-                    "Warning",
-                    "FailedPreStopHook",
-                    f"PreStopHook of container {c.name} did not complete within the grace period ({budget:g}s)",
-                )
+        if run in done:
+            try:
+                ok, why = run.result()
+            except Exception as exc:  # whatever the hook met, the container must still be stopped
+                ok, why = False, f"{type(exc).__name__}: {exc}"
+            if ok:
+                return
+            detail = f"failed: {why}"
+        elif exited in done:  # the container ended on its own: nothing left to stop
             return
-        try:
-            ok, detail = run.result()
-        except Exception as exc:  # whatever the hook met, the container must still be stopped
-            ok, detail = False, f"{type(exc).__name__}: {exc}"
-        if not ok:
-            owner.host.event(
-                owner.pod,
-                "Warning",
-                "FailedPreStopHook",
-                f"PreStopHook of container {c.name} failed: {detail}",
-            )
+        else:
+            detail = f"did not complete within the grace period ({budget:g}s)"
+        owner.host.event(
+            owner.pod, "Warning", "FailedPreStopHook", f"PreStopHook of container {c.name} {detail}"
+        )
 
     @staticmethod
     async def _sleep(seconds: float) -> tuple[bool, str]:
