@@ -651,6 +651,17 @@ def test_pods_reach_minio_and_mlflow_through_services(
         return found if {"minio", "mlflow"} <= set(found) else None
 
     ips = wait_for("Services kubeloop-system/minio and mlflow", services, timeout=40)
+
+    def served() -> bool:
+        # The agent looks at the host's services every 15 s: MinIO and MLflow started after it are routed
+        # once their slices list the bridge (the Services themselves may be left from an earlier run).
+        slices = kget(kube_cluster, "kubeloop-system", "endpointslices")["items"]
+        return all(
+            any(sl["metadata"]["name"] == f"{n}-host" and sl.get("endpoints") for sl in slices)
+            for n in ("minio", "mlflow")
+        )
+
+    wait_for("the agent routing to the host's MinIO and MLflow", served, timeout=40)
     script = (
         "import urllib.request as u\n"
         "print('minio', u.urlopen('http://minio.kubeloop-system.svc:9000/minio/health/live', timeout=5).status)\n"
