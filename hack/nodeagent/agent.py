@@ -588,30 +588,8 @@ class Agent:
             for p in spec.get("ports") or []:
                 pname = p.get("name") or ""
                 proto = (p.get("protocol") or "TCP").lower()
-                eps: list[tuple[str, int]] = []
-                for sl in by_service.get(key, []):
-                    sp = next(
-                        (
-                            x
-                            for x in sl.get("ports") or []
-                            if (x.get("name") or "") == pname
-                            and (x.get("protocol") or "TCP").lower() == proto
-                        ),
-                        None,
-                    )
-                    if sp is None or sp.get("port") is None:
-                        continue
-                    for ep in sl.get("endpoints") or []:
-                        if (ep.get("conditions") or {}).get("ready") is False:
-                            continue
-                        for addr in ep.get("addresses") or []:
-                            if (addr, int(sp["port"])) not in eps:
-                                eps.append((addr, int(sp["port"])))
-                out.append(
-                    network.ServicePort(
-                        ip, proto, int(p["port"]), tuple(sorted(eps)), f"{key[0]}/{key[1]}:{pname}"
-                    )
-                )
+                eps = network.slice_endpoints(by_service.get(key, []), pname, proto)
+                out.append(network.ServicePort(ip, proto, int(p["port"]), eps, f"{key[0]}/{key[1]}:{pname}"))
         return out
 
     async def _proxy_loop(self) -> None:

@@ -19,12 +19,14 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
 
 from .config import Config
 
@@ -287,6 +289,92 @@ class ServicePort:
     name: str  # ns/svc:port, for comments
 
 
+def slice_endpoints(
+    slices: Iterable[dict[str, Any]], port_name: str, protocol: str
+) -> tuple[tuple[str, int], ...]:
+    """A Service port's endpoints out of its EndpointSlices, as kube-proxy picks them: the ready ones
+    (``ready`` unset counts as ready); when none is ready, the serving ones that are terminating, so a
+    Service whose every pod is shutting down still reaches the pods that keep serving (KEP-1669) instead
+    of refusing connections; none: the Service refuses. Sorted, without duplicates."""
+    ready: set[tuple[str, int]] = set()
+    terminating: set[tuple[str, int]] = set()
+    for sl in slices:
+        sp = next(
+            (
+                x
+                for x in sl.get("ports") or []
+                if (x.get("name") or "") == port_name and (x.get("protocol") or "TCP").lower() == protocol
+            ),
+            None,
+        )
+        if sp is None or sp.get("port") is None:
+            continue
+        port = int(sp["port"])
+        for ep in sl.get("endpoints") or []:
+            cond = ep.get("conditions") or {}
+            is_ready = cond.get("ready") is not False
+            serving = cond.get("serving")
+            if is_ready:
+                into = ready
+            elif cond.get("terminating") is True and (serving if serving is not None else is_ready):
+                into = terminating
+            else:
+                continue
+            into.update((addr, port) for addr in ep.get("addresses") or [])
+    return tuple(sorted(ready or terminating))
+
+
+# Rejections of packets to Service addresses are logged to the kernel's ring buffer (dmesg), rate-limited,
+# under this prefix and the packet's conntrack state: "new" is a Service port without endpoints; "invalid" or
+# "untracked" a packet conntrack would not track, so it was never translated (a connection refused although
+# the Service has endpoints). Resets from pods on translated connections are logged too: a "connection
+# refused" from a pod that does not listen. Tests that must see no failed request print these lines.
+LOG_PREFIX: Final = "kubeloop-proxy"
+_LOG_LIMIT: Final = "limit rate 20/second burst 40 packets"
+
+
+_KERNEL_LINE = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+
+def _kernel_log() -> list[tuple[float, str]]:
+    """The kernel's ring buffer (``dmesg``) as (seconds since boot, line); NetError when unreadable."""
+    try:
+        out = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise NetError(f"dmesg: {e}") from e
+    if out.returncode != 0:
+        raise NetError(f"dmesg: {out.stderr.strip()[:200]}")
+    return [(float(m.group(1)), line) for line in out.stdout.splitlines() if (m := _KERNEL_LINE.match(line))]
+
+
+def kernel_log_mark() -> float | None:
+    """Where the kernel's log ends now: :func:`proxy_log` after it shows only what came later."""
+    try:
+        log = _kernel_log()
+    except NetError:
+        return None
+    return log[-1][0] if log else None
+
+
+def proxy_log(after: float | None = None) -> list[str]:
+    """The proxy's lines in the kernel's log (:data:`LOG_PREFIX`) after ``after`` (a
+    :func:`kernel_log_mark`), or one line saying why the log cannot be read."""
+    try:
+        log = _kernel_log()
+    except NetError as e:
+        return [str(e)]
+    return [line for t, line in log if (after is None or t > after) and LOG_PREFIX in line]
+
+
+def _logged_reject(match: str, where: str) -> list[str]:
+    """``match ... reject``, each rejection logged first with its conntrack state."""
+    states = ("new", "invalid", "untracked", "established,related")
+    return [
+        f'    {match} ct state {st} {_LOG_LIMIT} log prefix "{LOG_PREFIX} {where} reject ct={st}: "'
+        for st in states
+    ] + [f"    {match} reject"]
+
+
 def _chain_id(*parts: object) -> str:
     return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:12]
 
@@ -349,6 +437,9 @@ def render_nft(cfg: Config, host_ports: Iterable[int], services: Sequence[Servic
         "  }",
         "  chain filter_input {",
         "    type filter hook input priority 0; policy accept;",
+        # Before the accept: a reset from a pod on a translated (Service) connection is logged.
+        f'    iifname "{br}" tcp flags & rst == rst ct status dnat {_LOG_LIMIT} '
+        f'log prefix "{LOG_PREFIX} reset from pod: "',
         f'    iifname "{br}" ct state established,related accept',
         f'    iifname "{br}" ct status dnat ip daddr 127.0.0.1 tcp dport @host_ports accept',
         f'    iifname "{br}" meta l4proto tcp reject with tcp reset',
@@ -356,7 +447,7 @@ def render_nft(cfg: Config, host_ports: Iterable[int], services: Sequence[Servic
         "  }",
         "  chain filter_forward {",
         "    type filter hook forward priority 0; policy accept;",
-        f'    iifname "{br}" ip daddr {svcs} reject',
+        *_logged_reject(f'iifname "{br}" ip daddr {svcs}', "pod->service"),
         f'    iifname "{br}" oifname "{br}" accept',
         f'    iifname "{br}" drop',
         f'    oifname "{br}" drop',
@@ -366,7 +457,7 @@ def render_nft(cfg: Config, host_ports: Iterable[int], services: Sequence[Servic
         "  chain filter_output {",
         "    type filter hook output priority 0; policy accept;",
         f'    oifname "{br}" icmp type redirect drop',
-        f"    ip daddr {svcs} reject",
+        *_logged_reject(f"ip daddr {svcs}", "host->service"),
         f'    oifname != {{ "lo", "{br}" }} ip daddr {{ {guards} }} drop',
         "  }",
         "}",

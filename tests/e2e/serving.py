@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubeloop_operator import k8s
+from nodeagent import network
 
 from .conftest import Kl
 
@@ -184,6 +185,7 @@ class Load:
     _threads: list[threading.Thread] = field(default_factory=list)
     _sent: int = 0
     started_at: float = 0.0
+    _kernel_mark: float | None = None
 
     def _one(self) -> Reply:
         t0 = time.monotonic()
@@ -222,6 +224,7 @@ class Load:
                 self.replies.append(r)
 
     def start(self) -> Load:
+        self._kernel_mark = network.kernel_log_mark()
         self.started_at = time.monotonic()
         deadline = self.started_at + self.max_seconds
         self._threads = [
@@ -259,6 +262,17 @@ class Load:
     @property
     def failures(self) -> list[Reply]:
         return [r for r in self.snapshot() if r.status != 200]
+
+    def explain(self, failures: list[Reply]) -> str:
+        """Failed requests for an assertion message, with what the local cluster's proxy logged to the
+        kernel since the load started (its rejections and the resets from pods on Service connections:
+        which path refused a connection)."""
+        lines = network.proxy_log(self._kernel_mark)
+        return (
+            f"{len(failures)} failed requests, e.g. {failures[:3]}; the kernel's {network.LOG_PREFIX} lines "
+            f"since the load started ({len(lines)}, seconds since boot; the load's clock is "
+            f"time.monotonic()): " + ("\n".join(lines[-40:]) or "none")
+        )
 
     def versions(self, since: float = 0.0, until: float = float("inf")) -> Counter[str | None]:
         return Counter(r.version for r in self.snapshot() if since <= r.started and r.ended <= until)

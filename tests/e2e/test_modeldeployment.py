@@ -322,7 +322,7 @@ def test_an_alias_moved_by_a_trainingjob_rolls_out_under_load_without_a_failed_r
         f"sampler_samples={sampler.samples} ready_samples={sampler.ready_samples} "
         f"mismatches={len(sampler.mismatches)} lies={len(sampler.lies)}"
     )
-    assert failures == [], f"{len(failures)} failed requests, e.g. {failures[:3]}"
+    assert failures == [], load.explain(failures)
     assert set(versions) <= {"1", "2"}, versions
     assert set(after) == {"2"}, after
     assert len(in_window) >= 1000, f"only {len(in_window)} requests during the rollout"
@@ -393,7 +393,7 @@ def test_a_canary_gets_its_share_a_failing_canary_gets_none_and_promotion_leaves
         f"RESULT md_canary requests={n} rate_per_s={load.rate():.0f} failed={len(load.failures)} versions={dict(counts)} "
         f"canary_share={share:.3f} expected=0.250 tolerance={4 * sigma:.3f}"
     )
-    assert load.failures == []
+    assert load.failures == [], load.explain(load.failures)
     assert set(counts) == {str(v1), str(v2)}
     assert abs(share - 0.25) <= 4 * sigma
 
@@ -413,7 +413,7 @@ def test_a_canary_gets_its_share_a_failing_canary_gets_none_and_promotion_leaves
     load = Load(service_ip(kl, "bad-canary"), body, concurrency=8, max_seconds=120).run(300)
     bad_counts = load.versions()
     print(f"RESULT md_failing_canary requests=300 failed={len(load.failures)} versions={dict(bad_counts)}")
-    assert load.failures == []
+    assert load.failures == [], load.explain(load.failures)
     assert set(bad_counts) == {str(v1)}
 
     # --- promotion: the stable track rolls to the canary's version with no gap
@@ -432,7 +432,7 @@ def test_a_canary_gets_its_share_a_failing_canary_gets_none_and_promotion_leaves
         f"versions={dict(counts)} after_ready={dict(load.versions(since=t_done + 2))} "
         f"promotion_to_ready_s={t_done - t_patch:.1f}"
     )
-    assert load.failures == []
+    assert load.failures == [], load.explain(load.failures)
     assert set(load.versions(since=t_done + 2)) == {str(v2)}
     assert st["stable"]["modelVersion"] == str(v2)
     assert st["stable"]["replicas"] == 4

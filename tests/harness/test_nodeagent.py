@@ -239,6 +239,111 @@ def test_deployment_becomes_available_and_serves_through_its_cluster_ip(
     print(f"Deployment Available after {available_after:.1f} s")
 
 
+def test_a_service_keeps_a_terminating_pod_that_serves_and_logs_why_it_refuses(
+    kube_cluster: Any, k8s_namespace: str, node_agent: NodeAgent
+) -> None:
+    """As kube-proxy: a Service whose only pod is shutting down (scaled to 0, the pod in its preStop)
+    still sends connections to it while it serves, instead of refusing them. Refusals are logged to the
+    kernel's ring buffer: a ClusterIP without endpoints, and a reset from a pod that does not listen on
+    the Service's target port."""
+    from nodeagent import network
+
+    ns = k8s_namespace
+    labels = {"app": "lone"}
+    apply(
+        kube_cluster,
+        ns,
+        [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "lone"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "terminationGracePeriodSeconds": 15,
+                            "containers": [
+                                {
+                                    "name": "http",
+                                    "image": PY,
+                                    "command": ["sh", "-c", "cd /tmp && echo lone > index.html && exec python -m http.server 8080"],
+                                    "ports": [{"name": "http", "containerPort": 8080}],
+                                    "readinessProbe": {"httpGet": {"path": "/index.html", "port": "http"}, "periodSeconds": 1},
+                                    "lifecycle": {"preStop": {"sleep": {"seconds": 6}}},
+                                }
+                            ],
+                        },
+                    },
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "lone"},
+                "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+            },
+            {  # the same pod, on a port nothing listens on
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "closed"},
+                "spec": {"selector": labels, "ports": [{"name": "discard", "port": 80, "targetPort": 9}]},
+            },
+        ],
+    )  # fmt: skip
+    lone = kget(kube_cluster, ns, "service", "lone")["spec"]["clusterIP"]
+    closed = kget(kube_cluster, ns, "service", "closed")["spec"]["clusterIP"]
+    with httpx.Client(trust_env=False, timeout=5) as client:
+        wait_for(
+            "lone to answer through its ClusterIP", lambda: client.get(f"http://{lone}/index.html").text, 120
+        )
+        pod_ip = kget(kube_cluster, ns, "pods", "-l", "app=lone")["items"][0]["status"]["podIP"]
+
+        def refused(ip: str) -> bool:
+            try:
+                client.get(f"http://{ip}/", timeout=2)
+            except httpx.ConnectError as e:
+                return "refused" in str(e).lower()
+            return False
+
+        mark = network.kernel_log_mark()
+        wait_for("the closed port to be routed to the pod and refused", lambda: refused(closed), 30, 0.2)
+        unused = node_agent.info.get("serviceCIDR", "10.96.0.0/16").split("/")[0][:-1] + "250"
+        assert refused(unused)
+
+        def logged() -> list[str] | None:
+            lines = network.proxy_log(mark)
+            reset = [x for x in lines if "reset from pod" in x and f"SRC={pod_ip} " in x and "SPT=9 " in x]
+            no_eps = [x for x in lines if "host->service reject ct=new" in x and f"DST={unused} " in x]
+            return lines if reset and no_eps else None
+
+        wait_for("both refusals in the kernel's log", logged, 10, 0.2)
+
+        # Scaled to 0: the pod sleeps in its preStop for 6 s, still serving; its endpoint turns terminating.
+        kube_cluster.kubectl("scale", "deployment/lone", "--replicas=0", namespace=ns)
+
+        def terminating() -> bool:
+            slices = kget(kube_cluster, ns, "endpointslices", "-l", "kubernetes.io/service-name=lone")[
+                "items"
+            ]
+            conds = [e.get("conditions") or {} for s in slices for e in s.get("endpoints") or []]
+            return bool(conds) and all(c.get("terminating") and c.get("serving") for c in conds)
+
+        wait_for("lone's endpoint to turn serving and terminating", terminating, 10, 0.1)
+        t0 = time.monotonic()
+        answers = []
+        while time.monotonic() - t0 < 3:  # within the preStop, after the agent saw the slice (50 ms)
+            try:
+                answers.append(client.get(f"http://{lone}/index.html").status_code)
+            except httpx.HTTPError as e:
+                answers.append(f"{type(e).__name__}: {e}")
+            time.sleep(0.05)
+    assert answers, "no request sent within the preStop"
+    assert set(answers) == {200}, answers
+
+
 # A server that records, in /out, when it came up, when its preStop httpGet arrived and when SIGTERM did.
 _MARKING_SERVER = """
 import http.server, os, signal, time

@@ -1,0 +1,102 @@
+"""The node agent's pure proxy logic (hack/nodeagent/network.py), without a cluster: which EndpointSlice
+endpoints a Service port balances over (as kube-proxy picks them) and the logged rejections in the rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from nodeagent import config, network
+
+pytestmark = pytest.mark.harness
+
+
+def _slice(
+    *endpoints: tuple[str, dict[str, Any] | None], port: int = 8080, name: str = "http"
+) -> dict[str, Any]:
+    return {
+        "ports": [{"name": name, "port": port, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": [addr], **({"conditions": cond} if cond is not None else {})}
+            for addr, cond in endpoints
+        ],
+    }
+
+
+READY = {"ready": True, "serving": True, "terminating": False}
+TERMINATING = {"ready": False, "serving": True, "terminating": True}
+TERMINATING_NOT_SERVING = {"ready": False, "serving": False, "terminating": True}
+STARTING = {"ready": False, "serving": False, "terminating": False}
+
+
+def test_ready_endpoints_only_while_any_is_ready() -> None:
+    slices = [
+        _slice(("10.244.0.9", READY), ("10.244.0.3", TERMINATING), ("10.244.0.4", STARTING)),
+        _slice(("10.244.0.5", None), ("10.244.0.9", READY)),  # no conditions: ready; a duplicate merged
+    ]
+    assert network.slice_endpoints(slices, "http", "tcp") == (("10.244.0.5", 8080), ("10.244.0.9", 8080))
+
+
+def test_serving_terminating_endpoints_when_none_is_ready() -> None:
+    """A rollout of a one-replica Deployment, or every pod deleted at once: the pods in their preStop
+    still serve, so connections go to them rather than being refused (kube-proxy, KEP-1669)."""
+    slices = [
+        _slice(
+            ("10.244.0.3", TERMINATING),
+            ("10.244.0.4", STARTING),
+            ("10.244.0.6", TERMINATING_NOT_SERVING),
+            ("10.244.0.7", {"ready": False, "terminating": True}),  # serving unset: as ready (False)
+        )
+    ]
+    assert network.slice_endpoints(slices, "http", "tcp") == (("10.244.0.3", 8080),)
+
+
+def test_no_endpoint_when_none_is_ready_or_serving() -> None:
+    slices = [_slice(("10.244.0.4", STARTING), ("10.244.0.6", TERMINATING_NOT_SERVING))]
+    assert network.slice_endpoints(slices, "http", "tcp") == ()
+    assert network.slice_endpoints([], "http", "tcp") == ()
+
+
+def test_the_port_is_matched_by_name_and_protocol() -> None:
+    slices = [
+        _slice(("10.244.0.2", READY), port=9000, name="metrics"),
+        _slice(("10.244.0.3", READY), port=8081, name="grpc"),
+        _slice(("10.244.0.4", READY), port=8080, name="http"),
+        {
+            "ports": [{"name": "http", "port": 53, "protocol": "UDP"}],
+            "endpoints": [{"addresses": ["10.244.0.5"]}],
+        },
+        {"ports": [{"name": "http", "port": None}], "endpoints": [{"addresses": ["10.244.0.6"]}]},
+    ]
+    assert network.slice_endpoints(slices, "http", "tcp") == (("10.244.0.4", 8080),)
+    assert network.slice_endpoints(slices, "http", "udp") == (("10.244.0.5", 53),)
+    assert network.slice_endpoints(slices, "grpc", "tcp") == (("10.244.0.3", 8081),)
+
+
+def _chain(ruleset: str, name: str) -> list[str]:
+    body = ruleset.split(f"  chain {name} {{\n", 1)[1].split("\n  }", 1)[0]
+    return [line.strip() for line in body.splitlines()]
+
+
+def test_every_rejection_of_a_service_address_is_logged_before_it_happens() -> None:
+    cfg = config.load()
+    svcs = str(cfg.service_cidr)
+    ruleset = network.render_nft(
+        cfg, [16443], [network.ServicePort("10.96.5.5", "tcp", 80, (), "ns/web:http")]
+    )
+    assert "10.96.5.5 . tcp . 80" not in ruleset  # no endpoints: not translated, so refused
+    for chain, where in (("filter_output", "host->service"), ("filter_forward", "pod->service")):
+        rules = _chain(ruleset, chain)
+        reject = next(i for i, r in enumerate(rules) if r.endswith(f"ip daddr {svcs} reject"))
+        logged = [r for r in rules[:reject] if f'log prefix "{network.LOG_PREFIX} {where} reject' in r]
+        assert {r.split("ct state ", 1)[1].split(" ", 1)[0] for r in logged} == {
+            "new",
+            "invalid",
+            "untracked",
+            "established,related",
+        }, rules
+        assert all(f"ip daddr {svcs} " in r and "limit rate" in r for r in logged), logged
+    rules = _chain(ruleset, "filter_input")
+    reset = next(i for i, r in enumerate(rules) if f'"{network.LOG_PREFIX} reset from pod: "' in r)
+    assert reset < rules.index(f'iifname "{cfg.bridge}" ct state established,related accept')
+    assert "tcp flags & rst == rst ct status dnat limit rate" in rules[reset]
