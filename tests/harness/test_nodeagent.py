@@ -104,6 +104,44 @@ def alive(pid: int) -> bool:
 
 
 # --------------------------------------------------------------------------- 1. Deployment + Service
+def web_deployment(name: str, replicas: int, grace: int, **container: Any) -> dict[str, Any]:
+    """``python -m http.server 8080`` pods labelled ``app: <name>`` that serve their pod name at /index.html
+    and are Ready once they answer; ``container``: more container fields."""
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": grace,
+                    "containers": [
+                        {
+                            "name": "http",
+                            "image": PY,
+                            "command": [
+                                "sh",
+                                "-c",
+                                "echo $(hostname) > /tmp/index.html && cd /tmp && exec python -m http.server 8080",
+                            ],
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/index.html", "port": "http"},
+                                "periodSeconds": 1,
+                            },
+                            **container,
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
 def test_deployment_becomes_available_and_serves_through_its_cluster_ip(
     kube_cluster: Any, k8s_namespace: str, node_agent: NodeAgent
 ) -> None:
@@ -113,38 +151,7 @@ def test_deployment_becomes_available_and_serves_through_its_cluster_ip(
         kube_cluster,
         ns,
         [
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "web"},
-                "spec": {
-                    "replicas": 2,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {
-                            "terminationGracePeriodSeconds": 5,
-                            "containers": [
-                                {
-                                    "name": "http",
-                                    "image": PY,
-                                    "command": [
-                                        "sh",
-                                        "-c",
-                                        "echo $(hostname) > /tmp/index.html && cd /tmp && exec python -m http.server 8080",
-                                    ],
-                                    "ports": [{"name": "http", "containerPort": 8080}],
-                                    "readinessProbe": {
-                                        "httpGet": {"path": "/index.html", "port": "http"},
-                                        "periodSeconds": 1,
-                                    },
-                                    "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 5},
-                                }
-                            ],
-                        },
-                    },
-                },
-            },
+            web_deployment("web", 2, 5, livenessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 5}),
             {
                 "apiVersion": "v1",
                 "kind": "Service",
@@ -254,31 +261,7 @@ def test_a_service_keeps_a_terminating_pod_that_serves_and_logs_why_it_refuses(
         kube_cluster,
         ns,
         [
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "lone"},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {
-                            "terminationGracePeriodSeconds": 15,
-                            "containers": [
-                                {
-                                    "name": "http",
-                                    "image": PY,
-                                    "command": ["sh", "-c", "cd /tmp && echo lone > index.html && exec python -m http.server 8080"],
-                                    "ports": [{"name": "http", "containerPort": 8080}],
-                                    "readinessProbe": {"httpGet": {"path": "/index.html", "port": "http"}, "periodSeconds": 1},
-                                    "lifecycle": {"preStop": {"sleep": {"seconds": 6}}},
-                                }
-                            ],
-                        },
-                    },
-                },
-            },
+            web_deployment("lone", 1, 15, lifecycle={"preStop": {"sleep": {"seconds": 6}}}),
             {
                 "apiVersion": "v1",
                 "kind": "Service",
@@ -292,7 +275,7 @@ def test_a_service_keeps_a_terminating_pod_that_serves_and_logs_why_it_refuses(
                 "spec": {"selector": labels, "ports": [{"name": "discard", "port": 80, "targetPort": 9}]},
             },
         ],
-    )  # fmt: skip
+    )
     lone = kget(kube_cluster, ns, "service", "lone")["spec"]["clusterIP"]
     closed = kget(kube_cluster, ns, "service", "closed")["spec"]["clusterIP"]
     with httpx.Client(trust_env=False, timeout=5) as client:
