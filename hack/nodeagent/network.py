@@ -312,11 +312,10 @@ def slice_endpoints(
         port = int(sp["port"])
         for ep in sl.get("endpoints") or []:
             cond = ep.get("conditions") or {}
-            is_ready = cond.get("ready") is not False
-            serving = cond.get("serving")
-            if is_ready:
+            if cond.get("ready") is not False:
                 into = ready
-            elif cond.get("terminating") is True and (serving if serving is not None else is_ready):
+            # serving unset defers to ready, which is False here
+            elif cond.get("terminating") is True and cond.get("serving") is True:
                 into = terminating
             else:
                 continue
@@ -331,6 +330,15 @@ def slice_endpoints(
 # refused" from a pod that does not listen. Tests that must see no failed request print these lines.
 LOG_PREFIX: Final = "kubeloop-proxy"
 _LOG_LIMIT: Final = "limit rate 20/second burst 40 packets"
+
+
+def _logged_reject(match: str, where: str) -> list[str]:
+    """``match ... reject``, each rejection logged first with its conntrack state."""
+    states = ("new", "invalid", "untracked", "established,related")
+    return [
+        f'    {match} ct state {st} {_LOG_LIMIT} log prefix "{LOG_PREFIX} {where} reject ct={st}: "'
+        for st in states
+    ] + [f"    {match} reject"]
 
 
 _KERNEL_LINE = re.compile(r"^\[\s*(\d+\.\d+)\]")
@@ -364,15 +372,6 @@ def proxy_log(after: float | None = None) -> list[str]:
     except NetError as e:
         return [str(e)]
     return [line for t, line in log if (after is None or t > after) and LOG_PREFIX in line]
-
-
-def _logged_reject(match: str, where: str) -> list[str]:
-    """``match ... reject``, each rejection logged first with its conntrack state."""
-    states = ("new", "invalid", "untracked", "established,related")
-    return [
-        f'    {match} ct state {st} {_LOG_LIMIT} log prefix "{LOG_PREFIX} {where} reject ct={st}: "'
-        for st in states
-    ] + [f"    {match} reject"]
 
 
 def _chain_id(*parts: object) -> str:
