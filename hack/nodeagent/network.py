@@ -323,22 +323,29 @@ def slice_endpoints(
     return tuple(sorted(ready or terminating))
 
 
-# Rejections of packets to Service addresses are logged to the kernel's ring buffer (dmesg), rate-limited,
-# under this prefix and the packet's conntrack state: "new" is a Service port without endpoints; "invalid" or
-# "untracked" a packet conntrack would not track, so it was never translated (a connection refused although
-# the Service has endpoints). Resets from pods on translated connections are logged too: a "connection
-# refused" from a pod that does not listen. Tests that must see no failed request print these lines.
+# What reaches the service range untranslated is refused or dropped as kube-proxy does, and logged to the kernel's
+# ring buffer (dmesg), rate-limited, under this prefix with the packet's conntrack state. A new connection
+# ("ct=new": a Service port without endpoints, or an unknown ClusterIP) is rejected: "connection refused".
+# Any other packet ("invalid" or "untracked": conntrack would not track it, so it was never translated) is
+# dropped: rejecting it would send an ICMP error that aborts whatever socket has its addresses, where
+# kube-proxy's rules let TCP retransmit. Resets from pods on translated connections are logged too: a
+# "connection refused" from a pod that does not listen. Tests that must see no failed request print these.
 LOG_PREFIX: Final = "kubeloop-proxy"
 _LOG_LIMIT: Final = "limit rate 20/second burst 40 packets"
 
 
-def _logged_reject(match: str, where: str) -> list[str]:
-    """``match ... reject``, each rejection logged first with its conntrack state."""
-    states = ("new", "invalid", "untracked", "established,related")
-    return [
-        f'    {match} ct state {st} {_LOG_LIMIT} log prefix "{LOG_PREFIX} {where} reject ct={st}: "'
-        for st in states
-    ] + [f"    {match} reject"]
+def _service_range_guard(match: str, where: str) -> list[str]:
+    """Rules for packets that ``match`` (the service range) untranslated: new connections rejected,
+    everything else dropped, each logged first with its conntrack state."""
+    rules = [
+        f'    {match} ct state new {_LOG_LIMIT} log prefix "{LOG_PREFIX} {where} reject ct=new: "',
+        f"    {match} ct state new reject",
+    ]
+    rules += [
+        f'    {match} ct state {st} {_LOG_LIMIT} log prefix "{LOG_PREFIX} {where} drop ct={st}: "'
+        for st in ("invalid", "untracked", "established,related")
+    ]
+    return [*rules, f"    {match} drop"]
 
 
 _KERNEL_LINE = re.compile(r"^\[\s*(\d+\.\d+)\]")
@@ -446,7 +453,7 @@ def render_nft(cfg: Config, host_ports: Iterable[int], services: Sequence[Servic
         "  }",
         "  chain filter_forward {",
         "    type filter hook forward priority 0; policy accept;",
-        *_logged_reject(f'iifname "{br}" ip daddr {svcs}', "pod->service"),
+        *_service_range_guard(f'iifname "{br}" ip daddr {svcs}', "pod->service"),
         f'    iifname "{br}" oifname "{br}" accept',
         f'    iifname "{br}" drop',
         f'    oifname "{br}" drop',
@@ -456,7 +463,7 @@ def render_nft(cfg: Config, host_ports: Iterable[int], services: Sequence[Servic
         "  chain filter_output {",
         "    type filter hook output priority 0; policy accept;",
         f'    oifname "{br}" icmp type redirect drop',
-        *_logged_reject(f"ip daddr {svcs}", "host->service"),
+        *_service_range_guard(f"ip daddr {svcs}", "host->service"),
         f'    oifname != {{ "lo", "{br}" }} ip daddr {{ {guards} }} drop',
         "  }",
         "}",

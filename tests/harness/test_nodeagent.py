@@ -5,7 +5,11 @@ Each test works in a fresh namespace on the session's cluster, and its pods run 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -246,13 +250,49 @@ def test_deployment_becomes_available_and_serves_through_its_cluster_ip(
     print(f"Deployment Available after {available_after:.1f} s")
 
 
+def _tcp_fin(src: str, dst: str, sport: int, dport: int) -> bytes:
+    """A TCP FIN|ACK header with a valid checksum (the kernel answers no packet whose checksum is wrong)."""
+
+    def header(checksum: int) -> bytes:
+        return struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, 0x11, 512, checksum, 0)
+
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, 20)
+    data = pseudo + header(0)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return header(~total & 0xFFFF)
+
+
+def _icmp_errors_about(icmp: socket.socket, sport: int, seconds: float) -> list[tuple[int, int]]:
+    """(type, code) of the ICMP errors read from a raw ICMP socket within ``seconds`` that quote a TCP
+    packet from local port ``sport``."""
+    found = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        icmp.settimeout(left)
+        try:
+            packet = icmp.recv(2048)
+        except TimeoutError:
+            break
+        ihl = (packet[0] & 0x0F) * 4
+        kind, code = packet[ihl], packet[ihl + 1]
+        quoted = packet[ihl + 8 :]
+        if kind == 3 and len(quoted) >= 24 and quoted[9] == socket.IPPROTO_TCP:
+            qihl = (quoted[0] & 0x0F) * 4
+            if struct.unpack("!H", quoted[qihl : qihl + 2])[0] == sport:
+                found.append((kind, code))
+    return found
+
+
 def test_a_service_keeps_a_terminating_pod_that_serves_and_logs_why_it_refuses(
     kube_cluster: Any, k8s_namespace: str, node_agent: NodeAgent
 ) -> None:
     """As kube-proxy: a Service whose only pod is shutting down (scaled to 0, the pod in its preStop)
-    still sends connections to it while it serves, instead of refusing them. Refusals are logged to the
-    kernel's ring buffer: a ClusterIP without endpoints, and a reset from a pod that does not listen on
-    the Service's target port."""
+    still sends connections to it while it serves, instead of refusing them. What the proxy refuses or
+    drops is logged to the kernel's ring buffer: a new connection to a ClusterIP without endpoints
+    (refused), a packet conntrack does not track (dropped, never answered), and a reset from a pod that
+    does not listen on the Service's target port."""
     from nodeagent import network
 
     ns = k8s_namespace
@@ -296,13 +336,26 @@ def test_a_service_keeps_a_terminating_pod_that_serves_and_logs_why_it_refuses(
         unused = node_agent.info.get("serviceCIDR", "10.96.0.0/16").split("/")[0][:-1] + "250"
         assert refused(unused)
 
+        # A FIN of no connection conntrack knows: invalid, so never translated; dropped, not answered.
+        stray_port = 40000 + secrets.randbelow(20000)
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as icmp,
+            socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP) as raw,
+        ):
+            with contextlib.suppress(PermissionError):  # a raw packet's sender learns of a drop so
+                raw.sendto(
+                    _tcp_fin(node_agent.info.get("bridgeIP", "10.244.0.1"), lone, stray_port, 80), (lone, 0)
+                )
+            assert _icmp_errors_about(icmp, stray_port, 1.0) == [], "the stray FIN was answered"
+
         def logged() -> list[str] | None:
             lines = network.proxy_log(mark)
             reset = [x for x in lines if "reset from pod" in x and f"SRC={pod_ip} " in x and "SPT=9 " in x]
             no_eps = [x for x in lines if "host->service reject ct=new" in x and f"DST={unused} " in x]
-            return lines if reset and no_eps else None
+            stray = [x for x in lines if "host->service drop ct=invalid" in x and f"SPT={stray_port} " in x]
+            return lines if reset and no_eps and stray else None
 
-        wait_for("both refusals in the kernel's log", logged, 10, 0.2)
+        wait_for("the refusals and the drop in the kernel's log", logged, 10, 0.2)
 
         # Scaled to 0: the pod sleeps in its preStop for 6 s, still serving; its endpoint turns terminating.
         kube_cluster.kubectl("scale", "deployment/lone", "--replicas=0", namespace=ns)

@@ -78,24 +78,34 @@ def _chain(ruleset: str, name: str) -> list[str]:
     return [line.strip() for line in body.splitlines()]
 
 
-def test_every_rejection_of_a_service_address_is_logged_before_it_happens() -> None:
+def test_untranslated_service_traffic_is_refused_when_new_dropped_otherwise_and_logged_first() -> None:
+    """As kube-proxy: a new connection to a Service port without endpoints is refused; any other packet
+    that reached the service range untranslated (conntrack would not track it) is dropped, not answered
+    with an ICMP error that would abort a socket with its addresses. Each is logged first."""
     cfg = config.load()
     svcs = str(cfg.service_cidr)
     ruleset = network.render_nft(
         cfg, [16443], [network.ServicePort("10.96.5.5", "tcp", 80, (), "ns/web:http")]
     )
     assert "10.96.5.5 . tcp . 80" not in ruleset  # no endpoints: not translated, so refused
-    for chain, where in (("filter_output", "host->service"), ("filter_forward", "pod->service")):
+    for chain, match, where in (
+        ("filter_output", f"ip daddr {svcs}", "host->service"),
+        ("filter_forward", f'iifname "{cfg.bridge}" ip daddr {svcs}', "pod->service"),
+    ):
         rules = _chain(ruleset, chain)
-        reject = next(i for i, r in enumerate(rules) if r.endswith(f"ip daddr {svcs} reject"))
-        logged = [r for r in rules[:reject] if f'log prefix "{network.LOG_PREFIX} {where} reject' in r]
-        assert {r.split("ct state ", 1)[1].split(" ", 1)[0] for r in logged} == {
-            "new",
-            "invalid",
-            "untracked",
-            "established,related",
-        }, rules
-        assert all(f"ip daddr {svcs} " in r and "limit rate" in r for r in logged), logged
+        guard = [r for r in rules if r.startswith(match)]
+        prefix = f'log prefix "{network.LOG_PREFIX} {where}'
+        assert guard == [
+            f'{match} ct state new limit rate 20/second burst 40 packets {prefix} reject ct=new: "',
+            f"{match} ct state new reject",
+            *(
+                f'{match} ct state {st} limit rate 20/second burst 40 packets {prefix} drop ct={st}: "'
+                for st in ("invalid", "untracked", "established,related")
+            ),
+            f"{match} drop",
+        ], rules
+        # nothing before the guard lets untranslated service traffic through
+        assert not any(r.endswith(" accept") for r in rules[: rules.index(guard[0])]), rules
     rules = _chain(ruleset, "filter_input")
     reset = next(i for i, r in enumerate(rules) if f'"{network.LOG_PREFIX} reset from pod: "' in r)
     assert reset < rules.index(f'iifname "{cfg.bridge}" ct state established,related accept')
