@@ -6,6 +6,7 @@ Each test works in a fresh namespace on the session's cluster, and its pods run 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import secrets
 import socket
@@ -96,6 +97,11 @@ def logs(kube: Any, ns: str, pod: str, *extra: str) -> str:
 def netns_pids(uid: str, agent: NodeAgent) -> list[int]:
     out = subprocess.run(["ip", "netns", "pids", f"kl-{uid}"], capture_output=True, text=True, check=False)
     return [int(p) for p in out.stdout.split()]
+
+
+def unused_cluster_ip(agent: NodeAgent) -> str:
+    """An address in the service range no Service gets: ClusterIPs are drawn from its upper band."""
+    return str(ipaddress.ip_network(agent.info.get("serviceCIDR", "10.96.0.0/16"))[250])
 
 
 def alive(pid: int) -> bool:
@@ -333,7 +339,7 @@ def test_a_service_keeps_a_terminating_pod_that_serves_and_logs_why_it_refuses(
 
         mark = network.kernel_log_mark()
         wait_for("the closed port to be routed to the pod and refused", lambda: refused(closed), 30, 0.2)
-        unused = node_agent.info.get("serviceCIDR", "10.96.0.0/16").split("/")[0][:-1] + "250"
+        unused = unused_cluster_ip(node_agent)
         assert refused(unused)
 
         # A FIN of no connection conntrack knows: invalid, so never translated; dropped, not answered.
@@ -701,7 +707,7 @@ add = subprocess.run(['ip', 'route', 'add', 'default', 'via', '10.244.0.1'], cap
 enter = subprocess.run(['nsenter', '-t', '1', '-n', 'true'], capture_output=True)
 print('route change refused', add.returncode != 0, 'host netns refused', enter.returncode != 0)
 print('kubelet port', tcp({node_agent.info.get("bridgeIP", "10.244.0.1")!r}, {node_agent.info.get("kubeletPort", 10250)}) != 0)
-print('no endpoints', tcp({node_agent.info.get("serviceCIDR", "10.96.0.0/16").split("/")[0][:-1] + "250"!r}, 80) != 0)
+print('no endpoints', tcp({unused_cluster_ip(node_agent)!r}, 80) != 0)
 """
     st = run_pod(kube_cluster, k8s_namespace, "probe", script)
     out = logs(kube_cluster, k8s_namespace, "probe")
