@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import network
+from . import dns, network
 from .config import Config
 from .kubeapi import Api, ApiError, Informer
 from .logserver import LogServer
@@ -121,6 +121,7 @@ class Agent:
         self.host_ports: dict[str, int] = {}
         self.adopted = False
         self._proxy_dirty = asyncio.Event()
+        self._dns_records: dns.Records | None = None  # rebuilt on the first lookup after a change
         self._applied_nft = ""
         self._system_applied: dict[str, str] = {}
         self.node_obj: Obj = {}
@@ -198,6 +199,17 @@ class Agent:
 
     def _services(self) -> list[Obj]:
         return list(self.services.store.values())
+
+    def dns_records(self) -> dns.Records:
+        if self._dns_records is None:
+            self._dns_records = dns.Records.build(
+                self._services(), self.slices.store.values(), self.cfg.pod_cidr, self.cfg.service_cidr
+            )
+        return self._dns_records
+
+    def _changed(self, *_: Any) -> None:
+        self._dns_records = None
+        self._proxy_dirty.set()
 
     def service_env(self, namespace: str) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -737,8 +749,10 @@ class Agent:
             self.sched_api, "/api/v1/nodes", name="nodes", field_selector=f"metadata.name={n}"
         )
         self.node_pods.add_handler(self._on_pod)
-        self.services.add_handler(lambda k, o, p: self._proxy_dirty.set())
-        self.slices.add_handler(lambda k, o, p: self._proxy_dirty.set())
+        self.services.add_handler(self._changed)
+        self.slices.add_handler(self._changed)
+        resolver = dns.DnsServer(self.cfg.bridge_ip, dns.PORT, self.dns_records)
+        await resolver.start()
         tasks = [
             asyncio.create_task(i.run(), name=f"informer {i.name}")
             for i in (self.node_pods, self.services, self.slices, self.nodes)
@@ -764,12 +778,14 @@ class Agent:
         await self.proxy_synced.wait()
         self._write_info(True)
         log.info(
-            "node %s ready: bridge %s %s, kubelet endpoint https://%s:%d",
+            "node %s ready: bridge %s %s, kubelet endpoint https://%s:%d, cluster DNS %s:%d",
             n,
             self.cfg.bridge,
             self.cfg.bridge_ip,
             self.cfg.bridge_ip,
             self.cfg.kubelet_port,
+            self.cfg.bridge_ip,
+            dns.PORT,
         )
         await self.stop.wait()
         log.info("stopping (pods keep running; `nodeagent down` removes them)")
@@ -779,6 +795,7 @@ class Agent:
             if w.task:
                 w.task.cancel()
         await logs.close()
+        await resolver.close()
         await asyncio.gather(
             *tasks, *(w.task for w in self.workers.values() if w.task), return_exceptions=True
         )

@@ -1,5 +1,5 @@
 """What a container sees when it starts: its environment (service links, envFrom, env with
-``valueFrom`` and ``$(VAR)`` expansion), its mounts (volumes, a private /tmp, /etc/hosts,
+``valueFrom`` and ``$(VAR)`` expansion), its mounts (volumes, a private /tmp, /etc/hosts, /etc/resolv.conf,
 /etc/hostname and the termination-message file) and its Linux capabilities.
 
 The kubelet's rules, as functions of the pod, the container and the node; the only I/O is reading
@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import dns
 from .container import ConfigError, Container, Host, Obj, expand
 from .kubeapi import ApiError
 from .podutil import field_value, resource_value
@@ -179,6 +180,11 @@ def container_mounts(
         ("/etc/hosts", _hosts_file(host, pod, pod_dir, pod_ip)),
         ("/etc/hostname", hostname_file),
     ]
+    resolv = dns.resolv_conf(pod, host.cfg.bridge_ip)
+    if resolv is not None:  # dnsPolicy Default: the node's own file
+        resolv_file = pod_dir / "etc-resolv.conf"
+        resolv_file.write_text(resolv)
+        extra.append(("/etc/resolv.conf", resolv_file))
     # Containers run this workspace's code: when it lives under /tmp (a fresh CI clone often
     # does), the pod's private /tmp would hide it, so bind the workspace back over it.
     for keep in {_WORKSPACE, Path(sys.prefix).resolve()}:

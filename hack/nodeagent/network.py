@@ -448,6 +448,8 @@ def render_nft(cfg: Config, host_ports: Iterable[int], services: Sequence[Servic
         f'log prefix "{LOG_PREFIX} reset from pod: "',
         f'    iifname "{br}" ct state established,related accept',
         f'    iifname "{br}" ct status dnat ip daddr 127.0.0.1 tcp dport @host_ports accept',
+        # The cluster DNS (nodeagent.dns) on the bridge address.
+        f'    iifname "{br}" ip daddr {bip} meta l4proto {{ tcp, udp }} th dport 53 accept',
         f'    iifname "{br}" meta l4proto tcp reject with tcp reset',
         f'    iifname "{br}" reject with icmp type admin-prohibited',
         "  }",

@@ -821,6 +821,101 @@ def test_pods_reach_minio_and_mlflow_through_services(
     assert "mlflow 200" in out
 
 
+def test_pods_resolve_services_and_peers_through_the_cluster_dns(
+    kube_cluster: Any, k8s_namespace: str, node_agent: NodeAgent
+) -> None:
+    """As CoreDNS answers on a real cluster: Services (short names through the search list), a headless
+    Service's pods by hostname, both back to names; names the cluster does not know fail at once, without
+    waiting. Before the agent served DNS, a pod asked the node's nameserver, which it cannot reach, so
+    all but the names in its /etc/hosts failed (EAI_AGAIN)."""
+    ns = k8s_namespace
+    apply(
+        kube_cluster,
+        ns,
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "plain"},
+                "spec": {"selector": {"app": "nothing"}, "ports": [{"port": 80}]},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "peers"},
+                "spec": {"clusterIP": "None", "selector": {"app": "peer"}},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "peer", "labels": {"app": "peer"}},
+                "spec": {
+                    "hostname": "rank-0",
+                    "subdomain": "peers",
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": PY,
+                            "command": ["python", "-c", "import time; time.sleep(600)"],
+                        }
+                    ],
+                },
+            },
+        ],
+    )
+    peer_ip = wait_pod_phase(kube_cluster, ns, "peer", ("Running",))["podIP"]
+    script = f"""
+import json, os, socket, time
+def timed(fn):
+    t = time.monotonic()
+    try:
+        r = fn()
+    except OSError as e:
+        r = 'error ' + type(e).__name__
+    return [r, round(time.monotonic() - t, 2)]
+deadline = time.monotonic() + 30
+while True:  # the peer is listed once the EndpointSlice controller has seen it ready
+    peer = timed(lambda: socket.gethostbyname('rank-0.peers'))
+    if not peer[0].startswith('error') or time.monotonic() > deadline:
+        break
+    time.sleep(0.5)
+out = {{
+    'peer': peer,
+    'peer fqdn': timed(lambda: socket.gethostbyname('rank-0.peers.{ns}.svc.cluster.local')),
+    'peer reverse': timed(lambda: socket.gethostbyaddr({peer_ip!r})[0]),
+    'peer nameinfo': timed(lambda: socket.getnameinfo(({peer_ip!r}, 0), socket.NI_NAMEREQD)[0]),
+    'service': timed(lambda: socket.gethostbyname('plain')),
+    'service reverse': timed(lambda: socket.gethostbyaddr(os.environ['PLAIN_SERVICE_HOST'])[0]),
+    'system service': timed(lambda: socket.gethostbyname('minio.kubeloop-system.svc.cluster.local')),
+    'outside': timed(lambda: socket.getaddrinfo('example.invalid', 80)),
+    'unknown pod address': timed(lambda: socket.gethostbyaddr('10.244.0.250')),
+    'env': os.environ['PLAIN_SERVICE_HOST'],
+    'resolv.conf': open('/etc/resolv.conf').read(),
+}}
+print(json.dumps(out))
+"""
+    st = run_pod(kube_cluster, ns, "resolver", script)
+    text = logs(kube_cluster, ns, "resolver")
+    assert st["phase"] == "Succeeded", text
+    out = json.loads(text.strip().splitlines()[-1])
+    fqdn = f"rank-0.peers.{ns}.svc.cluster.local"
+    assert out["peer"][0] == peer_ip, out
+    assert out["peer fqdn"][0] == peer_ip, out
+    assert out["peer reverse"][0] == fqdn, out
+    assert out["peer nameinfo"][0] == fqdn, out
+    assert out["service"][0] == out["env"], out
+    assert out["service reverse"][0] == f"plain.{ns}.svc.cluster.local", out
+    assert out["system service"][0] == node_agent.service_ip("minio"), out
+    assert out["outside"][0].startswith("error gaierror"), out
+    assert out["unknown pod address"][0].startswith("error herror"), out
+    slow = {k: v for k, v in out.items() if isinstance(v, list) and k != "peer" and v[1] > 1.0}
+    assert not slow, f"lookups that waited: {slow}"
+    assert out["peer"][1] <= 1.0, out
+    assert f"search {ns}.svc.cluster.local svc.cluster.local cluster.local" in out["resolv.conf"], out
+    assert "options ndots:5" in out["resolv.conf"], out
+
+
 # --------------------------------------------------------------------------- restart safety
 def test_agent_restart_adopts_running_pods(
     kube_cluster: Any, k8s_namespace: str, node_agent: NodeAgent
