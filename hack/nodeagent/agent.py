@@ -752,7 +752,10 @@ class Agent:
         self.services.add_handler(self._changed)
         self.slices.add_handler(self._changed)
         resolver = dns.DnsServer(self.cfg.bridge_ip, dns.PORT, self.dns_records)
-        await resolver.start()
+        try:
+            await resolver.start()
+        except OSError as exc:  # another server holds the port: pods' lookups fail at once, as before
+            log.error("cluster DNS not served on %s:%d: %s", self.cfg.bridge_ip, dns.PORT, exc)
         tasks = [
             asyncio.create_task(i.run(), name=f"informer {i.name}")
             for i in (self.node_pods, self.services, self.slices, self.nodes)
