@@ -115,7 +115,8 @@ class ServerSettings(BaseSettings):
         default=True,
         description="Answer OIP infer for the served model in the HTTP parser's callback, without ASGI (same "
         "answers, errors, metrics and logging; about half the cost per request). Used only when the access log "
-        "is off and runs are inline (no batching, a fast model); everything else always goes through ASGI.",
+        "is off and runs are inline: a model fast enough to run on the event loop, with batching off or merging "
+        "only what is already waiting (max_latency_ms 0); everything else always goes through ASGI.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 
