@@ -102,6 +102,34 @@ def _micro_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+SYSTEM_RESYNC_S = 15.0
+
+
+def system_sync_due(settled: bool, state_changed: bool, since_last_s: float) -> bool:
+    """Whether the system services are synced now (checked every second): periodically, at once when the
+    cluster's state file changed, and every second while a host service runs without accepting connections."""
+    return not settled or state_changed or since_last_s >= SYSTEM_RESYNC_S
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+async def _accepts(host: str, port: int, timeout: float = 0.5) -> bool:
+    """A TCP connection to host:port is accepted (then closed at once)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 def _env_name(name: str) -> str:
     return name.upper().replace("-", "_")
 
@@ -493,8 +521,10 @@ class Agent:
             "ports": ports,
         }
 
-    async def sync_system_services(self) -> None:
-        """The `kubernetes` Service's endpoints and Services for the host's MinIO and MLflow."""
+    async def sync_system_services(self) -> bool:
+        """The `kubernetes` Service's endpoints and Services for the host's MinIO and MLflow, each ready once
+        its process accepts connections (as a readiness probe would say). False while one runs that does
+        not accept them yet: the caller looks again soon."""
         from localcluster import procs
 
         with contextlib.suppress(OSError, ValueError):
@@ -502,7 +532,8 @@ class Agent:
         comps, ports = self.cluster.get("components", {}), self.cluster.get("ports", {})
         host_ports = {"kube-apiserver": int(ports["kube-apiserver"])}
         if not self.cfg.manage_system_services:
-            return
+            return True
+        settled = True
         api_port = host_ports["kube-apiserver"]
         await self._upsert(
             "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes",
@@ -542,8 +573,10 @@ class Agent:
         for name, svc in self.cfg.system_services.items():
             rec, port = comps.get(name), int(ports.get(name) or svc["port"])
             alive = bool(rec) and procs.is_alive(procs.ProcInfo(int(rec["pid"]), int(rec["start_time"])))
+            serving = alive and await _accepts("127.0.0.1", port)
             if alive:
                 host_ports[name] = port
+                settled = settled and serving
             await self._upsert(
                 f"/api/v1/namespaces/{ns}/services/{name}",
                 f"/api/v1/namespaces/{ns}/services",
@@ -568,20 +601,36 @@ class Agent:
                 f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{name}-host",
                 f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
                 self._slice(
-                    ns, f"{name}-host", name, [{"name": "http", "port": port, "protocol": "TCP"}], ready=alive
+                    ns,
+                    f"{name}-host",
+                    name,
+                    [{"name": "http", "port": port, "protocol": "TCP"}],
+                    ready=serving,
                 ),
             )
         if host_ports != self.host_ports:
             self.host_ports = host_ports
             self._proxy_dirty.set()
+        return settled
 
-    async def _system_loop(self) -> None:
+    async def _system_loop(self, settled: bool) -> None:
+        """The system services again every 15 s, and within a second once the cluster's state file changes (a
+        host service started or stopped) or while one runs that does not accept connections yet
+        (:func:`system_sync_due`): MinIO started after the agent is reachable through its Service as soon as
+        it listens, not up to 15 s later."""
+        state = self.root / "cluster.json"
+        seen, last = _mtime(state), time.monotonic()
         while True:
-            await asyncio.sleep(15)
+            await asyncio.sleep(1)
+            now = _mtime(state)
+            if not system_sync_due(settled, now != seen, time.monotonic() - last):
+                continue
+            seen, last = now, time.monotonic()
             try:
-                await self.sync_system_services()
+                settled = await self.sync_system_services()
             except Exception as exc:
                 log.warning("system services: %r", exc)
+                settled = True  # tried again in 15 s
 
     # ------------------------------------------------------------------ proxy
     def _service_ports(self) -> list[network.ServicePort]:
@@ -763,8 +812,8 @@ class Agent:
         tasks.append(asyncio.create_task(self._event_loop(), name="events"))
         tasks.append(asyncio.create_task(self._lease_loop(), name="lease"))
         tasks.append(asyncio.create_task(self._status_loop(), name="node-status"))
-        await self.sync_system_services()
-        tasks.append(asyncio.create_task(self._system_loop(), name="system-services"))
+        settled = await self.sync_system_services()
+        tasks.append(asyncio.create_task(self._system_loop(settled), name="system-services"))
         tasks.append(asyncio.create_task(self._proxy_loop(), name="proxy"))
         if self.cfg.scheduler_enabled:
             pending = Informer(

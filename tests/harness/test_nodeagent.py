@@ -800,8 +800,8 @@ def test_pods_reach_minio_and_mlflow_through_services(
     ips = wait_for("Services kubeloop-system/minio and mlflow", services, timeout=40)
 
     def served() -> bool:
-        # The agent looks at the host's services every 15 s: MinIO and MLflow started after it are routed
-        # once their slices list the bridge (the Services themselves may be left from an earlier run).
+        # MinIO and MLflow started after the agent are routed once their slices list the bridge (within a
+        # second of their start; the Services themselves may be left from an earlier run).
         slices = kget(kube_cluster, "kubeloop-system", "endpointslices")["items"]
         return all(
             any(sl["metadata"]["name"] == f"{n}-host" and sl.get("endpoints") for sl in slices)

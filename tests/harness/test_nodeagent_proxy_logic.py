@@ -110,3 +110,29 @@ def test_untranslated_service_traffic_is_refused_when_new_dropped_otherwise_and_
     reset = next(i for i, r in enumerate(rules) if f'"{network.LOG_PREFIX} reset from pod: "' in r)
     assert reset < rules.index(f'iifname "{cfg.bridge}" ct state established,related accept')
     assert "tcp flags & rst == rst ct status dnat limit rate" in rules[reset]
+
+
+def test_system_services_are_synced_periodically_on_a_state_change_and_until_they_accept() -> None:
+    from nodeagent import agent
+
+    assert not agent.system_sync_due(True, False, 1.0)  # settled, nothing changed: wait
+    assert agent.system_sync_due(True, False, agent.SYSTEM_RESYNC_S)  # the periodic look
+    assert agent.system_sync_due(True, True, 1.0)  # cluster.json changed: a component started or stopped
+    assert agent.system_sync_due(False, False, 1.0)  # one runs but does not accept connections yet
+
+
+def test_a_host_service_is_ready_only_once_it_accepts_connections() -> None:
+    import asyncio
+    import socket
+
+    from nodeagent import agent
+
+    async def probe() -> tuple[bool, bool]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            before = await agent._accepts("127.0.0.1", port)  # bound, not listening: refused
+            s.listen()
+            return before, await agent._accepts("127.0.0.1", port)
+
+    assert asyncio.run(probe()) == (False, True)
