@@ -803,7 +803,7 @@ class Agent:
         resolver = dns.DnsServer(self.cfg.bridge_ip, dns.PORT, self.dns_records)
         try:
             await resolver.start()
-        except OSError as exc:  # another server holds the port: pods' lookups fail at once, as before
+        except OSError as exc:  # another server holds the port: pods' lookups go to it, or fail
             log.error("cluster DNS not served on %s:%d: %s", self.cfg.bridge_ip, dns.PORT, exc)
         tasks = [
             asyncio.create_task(i.run(), name=f"informer {i.name}")
