@@ -25,6 +25,7 @@ from .kubeapi import Api, ApiError, Informer
 from .logserver import LogServer
 from .pods import PodWorker
 from .podutil import is_terminal, now_iso
+from .probes import tcp_connect
 from .scheduler import Scheduler
 
 log = logging.getLogger("nodeagent")
@@ -121,12 +122,9 @@ def _mtime(path: Path) -> float | None:
 async def _accepts(host: str, port: int, timeout: float = 0.5) -> bool:
     """A TCP connection to host:port is accepted (then closed at once)."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        await tcp_connect(host, port, timeout)
     except (OSError, TimeoutError):
         return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
     return True
 
 

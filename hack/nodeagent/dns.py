@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from .network import is_ipv4
+
 log = logging.getLogger("nodeagent.dns")
 Obj = dict[str, Any]
 
@@ -176,7 +178,7 @@ class Records:
                 r.a.setdefault(fqdn, [])
                 continue
             for cip in spec.get("clusterIPs") or [ip]:
-                if _is_ipv4(cip):
+                if is_ipv4(cip):
                     r.a.setdefault(fqdn, []).append(cip)
                     r.ptr[_reverse(cip)] = fqdn
         for sl in slices:
@@ -195,7 +197,7 @@ class Records:
                     continue
                 host = ep.get("hostname")
                 for addr in ep.get("addresses") or []:
-                    if not _is_ipv4(addr):
+                    if not is_ipv4(addr):
                         continue
                     r.a[base].append(addr)
                     own = f"{host or _dashed(addr)}.{base}"
@@ -210,8 +212,8 @@ class Records:
         """(rcode, records) for a question; ``name`` lower case without the trailing dot."""
         if name.endswith(".in-addr.arpa"):
             ip = ".".join(reversed(name.removesuffix(".in-addr.arpa").split(".")))
-            if not _is_ipv4(ip) or not (
-                ipaddress.IPv4Address(ip) in self.pod_cidr or ipaddress.IPv4Address(ip) in self.service_cidr
+            if not is_ipv4(ip) or not any(
+                ipaddress.IPv4Address(ip) in r for r in (self.pod_cidr, self.service_cidr)
             ):
                 return REFUSED, []
             target = self.ptr.get(name)
@@ -236,17 +238,9 @@ class Records:
         if len(parts) != 3 or parts[2] != "pod":
             return None
         ip = parts[0].replace("-", ".")
-        if not _is_ipv4(ip) or ipaddress.IPv4Address(ip) not in self.pod_cidr:
+        if not is_ipv4(ip) or ipaddress.IPv4Address(ip) not in self.pod_cidr:
             return None
         return [ip]
-
-
-def _is_ipv4(value: Any) -> bool:
-    try:
-        ipaddress.IPv4Address(value)
-    except (ValueError, TypeError):
-        return False
-    return True
 
 
 def respond(data: bytes, records: Records, limit: int | None) -> bytes | None:

@@ -12,6 +12,14 @@ from typing import Any, Protocol
 from .container import Container, Host, Obj
 
 
+async def tcp_connect(host: str, port: int, timeout: float) -> None:
+    """A TCP connection to host:port, closed at once (a tcpSocket probe); raises OSError or TimeoutError."""
+    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+
+
 class ProbeOwner(Protocol):
     """What the probes need from the pod's worker."""
 
@@ -126,10 +134,7 @@ class Prober:
                 spec = probe.get("tcpSocket") or probe["grpc"]
                 host = spec.get("host") or self.owner.pod_ip
                 port = self._port(c, spec["port"])
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                await tcp_connect(host, port, timeout)
                 return True, ""
             if "exec" in probe:
                 return await self._exec(c, probe["exec"].get("command") or [], timeout)
