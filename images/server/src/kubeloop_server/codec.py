@@ -27,6 +27,7 @@ import numpy as np
 import orjson
 
 from kubeloop.drift import category_key
+from kubeloop_server._plainjson import parse_plain
 from kubeloop_server.errors import InvalidInputError, PayloadTooLargeError
 from kubeloop_server.model import FeatureInput, Feeds, ModelRuntime, Outputs, TensorSpec, nonfinite_rows
 
@@ -817,6 +818,43 @@ def _plain_request(
     return InferRequest(req_id, {spec.name: arr.reshape(n, width)}, n, None, None)
 
 
+class PlainBodyReader:
+    """The most common REST request read straight from its bytes, without orjson or the checks above: one
+    JSON float tensor (FP32 or FP64) for a model with one float ``[N, F]`` input, an optional string
+    ``id``, nothing else (kubeloop_server._plainjson, in C). It returns None for any other body, which the
+    general path then decodes or refuses with the error naming the problem; what it returns is what that
+    path would have decoded (images/server/tests/test_plainjson.py)."""
+
+    __slots__ = ("_datatype", "_dtype", "_itemsize", "_max_rows", "_name", "_width", "input")
+
+    def __init__(self, spec: TensorSpec, max_rows: int) -> None:
+        self.input = spec.name
+        self._name = spec.name.encode()
+        self._datatype = spec.datatype.encode()
+        self._dtype = np.dtype(spec.dtype)
+        self._itemsize = self._dtype.itemsize
+        self._width = spec.shape[1]
+        self._max_rows = max_rows
+
+    @classmethod
+    def for_model(cls, rt: ModelRuntime, max_rows: int) -> PlainBodyReader | None:
+        """A reader for the model's one float input, if it has one of a type the reader writes."""
+        spec = rt.single_float_input
+        if spec is None or spec.datatype not in ("FP32", "FP64"):
+            return None
+        return cls(spec, max_rows)
+
+    def read(self, body: bytes) -> InferRequest | None:
+        got = parse_plain(body, self._name, self._datatype, self._itemsize)
+        if got is None:
+            return None
+        data, n, width, req_id = got
+        if n > self._max_rows or self._width not in (-1, width):
+            return None
+        arr = np.ndarray((n, width), self._dtype, data)  # over the bytearray: writable, no copy
+        return InferRequest(new_request_id() if req_id is None else req_id, {self.input: arr}, n, None, None)
+
+
 def decode_infer_request(
     rt: ModelRuntime,
     body: Any,
@@ -825,7 +863,10 @@ def decode_infer_request(
     binary: bytes | memoryview | None = None,
 ) -> InferRequest:
     """An OIP REST request: the JSON document and, with the binary tensor data extension, the bytes that
-    follow its ``Inference-Header-Content-Length`` (``binary``; None without the header)."""
+    follow its ``Inference-Header-Content-Length`` (``binary``; None without the header). A request
+    :class:`PlainBodyReader` read from the bytes comes as its :class:`InferRequest` and is passed on."""
+    if type(body) is InferRequest:
+        return body
     if binary is None and type(body) is dict and rt.single_float_input is not None:
         plain = _plain_request(rt, body, max_rows, allow_missing)
         if plain is not None:

@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from kubeloop.storage import ObjectStore
 from kubeloop_server import __version__
 from kubeloop_server.batching import AdaptiveBatcher, Predictor, make_predictor
-from kubeloop_server.codec import InferRequest, decode_infer_request, encode_infer_response
+from kubeloop_server.codec import InferRequest, PlainBodyReader, decode_infer_request, encode_infer_response
 from kubeloop_server.dataplane import DataPlane
 from kubeloop_server.errors import InvalidInputError, PayloadTooLargeError, error_status
 from kubeloop_server.grpcapi import GrpcServer
@@ -54,9 +54,12 @@ Reply = tuple[int, bytes, bytes, list[tuple[bytes, bytes]] | None]
 Handler = Callable[[Scope, bytes | None], Awaitable[Reply]]
 
 
-def infer_payload(headers: list[tuple[bytes, bytes]], body: bytes | None) -> tuple[Any, memoryview | None]:
+def infer_payload(
+    headers: list[tuple[bytes, bytes]], body: bytes | None, plain: PlainBodyReader | None = None
+) -> tuple[Any, memoryview | None]:
     """An OIP infer request's JSON document and, with the binary tensor data extension
-    (``Inference-Header-Content-Length``), the raw tensors after it (None without the header)."""
+    (``Inference-Header-Content-Length``), the raw tensors after it (None without the header). A body that
+    ``plain`` reads comes back as its :class:`InferRequest`, which ``decode_infer_request`` passes on."""
     header_length = None
     for k, v in headers:
         if k == HEADER_LENGTH:
@@ -66,6 +69,10 @@ def infer_payload(headers: list[tuple[bytes, bytes]], body: bytes | None) -> tup
                 f"Content-Encoding {v.decode(errors='replace')} is not supported; send the body uncompressed"
             )
     if header_length is None:
+        if plain is not None and body:
+            req = plain.read(body)
+            if req is not None:
+                return req, None
         return parse_infer_json(body), None
     return split_binary_request(body, header_length)
 
@@ -302,6 +309,7 @@ class ServerApp:
         self.dataplane = DataPlane(
             rt, self.predictor, self.metrics, self.predlog, s.max_request_rows, s.allow_missing
         )
+        self.plain = PlainBodyReader.for_model(rt, s.max_request_rows)
         self.grpc: GrpcServer | None = None
         if s.grpc_port:
             self.grpc = GrpcServer(self.dataplane, self.metrics, s.host, s.grpc_port, s.max_body_bytes)
@@ -336,7 +344,7 @@ class ServerApp:
     ) -> InferRequest | Reply:
         """The merging lane's first half: the request decoded, or its error answer."""
         try:
-            doc, binary = infer_payload(headers, body)
+            doc, binary = infer_payload(headers, body, self.plain)
             return self.dataplane.decode_now(model_name, model_version, decode_infer_request, doc, binary)
         except Exception as e:
             return error_reply(e)
@@ -364,7 +372,7 @@ class ServerApp:
         ``dataplane.observe_deferred()``, which the lane calls once the answer is written: the client does
         not wait for them."""
         try:
-            doc, binary = infer_payload(headers, body)
+            doc, binary = infer_payload(headers, body, self.plain)
             req, outputs = self.dataplane.infer_now(
                 model_name, model_version, decode_infer_request, doc, binary, predictor
             )
@@ -430,12 +438,13 @@ class ServerApp:
         metrics = self.metrics
 
         rt = self.runtime
+        plain = self.plain
 
         async def infer(scope: Scope, body: bytes | None) -> Reply:
             """OIP inference: tensors named as the graph inputs (or, for a packed model, one per feature);
             JSON or the binary tensor data extension (Inference-Header-Content-Length), in and out."""
             p = scope["path_params"]
-            doc, binary = infer_payload(scope["headers"], body)
+            doc, binary = infer_payload(scope["headers"], body, plain)
             req, outputs = await dp.infer(
                 p["model_name"], p.get("model_version"), decode_infer_request, doc, binary
             )

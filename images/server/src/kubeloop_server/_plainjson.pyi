@@ -1,0 +1,3 @@
+def parse_plain(
+    body: bytes | bytearray | memoryview, name: bytes, datatype: bytes, itemsize: int
+) -> tuple[bytearray, int, int, str | None] | None: ...
