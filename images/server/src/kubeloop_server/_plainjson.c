@@ -127,10 +127,11 @@ static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1
 /* A JSON number (the strict grammar) as the general path would have its value. */
 static int read_number(Cursor *c, double *out, int *slow_budget) {
     const char *s, *q, *digits;
-    int is_int = 1, neg = 0, exp_neg = 0, significant = 0;
-    int64_t mant = 0;   /* the digits, without the decimal point, while at most 15 are significant */
-    int scale = 0;      /* digits after the decimal point */
-    int64_t exp10 = 0;  /* the exponent part, while short enough to matter */
+    int is_int = 1, neg = 0, exp_neg = 0;
+    int64_t significant = 0; /* significant digits (leading zeros are not) */
+    int64_t mant = 0;        /* the significant digits as an integer, while there are at most 16 */
+    int64_t scale = 0;       /* digits after the decimal point */
+    int64_t exp10 = 0;       /* the exponent part, while short enough to matter */
     Py_ssize_t len;
     skip_ws(c);
     s = q = c->p;
