@@ -12,19 +12,10 @@ import pytest
 from kubeloop_server import codec
 from kubeloop_server.errors import ServerError
 from kubeloop_server.model import ModelRuntime
-from onnx import TensorProto, helper
+from kubeloop_testing.foreign_models import identity_graph
+from onnx import TensorProto
 
 FLT_MAX = float(np.finfo(np.float32).max)
-
-
-def identity_model(elem: int, width: int = 4) -> bytes:
-    """A foreign graph with one float [N, width] input of the given element type."""
-    x = helper.make_tensor_value_info("x", elem, [None, width])
-    y = helper.make_tensor_value_info("y", elem, [None, width])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return bytes(model.SerializeToString())
 
 
 def payloads(width: int) -> list[Any]:
@@ -78,7 +69,7 @@ def outcome(rt: ModelRuntime, body: dict[str, Any], allow_missing: bool) -> tupl
 @pytest.mark.parametrize("elem", [TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE])
 @pytest.mark.parametrize("allow_missing", [True, False])
 def test_short_check_decides_as_the_array_check(monkeypatch, elem: int, allow_missing: bool) -> None:  # type: ignore[no-untyped-def]
-    rt = ModelRuntime(identity_model(elem))
+    rt = ModelRuntime(identity_graph(elem))
     assert rt.single_float_input is not None
     datatype = rt.single_float_input.datatype
     seen_ok = 0
@@ -130,7 +121,7 @@ def test_bad_values_through_the_short_path_are_4xx_naming_the_input(  # type: ig
 
 
 def test_float16_value_past_its_range_is_refused(make_client) -> None:  # type: ignore[no-untyped-def]
-    client = make_client(identity_model(TensorProto.FLOAT16))
+    client = make_client(identity_graph(TensorProto.FLOAT16))
     body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP16", "data": [70000.0, 1, 2, 3]}]}
     r = client.post("/v2/models/model/infer", json=body)
     assert r.status_code == 400, r.text
@@ -144,7 +135,7 @@ def test_float16_value_past_its_range_is_refused(make_client) -> None:  # type: 
 
 def test_runs_share_one_run_options() -> None:
     """Every session.run gets the runtime's one RunOptions (not None: a default built per call)."""
-    rt = ModelRuntime(identity_model(TensorProto.FLOAT))
+    rt = ModelRuntime(identity_graph(TensorProto.FLOAT))
     seen: list[Any] = []
     inner = rt._run
 
@@ -163,7 +154,7 @@ def test_runs_share_one_run_options() -> None:
 
 def test_record_value_past_a_float16_feature_range_is_named(make_client) -> None:  # type: ignore[no-untyped-def]
     """The record API refused 70000 for a float16 feature with 'invalid record', naming nothing."""
-    client = make_client(identity_model(TensorProto.FLOAT16))
+    client = make_client(identity_graph(TensorProto.FLOAT16))
     rec = {"x_0": 70000.0, "x_1": 1.0, "x_2": 2.0, "x_3": 3.0}
     for path, body, where in (("/forward", rec, ""), ("/forward_batch", [rec, rec], "record 0: ")):
         r = client.post(path, json=body)

@@ -19,25 +19,17 @@ from kubeloop_server.codec import InferRequest, PlainBodyReader
 from kubeloop_server.errors import ServerError
 from kubeloop_server.model import ModelRuntime
 from kubeloop_server.rest import infer_payload
-from onnx import TensorProto, helper
+from kubeloop_testing.foreign_models import identity_graph
+from onnx import TensorProto
 
 WIDTH = 3
 MAX_ROWS = 8
 
 
-def identity_model(elem: int, width: int | None = WIDTH) -> bytes:
-    x = helper.make_tensor_value_info("x", elem, [None, width])
-    y = helper.make_tensor_value_info("y", elem, [None, width])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return bytes(model.SerializeToString())
-
-
 @pytest.fixture(scope="module", params=["FP32", "FP64", "FP32, any width"])
 def runtime(request: pytest.FixtureRequest) -> ModelRuntime:
     elem = TensorProto.DOUBLE if request.param == "FP64" else TensorProto.FLOAT
-    return ModelRuntime(identity_model(elem, None if "any width" in request.param else WIDTH))
+    return ModelRuntime(identity_graph(elem, None if "any width" in request.param else WIDTH))
 
 
 def general(rt: ModelRuntime, body: bytes) -> tuple[str, Any]:
@@ -228,7 +220,7 @@ def test_values_are_rounded_as_the_general_path_rounds_them(runtime: ModelRuntim
     ],
 )
 def test_anything_else_is_declined_and_left_to_the_general_path(body: bytes) -> None:
-    rt = ModelRuntime(identity_model(TensorProto.FLOAT))
+    rt = ModelRuntime(identity_graph(TensorProto.FLOAT, WIDTH))
     reader = PlainBodyReader.for_model(rt, MAX_ROWS)
     assert reader is not None
     assert reader.read(body) is None
@@ -276,7 +268,7 @@ def test_mangled_bodies_are_read_as_the_general_path_reads_them_or_declined(runt
 
 def test_a_large_body_is_read_as_the_general_path_reads_it() -> None:
     """500 rows of 40 short decimals, flat and as rows: past the reader's first buffer (64 values)."""
-    rt = ModelRuntime(identity_model(TensorProto.FLOAT, 40))
+    rt = ModelRuntime(identity_graph(TensorProto.FLOAT, 40))
     rng = np.random.default_rng(3)
     rows = np.round(rng.normal(size=(500, 40)) * 100, 3)
     for data in (rows.reshape(-1).tolist(), rows.tolist()):
@@ -294,7 +286,7 @@ def test_only_a_few_numbers_per_body_take_the_slow_conversion() -> None:
     """17-digit literals (the reprs of float32 values a client converted to Python floats) are read by
     CPython's conversion, ten times slower than orjson reads them: up to four per body; a body with more
     goes to orjson at once instead of costing more than it saves."""
-    rt = ModelRuntime(identity_model(TensorProto.FLOAT, 6))
+    rt = ModelRuntime(identity_graph(TensorProto.FLOAT, 6))
     reader = PlainBodyReader.for_model(rt, MAX_ROWS)
     assert reader is not None
     reprs = (repr(float(np.float32(k / 10))) for k in range(1, 100))
@@ -313,15 +305,15 @@ def test_only_a_few_numbers_per_body_take_the_slow_conversion() -> None:
 
 
 def test_a_model_without_one_float_input_has_no_reader() -> None:
-    int_model = ModelRuntime(identity_model(TensorProto.INT64))
-    half = ModelRuntime(identity_model(TensorProto.FLOAT16))
+    int_model = ModelRuntime(identity_graph(TensorProto.INT64, WIDTH))
+    half = ModelRuntime(identity_graph(TensorProto.FLOAT16, WIDTH))
     assert PlainBodyReader.for_model(int_model, MAX_ROWS) is None
     assert PlainBodyReader.for_model(half, MAX_ROWS) is None
 
 
 def test_the_tensor_is_writable_and_its_own() -> None:
     """ONNX Runtime and the prediction log get an ordinary array, not a view of the request's bytes."""
-    rt = ModelRuntime(identity_model(TensorProto.FLOAT))
+    rt = ModelRuntime(identity_graph(TensorProto.FLOAT, WIDTH))
     reader = PlainBodyReader.for_model(rt, MAX_ROWS)
     assert reader is not None
     body = b'{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}'

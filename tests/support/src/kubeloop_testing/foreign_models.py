@@ -12,7 +12,8 @@ tests and benchmarks, each with a function that makes valid inputs for it.
   ``output_label`` (int64 ``[N]``) and ``output_probability`` (a ZipMap: a sequence of maps);
 * :func:`string_graph` — string inputs only (``word`` and ``tag``, ``[N, 1]``) through LabelEncoders;
 * :func:`image_graph` — an image-like ``float32 [N, 3, 4, 4]`` input (nothing the prediction log can hold);
-* :func:`int_feature_graph` — per-feature inputs, one of them int64 (``age``, ``income``).
+* :func:`int_feature_graph` — per-feature inputs, one of them int64 (``age``, ``income``);
+* :func:`identity_graph` — one ``[N, width]`` input ``x`` of any element type, returned as ``y``.
 
 :func:`ort_outputs` runs a model with plain in-process onnxruntime, ZipMaps turned into ``[N, C]``
 arrays the way the server serves them.
@@ -267,3 +268,13 @@ def int_feature_graph() -> bytes:
         initializer=inits,
     )
     return _finish(graph, 17)
+
+
+def identity_graph(elem: int, width: int | None = 4) -> bytes:
+    """``x`` [N, width] (``elem``: an ``onnx.TensorProto`` element type; width None: any) -> Identity -> ``y``."""
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("x", elem, [None, width])
+    y = helper.make_tensor_value_info("y", elem, [None, width])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    return _finish(graph)
