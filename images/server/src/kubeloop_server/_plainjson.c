@@ -452,8 +452,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_plainjson", "The most common OIP REST request, read straight from its bytes.", -1,
-    methods,
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "_plainjson",
+    .m_doc = "The most common OIP REST request, read straight from its bytes.",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__plainjson(void) { return PyModule_Create(&module); }
